@@ -1,0 +1,53 @@
+//! The guest physical memory map. One place, because the VMM, the ACPI tables
+//! and the built-in diag guest (guest/src, which copies these numbers) must
+//! agree on it. Change it here, in guest/, and in docs/design.md together.
+
+/// Where Linux boot params (the "zero page") go.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// The boot GDT.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// The boot IDT (empty).
+pub const BOOT_IDT_START: u64 = 0x520;
+/// Identity-mapping page tables for the 64-bit entry: PML4, PDPTE, PDE.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Boot stack pointer for the 64-bit entry.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// End of low ("real mode") RAM reported in e820.
+pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI: the RSDP, then the other tables, in the BIOS read-only area.
+pub const RSDP_START: u64 = 0xe0000;
+pub const ACPI_TABLES_END: u64 = 0x100000;
+/// Where a bzImage's protected-mode kernel is loaded.
+pub const HIMEM_START: u64 = 0x100000;
+
+/// The 32-bit hole for MMIO: RAM above this goes above 4 GiB.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+
+/// virtio-mmio device `i` (disks in declaration order) sits at
+/// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE` and raises GSI `VIRTIO_GSI_BASE + i`.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_MMIO_MAX_DEVICES: u64 = 16;
+pub const VIRTIO_GSI_BASE: u32 = 5;
+
+/// Reserved for hotplug devices to come (ACPI GED, CPU and memory hotplug
+/// controllers, cloud-hypervisor's register layout).
+pub const GED_BASE: u64 = 0xd010_0000;
+pub const CPU_HOTPLUG_BASE: u64 = 0xd010_1000;
+pub const MEMORY_HOTPLUG_BASE: u64 = 0xd010_2000;
+
+/// IOAPIC and local APIC, where KVM's in-kernel irqchip puts them.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const APIC_START: u64 = 0xfee0_0000;
+
+/// Serial ports: COM1 is the console, COM2 the guest agent channel.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const COM2_PORT: u16 = 0x2f8;
+pub const COM2_IRQ: u32 = 3;

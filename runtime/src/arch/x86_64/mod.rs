@@ -1,0 +1,3 @@
+//! x86-64: the guest physical memory map, registers, CPUID and boot params.
+
+pub mod layout;

@@ -1,0 +1,1 @@
+//! The built-in diag guest, built from guest/ by build.rs and embedded here.

@@ -1,0 +1,1 @@
+//! Spawning, finding and signalling VMM processes.

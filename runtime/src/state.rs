@@ -1,0 +1,1 @@
+//! The state directory layout and the per-VM files in it.

@@ -1,0 +1,1 @@
+//! Assembling and running one VM inside the `__vmm` process.

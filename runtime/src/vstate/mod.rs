@@ -1,0 +1,1 @@
+//! The KVM VM and its vCPUs.

@@ -1,0 +1,95 @@
+//! The resolved desired state: what every other crate consumes.
+//!
+//! Everything here is fully resolved — OS-profile defaults applied, `copy-from`
+//! inheritance done, sizes in bytes/MiB, paths absolute — so that the planner and
+//! the runtime never see KDL, spans or optional fields that have a default.
+//! The serde form of [`DesiredState`] *is* the `validate --json` contract
+//! (`format_version` "1"); fields may be added, never renamed.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The JSON contract version written by every `--json` document.
+pub const FORMAT_VERSION: &str = "1";
+
+/// A whole KDL file, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub format_version: String,
+    /// VMs in the order the file declares them.
+    pub vms: Vec<VmSpec>,
+    /// Custom boot images declared with `image "name" { ... }`.
+    #[serde(default)]
+    pub images: Vec<ImageSpec>,
+}
+
+impl DesiredState {
+    pub fn vm(&self, name: &str) -> Option<&VmSpec> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+}
+
+/// One virtual machine as declared, with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    /// `diag`, `debian-12`, or the name of an `image`.
+    pub os: String,
+    /// Boot vCPUs.
+    pub cpus: u32,
+    /// Hot-add headroom: the most vCPUs this VM can have without a restart.
+    pub max_cpus: u32,
+    /// Boot RAM in MiB (a multiple of 2).
+    pub memory_mib: u64,
+    /// Hot-add headroom in MiB.
+    pub max_memory_mib: u64,
+    pub disks: Vec<DiskSpec>,
+    /// VMs that must be running before this one starts (and stopped after it).
+    pub depends_on: Vec<String>,
+    /// Created by copying this VM's disks.
+    pub copy_from: Option<String>,
+    /// cgroup v2 `cpu.weight`, 1..=10000 (default 100).
+    pub cpu_weight: u32,
+    /// Whether apply keeps this VM running (default true).
+    #[serde(default = "default_true")]
+    pub autostart: bool,
+    /// The boot image when `os` names an `image` node (or a built-in Linux OS),
+    /// `null` for the built-in `diag` guest.
+    #[serde(default)]
+    pub image: Option<ImageSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One virtual disk: one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub name: String,
+    pub size_bytes: u64,
+    pub format: DiskFormat,
+    /// A user-chosen location (absolute); `null` means
+    /// `<state-dir>/vms/<vm>/disks/<name>.raw`.
+    pub path: Option<PathBuf>,
+    /// An image to import on create (absolute path).
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+}
+
+/// A custom boot image: a kernel (bzImage or ELF), an optional initrd and a
+/// command line. Paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}

@@ -1,0 +1,21 @@
+//! The `vmctl` command line: parses arguments, wires the crates together and
+//! turns their typed errors into miette reports.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    cmd::init_tracing(&cli);
+    match cmd::run(cli) {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(1)
+        }
+    }
+}
