@@ -30,95 +30,22 @@ pub struct FileArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Parse and validate a KDL file; print the resolved desired state.
-    Validate {
-        #[command(flatten)]
-        file: FileArg,
-        /// Print the resolved desired state as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Validate(crate::cmd::validate::Args),
     /// Show what apply would change, and why.
-    Plan {
-        #[command(flatten)]
-        file: FileArg,
-        #[arg(long)]
-        json: bool,
-        /// Exit 0 when there are no changes, 2 when there are, 1 on error.
-        #[arg(long)]
-        detailed_exitcode: bool,
-    },
+    Plan(crate::cmd::plan::Args),
     /// Make the running VMs match the file.
-    Apply {
-        #[command(flatten)]
-        file: FileArg,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        auto_approve: bool,
-        /// How many actions may run at once.
-        #[arg(long, default_value_t = 4)]
-        parallelism: usize,
-        /// One JSON event per action.
-        #[arg(long)]
-        json: bool,
-        /// Give up waiting for the state lock after this many seconds.
-        #[arg(long)]
-        lock_timeout: Option<u64>,
-    },
-    /// Stop and remove VMs (all in the file, or the named ones).
-    Destroy {
-        #[command(flatten)]
-        file: FileArg,
-        /// VMs to destroy (default: every VM in the state directory).
-        names: Vec<String>,
-        #[arg(long)]
-        auto_approve: bool,
-        /// Also delete disks placed outside the state directory with `path=`.
-        #[arg(long)]
-        delete_external_disks: bool,
-        #[arg(long)]
-        lock_timeout: Option<u64>,
-    },
+    Apply(crate::cmd::apply::Args),
+    /// Stop and remove VMs (all in the state directory, or the named ones).
+    Destroy(crate::cmd::destroy::Args),
     /// Show what is really running.
-    Status {
-        #[command(flatten)]
-        file: FileArg,
-        #[arg(long)]
-        json: bool,
-    },
+    Status(crate::cmd::status::Args),
     /// Attach to a VM's serial console (detach with Ctrl-]).
-    Console {
-        #[command(flatten)]
-        file: FileArg,
-        name: String,
-    },
+    Console(crate::cmd::console::Args),
     /// Print a VM's console log.
-    Logs {
-        #[command(flatten)]
-        file: FileArg,
-        name: String,
-        /// Keep printing as the log grows.
-        #[arg(long)]
-        follow: bool,
-    },
+    Logs(crate::cmd::logs::Args),
     /// Reconcile whenever the file changes.
-    Watch {
-        #[command(flatten)]
-        file: FileArg,
-        /// Destroy VMs removed from the file.
-        #[arg(long)]
-        prune: bool,
-        /// Allow a file with no VMs to destroy everything (with --prune).
-        #[arg(long)]
-        allow_empty: bool,
-        /// Seconds between drift checks.
-        #[arg(long, default_value_t = 5)]
-        drift_interval: u64,
-    },
+    Watch(crate::cmd::watch::Args),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
-    Vmm {
-        /// The VM's directory inside the state directory.
-        #[arg(long)]
-        vm_dir: PathBuf,
-    },
+    Vmm(crate::cmd::vmm::Args),
 }

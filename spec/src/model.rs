@@ -54,8 +54,8 @@ pub struct VmSpec {
     /// Whether apply keeps this VM running (default true).
     #[serde(default = "default_true")]
     pub autostart: bool,
-    /// The boot image when `os` names an `image` node (or a built-in Linux OS),
-    /// `null` for the built-in `diag` guest.
+    /// The boot image when `os` names an `image` node; `null` for the built-in
+    /// OSes (`diag`, `debian-12`), which the runtime knows how to boot.
     #[serde(default)]
     pub image: Option<ImageSpec>,
 }

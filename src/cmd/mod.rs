@@ -1,10 +1,41 @@
-//! One module per subcommand; `run` dispatches.
+//! One module per subcommand; `run` dispatches. Each module owns its clap
+//! `Args` struct and a `run(&Global, Args) -> miette::Result<ExitCode>`.
 
+pub mod apply;
+pub mod console;
+pub mod destroy;
+pub mod logs;
+pub mod plan;
+pub mod status;
+pub mod validate;
+pub mod vmm;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use miette::Result;
 
 use crate::cli::{Cli, Command};
+
+/// Options every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub state_dir: Option<PathBuf>,
+    pub verbose: u8,
+}
+
+impl Global {
+    /// The state directory: `--state-dir`/`VMCTL_STATE_DIR`, else `.vmctl/`
+    /// beside the KDL file.
+    pub fn state_dir_for(&self, kdl_file: &Path) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let parent = kdl_file.parent().filter(|p| !p.as_os_str().is_empty());
+        parent.unwrap_or_else(|| Path::new(".")).join(".vmctl")
+    }
+}
 
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.verbose {
@@ -22,7 +53,19 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let g = Global {
+        state_dir: cli.state_dir,
+        verbose: cli.verbose,
+    };
     match cli.command {
-        other => Err(miette::miette!("{other:?}: not implemented yet")),
+        Command::Validate(a) => validate::run(&g, a),
+        Command::Plan(a) => plan::run(&g, a),
+        Command::Apply(a) => apply::run(&g, a),
+        Command::Destroy(a) => destroy::run(&g, a),
+        Command::Status(a) => status::run(&g, a),
+        Command::Console(a) => console::run(&g, a),
+        Command::Logs(a) => logs::run(&g, a),
+        Command::Watch(a) => watch::run(&g, a),
+        Command::Vmm(a) => vmm::run(&g, a),
     }
 }
