@@ -45,6 +45,8 @@ pub enum Command {
     Logs(crate::cmd::logs::Args),
     /// Reconcile whenever the file changes.
     Watch(crate::cmd::watch::Args),
+    /// Build, list and remove boot images (debian-12).
+    Image(crate::cmd::image::Args),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),
