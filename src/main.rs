@@ -3,6 +3,7 @@
 
 mod cli;
 mod cmd;
+mod reconcile;
 
 use std::process::ExitCode;
 
