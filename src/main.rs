@@ -3,6 +3,7 @@
 
 mod cli;
 mod cmd;
+mod lock;
 mod reconcile;
 
 use std::process::ExitCode;
