@@ -2,12 +2,28 @@
 //!
 //! Turns a KDL file into a resolved, validated [`DesiredState`], reporting every
 //! problem in the file at once as miette diagnostics with spans and help.
+//!
+//! Layers: [`syntax`] reads nodes and checks each value on its own, `resolve`
+//! applies cross-VM rules and defaults, [`units`] reads sizes, [`profiles`]
+//! holds OS defaults, [`render`] writes a resolved state back as KDL.
 
+pub mod diagnostic;
 pub mod model;
+pub mod profiles;
+pub mod render;
+mod resolve;
+pub mod suggest;
+mod syntax;
+pub mod units;
 
 use std::path::Path;
+use std::sync::Arc;
 
+pub use diagnostic::SpecDiagnostic;
 pub use model::*;
+pub use render::to_kdl;
+
+use diagnostic::{Diag, Sink};
 
 /// A successfully resolved file, plus warnings (e.g. more vCPUs than the host has).
 #[derive(Debug)]
@@ -27,13 +43,45 @@ pub struct SpecError {
     pub problems: Vec<miette::Report>,
 }
 
+impl SpecError {
+    /// The stable codes of the problems, in report order (for tests and tools).
+    pub fn codes(&self) -> Vec<&'static str> {
+        self.problems
+            .iter()
+            .filter_map(|r| r.downcast_ref::<SpecDiagnostic>().map(|d| d.code))
+            .collect()
+    }
+}
+
+/// Number of CPUs this host can run vCPUs on (for the host-CPU warning).
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
 /// Read and resolve a KDL file. Relative paths in it resolve against its folder.
 pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
-    let _ = path;
-    Err(SpecError {
-        file: path.display().to_string(),
-        problems: vec![miette::miette!("the KDL parser is not implemented yet")],
-    })
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut sink = Sink::new(&name, Arc::new(String::new()));
+            sink.push(
+                Diag::error(
+                    "vmctl::spec::unreadable",
+                    format!("cannot read {name}: {e}"),
+                )
+                .help("pass the KDL file with -f FILE (default: ./vmctl.kdl)"),
+            );
+            return Err(into_error(&name, sink));
+        }
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parse_str(&name, &text, dir, host_cpus())
 }
 
 /// Resolve KDL text. `source_name` names it in diagnostics; `base_dir` anchors
@@ -45,9 +93,57 @@ pub fn parse_str(
     base_dir: &Path,
     host_cpus: u32,
 ) -> Result<Loaded, SpecError> {
-    let _ = (text, base_dir, host_cpus);
-    Err(SpecError {
-        file: source_name.to_string(),
-        problems: vec![miette::miette!("the KDL parser is not implemented yet")],
+    let shared = Arc::new(text.to_string());
+    let mut sink = Sink::new(source_name, shared);
+    let base = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+    let base = resolve::absolute(&base, ".");
+
+    let doc = match kdl::KdlDocument::parse_v2(text) {
+        Ok(doc) => doc,
+        Err(err) => {
+            for d in err.diagnostics {
+                let message = d.message.unwrap_or_else(|| "invalid KDL".to_string());
+                let mut diag = Diag::error("vmctl::spec::syntax", format!("KDL syntax: {message}"))
+                    .label(d.span, d.label.unwrap_or_else(|| "here".to_string()));
+                diag =
+                    diag.help_opt(d.help.or_else(|| {
+                        Some("see docs/kdl.md for the file format (KDL v2)".to_string())
+                    }));
+                sink.push(diag);
+            }
+            if !sink.has_errors() {
+                sink.push(Diag::error(
+                    "vmctl::spec::syntax",
+                    "the file is not valid KDL",
+                ));
+            }
+            return Err(into_error(source_name, sink));
+        }
+    };
+
+    let raw = syntax::Reader {
+        text,
+        sink: &mut sink,
+        host_cpus,
+    }
+    .read_file(&doc);
+    let state = resolve::resolve(raw, &base, &mut sink);
+    if sink.has_errors() {
+        return Err(into_error(source_name, sink));
+    }
+    let mut warnings = sink.warnings;
+    warnings.sort_by_key(SpecDiagnostic::offset);
+    Ok(Loaded {
+        state,
+        warnings: warnings.into_iter().map(miette::Report::new).collect(),
     })
+}
+
+fn into_error(name: &str, sink: Sink) -> SpecError {
+    let mut errors = sink.errors;
+    errors.sort_by_key(SpecDiagnostic::offset);
+    SpecError {
+        file: name.to_string(),
+        problems: errors.into_iter().map(miette::Report::new).collect(),
+    }
 }

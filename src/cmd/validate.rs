@@ -1,6 +1,13 @@
 //! `vmctl validate`: parse and validate a KDL file, print the resolved desired state.
+//!
+//! Human output is one line per VM; `--json` prints the resolved
+//! [`vmctl_spec::DesiredState`] (the `validate --json` contract). Warnings go to
+//! stderr as miette reports; problems are returned as one report (exit 1).
 
 use std::process::ExitCode;
+
+use vmctl_spec::units::{format_mib, format_size};
+use vmctl_spec::{DesiredState, VmSpec};
 
 use crate::cli::FileArg;
 use crate::cmd::Global;
@@ -14,6 +21,71 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(_g: &Global, _args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`vmctl validate` is not implemented yet"))
+pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
+    let loaded = vmctl_spec::load_file(&args.file.file)?;
+    for w in &loaded.warnings {
+        eprintln!("{w:?}");
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&loaded.state)
+            .map_err(|e| miette::miette!("cannot render the desired state as JSON: {e}"))?;
+        println!("{text}");
+    } else {
+        print!("{}", summary(&loaded.state));
+        println!(
+            "{}: {} VM(s), valid",
+            args.file.file.display(),
+            loaded.state.vms.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per VM: name, os, cpus/max, memory/max, disks.
+fn summary(state: &DesiredState) -> String {
+    let rows: Vec<[String; 5]> = state.vms.iter().map(row).collect();
+    let mut widths = [0usize; 5];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn row(vm: &VmSpec) -> [String; 5] {
+    let disks = if vm.disks.is_empty() {
+        "no disks".to_string()
+    } else {
+        let d: Vec<String> = vm
+            .disks
+            .iter()
+            .map(|d| format!("{} {}", d.name, format_size(d.size_bytes)))
+            .collect();
+        format!("disks: {}", d.join(", "))
+    };
+    [
+        vm.name.clone(),
+        vm.os.clone(),
+        format!("cpus {}/{}", vm.cpus, vm.max_cpus),
+        format!(
+            "memory {}/{}",
+            format_mib(vm.memory_mib),
+            format_mib(vm.max_memory_mib)
+        ),
+        disks,
+    ]
 }

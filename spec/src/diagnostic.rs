@@ -1,0 +1,218 @@
+//! The one diagnostic type every spec problem is reported as.
+//!
+//! Each problem carries its own copy of the named source so that a
+//! `miette::Report` of it renders on its own with `file:line:col`, and a stable
+//! `code` (`vmctl::spec::...`) that docs/kdl.md lists and tests assert on.
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{LabeledSpan, NamedSource, Severity, SourceSpan};
+
+/// One problem (error or warning) in a KDL file.
+#[derive(Debug, Clone)]
+pub struct SpecDiagnostic {
+    pub message: String,
+    /// Stable code, e.g. `vmctl::spec::unknown-property`.
+    pub code: &'static str,
+    pub severity: Severity,
+    pub labels: Vec<LabeledSpan>,
+    pub help: Option<String>,
+    pub src: NamedSource<Arc<String>>,
+}
+
+impl SpecDiagnostic {
+    /// The byte offset where the first label starts (used to order problems).
+    pub fn offset(&self) -> usize {
+        self.labels.first().map(|l| l.offset()).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for SpecDiagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SpecDiagnostic {}
+
+impl miette::Diagnostic for SpecDiagnostic {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+    fn severity(&self) -> Option<Severity> {
+        Some(self.severity)
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h.as_str()) as Box<dyn fmt::Display>)
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        Some(Box::new(self.labels.iter().cloned()))
+    }
+}
+
+/// Collects problems while a file is parsed and resolved.
+pub(crate) struct Sink {
+    src: NamedSource<Arc<String>>,
+    pub(crate) errors: Vec<SpecDiagnostic>,
+    pub(crate) warnings: Vec<SpecDiagnostic>,
+}
+
+/// A builder for one diagnostic, finished by [`Sink::push`].
+pub(crate) struct Diag {
+    message: String,
+    code: &'static str,
+    severity: Severity,
+    labels: Vec<LabeledSpan>,
+    help: Option<String>,
+}
+
+impl Diag {
+    pub(crate) fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Diag {
+            message: message.into(),
+            code,
+            severity: Severity::Error,
+            labels: Vec::new(),
+            help: None,
+        }
+    }
+    pub(crate) fn warning(code: &'static str, message: impl Into<String>) -> Self {
+        Diag {
+            severity: Severity::Warning,
+            ..Diag::error(code, message)
+        }
+    }
+    /// The main span; the first label added is primary.
+    pub(crate) fn label(mut self, span: SourceSpan, text: impl Into<String>) -> Self {
+        let l = if self.labels.is_empty() {
+            LabeledSpan::new_primary_with_span(Some(text.into()), span)
+        } else {
+            LabeledSpan::new_with_span(Some(text.into()), span)
+        };
+        self.labels.push(l);
+        self
+    }
+    pub(crate) fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+    pub(crate) fn help_opt(mut self, help: Option<String>) -> Self {
+        self.help = help;
+        self
+    }
+}
+
+impl Sink {
+    pub(crate) fn new(name: &str, text: Arc<String>) -> Self {
+        Sink {
+            src: NamedSource::new(name, text),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+    pub(crate) fn push(&mut self, d: Diag) {
+        let diag = SpecDiagnostic {
+            message: d.message,
+            code: d.code,
+            severity: d.severity,
+            labels: d.labels,
+            help: d.help,
+            src: self.src.clone(),
+        };
+        if diag.severity == Severity::Warning {
+            self.warnings.push(diag);
+        } else {
+            self.errors.push(diag);
+        }
+    }
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}
+
+/// Every diagnostic code, with a one-line meaning (docs and tests use it).
+pub const CODES: &[(&str, &str)] = &[
+    ("vmctl::spec::syntax", "the file is not valid KDL"),
+    (
+        "vmctl::spec::unknown-node",
+        "a node name vmctl does not know",
+    ),
+    (
+        "vmctl::spec::unknown-property",
+        "a property vmctl does not know",
+    ),
+    ("vmctl::spec::wrong-type", "a value of the wrong type"),
+    (
+        "vmctl::spec::argument-count",
+        "too few or too many arguments",
+    ),
+    (
+        "vmctl::spec::missing-value",
+        "a required argument, property or node is missing",
+    ),
+    (
+        "vmctl::spec::unexpected-children",
+        "a `{ ... }` block where none is allowed",
+    ),
+    (
+        "vmctl::spec::duplicate-field",
+        "the same setting given twice",
+    ),
+    ("vmctl::spec::bad-size", "a size that cannot be read"),
+    (
+        "vmctl::spec::size-without-unit",
+        "a size written as a bare number",
+    ),
+    ("vmctl::spec::duplicate-vm", "two VMs with the same name"),
+    (
+        "vmctl::spec::duplicate-image",
+        "two images with the same name",
+    ),
+    (
+        "vmctl::spec::image-shadows-os",
+        "an image named like a built-in OS",
+    ),
+    (
+        "vmctl::spec::unknown-os",
+        "an OS that is neither built in nor an image",
+    ),
+    (
+        "vmctl::spec::unknown-vm",
+        "a `depends-on` or `copy-from` target that does not exist",
+    ),
+    (
+        "vmctl::spec::cycle",
+        "VMs that depend on each other in a circle",
+    ),
+    (
+        "vmctl::spec::max-below-boot",
+        "`max` smaller than the boot value",
+    ),
+    (
+        "vmctl::spec::memory-alignment",
+        "memory not a multiple of 2 MiB",
+    ),
+    ("vmctl::spec::zero-cpus", "zero vCPUs"),
+    ("vmctl::spec::zero-memory", "zero memory"),
+    (
+        "vmctl::spec::cpu-weight-range",
+        "`cpu-weight` outside 1..=10000",
+    ),
+    (
+        "vmctl::spec::host-cpus",
+        "more boot vCPUs than the host has (warning)",
+    ),
+    (
+        "vmctl::spec::duplicate-disk",
+        "two disks with the same name in one VM",
+    ),
+    ("vmctl::spec::zero-disk", "a disk of size 0"),
+    ("vmctl::spec::bad-format", "a disk format other than `raw`"),
+    ("vmctl::spec::unreadable", "the file cannot be read"),
+];

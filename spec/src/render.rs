@@ -1,0 +1,99 @@
+//! Resolved state → KDL text: the inverse of parsing.
+//!
+//! Every field is written out explicitly, so parsing the text back yields the
+//! same [`DesiredState`] (the property test relies on this) — handy for
+//! "show me the file with all defaults filled in".
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::model::{DesiredState, DiskFormat, VmSpec};
+use crate::units::{format_mib, format_size};
+
+/// A KDL v2 quoted string.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
+/// Render a resolved state as a KDL document with every field explicit.
+pub fn to_kdl(state: &DesiredState) -> String {
+    let mut out = String::new();
+    for img in &state.images {
+        let _ = writeln!(out, "image {} {{", quote(&img.name));
+        let _ = writeln!(out, "    kernel {}", path(&img.kernel));
+        if let Some(i) = &img.initrd {
+            let _ = writeln!(out, "    initrd {}", path(i));
+        }
+        let _ = writeln!(out, "    cmdline {}", quote(&img.cmdline));
+        out.push_str("}\n");
+    }
+    for vm in &state.vms {
+        render_vm(&mut out, vm);
+    }
+    out
+}
+
+fn render_vm(out: &mut String, vm: &VmSpec) {
+    let _ = writeln!(out, "vm {} {{", quote(&vm.name));
+    let _ = writeln!(out, "    os {}", quote(&vm.os));
+    let _ = writeln!(out, "    cpus {} max={}", vm.cpus, vm.max_cpus);
+    let _ = writeln!(
+        out,
+        "    memory {} max={}",
+        quote(&format_mib(vm.memory_mib)),
+        quote(&format_mib(vm.max_memory_mib))
+    );
+    for d in &vm.disks {
+        let format = match d.format {
+            DiskFormat::Raw => "raw",
+        };
+        let _ = write!(
+            out,
+            "    disk {} size={} format={}",
+            quote(&d.name),
+            quote(&format_size(d.size_bytes)),
+            quote(format)
+        );
+        if let Some(p) = &d.path {
+            let _ = write!(out, " path={}", path(p));
+        }
+        if let Some(s) = &d.source {
+            let _ = write!(out, " source={}", path(s));
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "    cpu-weight {}", vm.cpu_weight);
+    if !vm.depends_on.is_empty() {
+        let deps: Vec<String> = vm.depends_on.iter().map(|d| quote(d)).collect();
+        let _ = writeln!(out, "    depends-on {}", deps.join(" "));
+    }
+    if let Some(c) = &vm.copy_from {
+        let _ = writeln!(out, "    copy-from {}", quote(c));
+    }
+    let _ = writeln!(
+        out,
+        "    autostart {}",
+        if vm.autostart { "#true" } else { "#false" }
+    );
+    out.push_str("}\n");
+}

@@ -1,0 +1,40 @@
+//! Helpers shared by the spec crate's integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use vmctl_spec::{Loaded, SpecError};
+
+pub const HOST_CPUS: u32 = 8;
+
+/// Parse `text` as if it were `/lab/<name>` on an 8-CPU host.
+pub fn parse(name: &str, text: &str) -> Result<Loaded, SpecError> {
+    vmctl_spec::parse_str(name, text, Path::new("/lab"), HOST_CPUS)
+}
+
+/// Render one report exactly as a user sees it, without colour.
+pub fn render(report: &miette::Report) -> String {
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .render_report(&mut out, report.as_ref())
+        .unwrap();
+    out
+}
+
+/// Every problem of a failed parse, rendered one after another.
+pub fn render_all(err: &SpecError) -> String {
+    err.problems
+        .iter()
+        .map(render)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parse text that must fail; return its rendered problems.
+pub fn errors_of(name: &str, text: &str) -> (Vec<&'static str>, String) {
+    match parse(name, text) {
+        Ok(l) => panic!("{name} should not validate, got {:#?}", l.state),
+        Err(e) => (e.codes(), render_all(&e)),
+    }
+}
