@@ -6,6 +6,8 @@
 //! with KVM (irqfd or irq line) — or with nothing, for guests that poll.
 
 pub mod bus;
+pub mod legacy;
+pub mod serial;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, Interrupt};

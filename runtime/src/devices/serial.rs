@@ -1,0 +1,201 @@
+//! The two 16550A UARTs (vm-superio): COM1 is the console — its output is
+//! appended to `console.log` and copied to attached console clients, its input
+//! comes from them — and COM2 is the guest agent channel, where the guest
+//! writes one JSON object per line and the VMM keeps the latest as the guest
+//! report.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use vm_superio::{Serial, Trigger};
+
+use super::{BusDevice, Interrupt};
+
+/// Longest agent line kept; longer lines are dropped whole.
+pub const MAX_AGENT_LINE: usize = 64 * 1024;
+
+/// The serial interrupt: a KVM-backed line, or nothing for guests that poll.
+#[derive(Clone, Default)]
+pub struct SerialIrq(pub Option<Arc<dyn Interrupt>>);
+
+impl Trigger for SerialIrq {
+    type E = io::Error;
+    fn trigger(&self) -> Result<(), io::Error> {
+        if let Some(irq) = &self.0 {
+            irq.trigger();
+        }
+        Ok(())
+    }
+}
+
+/// A UART on the PIO bus, writing what the guest transmits to `W`.
+pub struct SerialDevice<W: Write + Send> {
+    serial: Serial<SerialIrq, vm_superio::serial::NoEvents, W>,
+}
+
+impl<W: Write + Send> SerialDevice<W> {
+    pub fn new(irq: SerialIrq, out: W) -> Self {
+        SerialDevice {
+            serial: Serial::new(irq, out),
+        }
+    }
+
+    /// Queue bytes for the guest to read; returns how many fit in the FIFO.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    pub fn writer(&self) -> &W {
+        self.serial.writer()
+    }
+}
+
+impl<W: Write + Send> BusDevice for SerialDevice<W> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.serial.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            if let Err(e) = self.serial.write(off, value) {
+                tracing::debug!(error = ?e, "serial write failed");
+            }
+        }
+    }
+}
+
+/// COM1's output: `console.log` plus every attached console client.
+pub struct ConsoleOutput {
+    pub log: Option<std::fs::File>,
+    pub clients: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+}
+
+impl Write for ConsoleOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(log) = &mut self.log {
+            log.write_all(buf)?;
+        }
+        if let Ok(mut clients) = self.clients.lock() {
+            // A client that cannot take the bytes is dropped, never waited for.
+            clients.retain_mut(|c| c.write_all(buf).is_ok());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The latest JSON object the guest wrote on the agent channel.
+pub type GuestReport = Arc<Mutex<Option<serde_json::Value>>>;
+
+/// COM2's output: assembles lines, keeps the latest JSON object.
+pub struct AgentChannel {
+    line: Vec<u8>,
+    overflowed: bool,
+    report: GuestReport,
+}
+
+impl AgentChannel {
+    pub fn new(report: GuestReport) -> Self {
+        AgentChannel {
+            line: Vec::new(),
+            overflowed: false,
+            report,
+        }
+    }
+
+    fn finish_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        if std::mem::take(&mut self.overflowed) {
+            tracing::debug!("dropped an over-long agent line");
+            return;
+        }
+        if let Some(obj) = parse_agent_line(&line) {
+            if let Ok(mut r) = self.report.lock() {
+                *r = Some(obj);
+            }
+        }
+    }
+}
+
+/// One agent line: a JSON object (anything else is ignored).
+pub fn parse_agent_line(line: &[u8]) -> Option<serde_json::Value> {
+    let text = std::str::from_utf8(line).ok()?.trim();
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Some(v),
+        _ => None,
+    }
+}
+
+impl Write for AgentChannel {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                self.finish_line();
+            } else if self.line.len() >= MAX_AGENT_LINE {
+                self.overflowed = true;
+                self.line.clear();
+            } else {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(bytes: &[u8]) -> Option<serde_json::Value> {
+        let report = GuestReport::default();
+        let mut ch = AgentChannel::new(report.clone());
+        ch.write_all(bytes).unwrap();
+        report.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn keeps_the_latest_object() {
+        let r = feed(b"{\"seq\":1}\n{\"seq\":2,\"cpus\":4}\r\n");
+        assert_eq!(r, Some(serde_json::json!({"seq":2,"cpus":4})));
+    }
+
+    #[test]
+    fn ignores_garbage_partial_lines_and_non_objects() {
+        assert_eq!(feed(b"hello\n[1,2]\n42\n\xff\xfe\n"), None);
+        assert_eq!(
+            feed(b"{\"seq\":1}\nnot json\n{\"seq\":2"),
+            Some(serde_json::json!({"seq":1}))
+        );
+    }
+
+    #[test]
+    fn drops_over_long_lines_and_recovers() {
+        let mut long = vec![b' '; MAX_AGENT_LINE + 10];
+        long.extend_from_slice(b"{\"seq\":9}\n{\"seq\":3}\n");
+        assert_eq!(feed(&long), Some(serde_json::json!({"seq":3})));
+    }
+
+    #[test]
+    fn serial_transmits_to_the_writer() {
+        let report = GuestReport::default();
+        let mut dev = SerialDevice::new(SerialIrq::default(), AgentChannel::new(report.clone()));
+        for b in b"{\"a\":1}\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(*report.lock().unwrap(), Some(serde_json::json!({"a":1})));
+        // LSR: transmitter empty.
+        let mut lsr = [0u8; 1];
+        dev.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0);
+    }
+}

@@ -1,0 +1,283 @@
+//! One vCPU: its per-CPU setup (CPUID, MSRs, FPU, LAPIC, and for the boot CPU
+//! the 64-bit entry registers) and the thread that runs it, dispatching port
+//! and MMIO exits to the buses and reporting power events to the VMM.
+//!
+//! Pausing: the VMM sets [`VcpuControl`]'s `paused` flag and kicks each thread
+//! with [`KICK_SIGNAL`], which interrupts `KVM_RUN` with `EINTR`; the thread
+//! then parks on the condition variable until resumed or stopped. A kick that
+//! lands outside `KVM_RUN` is lost, so the VMM repeats it until every thread
+//! has reported itself parked.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
+use crate::devices::Bus;
+
+/// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Install the (empty) kick handler once per process; without it the signal
+/// would kill the process.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler).map_err(|e| {
+        VcpuError::Setup {
+            what: "kick signal handler",
+            source: kvm_ioctls::Error::new(e.errno()),
+        }
+    })
+}
+
+/// Why the VM must stop running, as reported by a vCPU or a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The guest powered off (ACPI S5 on the power device, or KVM's
+    /// system event).
+    PowerOff,
+    /// The guest asked for a reset (power device, i8042, KVM system event).
+    Reset,
+    /// The vCPU cannot go on (triple fault, internal error, failed entry).
+    Crash(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {index}: {source}")]
+    Create {
+        index: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU setup failed ({what}): {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Setup { what, source }
+}
+
+/// Run state shared between the VMM and its vCPU threads.
+#[derive(Default)]
+pub struct RunState {
+    pub paused: bool,
+    pub stop: bool,
+    /// How many threads are parked (paused and waiting).
+    pub parked: usize,
+}
+
+/// Pause / resume / stop for all vCPU threads of one VM.
+#[derive(Default)]
+pub struct VcpuControl {
+    pub state: Mutex<RunState>,
+    pub cv: Condvar,
+}
+
+impl VcpuControl {
+    /// Block while paused. Returns false when the thread must stop.
+    fn wait_runnable(&self) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        if s.paused && !s.stop {
+            s.parked += 1;
+            self.cv.notify_all();
+            while s.paused && !s.stop {
+                s = match self.cv.wait(s) {
+                    Ok(s) => s,
+                    Err(_) => return false,
+                };
+            }
+            s.parked -= 1;
+        }
+        !s.stop
+    }
+
+    /// Wait until `count` threads are parked, kicking `kick` meanwhile.
+    pub fn wait_parked(&self, count: usize, timeout: Duration, kick: &dyn Fn()) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            kick();
+            let Ok(s) = self.state.lock() else {
+                return false;
+            };
+            if s.parked >= count {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(5));
+            if self.cv.wait_timeout(s, wait).is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// A configured vCPU, ready to run on its own thread.
+pub struct Vcpu {
+    pub index: u32,
+    pub fd: VcpuFd,
+}
+
+/// Everything a vCPU thread needs to handle exits.
+#[derive(Clone)]
+pub struct ExitContext {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub control: Arc<VcpuControl>,
+    pub events: Sender<VmEvent>,
+}
+
+impl Vcpu {
+    /// Create vCPU `index` of `count` and give it CPUID, MSRs, FPU and LAPIC
+    /// LINT setup. Only the boot vCPU (index 0) gets registers (`entry`); the
+    /// others stay in KVM's wait-for-SIPI state.
+    pub fn new(
+        kvm: &Kvm,
+        vm: &VmFd,
+        index: u32,
+        count: u32,
+        entry: Option<u64>,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        let mut cpuid: CpuId = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(setup("supported CPUID"))?;
+        cpuid::normalize(cpuid.as_mut_slice(), index, count);
+        fd.set_cpuid2(&cpuid).map_err(setup("CPUID"))?;
+        let msrs = msr::boot_msr_entries().map_err(|_| VcpuError::Setup {
+            what: "MSR list",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        let written = fd.set_msrs(&msrs).map_err(setup("MSRs"))?;
+        if written != msrs.as_slice().len() {
+            tracing::warn!(index, written, "KVM accepted only some boot MSRs");
+        }
+        fd.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
+        let mut lapic = fd.get_lapic().map_err(setup("read LAPIC"))?;
+        interrupts::set_lint(&mut lapic);
+        fd.set_lapic(&lapic).map_err(setup("LAPIC"))?;
+        if let Some(entry) = entry {
+            let sregs = fd.get_sregs().map_err(setup("read sregs"))?;
+            fd.set_sregs(&regs::long_mode_sregs(sregs))
+                .map_err(setup("sregs"))?;
+            fd.set_regs(&regs::entry_regs(entry))
+                .map_err(setup("regs"))?;
+        }
+        Ok(Vcpu { index, fd })
+    }
+
+    /// The vCPU thread body: run until stopped or until the VM must stop.
+    pub fn run(mut self, ctx: ExitContext) {
+        let index = self.index;
+        while ctx.control.wait_runnable() {
+            match self.fd.run() {
+                Ok(exit) => {
+                    if let Some(event) = handle_exit(index, exit, &ctx) {
+                        let _ = ctx.events.send(event);
+                        // The VMM decides what happens next; this vCPU
+                        // waits until it is stopped.
+                        park_until_stopped(&ctx.control);
+                        break;
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) => {
+                    let _ = ctx
+                        .events
+                        .send(VmEvent::Crash(format!("vCPU {index}: KVM_RUN failed: {e}")));
+                    park_until_stopped(&ctx.control);
+                    break;
+                }
+            }
+        }
+        tracing::debug!(index, "vCPU thread exits");
+    }
+}
+
+fn park_until_stopped(control: &VcpuControl) {
+    let Ok(mut s) = control.state.lock() else {
+        return;
+    };
+    s.parked += 1;
+    control.cv.notify_all();
+    while !s.stop {
+        s = match control.cv.wait(s) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+    }
+    s.parked -= 1;
+}
+
+/// Handle one exit; `Some(event)` when the VM must stop running.
+fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &ExitContext) -> Option<VmEvent> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+            None
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0);
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.mmio.write(addr, data);
+            None
+        }
+        VcpuExit::Hlt => {
+            // With the in-kernel irqchip KVM handles HLT itself; should one
+            // reach us anyway, idle briefly instead of spinning.
+            std::thread::sleep(Duration::from_millis(1));
+            None
+        }
+        VcpuExit::Intr => None,
+        VcpuExit::Shutdown => Some(VmEvent::Crash(format!(
+            "vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN)"
+        ))),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmEvent::PowerOff),
+            KVM_SYSTEM_EVENT_RESET => Some(VmEvent::Reset),
+            other => Some(VmEvent::Crash(format!(
+                "vCPU {index}: system event {other}"
+            ))),
+        },
+        VcpuExit::FailEntry(reason, cpu) => Some(VmEvent::Crash(format!(
+            "vCPU {index}: VM entry failed (hardware reason {reason:#x}, cpu {cpu})"
+        ))),
+        VcpuExit::InternalError => Some(VmEvent::Crash(format!(
+            "vCPU {index}: KVM internal error (emulation failed)"
+        ))),
+        other => Some(VmEvent::Crash(format!(
+            "vCPU {index}: unexpected exit {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,97 @@
+//! One KVM VM: guest RAM registered as memory slots, the in-kernel irqchip
+//! (PIC + IOAPIC + LAPICs) and PIT, and the TSS / identity-map pages KVM needs
+//! on Intel hosts.
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::GuestMemory;
+use crate::arch::x86_64::memory::ram_regions;
+
+/// Three pages just below the BIOS area at the top of the 32-bit space, where
+/// KVM puts the real-mode TSS (Intel) — never RAM, never a device.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// One page for the EPT identity map, right below the TSS.
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("cannot create the KVM VM: {0}")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    Memory {
+        mib: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("cannot register guest memory with KVM: {0}")]
+    MemorySlot(#[source] kvm_ioctls::Error),
+    #[error("KVM setup failed ({what}): {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// A KVM VM with its memory.
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+    pub memory: GuestMemory,
+}
+
+impl Vm {
+    /// Create the VM with exactly `ram_bytes` of anonymous, lazily backed RAM.
+    pub fn new(ram_bytes: u64) -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let ranges: Vec<(GuestAddress, usize)> = ram_regions(ram_bytes)
+            .into_iter()
+            .map(|(start, size)| (GuestAddress(start), size as usize))
+            .collect();
+        let memory = GuestMemory::from_ranges(&ranges).map_err(|source| VmError::Memory {
+            mib: ram_bytes >> 20,
+            source,
+        })?;
+        for (slot, region) in memory.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `memory`, a field
+            // declared after `fd`, so it is unmapped only after the VM fd is
+            // closed; vCPU threads are joined before a `Vm` is dropped.
+            unsafe { fd.set_user_memory_region(r) }.map_err(VmError::MemorySlot)?;
+        }
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(|source| VmError::Setup {
+                what: "TSS address",
+                source,
+            })?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(|source| VmError::Setup {
+                what: "identity map address",
+                source,
+            })?;
+        fd.create_irq_chip().map_err(|source| VmError::Setup {
+            what: "in-kernel irqchip",
+            source,
+        })?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(|source| VmError::Setup {
+            what: "PIT",
+            source,
+        })?;
+        Ok(Vm { kvm, fd, memory })
+    }
+}
