@@ -21,7 +21,10 @@ pub fn quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
+            // Control, bidi-override, newline-like and other non-ASCII
+            // non-alphanumeric characters are escaped: KDL forbids some of
+            // them literally and they are invisible anyway.
+            c if c.is_control() || (!c.is_ascii() && !c.is_alphanumeric()) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),

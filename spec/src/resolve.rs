@@ -374,7 +374,7 @@ fn resolve_vm(
             }
         },
         None => {
-            if !copy_broken && !vm.copy_from_written {
+            if !copy_broken && !vm.copy_from_written && !vm.os_written {
                 sink.push(
                     Diag::error(
                         "vmctl::spec::missing-value",
@@ -461,7 +461,7 @@ fn resolve_vm(
         let size = match &rd.size {
             Some(s) => s.val,
             None => {
-                if !rd.size_written {
+                if !rd.reported {
                     sink.push(
                         Diag::error(
                             "vmctl::spec::missing-value",

@@ -48,9 +48,9 @@ pub(crate) struct RawImage {
 pub(crate) struct RawDisk {
     pub name: Spanned<String>,
     pub size: Option<Spanned<u64>>,
-    /// Whether `size` was written (even if it was invalid): suppresses the
-    /// "missing size" error after a bad size was already reported.
-    pub size_written: bool,
+    /// A problem with this disk node was already reported: suppresses the
+    /// "missing size" error so one mistake gives one diagnostic.
+    pub reported: bool,
     pub format: Option<DiskFormat>,
     pub path: Option<String>,
     pub source: Option<String>,
@@ -68,6 +68,8 @@ pub(crate) struct RawVm {
     pub copy_from: Option<Spanned<String>>,
     /// `copy-from` was written (even if invalid).
     pub copy_from_written: bool,
+    /// `os` was written (even if invalid).
+    pub os_written: bool,
     pub autostart: Option<bool>,
 }
 
@@ -763,6 +765,7 @@ impl Reader<'_> {
     }
 
     fn read_disk(&mut self, node: &KdlNode) -> Option<RawDisk> {
+        let before = self.sink.errors.len();
         self.no_children(node);
         let (args, props) = self.split(node, DISK_PROPS);
         let name = self.name_arg(node, &args);
@@ -772,7 +775,7 @@ impl Reader<'_> {
                 span: node.name().span(),
             }),
             size: None,
-            size_written: false,
+            reported: false,
             format: None,
             path: None,
             source: None,
@@ -780,7 +783,6 @@ impl Reader<'_> {
         for (k, e) in props {
             match k {
                 "size" => {
-                    disk.size_written = true;
                     let ctx = format!(
                         "disk {} size=",
                         quote(name.as_ref().map(|n| n.val.as_str()).unwrap_or("..."))
@@ -819,6 +821,7 @@ impl Reader<'_> {
                 _ => disk.source = self.string(e, "source=").map(|s| s.val),
             }
         }
+        disk.reported = self.sink.errors.len() > before;
         name.map(|_| disk)
     }
 
@@ -838,6 +841,7 @@ impl Reader<'_> {
             depends_on: Vec::new(),
             copy_from: None,
             copy_from_written: false,
+            os_written: false,
             autostart: None,
         };
         let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
@@ -855,7 +859,10 @@ impl Reader<'_> {
                 seen.push((n, child.name().span()));
             }
             match n {
-                "os" => vm.os = self.string_node(child),
+                "os" => {
+                    vm.os_written = true;
+                    vm.os = self.string_node(child);
+                }
                 "cpus" => vm.cpus = self.cpus(child),
                 "memory" => vm.memory = self.memory(child),
                 "cpu-weight" => vm.cpu_weight = self.cpu_weight(child),

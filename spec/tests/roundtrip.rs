@@ -1,0 +1,199 @@
+//! Property: any valid resolved state, rendered to KDL and parsed again, is the
+//! same state; and it survives JSON (the `validate --json` contract) unchanged.
+
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use vmctl_spec::{DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, ImageSpec, VmSpec};
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9-]{0,8}"
+}
+
+fn abs_path() -> impl Strategy<Value = Option<PathBuf>> {
+    proptest::option::of(
+        "(/[a-z0-9_.-]{1,6}){1,3}".prop_filter("no dot segments", |p| {
+            !p.split('/').any(|s| s == "." || s == "..")
+        }),
+    )
+    .prop_map(|p| p.map(PathBuf::from))
+}
+
+fn disk() -> impl Strategy<Value = DiskSpec> {
+    (name(), 1u64..(1 << 42), abs_path(), abs_path()).prop_map(
+        |(name, size_bytes, path, source)| DiskSpec {
+            name,
+            size_bytes,
+            format: DiskFormat::Raw,
+            path,
+            source,
+        },
+    )
+}
+
+/// One VM before cross-VM fix-ups; `os_pick` 0 = diag, 1 = debian-12, 2 = image.
+#[derive(Debug, Clone)]
+struct Draft {
+    os_pick: u8,
+    cpus: u32,
+    extra_cpus: u32,
+    memory_2mib: u64,
+    extra_2mib: u64,
+    disks: Vec<DiskSpec>,
+    cpu_weight: u32,
+    autostart: bool,
+    dep_picks: Vec<usize>,
+    copy_pick: Option<usize>,
+}
+
+fn draft() -> impl Strategy<Value = Draft> {
+    (
+        0u8..3,
+        1u32..64,
+        0u32..64,
+        1u64..4096,
+        0u64..4096,
+        proptest::collection::vec(disk(), 0..3),
+        1u32..=10_000,
+        any::<bool>(),
+        proptest::collection::vec(any::<usize>(), 0..3),
+        proptest::option::of(any::<usize>()),
+    )
+        .prop_map(
+            |(
+                os_pick,
+                cpus,
+                extra_cpus,
+                memory_2mib,
+                extra_2mib,
+                disks,
+                cpu_weight,
+                autostart,
+                dep_picks,
+                copy_pick,
+            )| Draft {
+                os_pick,
+                cpus,
+                extra_cpus,
+                memory_2mib,
+                extra_2mib,
+                disks,
+                cpu_weight,
+                autostart,
+                dep_picks,
+                copy_pick,
+            },
+        )
+}
+
+/// Build a state the schema can express: references only point backwards (no
+/// cycles), disk names are unique, a debian-12 VM has its profile's root disk
+/// first, and a copy lists its source's disks first (they are inherited).
+fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredState {
+    let mut vms: Vec<VmSpec> = Vec::new();
+    for (i, (name, d)) in names.into_iter().zip(drafts).enumerate() {
+        let copy_from = d
+            .copy_pick
+            .filter(|_| i > 0)
+            .map(|p| vms[p % i].name.clone());
+        let src = copy_from
+            .as_ref()
+            .and_then(|c| vms.iter().find(|v| &v.name == c))
+            .cloned();
+        let (os, img) = match d.os_pick {
+            0 => ("diag".to_string(), None),
+            1 => ("debian-12".to_string(), None),
+            _ => (image.name.clone(), Some(image.clone())),
+        };
+        let mut disks: Vec<DiskSpec> = Vec::new();
+        match &src {
+            Some(s) => disks.extend(s.disks.iter().cloned()),
+            None if os == "debian-12" => disks.push(DiskSpec {
+                name: "root".into(),
+                size_bytes: 8 << 30,
+                format: DiskFormat::Raw,
+                path: None,
+                source: None,
+            }),
+            None => {}
+        }
+        for disk in d.disks {
+            if !disks.iter().any(|x| x.name == disk.name) {
+                disks.push(disk);
+            }
+        }
+        let mut depends_on: Vec<String> = Vec::new();
+        if i > 0 {
+            for p in d.dep_picks {
+                let n = vms[p % i].name.clone();
+                if !depends_on.contains(&n) {
+                    depends_on.push(n);
+                }
+            }
+        }
+        if depends_on.is_empty() {
+            // Nothing written means "inherit the source's".
+            if let Some(s) = &src {
+                depends_on = s.depends_on.clone();
+            }
+        }
+        vms.push(VmSpec {
+            name,
+            os,
+            cpus: d.cpus,
+            max_cpus: (d.cpus + d.extra_cpus).min(254),
+            memory_mib: d.memory_2mib * 2,
+            max_memory_mib: (d.memory_2mib + d.extra_2mib) * 2,
+            disks,
+            depends_on,
+            copy_from,
+            cpu_weight: d.cpu_weight,
+            autostart: d.autostart,
+            image: img,
+        });
+    }
+    let uses_image = vms.iter().any(|v| v.image.is_some());
+    DesiredState {
+        format_version: FORMAT_VERSION.to_string(),
+        vms,
+        images: if uses_image { vec![image] } else { Vec::new() },
+    }
+}
+
+fn state() -> impl Strategy<Value = DesiredState> {
+    let image = (name(), abs_path(), ".{0,20}", "(/[a-z]{1,5}){1,3}").prop_map(
+        |(n, initrd, cmdline, kernel)| ImageSpec {
+            name: format!("img-{n}"),
+            kernel: PathBuf::from(kernel),
+            initrd,
+            cmdline,
+        },
+    );
+    (proptest::collection::hash_set(name(), 0..6), image).prop_flat_map(|(names, image)| {
+        let names: Vec<String> = names.into_iter().collect();
+        let n = names.len();
+        (
+            Just(names),
+            proptest::collection::vec(draft(), n),
+            Just(image),
+        )
+            .prop_map(|(names, drafts, image)| build(names, drafts, image))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn render_then_parse_is_identity(s in state()) {
+        let text = vmctl_spec::to_kdl(&s);
+        let loaded = vmctl_spec::parse_str("gen.kdl", &text, Path::new("/base"), u32::MAX)
+            .map_err(|e| TestCaseError::fail(format!("{e:?}\n{text}")))?;
+        prop_assert_eq!(&loaded.state, &s, "{}", text);
+        prop_assert!(loaded.warnings.is_empty());
+
+        let json = serde_json::to_string_pretty(&loaded.state).unwrap();
+        let back: DesiredState = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(back, s);
+    }
+}
