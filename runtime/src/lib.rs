@@ -13,6 +13,7 @@ pub mod api;
 pub mod arch;
 pub mod devices;
 pub mod diag;
+pub mod image;
 pub mod process;
 pub mod state;
 pub mod vmm;
