@@ -4,6 +4,7 @@
 //! [`vmctl_spec::DesiredState`] (the `validate --json` contract). Warnings go to
 //! stderr as miette reports; problems are returned as one report (exit 1).
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use vmctl_spec::units::{format_mib, format_size};
@@ -26,17 +27,25 @@ pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
     for w in &loaded.warnings {
         eprintln!("{w:?}");
     }
-    if args.json {
-        let text = serde_json::to_string_pretty(&loaded.state)
+    let text = if args.json {
+        let mut t = serde_json::to_string_pretty(&loaded.state)
             .map_err(|e| miette::miette!("cannot render the desired state as JSON: {e}"))?;
-        println!("{text}");
+        t.push('\n');
+        t
     } else {
-        print!("{}", summary(&loaded.state));
-        println!(
-            "{}: {} VM(s), valid",
+        format!(
+            "{}{}: {} VM(s), valid\n",
+            summary(&loaded.state),
             args.file.file.display(),
             loaded.state.vms.len()
-        );
+        )
+    };
+    // A closed pipe (`vmctl validate --json | head`) is not an error.
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(miette::miette!("cannot write to stdout: {e}")),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,165 @@
+//! End-to-end tests of `vmctl validate` through the built binary: exit codes,
+//! the JSON contract, diagnostics with `file:line:col`, no ANSI colour off a TTY.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vmctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmctl"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("FORCE_COLOR")
+        .env("COLUMNS", "100")
+        .output()
+        .expect("run vmctl")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).expect("utf-8 output")
+}
+
+#[test]
+fn quickstart_validates() {
+    let out = vmctl(&["validate", "-f", "examples/quickstart.kdl"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("alpha"), "{stdout}");
+    assert!(stdout.contains("beta"), "{stdout}");
+    assert!(stdout.contains("cpus 2/2"), "{stdout}");
+    assert!(stdout.contains("memory 256MiB/512MiB"), "{stdout}");
+    assert!(stdout.contains("data 64MiB"), "{stdout}");
+}
+
+#[test]
+fn lab_validates_and_json_has_every_contract_field() {
+    let human = vmctl(&["validate", "-f", "examples/lab.kdl"]);
+    assert_eq!(human.status.code(), Some(0), "{}", text(&human.stderr));
+
+    let out = vmctl(&["validate", "-f", "examples/lab.kdl", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["format_version"], "1");
+    let vms = v["vms"].as_array().expect("vms");
+    let names: Vec<&str> = vms.iter().filter_map(|vm| vm["name"].as_str()).collect();
+    assert_eq!(names, ["db", "web", "web-2", "probe"]);
+    for vm in vms {
+        for key in [
+            "name",
+            "os",
+            "cpus",
+            "max_cpus",
+            "memory_mib",
+            "max_memory_mib",
+            "disks",
+            "depends_on",
+            "copy_from",
+            "cpu_weight",
+        ] {
+            assert!(vm.get(key).is_some(), "{key} missing in {vm}");
+        }
+        for d in vm["disks"].as_array().expect("disks") {
+            for key in ["name", "size_bytes", "format", "path"] {
+                assert!(d.get(key).is_some(), "disk {key} missing in {d}");
+            }
+        }
+    }
+    assert_eq!(vms[2]["copy_from"], "web");
+    assert_eq!(vms[1]["depends_on"][0], "db");
+}
+
+#[test]
+fn five_mistakes_give_five_diagnostics_with_locations() {
+    let file = "examples/invalid/five-mistakes.kdl";
+    let out = vmctl(&["validate", "-f", file]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains('\x1b'),
+        "ANSI escapes without a TTY:\n{stderr}"
+    );
+    assert!(stderr.contains("5 problem(s)"), "{stderr}");
+
+    // Split into the five problem reports; each shows file:line:col and help.
+    let parts: Vec<&str> = stderr.split("Error: vmctl::spec::").skip(1).collect();
+    assert_eq!(parts.len(), 5, "{stderr}");
+    let expected = [
+        ("unknown-property", "5:19", "did you mean `max`?"),
+        ("bad-size", "6:22", "did you mean `GiB`?"),
+        ("cycle", "11:16", "a VM cannot"),
+        ("duplicate-vm", "3:4", "unique"),
+        ("unknown-vm", "24:15", "VMs in this file"),
+    ];
+    for (part, (code, loc, help)) in parts.iter().zip(expected) {
+        assert!(part.starts_with(code), "expected {code}:\n{part}");
+        assert!(
+            part.contains(&format!("[{file}:{loc}]")),
+            "expected {file}:{loc}:\n{part}"
+        );
+        assert!(
+            part.contains("help:") && part.contains(help),
+            "expected help {help}:\n{part}"
+        );
+    }
+    // The duplicate points at both declarations; the cycle names both VMs.
+    assert!(stderr.contains(&format!("[{file}:14:4]")), "{stderr}");
+    assert!(stderr.contains("web → cache → web"), "{stderr}");
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn every_invalid_example_exits_1() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/invalid");
+    for entry in std::fs::read_dir(dir).expect("examples/invalid") {
+        let path = entry.expect("entry").path();
+        let p = path.to_str().expect("utf-8 path");
+        let out = vmctl(&["validate", "-f", p]);
+        assert_eq!(out.status.code(), Some(1), "{p} should be invalid");
+        assert!(text(&out.stderr).contains(".kdl:"), "{p}: no location");
+    }
+}
+
+#[test]
+fn missing_file_exits_1() {
+    let out = vmctl(&["validate", "-f", "does/not/exist.kdl"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read does/not/exist.kdl"));
+}
+
+#[test]
+fn too_many_vcpus_is_only_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.kdl");
+    std::fs::write(&file, "vm \"big\" {\n    os \"diag\"\n    cpus 254\n}\n").expect("write");
+    let out = vmctl(&["validate", "-f", file.to_str().expect("utf-8"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let host = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if host < 254 {
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("vmctl::spec::host-cpus"), "{stderr}");
+        assert!(stderr.contains("big.kdl:3:10"), "{stderr}");
+        assert!(!stderr.contains('\x1b'), "{stderr}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["vms"][0]["cpus"], 254);
+}
+
+#[test]
+fn default_file_is_vmctl_kdl_in_the_current_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("vmctl.kdl"),
+        "vm \"a\" {\n    os \"diag\"\n}\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
+        .arg("validate")
+        .current_dir(dir.path())
+        .output()
+        .expect("run vmctl");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("vmctl.kdl: 1 VM(s), valid"));
+}
