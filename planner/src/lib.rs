@@ -1,4 +1,33 @@
-//! `vmctl-planner`: from desired and observed state to an ordered action graph.
+//! `vmctl-planner`: from desired and observed state to an ordered action graph,
+//! and the engine that carries it out.
 //!
-//! Needs no KVM: the runtime is reached only through a trait, so tests can feed
-//! any observed state.
+//! Needs no KVM: the runtime is reached only through the [`Backend`] trait, so
+//! tests can feed any observed state.
+//!
+//! ```text
+//! let observed = backend.observe()?;                       // ObservedState
+//! let plan = planner::plan(&desired, &observed, &backend.capabilities())?;
+//! print!("{}", planner::render::text(&plan));              // or render::json(&plan)
+//! ```
+//!
+//! * [`observed`] — what was last applied (`vm.json`) and what is live.
+//! * [`capabilities`] — the single table deciding live / restart / replace /
+//!   refused per change; [`capabilities::markdown`] documents it.
+//! * [`diff`] — attribute differences, classified by the table.
+//! * [`plan`](mod@plan) — the action DAG (petgraph), in execution order.
+//! * [`render`] — text and JSON output.
+
+pub mod backend;
+pub mod capabilities;
+pub mod diff;
+pub mod observed;
+pub mod plan;
+pub mod render;
+pub mod size;
+
+pub use backend::{Backend, BackendError};
+pub use capabilities::{ActionKind, Disruption};
+pub use observed::{
+    Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm, Record, RunState,
+};
+pub use plan::{Action, Plan, PlanError, Summary, plan};

@@ -1,0 +1,256 @@
+//! Attribute-by-attribute comparison of one declared VM with what is observed,
+//! each difference classified by a row of the capability table.
+
+use serde_json::{Value, json};
+use vmctl_spec::{DiskSpec, VmSpec};
+
+use crate::capabilities::{self, ActionKind, Attribute, Condition, Disruption};
+use crate::observed::Capabilities;
+use crate::size::{human_bytes, human_mib};
+
+/// One difference between what is and what should be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub attribute: Attribute,
+    pub condition: Condition,
+    /// The disk this change is about, if any.
+    pub disk: Option<String>,
+    /// Flat JSON key for the plan's `before`/`after` objects
+    /// (`cpus`, `memory_mib`, `disks.root.size_bytes`, ...).
+    pub key: String,
+    pub before: Value,
+    pub after: Value,
+    /// Human form (`1 GiB`), for the text plan.
+    pub before_text: String,
+    pub after_text: String,
+    pub disruption: Disruption,
+    pub kind: ActionKind,
+    pub reason: String,
+}
+
+struct Ctx<'a> {
+    caps: &'a Capabilities,
+    vm: &'a str,
+    out: Vec<Change>,
+}
+
+impl Ctx<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        attribute: Attribute,
+        condition: Condition,
+        disk: Option<&str>,
+        key: String,
+        (before, after): (Value, Value),
+        (before_text, after_text): (String, String),
+        max_text: &str,
+    ) {
+        let Some(row) = capabilities::row(attribute, condition) else {
+            // Every (attribute, condition) the diff produces has a row; the
+            // table tests enforce it.
+            tracing::error!(?attribute, ?condition, "capability table has no row");
+            return;
+        };
+        let d = row.decide(self.caps);
+        let reason = capabilities::fill(
+            d.reason,
+            &[
+                ("vm", self.vm),
+                ("disk", disk.unwrap_or("")),
+                ("before", &before_text),
+                ("after", &after_text),
+                ("max", max_text),
+            ],
+        );
+        self.out.push(Change {
+            attribute,
+            condition,
+            disk: disk.map(str::to_string),
+            key,
+            before,
+            after,
+            before_text,
+            after_text,
+            disruption: d.disruption,
+            kind: d.kind,
+            reason,
+        });
+    }
+}
+
+fn up_down<T: Ord>(before: T, after: T, max_before: T) -> Condition {
+    if after < before {
+        Condition::Down
+    } else if after <= max_before {
+        Condition::UpWithinMax
+    } else {
+        Condition::UpBeyondMax
+    }
+}
+
+fn disk_text(d: &DiskSpec) -> String {
+    match &d.path {
+        Some(p) => format!("{} at {}", human_bytes(d.size_bytes), p.display()),
+        None => human_bytes(d.size_bytes),
+    }
+}
+
+/// Every configuration difference from `current` (observed) to `desired`,
+/// in a fixed order. Run state is handled by the planner, not here.
+pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<Change> {
+    let mut cx = Ctx {
+        caps,
+        vm: &desired.name,
+        out: Vec::new(),
+    };
+
+    if current.os != desired.os {
+        cx.push(
+            Attribute::Os,
+            Condition::Changed,
+            None,
+            "os".into(),
+            (json!(current.os), json!(desired.os)),
+            (current.os.clone(), desired.os.clone()),
+            "",
+        );
+    } else if current.image != desired.image {
+        cx.push(
+            Attribute::Image,
+            Condition::Changed,
+            None,
+            "image".into(),
+            (json!(current.image), json!(desired.image)),
+            (current.os.clone(), desired.os.clone()),
+            "",
+        );
+    }
+
+    // Max first: a changed max forces a restart anyway, and the cpus/memory
+    // rows below compare against the *running* VM's max.
+    if current.max_cpus != desired.max_cpus {
+        cx.push(
+            Attribute::MaxCpus,
+            Condition::Changed,
+            None,
+            "max_cpus".into(),
+            (json!(current.max_cpus), json!(desired.max_cpus)),
+            (current.max_cpus.to_string(), desired.max_cpus.to_string()),
+            "",
+        );
+    }
+    if current.cpus != desired.cpus {
+        let cond = up_down(current.cpus, desired.cpus, current.max_cpus);
+        cx.push(
+            Attribute::Cpus,
+            cond,
+            None,
+            "cpus".into(),
+            (json!(current.cpus), json!(desired.cpus)),
+            (current.cpus.to_string(), desired.cpus.to_string()),
+            &current.max_cpus.to_string(),
+        );
+    }
+    if current.max_memory_mib != desired.max_memory_mib {
+        cx.push(
+            Attribute::MaxMemory,
+            Condition::Changed,
+            None,
+            "max_memory_mib".into(),
+            (json!(current.max_memory_mib), json!(desired.max_memory_mib)),
+            (
+                human_mib(current.max_memory_mib),
+                human_mib(desired.max_memory_mib),
+            ),
+            "",
+        );
+    }
+    if current.memory_mib != desired.memory_mib {
+        let cond = up_down(
+            current.memory_mib,
+            desired.memory_mib,
+            current.max_memory_mib,
+        );
+        cx.push(
+            Attribute::Memory,
+            cond,
+            None,
+            "memory_mib".into(),
+            (json!(current.memory_mib), json!(desired.memory_mib)),
+            (human_mib(current.memory_mib), human_mib(desired.memory_mib)),
+            &human_mib(current.max_memory_mib),
+        );
+    }
+
+    for want in &desired.disks {
+        match current.disks.iter().find(|d| d.name == want.name) {
+            None => cx.push(
+                Attribute::Disk,
+                Condition::Added,
+                Some(&want.name),
+                format!("disks.{}", want.name),
+                (Value::Null, json!(want)),
+                ("(none)".into(), disk_text(want)),
+                "",
+            ),
+            Some(have) => {
+                if have.path != want.path || have.format != want.format {
+                    cx.push(
+                        Attribute::Disk,
+                        Condition::Changed,
+                        Some(&want.name),
+                        format!("disks.{}", want.name),
+                        (json!(have), json!(want)),
+                        (disk_text(have), disk_text(want)),
+                        "",
+                    );
+                } else if have.size_bytes != want.size_bytes {
+                    let cond = if want.size_bytes > have.size_bytes {
+                        Condition::Grow
+                    } else {
+                        Condition::Shrink
+                    };
+                    cx.push(
+                        Attribute::DiskSize,
+                        cond,
+                        Some(&want.name),
+                        format!("disks.{}.size_bytes", want.name),
+                        (json!(have.size_bytes), json!(want.size_bytes)),
+                        (human_bytes(have.size_bytes), human_bytes(want.size_bytes)),
+                        "",
+                    );
+                }
+            }
+        }
+    }
+    for have in &current.disks {
+        if !desired.disks.iter().any(|d| d.name == have.name) {
+            cx.push(
+                Attribute::Disk,
+                Condition::Removed,
+                Some(&have.name),
+                format!("disks.{}", have.name),
+                (json!(have), Value::Null),
+                (disk_text(have), "(none)".into()),
+                "",
+            );
+        }
+    }
+
+    if current.cpu_weight != desired.cpu_weight {
+        cx.push(
+            Attribute::CpuWeight,
+            Condition::Changed,
+            None,
+            "cpu_weight".into(),
+            (json!(current.cpu_weight), json!(desired.cpu_weight)),
+            (
+                current.cpu_weight.to_string(),
+                desired.cpu_weight.to_string(),
+            ),
+            "",
+        );
+    }
+    cx.out
+}

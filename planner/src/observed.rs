@@ -1,0 +1,178 @@
+//! The observed state: what vmctl last applied to each VM and what is live now.
+//!
+//! The planner diffs the desired state against this model. It is obtained
+//! through [`crate::Backend::observe`], so tests can build it by hand.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use vmctl_spec::VmSpec;
+
+/// Whether a VM should be running, as recorded in `vm.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    /// What a spec asks for: `autostart` keeps the VM running.
+    pub fn of(spec: &VmSpec) -> Self {
+        if spec.autostart {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        }
+    }
+}
+
+/// The content of `<state>/vms/<name>/vm.json`: the configuration last applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub format_version: String,
+    pub spec: VmSpec,
+    pub desired: Desired,
+}
+
+impl Record {
+    pub fn new(spec: VmSpec, desired: Desired) -> Self {
+        Record {
+            format_version: vmctl_spec::FORMAT_VERSION.to_string(),
+            spec,
+            desired,
+        }
+    }
+}
+
+/// What the VM is doing right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Stopped,
+    /// The VMM is gone but the record says the VM should run (drift).
+    Crashed,
+}
+
+/// One disk as seen on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveDisk {
+    pub name: String,
+    pub size_bytes: u64,
+    pub path: Option<PathBuf>,
+}
+
+/// The live view of one VM (from its VMM's control socket and its files).
+/// Fields the backend could not learn are `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Live {
+    pub state: RunState,
+    pub pid: Option<u32>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// Empty when unknown; otherwise one entry per disk file found.
+    #[serde(default)]
+    pub disks: Vec<LiveDisk>,
+    /// The guest's own report (COM2 agent), as it sent it.
+    pub guest: Option<serde_json::Value>,
+}
+
+impl Live {
+    /// A VM with no VMM and nothing else known.
+    pub fn stopped() -> Self {
+        Live {
+            state: RunState::Stopped,
+            pid: None,
+            cpus: None,
+            memory_mib: None,
+            disks: Vec::new(),
+            guest: None,
+        }
+    }
+}
+
+/// One VM vmctl knows about (it has a record in the state directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedVm {
+    pub record: Record,
+    pub live: Live,
+}
+
+impl ObservedVm {
+    pub fn name(&self) -> &str {
+        &self.record.spec.name
+    }
+
+    /// The configuration in effect: the record, corrected by what the live
+    /// VM reports (a running VM's vCPU count, memory and disk sizes are truth).
+    pub fn current(&self) -> VmSpec {
+        let mut spec = self.record.spec.clone();
+        if self.live.state == RunState::Running {
+            if let Some(c) = self.live.cpus {
+                spec.cpus = c;
+            }
+            if let Some(m) = self.live.memory_mib {
+                spec.memory_mib = m;
+            }
+        }
+        for d in &mut spec.disks {
+            if let Some(l) = self.live.disks.iter().find(|l| l.name == d.name) {
+                d.size_bytes = l.size_bytes;
+            }
+        }
+        spec
+    }
+}
+
+/// Everything observed, keyed by VM name (sorted, so output is deterministic).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObservedState {
+    pub vms: BTreeMap<String, ObservedVm>,
+}
+
+impl ObservedState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add (or replace) a VM.
+    pub fn insert(&mut self, vm: ObservedVm) {
+        self.vms.insert(vm.name().to_string(), vm);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ObservedVm> {
+        self.vms.get(name)
+    }
+}
+
+/// What the runtime can do without restarting a VM. The planner never offers
+/// an action whose capability is `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub hot_add_cpu: bool,
+    pub hot_add_memory: bool,
+    pub live_disk_resize: bool,
+    pub live_cpu_weight: bool,
+    /// Create a VM by copying another VM's disks.
+    pub copy: bool,
+}
+
+impl Capabilities {
+    /// A runtime that can do everything.
+    pub fn all() -> Self {
+        Capabilities {
+            hot_add_cpu: true,
+            hot_add_memory: true,
+            live_disk_resize: true,
+            live_cpu_weight: true,
+            copy: true,
+        }
+    }
+
+    /// A runtime that can only create, start, stop and destroy.
+    pub fn none() -> Self {
+        Capabilities::default()
+    }
+}

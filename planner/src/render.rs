@@ -1,0 +1,200 @@
+//! The plan as people read it (Terraform-style text) and as scripts read it
+//! (the `plan --json` contract, `format_version` "1").
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+use vmctl_spec::VmSpec;
+
+use crate::capabilities::{ActionKind, Disruption};
+use crate::plan::{Action, Plan, Summary};
+use crate::size::{human_bytes, human_mib};
+
+/// The symbol in front of an action.
+pub fn symbol(a: &Action) -> &'static str {
+    if a.is_refused() {
+        return "!";
+    }
+    match a.kind {
+        ActionKind::Create => "+",
+        ActionKind::Copy => "=>",
+        ActionKind::Destroy => "-",
+        ActionKind::Replace => "-/+",
+        ActionKind::Restart | ActionKind::Stop if a.disruption == Disruption::Restart => "~!",
+        _ => "~",
+    }
+}
+
+fn spec_lines(out: &mut String, s: &VmSpec) {
+    let _ = writeln!(out, "      os: {}", s.os);
+    if s.max_cpus != s.cpus {
+        let _ = writeln!(out, "      cpus: {} (max {})", s.cpus, s.max_cpus);
+    } else {
+        let _ = writeln!(out, "      cpus: {}", s.cpus);
+    }
+    if s.max_memory_mib != s.memory_mib {
+        let _ = writeln!(
+            out,
+            "      memory: {} (max {})",
+            human_mib(s.memory_mib),
+            human_mib(s.max_memory_mib)
+        );
+    } else {
+        let _ = writeln!(out, "      memory: {}", human_mib(s.memory_mib));
+    }
+    for d in &s.disks {
+        let _ = write!(out, "      disk {}: {}", d.name, human_bytes(d.size_bytes));
+        if let Some(p) = &d.path {
+            let _ = write!(out, " at {}", p.display());
+        }
+        out.push('\n');
+    }
+    if s.cpu_weight != 100 {
+        let _ = writeln!(out, "      cpu-weight: {}", s.cpu_weight);
+    }
+    if !s.depends_on.is_empty() {
+        let _ = writeln!(out, "      depends-on: {}", s.depends_on.join(", "));
+    }
+    if !s.autostart {
+        let _ = writeln!(out, "      autostart: false");
+    }
+}
+
+/// The summary sentence.
+pub fn summary_line(s: &Summary) -> String {
+    if !s.has_changes() {
+        return "No changes. Infrastructure matches the configuration.".to_string();
+    }
+    let mut line = format!(
+        "Plan: {} to create, {} to update live, {} to restart, {} to replace, {} to destroy",
+        s.create, s.update_live, s.restart, s.replace, s.destroy
+    );
+    for (n, what) in [
+        (s.copy, "to copy"),
+        (s.start, "to start"),
+        (s.stop, "to stop"),
+        (s.refused, "refused"),
+    ] {
+        if n > 0 {
+            let _ = write!(line, ", {n} {what}");
+        }
+    }
+    line.push('.');
+    line
+}
+
+/// The text plan.
+pub fn text(plan: &Plan) -> String {
+    let summary = plan.summary();
+    let mut out = String::new();
+    if summary.has_changes() {
+        out.push_str("vmctl will perform the following actions:\n\n");
+    }
+    for a in &plan.actions {
+        let _ = write!(out, "  {} {} {}", symbol(a), a.vm, a.kind.label());
+        if a.is_refused() {
+            out.push_str(" (refused)");
+        }
+        if let Some(src) = &a.source {
+            let _ = write!(out, " from {src}");
+        }
+        out.push('\n');
+        let live_or_plain = matches!(a.disruption, Disruption::Live | Disruption::None)
+            && !matches!(a.kind, ActionKind::Start | ActionKind::Stop);
+        if let Some(r) = &a.reason
+            && !(live_or_plain && matches!(a.kind, ActionKind::Create))
+        {
+            for part in r.split("; ") {
+                let _ = writeln!(out, "      # {part}");
+            }
+        }
+        match a.kind {
+            ActionKind::Create | ActionKind::Copy if !a.is_refused() => {
+                if let Some(s) = &a.new {
+                    spec_lines(&mut out, s);
+                }
+            }
+            _ => {
+                for c in &a.changes {
+                    let label = match &c.disk {
+                        Some(d) => format!("disk {d}"),
+                        None => c.attribute.label().to_string(),
+                    };
+                    let _ = writeln!(out, "      {label}: {} → {}", c.before_text, c.after_text);
+                }
+            }
+        }
+        if !a.depends_on.is_empty() {
+            let _ = writeln!(out, "      after: {}", a.depends_on.join(", "));
+        }
+        out.push('\n');
+    }
+    out.push_str(&summary_line(&summary));
+    out.push('\n');
+    out
+}
+
+#[derive(Serialize)]
+struct JsonAction<'a> {
+    id: &'a str,
+    vm: &'a str,
+    kind: ActionKind,
+    disruption: Disruption,
+    refused: bool,
+    reason: Option<&'a str>,
+    before: Value,
+    after: Value,
+    depends_on: &'a [String],
+}
+
+#[derive(Serialize)]
+struct JsonSummary {
+    #[serde(flatten)]
+    counts: Summary,
+    changes: bool,
+}
+
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    format_version: &'static str,
+    actions: Vec<JsonAction<'a>>,
+    summary: JsonSummary,
+}
+
+/// The `plan --json` document. A refused entry has `"refused": true`,
+/// `"disruption": "none"` and the kind of the change it refuses.
+pub fn json(plan: &Plan) -> Value {
+    let actions = plan
+        .actions
+        .iter()
+        .map(|a| {
+            let (before, after) = a.before_after();
+            JsonAction {
+                id: &a.id,
+                vm: &a.vm,
+                kind: a.kind,
+                disruption: if a.is_refused() {
+                    Disruption::None
+                } else {
+                    a.disruption
+                },
+                refused: a.is_refused(),
+                reason: a.reason.as_deref(),
+                before,
+                after,
+                depends_on: &a.depends_on,
+            }
+        })
+        .collect();
+    let counts = plan.summary();
+    let doc = JsonPlan {
+        format_version: vmctl_spec::FORMAT_VERSION,
+        actions,
+        summary: JsonSummary {
+            counts,
+            changes: counts.has_changes(),
+        },
+    };
+    serde_json::to_value(doc).unwrap_or(Value::Null)
+}

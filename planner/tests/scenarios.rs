@@ -1,0 +1,451 @@
+//! Plans for typical situations, as insta snapshots of the text AND the JSON
+//! output (snapshots/planner/).
+
+mod common;
+
+use common::*;
+use vmctl_planner::{Capabilities, ObservedState, Plan, RunState, plan, render};
+use vmctl_spec::DesiredState;
+
+fn snap(name: &str, d: &DesiredState, o: &ObservedState, caps: Capabilities) -> Plan {
+    let p = plan(d, o, &caps).unwrap();
+    insta::with_settings!({
+        snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/planner"),
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(format!("{name}_text"), render::text(&p));
+        insta::assert_json_snapshot!(format!("{name}_json"), render::json(&p));
+    });
+    p
+}
+
+fn all() -> Capabilities {
+    Capabilities::all()
+}
+
+fn lab() -> DesiredState {
+    let db = debian("db");
+    let web = vmctl_spec::VmSpec {
+        depends_on: vec!["db".into()],
+        ..vm("web")
+    };
+    let web2 = vmctl_spec::VmSpec {
+        copy_from: Some("web".into()),
+        memory_mib: 256,
+        max_memory_mib: 256,
+        ..web.clone()
+    };
+    let web2 = vmctl_spec::VmSpec {
+        name: "web-2".into(),
+        ..web2
+    };
+    desired(vec![db, web, web2])
+}
+
+#[test]
+fn fresh_lab() {
+    let p = snap("fresh_lab", &lab(), &ObservedState::new(), all());
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "db:create",
+            "web:create",
+            "web:stop-for-copy",
+            "web-2:copy",
+            "web:start-after-copy"
+        ]
+    );
+}
+
+#[test]
+fn no_op() {
+    let d = lab();
+    let p = snap("no_op", &d, &converged(&d), all());
+    assert!(p.actions.is_empty());
+}
+
+#[test]
+fn hot_add_memory_within_max() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        memory_mib: 2048,
+        ..old.clone()
+    };
+    snap(
+        "hot_add_memory",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+}
+
+#[test]
+fn memory_beyond_max_restarts() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        memory_mib: 8192,
+        max_memory_mib: 8192,
+        ..old.clone()
+    };
+    let p = snap(
+        "memory_beyond_max",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    assert!(
+        p.actions[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("memory 1 GiB → 8 GiB exceeds hot-add max 4 GiB: restart")
+    );
+}
+
+#[test]
+fn runtime_without_hot_add() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        memory_mib: 2048,
+        cpus: 3,
+        ..old.clone()
+    };
+    let p = snap(
+        "without_hot_add",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        Capabilities::none(),
+    );
+    assert_eq!(p.actions.len(), 1);
+    assert!(
+        p.actions[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("runtime cannot hot-add memory: restart")
+    );
+}
+
+#[test]
+fn runtime_with_hot_add_cpu_and_disk_grow() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        cpus: 4,
+        disks: vec![disk("root", 20 * GIB)],
+        cpu_weight: 200,
+        ..old.clone()
+    };
+    let p = snap(
+        "live_updates",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["db:hot-add-cpu", "db:resize-disk:root", "db:set-cpu-weight"]
+    );
+}
+
+#[test]
+fn cpus_down_and_max_change_restart() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        cpus: 1,
+        max_cpus: 8,
+        ..old.clone()
+    };
+    snap(
+        "cpus_down_restart",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+}
+
+#[test]
+fn refused_disk_shrink() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        disks: vec![disk("root", 5 * GIB)],
+        memory_mib: 2048,
+        ..old.clone()
+    };
+    let p = snap(
+        "refused_shrink",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    let s = p.summary();
+    assert_eq!((s.refused, s.update_live), (1, 1));
+}
+
+#[test]
+fn os_change_replaces() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        os: "diag".into(),
+        ..old.clone()
+    };
+    let p = snap(
+        "os_replace",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    assert!(
+        p.actions[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("destroys the VM's disks")
+    );
+}
+
+#[test]
+fn crashed_vm_is_started() {
+    let s = vm("web");
+    snap(
+        "crashed",
+        &desired(vec![s.clone()]),
+        &observed(&[(&s, RunState::Crashed)]),
+        all(),
+    );
+}
+
+#[test]
+fn stopped_vm_should_run_and_autostart_false_stops() {
+    let a = vm("a");
+    let b = vm("b");
+    let b2 = vmctl_spec::VmSpec {
+        autostart: false,
+        ..b.clone()
+    };
+    snap(
+        "start_and_stop",
+        &desired(vec![a.clone(), b2]),
+        &observed(&[(&a, RunState::Stopped), (&b, RunState::Running)]),
+        all(),
+    );
+}
+
+#[test]
+fn vm_gone_from_file_is_destroyed_in_reverse_dependency_order() {
+    let db = debian("db");
+    let web = vmctl_spec::VmSpec {
+        depends_on: vec!["db".into()],
+        ..vm("web")
+    };
+    let p = snap(
+        "destroy_reverse",
+        &desired(vec![]),
+        &observed(&[(&db, RunState::Running), (&web, RunState::Running)]),
+        all(),
+    );
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["web:destroy", "db:destroy"]);
+}
+
+#[test]
+fn dependency_chain_starts_in_order_and_stops_in_reverse() {
+    let a = vm("a");
+    let b = vmctl_spec::VmSpec {
+        depends_on: vec!["a".into()],
+        ..vm("b")
+    };
+    let c = vmctl_spec::VmSpec {
+        depends_on: vec!["b".into()],
+        ..vm("c")
+    };
+    // Declared in reverse order to prove the graph, not the file, orders.
+    let p = snap(
+        "dependency_chain",
+        &desired(vec![c.clone(), b.clone(), a.clone()]),
+        &ObservedState::new(),
+        all(),
+    );
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["a:create", "b:create", "c:create"]);
+
+    let stop = |s: &vmctl_spec::VmSpec| vmctl_spec::VmSpec {
+        autostart: false,
+        ..s.clone()
+    };
+    let p = snap(
+        "dependency_chain_stop",
+        &desired(vec![stop(&a), stop(&b), stop(&c)]),
+        &observed(&[
+            (&a, RunState::Running),
+            (&b, RunState::Running),
+            (&c, RunState::Running),
+        ]),
+        all(),
+    );
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["c:stop", "b:stop", "a:stop"]);
+}
+
+#[test]
+fn restarting_a_dependency_does_not_restart_dependents() {
+    let db = debian("db");
+    let web = vmctl_spec::VmSpec {
+        depends_on: vec!["db".into()],
+        ..vm("web")
+    };
+    let db2 = vmctl_spec::VmSpec {
+        max_cpus: 8,
+        ..db.clone()
+    };
+    let p = snap(
+        "dependency_restart",
+        &desired(vec![db2, web.clone()]),
+        &observed(&[(&db, RunState::Running), (&web, RunState::Running)]),
+        all(),
+    );
+    assert_eq!(p.actions.len(), 1);
+}
+
+#[test]
+fn copy_chain() {
+    let base = debian("base");
+    let mid = vmctl_spec::VmSpec {
+        copy_from: Some("base".into()),
+        ..debian("mid")
+    };
+    let leaf = vmctl_spec::VmSpec {
+        copy_from: Some("mid".into()),
+        ..debian("leaf")
+    };
+    let p = snap(
+        "copy_chain",
+        &desired(vec![base.clone(), mid, leaf]),
+        &observed(&[(&base, RunState::Running)]),
+        all(),
+    );
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "base:stop-for-copy",
+            "mid:copy",
+            "base:start-after-copy",
+            "mid:stop-for-copy",
+            "leaf:copy",
+            "mid:start-after-copy"
+        ]
+    );
+}
+
+#[test]
+fn copy_refused_without_capability() {
+    let d = lab();
+    let p = snap(
+        "copy_refused",
+        &d,
+        &ObservedState::new(),
+        Capabilities {
+            copy: false,
+            ..Capabilities::all()
+        },
+    );
+    let refused: Vec<_> = p.actions.iter().filter(|a| a.is_refused()).collect();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("runtime cannot copy VMs")
+    );
+}
+
+#[test]
+fn mixed_changes() {
+    let db = debian("db");
+    let web = vmctl_spec::VmSpec {
+        depends_on: vec!["db".into()],
+        ..vm("web")
+    };
+    let old = vm("old");
+    let cache = vm("cache");
+    let db2 = vmctl_spec::VmSpec {
+        memory_mib: 2048,
+        ..db.clone()
+    };
+    let web2 = vmctl_spec::VmSpec {
+        memory_mib: 512,
+        max_memory_mib: 512,
+        ..web.clone()
+    };
+    let new = vmctl_spec::VmSpec {
+        depends_on: vec!["web".into()],
+        ..vm("new")
+    };
+    snap(
+        "mixed",
+        &desired(vec![db2, web2, cache.clone(), new]),
+        &observed(&[
+            (&db, RunState::Running),
+            (&web, RunState::Running),
+            (&old, RunState::Running),
+            (&cache, RunState::Crashed),
+        ]),
+        all(),
+    );
+}
+
+#[test]
+fn disk_added_and_stopped_vm_reconfigured() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        disks: vec![disk("root", 10 * GIB), disk("data", 100 * GIB)],
+        autostart: false,
+        ..old.clone()
+    };
+    snap(
+        "disk_added_stopped",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Stopped)]),
+        all(),
+    );
+}
+
+#[test]
+fn dependency_cycle_is_rejected_with_its_name() {
+    let a = vmctl_spec::VmSpec {
+        depends_on: vec!["b".into()],
+        ..vm("a")
+    };
+    let b = vmctl_spec::VmSpec {
+        depends_on: vec!["a".into()],
+        ..vm("b")
+    };
+    let err = plan(&desired(vec![a, b]), &ObservedState::new(), &all()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("cycle"), "{msg}");
+    assert!(
+        msg.contains("a:create") && msg.contains("b:create"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn every_restart_replace_and_refusal_has_a_reason() {
+    for (d, o) in [(lab(), ObservedState::new())] {
+        let p = plan(&d, &o, &all()).unwrap();
+        for a in &p.actions {
+            if matches!(
+                a.disruption,
+                vmctl_planner::Disruption::Restart
+                    | vmctl_planner::Disruption::Replace
+                    | vmctl_planner::Disruption::Refused
+            ) {
+                assert!(a.reason.is_some(), "{}", a.id);
+            }
+        }
+    }
+}
