@@ -1,1 +1,66 @@
 //! virtio devices over the virtio-mmio transport.
+//!
+//! The split is Firecracker's: [`mmio::MmioTransport`] owns the virtio-mmio
+//! (version 2) register window, the feature and status handshake and the
+//! virtqueues (rust-vmm's `virtio-queue`), and a [`VirtioDevice`] (today only
+//! [`block::Block`]) owns the device-specific configuration space and the
+//! processing of its queues. Everything the guest writes — registers, ring
+//! addresses, descriptor chains — is validated; a misbehaving driver gets
+//! error statuses or an ignored write, never a VMM panic.
+//!
+//! Queues are processed synchronously inside the vCPU's `QueueNotify` MMIO
+//! write, so a guest that polls the used ring (the diag guest) sees the
+//! completion as soon as its write returns, and no I/O thread is needed.
+
+pub mod block;
+pub mod mmio;
+
+use virtio_queue::Queue;
+
+use crate::GuestMemory;
+
+/// virtio device ids (virtio 1.2, 5 "Device Types").
+pub const DEVICE_ID_BLOCK: u32 = 2;
+
+/// Feature bits common to every device (virtio 1.2, 6 "Reserved Feature Bits").
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// Interrupt status bits of the virtio-mmio transport.
+pub mod interrupt_status {
+    /// The device used a buffer in at least one queue.
+    pub const USED_BUFFER: u32 = 1;
+    /// The device's configuration space changed.
+    pub const CONFIG_CHANGE: u32 = 2;
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// virtio device id ([`DEVICE_ID_BLOCK`], ...).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each of the device's queues (its length is the queue count).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits the device offers.
+    fn features(&self) -> u64;
+    /// The driver accepted `features` (a subset of [`Self::features`]).
+    fn ack_features(&mut self, features: u64);
+    /// Read `data.len()` bytes of the configuration space at `offset`; bytes
+    /// beyond its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write the configuration space (most devices ignore it).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Handle the available buffers of queue `index`. Returns true when at
+    /// least one buffer was put in the used ring.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// The driver reset the device.
+    fn reset(&mut self);
+}
