@@ -5,6 +5,7 @@ mod cli;
 mod cmd;
 mod lock;
 mod reconcile;
+mod watch;
 
 use std::process::ExitCode;
 
