@@ -60,7 +60,7 @@ pub mod reg {
 pub struct MmioTransport<D: VirtioDevice> {
     device: D,
     mem: GuestMemory,
-    interrupt: Arc<dyn Interrupt>,
+    interrupt: Option<Arc<dyn Interrupt>>,
     queues: Vec<Queue>,
     queue_select: u32,
     device_features_select: u32,
@@ -74,8 +74,9 @@ pub struct MmioTransport<D: VirtioDevice> {
 
 impl<D: VirtioDevice> MmioTransport<D> {
     /// Put `device` behind a transport that reaches guest memory through
-    /// `mem` and signals the guest through `interrupt`.
-    pub fn new(device: D, mem: GuestMemory, interrupt: Arc<dyn Interrupt>) -> Self {
+    /// `mem` and signals the guest through `interrupt` (None for a guest that
+    /// polls: the interrupt status register is still kept).
+    pub fn new(device: D, mem: GuestMemory, interrupt: Option<Arc<dyn Interrupt>>) -> Self {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -133,7 +134,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.config_generation = self.config_generation.wrapping_add(1);
         if self.status & status::DRIVER_OK != 0 {
             self.interrupt_status |= interrupt_status::CONFIG_CHANGE;
-            self.interrupt.trigger();
+            self.signal();
         }
     }
 
@@ -153,8 +154,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
             let notify = queue.needs_notification(&self.mem).unwrap_or(true);
             if notify {
                 self.interrupt_status |= interrupt_status::USED_BUFFER;
-                self.interrupt.trigger();
+                self.signal();
             }
+        }
+    }
+
+    fn signal(&self) {
+        if let Some(irq) = &self.interrupt {
+            irq.trigger();
         }
     }
 

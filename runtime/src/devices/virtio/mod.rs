@@ -11,6 +11,20 @@
 //! Queues are processed synchronously inside the vCPU's `QueueNotify` MMIO
 //! write, so a guest that polls the used ring (the diag guest) sees the
 //! completion as soon as its write returns, and no I/O thread is needed.
+//!
+//! Wiring one disk (device `i` of `layout::VIRTIO_MMIO_BASE`):
+//!
+//! ```ignore
+//! let block = Block::new(&disk_path, read_only, &disk_name)?;
+//! let dev = Arc::new(Mutex::new(MmioTransport::new(block, mem.clone(), irq)));
+//! mmio_bus.insert(dev.clone(), layout::VIRTIO_MMIO_BASE + i * layout::VIRTIO_MMIO_SIZE,
+//!                 layout::VIRTIO_MMIO_SIZE)?;
+//! // ACPI: AcpiConfig::new(cpus, max_cpus, disks) lists the same windows.
+//! // Live resize later:
+//! let mut t = dev.lock()?;
+//! t.device_mut().resize(new_bytes)?;
+//! t.notify_config_change();
+//! ```
 
 pub mod block;
 pub mod mmio;

@@ -55,7 +55,7 @@ impl Harness {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let block = Block::new(file.path(), read_only, "root").unwrap();
         let irq = Arc::new(Counter::default());
-        let t = MmioTransport::new(block, mem.clone(), irq.clone());
+        let t = MmioTransport::new(block, mem.clone(), Some(irq.clone()));
         Self {
             t,
             mem,
