@@ -6,18 +6,24 @@
 //! through), `vmm` (assembling and running one VM in the `__vmm` process),
 //! `api` (the control socket protocol, server and client), `state` (the state
 //! directory), `process` (spawning and finding VMM processes), `diag` (the
-//! embedded diagnostic guest).
+//! embedded diagnostic guest), and the [`Runtime`] facade the apply engine
+//! drives.
 
 pub mod acpi;
 pub mod api;
 pub mod arch;
 pub mod devices;
 pub mod diag;
+pub mod facade;
 pub mod image;
 pub mod process;
 pub mod state;
 pub mod vmm;
 pub mod vstate;
+
+pub use facade::{Live, Observed, Runtime, RuntimeError};
+pub use state::{Desired, VmRecord};
+pub use vmm::run_vmm;
 
 /// Guest memory as every device sees it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

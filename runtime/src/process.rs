@@ -1,1 +1,185 @@
 //! Spawning, finding and signalling VMM processes.
+//!
+//! A VMM is `vmctl __vmm --vm-dir DIR`, started detached (its own session,
+//! stdin from /dev/null, stdout/stderr appended to `vmm.log`) so it outlives
+//! the vmctl that started it. It is ready when `vmm.pid` exists and its
+//! control socket answers; if it exits first, the last lines of `vmm.log` say
+//! why.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::api::ApiClient;
+use crate::state::VmDir;
+
+/// How long a VMM may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start the VMM ({exe}): {source}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VMM exited ({status}) before the VM was ready:\n{log}")]
+    Exited { status: String, log: String },
+    #[error("the VMM did not become ready within {0:?}")]
+    Timeout(Duration),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to start a VMM: the program and the arguments before `DIR`.
+#[derive(Debug, Clone)]
+pub struct VmmCommand {
+    pub exe: PathBuf,
+    /// Arguments placed before the VM directory (default `__vmm --vm-dir`).
+    pub args: Vec<OsString>,
+}
+
+impl VmmCommand {
+    /// This executable, re-executed as `__vmm`.
+    pub fn current() -> Result<Self, ProcessError> {
+        let exe = std::env::current_exe().map_err(|source| ProcessError::Spawn {
+            exe: PathBuf::from("<current exe>"),
+            source,
+        })?;
+        Ok(VmmCommand {
+            exe,
+            args: vec!["__vmm".into(), "--vm-dir".into()],
+        })
+    }
+}
+
+/// The last `n` lines of `path`.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Start the VMM for `vm_dir` and wait until it is ready. Returns its pid.
+pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
+    let dir = VmDir::new(vm_dir);
+    let log_path = dir.vmm_log();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| ProcessError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
+    let log2 = log.try_clone().map_err(|source| ProcessError::Io {
+        path: log_path.clone(),
+        source,
+    })?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(dir.exit_note());
+
+    let mut command = Command::new(&cmd.exe);
+    command
+        .args(&cmd.args)
+        .arg(vm_dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    if std::env::var_os("VMCTL_LOG").is_none() {
+        command.env("VMCTL_LOG", "info");
+    }
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our
+    // session and terminal so the VM outlives this process.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
+        exe: cmd.exe.clone(),
+        source,
+    })?;
+    let pid = child.id();
+
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let client = ApiClient::new(dir.api_sock()).with_timeout(Duration::from_secs(2));
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            // A guest that booted and powered off already was ready.
+            if status.success() && dir.read_exit_note().is_some_and(|n| n.is_clean()) {
+                return Ok(pid);
+            }
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let new = text.get(log_start as usize..).unwrap_or(&text);
+            let lines: Vec<&str> = new.lines().collect();
+            let log = lines[lines.len().saturating_sub(10)..].join("\n");
+            return Err(ProcessError::Exited {
+                status: status.to_string(),
+                log,
+            });
+        }
+        if dir.read_pid() == Some(pid as i32) && client.status().is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ProcessError::Timeout(READY_TIMEOUT));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Reap the VMM whenever it exits, so a long-lived vmctl (watch) leaves no
+    // zombies; the VMM itself keeps running when this process exits.
+    let _ = std::thread::Builder::new()
+        .name(format!("reap-{pid}"))
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    Ok(pid)
+}
+
+/// Is `pid` a live VMM process (not a zombie, and its command line says
+/// `__vmm`), so a reused pid is not mistaken for the VMM?
+pub fn is_vmm_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, None | Some("Z") | Some("X")) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline.split(|&b| b == 0).any(|arg| arg == b"__vmm")
+}
+
+/// Send `signal` to `pid`.
+pub fn signal(pid: i32, signal: libc::c_int) -> bool {
+    // SAFETY: kill(2) with a positive pid only sends a signal.
+    pid > 0 && unsafe { libc::kill(pid, signal) } == 0
+}
+
+/// Wait until `pid` is gone (or `timeout` passes); true if gone.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while is_vmm_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}

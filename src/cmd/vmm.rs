@@ -13,6 +13,13 @@ pub struct Args {
     pub vm_dir: PathBuf,
 }
 
-pub fn run(_g: &Global, _args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("the VMM is not implemented yet"))
+pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
+    match vmctl_runtime::run_vmm(&args.vm_dir) {
+        Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        Err(e) => {
+            // stderr is vmm.log; the spawner shows its last lines.
+            tracing::error!(error = %e, "VMM failed before the guest ran");
+            Err(miette::miette!("{e}"))
+        }
+    }
 }

@@ -10,9 +10,9 @@ use crate::devices::{BusDevice, Interrupt};
 
 /// Bytes of MMIO space the register block claims.
 pub const GED_LEN: u64 = 0x10;
-/// Event bits (cloud-hypervisor's numbering).
-pub const GED_CPU_HOTPLUG: u32 = 1 << 1;
-pub const GED_MEMORY_HOTPLUG: u32 = 1 << 2;
+/// Event bits (as the DSDT's `_EVT` decodes them, crate::acpi::dsdt).
+pub const GED_CPU_HOTPLUG: u32 = 1 << 0;
+pub const GED_MEMORY_HOTPLUG: u32 = 1 << 1;
 pub const GED_POWER_BUTTON: u32 = 1 << 3;
 
 /// Shared pending bits, so the VMM can raise events while the bus owns the

@@ -1,0 +1,116 @@
+//! A typed client for the control socket, with timeouts: what `vmctl` (status,
+//! stop, the apply engine) uses to talk to a running VMM.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::protocol::{Capabilities, Request, Response, ShutdownResult, Status};
+
+/// Default time allowed for one request/response (shutdown adds its grace period).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control socket I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the VMM closed the connection without answering")]
+    Closed,
+    #[error("the VMM sent an invalid response: {0}")]
+    BadResponse(String),
+    #[error("the VMM refused: {0}")]
+    Refused(String),
+}
+
+/// A connection-per-request client.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    path: PathBuf,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        ApiClient {
+            path: path.as_ref().to_path_buf(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Send one request, return the raw response.
+    pub fn request(&self, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+        let mut stream =
+            UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+                path: self.path.clone(),
+                source,
+            })?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut line =
+            serde_json::to_vec(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        line.push(b'\n');
+        stream.write_all(&line)?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        if reader.read_line(&mut answer)? == 0 {
+            return Err(ClientError::Closed);
+        }
+        serde_json::from_str(&answer)
+            .map_err(|e| ClientError::BadResponse(format!("{e}: {}", answer.trim())))
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let resp = self.request(req, timeout)?;
+        if !resp.ok {
+            return Err(ClientError::Refused(
+                resp.error.unwrap_or_else(|| "unknown error".into()),
+            ));
+        }
+        let value = resp.result.unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(value).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    pub fn status(&self) -> Result<Status, ClientError> {
+        self.call(&Request::Status, self.timeout)
+    }
+
+    pub fn pause(&self) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(&Request::Pause, self.timeout)
+            .map(|_| ())
+    }
+
+    pub fn resume(&self) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(&Request::Resume, self.timeout)
+            .map(|_| ())
+    }
+
+    /// Graceful shutdown with `grace` before the VMM forces it; returns
+    /// whether the guest powered off by itself.
+    pub fn shutdown(&self, grace: Duration) -> Result<bool, ClientError> {
+        let req = Request::Shutdown {
+            timeout_ms: Some(grace.as_millis() as u64),
+        };
+        self.call::<ShutdownResult>(&req, grace + self.timeout)
+            .map(|r| r.graceful)
+    }
+
+    pub fn capabilities(&self) -> Result<Capabilities, ClientError> {
+        self.call(&Request::Capabilities, self.timeout)
+    }
+}

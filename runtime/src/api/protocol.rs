@@ -1,0 +1,132 @@
+//! Control socket messages: one JSON request per line, one JSON response per
+//! line (docs/control-socket.md). Fields are only ever added.
+
+use serde::{Deserialize, Serialize};
+
+/// A request: `{"verb":"status"}`, `{"verb":"shutdown","timeout_ms":5000}`, …
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Pause,
+    Resume,
+    /// Ask the guest to power off (GED power button); after `timeout_ms`
+    /// (default 10 s) stop it by force. The VMM exits afterwards.
+    Shutdown {
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    Capabilities,
+}
+
+/// Default grace period of `shutdown`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+
+/// A response: `{"ok":true,"result":{...}}` or `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(result: impl Serialize) -> Self {
+        Response {
+            ok: true,
+            result: serde_json::to_value(result).ok(),
+            error: None,
+        }
+    }
+    pub fn err(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub name: String,
+    pub size_bytes: u64,
+    pub path: String,
+}
+
+/// The `status` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: RunState,
+    pub pid: u32,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskStatus>,
+    /// The latest JSON object the guest wrote on COM2, or null.
+    pub guest: Option<serde_json::Value>,
+    /// Milliseconds since the VM (last) booted.
+    pub uptime_ms: u64,
+    /// How many times the guest rebooted in this VMM.
+    #[serde(default)]
+    pub boots: u64,
+    /// `polled` (no interrupt injection) or `irqchip`.
+    #[serde(default)]
+    pub irq_mode: String,
+}
+
+/// The `shutdown` result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownResult {
+    /// True when the guest powered off by itself within the timeout.
+    pub graceful: bool,
+}
+
+/// The `capabilities` result: what this VMM can change while the VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub hot_add_cpu: bool,
+    pub hot_add_memory: bool,
+    pub live_disk_resize: bool,
+    pub live_cpu_weight: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"verb":"status"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"verb":"shutdown","timeout_ms":250}"#).unwrap(),
+            Request::Shutdown {
+                timeout_ms: Some(250)
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"verb":"shutdown"}"#).unwrap(),
+            Request::Shutdown { timeout_ms: None }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"verb":"explode"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Response::err("no")).unwrap(),
+            r#"{"ok":false,"error":"no"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::ok(RunState::Paused)).unwrap(),
+            r#"{"ok":true,"result":"paused"}"#
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! The runtime as the apply engine sees it: VMs in a state directory that can
+//! be listed, observed, created, started, stopped and destroyed — each
+//! operation idempotent (start on a running VM and destroy of a missing VM
+//! are no-ops) and safe to repeat after a crash.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmctl_spec::model::VmSpec;
+
+use crate::api::{ApiClient, Status};
+use crate::process::{self, ProcessError, VmmCommand};
+use crate::state::{Desired, StateDir, StateError, VmDir, VmRecord};
+
+/// Extra time after a graceful shutdown's grace period before SIGKILL.
+const KILL_MARGIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("VM {0:?} does not exist")]
+    NoSuchVm(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("VM {name:?} is {state}; refusing to {action}")]
+    Busy {
+        name: String,
+        state: &'static str,
+        action: &'static str,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether a VMM is running the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Live {
+    Running,
+    Stopped,
+    /// `vm.json` says running, but no VMM is (it died, was killed, or its
+    /// pid file is stale).
+    Crashed,
+}
+
+impl Live {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Live::Running => "running",
+            Live::Stopped => "stopped",
+            Live::Crashed => "crashed",
+        }
+    }
+}
+
+/// One VM as it really is.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub record: VmRecord,
+    pub live: Live,
+    pub pid: Option<i32>,
+    /// The VMM's own status, when it answered.
+    pub status: Option<Status>,
+}
+
+/// The VMs of one state directory.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    state: StateDir,
+    vmm: Option<VmmCommand>,
+}
+
+impl Runtime {
+    /// Open (and create if needed) a state directory.
+    pub fn open(state_dir: impl Into<PathBuf>) -> Result<Self, RuntimeError> {
+        let state = StateDir::new(state_dir);
+        let vms = state.vms_dir();
+        std::fs::create_dir_all(&vms).map_err(io(&vms))?;
+        Ok(Runtime { state, vmm: None })
+    }
+
+    /// Use `cmd` to start VMMs instead of re-executing this binary.
+    pub fn with_vmm_command(mut self, cmd: VmmCommand) -> Self {
+        self.vmm = Some(cmd);
+        self
+    }
+
+    pub fn state_dir(&self) -> &StateDir {
+        &self.state
+    }
+
+    pub fn vm_dir(&self, name: &str) -> VmDir {
+        self.state.vm(name)
+    }
+
+    /// Every VM record, by name.
+    pub fn list(&self) -> Result<Vec<VmRecord>, RuntimeError> {
+        let mut out = Vec::new();
+        for name in self.state.vm_names()? {
+            out.push(self.state.vm(&name).read_record()?);
+        }
+        Ok(out)
+    }
+
+    /// The VM's record, liveness and live status; None if it does not exist.
+    pub fn observe(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
+        let dir = self.state.vm(name);
+        if !dir.record().exists() {
+            return Ok(None);
+        }
+        let record = dir.read_record()?;
+        let pid = dir.read_pid();
+        let alive = pid.is_some_and(process::is_vmm_alive);
+        let (live, status) = if alive {
+            (Live::Running, ApiClient::new(dir.api_sock()).status().ok())
+        } else if pid.is_some() {
+            (Live::Crashed, None)
+        } else if record.desired == Desired::Running {
+            match dir.read_exit_note() {
+                Some(note) if note.is_clean() => (Live::Stopped, None),
+                _ => (Live::Crashed, None),
+            }
+        } else {
+            (Live::Stopped, None)
+        };
+        Ok(Some(Observed {
+            record,
+            live,
+            pid: pid.filter(|_| alive),
+            status,
+        }))
+    }
+
+    /// Write a VM's record (atomically).
+    pub fn write_record(&self, record: &VmRecord) -> Result<(), RuntimeError> {
+        let dir = self.state.vm(&record.spec.name);
+        std::fs::create_dir_all(&dir.path).map_err(io(&dir.path))?;
+        Ok(dir.write_record(record)?)
+    }
+
+    /// Create the VM's directory, disk files (sparse) and record; start it
+    /// when `autostart`. Existing disk files are kept as they are.
+    pub fn create(&self, spec: &VmSpec) -> Result<(), RuntimeError> {
+        let dir = self.state.vm(&spec.name);
+        let disks = dir.disks_dir();
+        std::fs::create_dir_all(&disks).map_err(io(&disks))?;
+        for disk in &spec.disks {
+            let path = dir.disk_path(disk);
+            if path.exists() {
+                continue;
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            if let Some(source) = &disk.source {
+                std::fs::copy(source, &path).map_err(io(source))?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io(&path))?;
+            let len = f.metadata().map_err(io(&path))?.len();
+            if len < disk.size_bytes {
+                f.set_len(disk.size_bytes).map_err(io(&path))?;
+            }
+        }
+        let desired = if spec.autostart {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        };
+        self.write_record(&VmRecord::new(spec.clone(), desired))?;
+        if spec.autostart {
+            self.start(&spec.name)?;
+        }
+        Ok(())
+    }
+
+    fn vmm_command(&self) -> Result<VmmCommand, RuntimeError> {
+        match &self.vmm {
+            Some(c) => Ok(c.clone()),
+            None => Ok(VmmCommand::current()?),
+        }
+    }
+
+    /// Start the VM's VMM (no-op when it is running). Returns its pid.
+    pub fn start(&self, name: &str) -> Result<i32, RuntimeError> {
+        let Some(obs) = self.observe(name)? else {
+            return Err(RuntimeError::NoSuchVm(name.into()));
+        };
+        let dir = self.state.vm(name);
+        if obs.record.desired != Desired::Running {
+            let mut rec = obs.record.clone();
+            rec.desired = Desired::Running;
+            dir.write_record(&rec)?;
+        }
+        if let (Live::Running, Some(pid)) = (obs.live, obs.pid) {
+            return Ok(pid);
+        }
+        remove_runtime_files(&dir);
+        let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
+        Ok(pid as i32)
+    }
+
+    /// Stop the VM: graceful shutdown within `timeout`, then forced. Records
+    /// `desired: stopped`. No-op when it is not running.
+    pub fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        let Some(obs) = self.observe(name)? else {
+            return Err(RuntimeError::NoSuchVm(name.into()));
+        };
+        let dir = self.state.vm(name);
+        if obs.record.desired != Desired::Stopped {
+            let mut rec = obs.record.clone();
+            rec.desired = Desired::Stopped;
+            dir.write_record(&rec)?;
+        }
+        if let Some(pid) = obs.pid {
+            let client = ApiClient::new(dir.api_sock());
+            if let Err(e) = client.shutdown(timeout) {
+                tracing::warn!(vm = name, error = %e, "graceful shutdown failed; killing the VMM");
+            }
+            if !process::wait_gone(pid, KILL_MARGIN) {
+                process::signal(pid, libc::SIGKILL);
+                process::wait_gone(pid, KILL_MARGIN);
+            }
+        }
+        remove_runtime_files(&dir);
+        Ok(())
+    }
+
+    /// Stop the VM and delete its directory. Disks with a user-chosen `path`
+    /// are kept unless `delete_external_disks`. No-op when it does not exist.
+    pub fn destroy(&self, name: &str, delete_external_disks: bool) -> Result<(), RuntimeError> {
+        let dir = self.state.vm(name);
+        if !dir.path.exists() {
+            return Ok(());
+        }
+        let record = dir.read_record().ok();
+        if dir.record().exists() {
+            if let Err(e) = self.stop(name, Duration::from_secs(10)) {
+                tracing::warn!(vm = name, error = %e, "stop before destroy failed");
+            }
+        }
+        if let Some(pid) = dir.read_pid().filter(|&p| process::is_vmm_alive(p)) {
+            process::signal(pid, libc::SIGKILL);
+            process::wait_gone(pid, KILL_MARGIN);
+        }
+        if delete_external_disks {
+            for disk in record.iter().flat_map(|r| &r.spec.disks) {
+                if let Some(p) = &disk.path {
+                    match std::fs::remove_file(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(p)(e)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir.path).map_err(io(&dir.path))?;
+        Ok(())
+    }
+}
+
+/// Files a dead VMM may have left behind.
+fn remove_runtime_files(dir: &VmDir) {
+    for p in [dir.pid_file(), dir.api_sock(), dir.console_sock()] {
+        let _ = std::fs::remove_file(p);
+    }
+}

@@ -1,0 +1,364 @@
+//! KVM tests: real VMM processes (this test binary re-executed as `__vmm`)
+//! booting real guests. Needs /dev/kvm; prints "skipped" without it.
+//!
+//! Until the diag guest is embedded, a hand-assembled 64-bit test program
+//! proves the boot path (ELF load, long mode, page tables), both serial ports,
+//! the GED register and the power device.
+//!
+//! Run one test: `cargo test -p vmctl-runtime --test kvm -- NAME`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmctl_runtime::api::{ApiClient, RunState};
+use vmctl_runtime::process::VmmCommand;
+use vmctl_runtime::{Live, Runtime};
+use vmctl_spec::model::{ImageSpec, VmSpec};
+
+/// `testprog-wait`: writes "hello from testprog\n" to COM1 and a JSON line to
+/// COM2, polls the GED register at 0xd010_0000 until the power-button bit (3)
+/// is set, then writes 0x34 (S5 | SLP_EN) to port 0x600. Assembled from:
+///
+/// ```text
+///     mov dx, 0x3f8 ; lea rsi, [rip+msg1] ; mov ecx, 20
+/// 1:  lodsb ; out dx, al ; dec ecx ; jnz 1b
+///     mov dx, 0x2f8 ; lea rsi, [rip+msg2] ; mov ecx, 38
+/// 2:  lodsb ; out dx, al ; dec ecx ; jnz 2b
+///     mov ebx, 0xd0100000
+/// 3:  mov eax, [rbx] ; test al, 8 ; jz 3b
+///     mov dx, 0x600 ; mov al, 0x34 ; out dx, al
+/// 4:  hlt ; jmp 4b
+/// msg1: "hello from testprog\n"
+/// msg2: "{\"agent\":\"testprog\",\"cpus\":1,\"seq\":1}\n"
+/// ```
+const TESTPROG_WAIT: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0x48, 0x8d, 0x35, 0x36, 0x00, 0x00, 0x00, 0xb9, 0x14, 0x00, 0x00, 0x00,
+    0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0x66, 0xba, 0xf8, 0x02, 0x48, 0x8d, 0x35, 0x34, 0x00, 0x00,
+    0x00, 0xb9, 0x26, 0x00, 0x00, 0x00, 0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0xbb, 0x00, 0x00, 0x10,
+    0xd0, 0x8b, 0x03, 0xa8, 0x08, 0x74, 0xfa, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb,
+    0xfd, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x20, 0x66, 0x72, 0x6f, 0x6d, 0x20, 0x74, 0x65, 0x73, 0x74,
+    0x70, 0x72, 0x6f, 0x67, 0x0a, 0x7b, 0x22, 0x61, 0x67, 0x65, 0x6e, 0x74, 0x22, 0x3a, 0x22, 0x74,
+    0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67, 0x22, 0x2c, 0x22, 0x63, 0x70, 0x75, 0x73, 0x22, 0x3a,
+    0x31, 0x2c, 0x22, 0x73, 0x65, 0x71, 0x22, 0x3a, 0x31, 0x7d, 0x0a,
+];
+
+/// `testprog-off`: the same greeting (COM2 line padded with two extra
+/// newlines), then powers off at once.
+const TESTPROG_OFF: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0x48, 0x8d, 0x35, 0x2b, 0x00, 0x00, 0x00, 0xb9, 0x14, 0x00, 0x00, 0x00,
+    0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0x66, 0xba, 0xf8, 0x02, 0x48, 0x8d, 0x35, 0x29, 0x00, 0x00,
+    0x00, 0xb9, 0x28, 0x00, 0x00, 0x00, 0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0x66, 0xba, 0x00, 0x06,
+    0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x20, 0x66, 0x72, 0x6f, 0x6d,
+    0x20, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67, 0x0a, 0x7b, 0x22, 0x61, 0x67, 0x65, 0x6e,
+    0x74, 0x22, 0x3a, 0x22, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67, 0x22, 0x2c, 0x22, 0x63,
+    0x70, 0x75, 0x73, 0x22, 0x3a, 0x31, 0x2c, 0x22, 0x73, 0x65, 0x71, 0x22, 0x3a, 0x31, 0x7d, 0x0a,
+    0x0a, 0x0a,
+];
+
+/// Where the test programs are linked and entered.
+const LOAD_ADDR: u64 = 0x20_0000;
+
+/// A minimal ELF64 executable: one PT_LOAD of `code` at `LOAD_ADDR`.
+fn elf(code: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    let phoff = 64u64;
+    let data_off = 0x1000u64;
+    // e_ident
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    f.extend_from_slice(&phoff.to_le_bytes());
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f.extend_from_slice(&0u16.to_le_bytes());
+    f.extend_from_slice(&0u16.to_le_bytes());
+    // program header
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    f.extend_from_slice(&data_off.to_le_bytes());
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // vaddr
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // paddr
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    f.resize(data_off as usize, 0);
+    f.extend_from_slice(code);
+    f
+}
+
+struct Lab {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    rt: Runtime,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let exe = std::env::current_exe().unwrap();
+        let rt = Runtime::open(root.join("state"))
+            .unwrap()
+            .with_vmm_command(VmmCommand {
+                exe,
+                args: vec!["__vmm".into(), "--vm-dir".into()],
+            });
+        Lab {
+            _tmp: tmp,
+            root,
+            rt,
+        }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.root.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn spec(&self, name: &str, kernel: &Path) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            os: "testprog".into(),
+            cpus: 1,
+            max_cpus: 1,
+            memory_mib: 128,
+            max_memory_mib: 128,
+            disks: vec![],
+            depends_on: vec![],
+            copy_from: None,
+            cpu_weight: 100,
+            autostart: true,
+            image: Some(ImageSpec {
+                name: "testprog".into(),
+                kernel: kernel.to_path_buf(),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+            }),
+        }
+    }
+
+    fn client(&self, name: &str) -> ApiClient {
+        ApiClient::new(self.rt.vm_dir(name).api_sock())
+    }
+
+    fn console(&self, name: &str) -> String {
+        std::fs::read_to_string(self.rt.vm_dir(name).console_log()).unwrap_or_default()
+    }
+}
+
+/// Poll `f` until it returns Some (no timing assertion: a generous bound only
+/// turns a hang into a failure).
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_no_vmm_files(lab: &Lab, name: &str) {
+    let dir = lab.rt.vm_dir(name);
+    assert!(!dir.pid_file().exists(), "stale vmm.pid");
+    assert!(!dir.api_sock().exists(), "stale api.sock");
+}
+
+fn testprog_boots_writes_both_ports_and_powers_off() {
+    let lab = Lab::new();
+    let k = lab.write("off.elf", &elf(TESTPROG_OFF));
+    lab.rt.create(&lab.spec("off", &k)).unwrap();
+    wait_for("the VMM to exit", || {
+        let o = lab.rt.observe("off").unwrap().unwrap();
+        (o.live != Live::Running).then_some(())
+    });
+    let o = lab.rt.observe("off").unwrap().unwrap();
+    assert_eq!(o.live, Live::Stopped, "a guest power-off is a clean stop");
+    assert!(
+        lab.console("off").contains("hello from testprog\n"),
+        "console: {:?}",
+        lab.console("off")
+    );
+    let note = lab.rt.vm_dir("off").read_exit_note().unwrap();
+    assert_eq!(note.reason, "poweroff");
+    assert_no_vmm_files(&lab, "off");
+}
+
+fn testprog_status_pause_resume_and_graceful_shutdown() {
+    let lab = Lab::new();
+    let k = lab.write("wait.elf", &elf(TESTPROG_WAIT));
+    lab.rt.create(&lab.spec("w", &k)).unwrap();
+    let c = lab.client("w");
+    let st = wait_for("the guest report", || {
+        c.status().ok().filter(|s| s.guest.is_some())
+    });
+    assert_eq!(st.guest.unwrap()["agent"], "testprog");
+    assert_eq!(
+        (st.vcpus, st.memory_mib, st.state),
+        (1, 128, RunState::Running)
+    );
+    assert_eq!(
+        st.pid as i32,
+        lab.rt.observe("w").unwrap().unwrap().pid.unwrap()
+    );
+    assert!(!c.capabilities().unwrap().hot_add_cpu);
+    c.pause().unwrap();
+    assert_eq!(c.status().unwrap().state, RunState::Paused);
+    c.resume().unwrap();
+    assert_eq!(c.status().unwrap().state, RunState::Running);
+    assert!(
+        c.shutdown(Duration::from_secs(30)).unwrap(),
+        "the guest polls GED and powers off"
+    );
+    let o = lab.rt.observe("w").unwrap().unwrap();
+    wait_for("the VMM to exit", || {
+        (lab.rt.observe("w").unwrap().unwrap().live != Live::Running).then_some(())
+    });
+    assert_eq!(
+        lab.rt.vm_dir("w").read_exit_note().unwrap().reason,
+        "shutdown"
+    );
+    drop(o);
+    // stop through the facade is then a no-op that records desired=stopped.
+    lab.rt.stop("w", Duration::from_secs(1)).unwrap();
+    assert_eq!(lab.rt.observe("w").unwrap().unwrap().live, Live::Stopped);
+    assert_no_vmm_files(&lab, "w");
+}
+
+fn killed_vmm_is_crashed_and_can_start_again() {
+    let lab = Lab::new();
+    let k = lab.write("wait.elf", &elf(TESTPROG_WAIT));
+    lab.rt.create(&lab.spec("k", &k)).unwrap();
+    let pid = lab.rt.observe("k").unwrap().unwrap().pid.unwrap();
+    // start on a running VM is a no-op.
+    assert_eq!(lab.rt.start("k").unwrap(), pid);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the kill", || {
+        (lab.rt.observe("k").unwrap().unwrap().live == Live::Crashed).then_some(())
+    });
+    let pid2 = lab.rt.start("k").unwrap();
+    assert_ne!(pid, pid2);
+    let o = lab.rt.observe("k").unwrap().unwrap();
+    assert_eq!(o.live, Live::Running);
+    lab.rt.destroy("k", false).unwrap();
+    assert!(!lab.rt.vm_dir("k").path.exists());
+    lab.rt.destroy("k", false).unwrap();
+    assert!(!vmctl_runtime::process::is_vmm_alive(pid2));
+}
+
+fn errors_before_boot_are_clear_and_leave_no_process() {
+    let lab = Lab::new();
+    let k = lab.write("wait.elf", &elf(TESTPROG_WAIT));
+
+    let missing = lab.spec("nokernel", &lab.root.join("does-not-exist"));
+    let e = lab.rt.create(&missing).unwrap_err().to_string();
+    assert!(e.contains("cannot read the kernel"), "{e}");
+    assert_no_vmm_files(&lab, "nokernel");
+    assert_eq!(
+        lab.rt.observe("nokernel").unwrap().unwrap().live,
+        Live::Crashed
+    );
+
+    let mut bad_initrd = lab.spec("noinitrd", &k);
+    bad_initrd.image.as_mut().unwrap().initrd = Some(lab.root.clone()); // a directory
+    let e = lab.rt.create(&bad_initrd).unwrap_err().to_string();
+    assert!(e.contains("cannot read the initrd"), "{e}");
+    assert_no_vmm_files(&lab, "noinitrd");
+
+    let mut huge = lab.spec("huge", &k);
+    huge.memory_mib = 64 << 20; // 64 TiB
+    huge.max_memory_mib = huge.memory_mib;
+    let e = lab.rt.create(&huge).unwrap_err().to_string();
+    assert!(e.contains("host can give only"), "{e}");
+    assert_no_vmm_files(&lab, "huge");
+}
+
+type Test = (&'static str, fn());
+
+const TESTS: &[Test] = &[
+    (
+        "testprog_boots_writes_both_ports_and_powers_off",
+        testprog_boots_writes_both_ports_and_powers_off,
+    ),
+    (
+        "testprog_status_pause_resume_and_graceful_shutdown",
+        testprog_status_pause_resume_and_graceful_shutdown,
+    ),
+    (
+        "killed_vmm_is_crashed_and_can_start_again",
+        killed_vmm_is_crashed_and_can_start_again,
+    ),
+    (
+        "errors_before_boot_are_clear_and_leave_no_process",
+        errors_before_boot_are_clear_and_leave_no_process,
+    ),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__vmm") {
+        vmm_main(&args);
+    }
+    if !Path::new("/dev/kvm").exists() {
+        println!("skipped: /dev/kvm not available");
+        return;
+    }
+    let filters: Vec<&String> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in TESTS {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran += 1;
+        println!("test {name} ...");
+        match std::panic::catch_unwind(test) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "\ntest result: {} passed; {} failed",
+        ran - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
+
+/// This binary as a VMM: `kvm __vmm --vm-dir DIR`.
+fn vmm_main(args: &[String]) -> ! {
+    let _ = tracing_subscriber_init();
+    let Some(dir) = args.get(3) else {
+        eprintln!("usage: __vmm --vm-dir DIR");
+        std::process::exit(2);
+    };
+    match vmctl_runtime::run_vmm(Path::new(dir)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmctl __vmm: error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    None
+}
