@@ -503,7 +503,7 @@ impl Reader<'_> {
             );
             return None;
         }
-        if s.val % (2 * MIB) != 0 {
+        if !s.val.is_multiple_of(2 * MIB) {
             let up = s.val.div_ceil(2 * MIB) * 2;
             self.sink.push(
                 Diag::error(
@@ -529,10 +529,9 @@ impl Reader<'_> {
         let (args, props) = self.split(node, &["max"]);
         let boot_e = self.one_arg(node, &args)?;
         let boot = self.integer(boot_e, "cpus", 1, MAX_VCPUS);
-        let max = match props.first() {
-            Some((_, e)) => Some(self.integer(e, "cpus", 1, MAX_VCPUS)),
-            None => None,
-        };
+        let max = props
+            .first()
+            .map(|(_, e)| self.integer(e, "cpus", 1, MAX_VCPUS));
         let boot = boot?;
         for v in [Some(&boot), max.as_ref().and_then(|m| m.as_ref())]
             .into_iter()
@@ -603,10 +602,9 @@ impl Reader<'_> {
         let (args, props) = self.split(node, &["max"]);
         let boot_e = self.one_arg(node, &args)?;
         let boot = self.memory_mib(boot_e, "memory ");
-        let max = match props.first() {
-            Some((_, e)) => Some(self.memory_mib(e, "memory \"...\" max=")),
-            None => None,
-        };
+        let max = props
+            .first()
+            .map(|(_, e)| self.memory_mib(e, "memory \"...\" max="));
         let boot = boot?;
         let max = match max {
             None => boot.clone(),
@@ -884,10 +882,10 @@ impl Reader<'_> {
                         self.one_arg(child, &args);
                     }
                     for e in args {
-                        if let Some(s) = self.string(e, "depends-on") {
-                            if !vm.depends_on.iter().any(|d| d.val == s.val) {
-                                vm.depends_on.push(s);
-                            }
+                        if let Some(s) = self.string(e, "depends-on")
+                            && !vm.depends_on.iter().any(|d| d.val == s.val)
+                        {
+                            vm.depends_on.push(s);
                         }
                     }
                 }
