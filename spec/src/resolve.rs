@@ -22,11 +22,14 @@ pub(crate) fn absolute(base: &Path, p: &str) -> PathBuf {
     for c in joined.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push(c);
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
                 }
-            }
+                // `/..` is `/`.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(c),
+            },
             other => out.push(other),
         }
     }
@@ -505,5 +508,57 @@ fn resolve_vm(
         cpu_weight,
         autostart: vm.autostart.or(src.map(|s| s.autostart)).unwrap_or(true),
         image,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_paths() {
+        let base = Path::new("/lab/x");
+        assert_eq!(absolute(base, "d.raw"), PathBuf::from("/lab/x/d.raw"));
+        assert_eq!(
+            absolute(base, "./a/../b.raw"),
+            PathBuf::from("/lab/x/b.raw")
+        );
+        assert_eq!(absolute(base, "../../../up.raw"), PathBuf::from("/up.raw"));
+        assert_eq!(absolute(base, "/abs/d.raw"), PathBuf::from("/abs/d.raw"));
+        assert_eq!(absolute(base, "."), PathBuf::from("/lab/x"));
+    }
+
+    fn graph(edges: &[(usize, usize)], n: usize) -> Vec<Vec<(usize, SourceSpan)>> {
+        let mut g = vec![Vec::new(); n];
+        for &(a, b) in edges {
+            g[a].push((b, SourceSpan::from(0..0)));
+        }
+        g
+    }
+
+    #[test]
+    fn components_and_cycles() {
+        // 0 -> 1 -> 2 -> 0, 3 -> 3, 4 -> 0
+        let g = graph(&[(0, 1), (1, 2), (2, 0), (3, 3), (4, 0)], 5);
+        let mut sccs = tarjan(5, &g);
+        sccs.sort();
+        assert_eq!(sccs, vec![vec![0, 1, 2], vec![3], vec![4]]);
+        assert_eq!(shortest_cycle(0, &[0, 1, 2], &g), vec![0, 1, 2]);
+        assert_eq!(shortest_cycle(3, &[3], &g), vec![3]);
+    }
+
+    #[test]
+    fn shortest_cycle_picks_the_short_way_round() {
+        // 0 -> 1 -> 0 and 0 -> 2 -> 3 -> 0
+        let g = graph(&[(0, 2), (2, 3), (3, 0), (0, 1), (1, 0)], 4);
+        assert_eq!(shortest_cycle(0, &[0, 1, 2, 3], &g), vec![0, 1]);
+    }
+
+    #[test]
+    fn long_chains_do_not_overflow_the_stack() {
+        let n = 100_000;
+        let edges: Vec<(usize, usize)> = (0..n - 1).map(|i| (i, i + 1)).collect();
+        let g = graph(&edges, n);
+        assert_eq!(tarjan(n, &g).len(), n);
     }
 }

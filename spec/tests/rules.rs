@@ -398,3 +398,25 @@ fn docs_list_every_code() {
         assert!(docs.contains(code), "docs/kdl.md does not describe {code}");
     }
 }
+
+#[test]
+fn spans_are_right_after_non_ascii_text() {
+    check(
+        "non_ascii_before_error",
+        "// café → ünïcödé\nvm \"é\" {\n    os \"diag\"\n    memory \"1Gib\" // ☃\n}\n",
+        &["vmctl::spec::bad-size"],
+    );
+}
+
+#[test]
+fn syntax_error_after_non_ascii_text() {
+    let (codes, rendered) = errors_of(
+        "syntax_non_ascii.kdl",
+        "// café → ünïcödé\nvm \"é\" {\n    os \"diag\"\n    cpus 1.\n}\n",
+    );
+    assert!(
+        codes.iter().all(|c| *c == "vmctl::spec::syntax"),
+        "{codes:?}"
+    );
+    snap!("diag_syntax_non_ascii", rendered);
+}
