@@ -55,6 +55,21 @@ const TESTPROG_OFF: &[u8] = &[
     0x0a, 0x0a,
 ];
 
+/// `testprog-ier`: testprog-wait preceded by enabling every UART interrupt
+/// (IER = 0x0f on COM1 and COM2), so each transmitted byte raises IRQ 4/3 —
+/// with the guest's interrupts disabled (RFLAGS.IF = 0).
+const TESTPROG_IER: &[u8] = &[
+    0x66, 0xba, 0xf9, 0x03, 0xb0, 0x0f, 0xee, 0x66, 0xba, 0xf9, 0x02, 0xee, 0x66, 0xba, 0xf8, 0x03,
+    0x48, 0x8d, 0x35, 0x36, 0x00, 0x00, 0x00, 0xb9, 0x14, 0x00, 0x00, 0x00, 0xac, 0xee, 0xff, 0xc9,
+    0x75, 0xfa, 0x66, 0xba, 0xf8, 0x02, 0x48, 0x8d, 0x35, 0x34, 0x00, 0x00, 0x00, 0xb9, 0x26, 0x00,
+    0x00, 0x00, 0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0xbb, 0x00, 0x00, 0x10, 0xd0, 0x8b, 0x03, 0xa8,
+    0x08, 0x74, 0xfa, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd, 0x68, 0x65, 0x6c,
+    0x6c, 0x6f, 0x20, 0x66, 0x72, 0x6f, 0x6d, 0x20, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67,
+    0x0a, 0x7b, 0x22, 0x61, 0x67, 0x65, 0x6e, 0x74, 0x22, 0x3a, 0x22, 0x74, 0x65, 0x73, 0x74, 0x70,
+    0x72, 0x6f, 0x67, 0x22, 0x2c, 0x22, 0x63, 0x70, 0x75, 0x73, 0x22, 0x3a, 0x31, 0x2c, 0x22, 0x73,
+    0x65, 0x71, 0x22, 0x3a, 0x31, 0x7d, 0x0a,
+];
+
 /// Where the test programs are linked and entered.
 const LOAD_ADDR: u64 = 0x20_0000;
 
@@ -195,7 +210,15 @@ fn testprog_boots_writes_both_ports_and_powers_off() {
 fn testprog_status_pause_resume_and_graceful_shutdown() {
     let lab = Lab::new();
     let k = lab.write("wait.elf", &elf(TESTPROG_WAIT));
-    lab.rt.create(&lab.spec("w", &k)).unwrap();
+    let mut spec = lab.spec("w", &k);
+    spec.disks.push(vmctl_spec::model::DiskSpec {
+        name: "data".into(),
+        size_bytes: 3 << 20,
+        format: vmctl_spec::model::DiskFormat::Raw,
+        path: None,
+        source: None,
+    });
+    lab.rt.create(&spec).unwrap();
     let c = lab.client("w");
     let st = wait_for("the guest report", || {
         c.status().ok().filter(|s| s.guest.is_some())
@@ -231,6 +254,23 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
     lab.rt.stop("w", Duration::from_secs(1)).unwrap();
     assert_eq!(lab.rt.observe("w").unwrap().unwrap().live, Live::Stopped);
     assert_no_vmm_files(&lab, "w");
+}
+
+/// Image VMs run in irqchip mode: serial and GED interrupts go through KVM's
+/// in-kernel PIC/IOAPIC. A guest that keeps interrupts disabled must survive
+/// them (on this host's /dev/kvm an interrupt actually *delivered* kills the
+/// guest; see docs/runtime.md).
+fn irqchip_mode_lines_raised_while_the_guest_has_if_clear_are_harmless() {
+    let lab = Lab::new();
+    let k = lab.write("ier.elf", &elf(TESTPROG_IER));
+    lab.rt.create(&lab.spec("ier", &k)).unwrap();
+    let c = lab.client("ier");
+    let st = wait_for("the guest report", || {
+        c.status().ok().filter(|s| s.guest.is_some())
+    });
+    assert_eq!(st.irq_mode, "irqchip");
+    assert!(c.shutdown(Duration::from_secs(30)).unwrap());
+    assert!(lab.console("ier").contains("hello from testprog\n"));
 }
 
 fn killed_vmm_is_crashed_and_can_start_again() {
@@ -291,6 +331,10 @@ const TESTS: &[Test] = &[
     (
         "testprog_status_pause_resume_and_graceful_shutdown",
         testprog_status_pause_resume_and_graceful_shutdown,
+    ),
+    (
+        "irqchip_mode_lines_raised_while_the_guest_has_if_clear_are_harmless",
+        irqchip_mode_lines_raised_while_the_guest_has_if_clear_are_harmless,
     ),
     (
         "killed_vmm_is_crashed_and_can_start_again",

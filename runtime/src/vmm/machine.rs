@@ -15,6 +15,8 @@ use super::irq::{self, IrqMode};
 use crate::arch::x86_64::layout;
 use crate::devices::legacy::{GedDevice, I8042Device, PowerDevice, ged::GedEvents, i8042, power};
 use crate::devices::serial::{AgentChannel, ConsoleOutput, GuestReport, SerialDevice, SerialIrq};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::{Bus, BusError, Interrupt};
 use crate::vstate::vcpu::{self, ExitContext, Vcpu, VcpuControl, VcpuError, VmEvent};
 use crate::vstate::vm::{Vm, VmError};
@@ -29,7 +31,20 @@ pub struct MachineConfig {
     pub image: BootImage,
     /// Whether to write ACPI tables (the diag guest and Linux read them).
     pub acpi: bool,
+    /// virtio-blk disks, in declaration order (device `i` at
+    /// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`, GSI `VIRTIO_GSI_BASE + i`).
+    pub disks: Vec<DiskConfig>,
 }
+
+/// One disk file behind a virtio-blk device.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// The disk's name; also its virtio-blk serial (what the guest reports as `id`).
+    pub name: String,
+    pub path: std::path::PathBuf,
+}
+
+pub type BlockDevice = Arc<Mutex<MmioTransport<Block>>>;
 
 /// State that outlives one boot.
 #[derive(Clone, Default)]
@@ -52,6 +67,14 @@ pub enum MachineError {
     Bus(#[from] BusError),
     #[error("interrupt setup: {0}")]
     Irq(#[from] std::io::Error),
+    #[error("disk {name:?}: {source}")]
+    Disk {
+        name: String,
+        #[source]
+        source: BlockError,
+    },
+    #[error("{0} disks; at most {max} are supported", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
+    TooManyDisks(usize),
 }
 
 pub type Com1 = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
@@ -61,6 +84,8 @@ pub struct Machine {
     pub control: Arc<VcpuControl>,
     pub com1: Com1,
     pub ged_irq: Option<Arc<dyn Interrupt>>,
+    /// The virtio-blk devices, for live changes (resize).
+    pub disks: Vec<BlockDevice>,
     vcpus: Vec<Vcpu>,
     threads: Vec<JoinHandle<()>>,
     ctx: ExitContext,
@@ -76,10 +101,17 @@ impl Machine {
         events: Sender<VmEvent>,
     ) -> Result<Self, MachineError> {
         let ram_bytes = cfg.memory_mib << 20;
+        if cfg.disks.len() as u64 > layout::VIRTIO_MMIO_MAX_DEVICES {
+            return Err(MachineError::TooManyDisks(cfg.disks.len()));
+        }
         let vm = Vm::new(ram_bytes)?;
 
         let rsdp = if cfg.acpi {
-            let acpi_cfg = crate::acpi::AcpiConfig::new(cfg.cpus, cfg.max_cpus.max(cfg.cpus), 0);
+            let acpi_cfg = crate::acpi::AcpiConfig::new(
+                cfg.cpus,
+                cfg.max_cpus.max(cfg.cpus),
+                cfg.disks.len() as u32,
+            );
             let addr = crate::acpi::write_tables(&vm.memory, &acpi_cfg)
                 .map_err(|e| BootError::Acpi(e.to_string()))?;
             Some(addr.0)
@@ -124,6 +156,27 @@ impl Machine {
             crate::acpi::GED_REGISTER_SIZE,
         )?;
 
+        let mut disks = Vec::new();
+        for (i, disk) in cfg.disks.iter().enumerate() {
+            let block =
+                Block::new(&disk.path, false, &disk.name).map_err(|source| MachineError::Disk {
+                    name: disk.name.clone(),
+                    source,
+                })?;
+            let irq = irq::line(&vm.fd, cfg.irq_mode, layout::VIRTIO_GSI_BASE + i as u32)?;
+            let dev: BlockDevice = Arc::new(Mutex::new(MmioTransport::new(
+                block,
+                vm.memory.clone(),
+                irq,
+            )));
+            mmio.insert(
+                dev.clone(),
+                layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_SIZE,
+                layout::VIRTIO_MMIO_SIZE,
+            )?;
+            disks.push(dev);
+        }
+
         let mut vcpus = Vec::new();
         for index in 0..cfg.cpus {
             let entry = (index == 0).then_some(entry);
@@ -141,6 +194,7 @@ impl Machine {
             control,
             com1,
             ged_irq,
+            disks,
             vcpus,
             threads: Vec::new(),
             ctx,

@@ -30,7 +30,7 @@ use crate::state::{ExitNote, VmDir};
 use crate::vstate::vcpu::{self, VmEvent};
 use boot::BootImage;
 use irq::IrqMode;
-use machine::{Com1, Machine, MachineConfig, Persistent};
+use machine::{Com1, DiskConfig, Machine, MachineConfig, Persistent};
 
 /// Command line of the built-in diag guest.
 pub const DIAG_CMDLINE: &str = "console=ttyS0";
@@ -190,10 +190,12 @@ pub fn run_vmm(vm_dir: &Path) -> Result<i32, VmmError> {
     }
 }
 
+/// Remove the VMM's runtime files; the pid file last, because "no pid file"
+/// is what observers take as "this VMM is gone".
 fn cleanup(dir: &VmDir) {
-    let _ = std::fs::remove_file(dir.pid_file());
     let _ = std::fs::remove_file(dir.api_sock());
     let _ = std::fs::remove_file(dir.console_sock());
+    let _ = std::fs::remove_file(dir.pid_file());
 }
 
 fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
@@ -208,6 +210,14 @@ fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
         irq_mode,
         image,
         acpi: true,
+        disks: spec
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                name: d.name.clone(),
+                path: dir.disk_path(d),
+            })
+            .collect(),
     };
     vcpu::install_kick_handler()?;
     let console_log = std::fs::OpenOptions::new()
