@@ -1,0 +1,62 @@
+//! The numbers the diag guest shares with the VMM: guest physical addresses,
+//! ports and boot-params offsets. They are COPIES of
+//! `runtime/src/arch/x86_64/layout.rs` and of the "Interfaces between the
+//! parts" section at the tail of `docs/design.md`; change them together.
+
+/// Linux boot params (the "zero page"); the VMM also passes it in RSI.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Offset of `e820_entries` (u8) in boot params.
+pub const BP_E820_ENTRIES: u64 = 0x1e8;
+/// Offset of `hdr.cmd_line_ptr` (u32) in boot params.
+pub const BP_CMD_LINE_PTR: u64 = 0x228;
+/// Offset of `hdr.cmdline_size` (u32) in boot params.
+pub const BP_CMDLINE_SIZE: u64 = 0x238;
+/// Offset of `e820_table` in boot params: 20-byte entries {addr, size, type}.
+pub const BP_E820_TABLE: u64 = 0x2d0;
+/// Capacity of the zero page's e820 table.
+pub const E820_MAX_ENTRIES: usize = 128;
+/// e820 type of usable RAM.
+pub const E820_RAM: u32 = 1;
+
+/// Boot GDT, page tables, command line: low memory the AP trampoline must
+/// not overwrite.
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const PML4_START: u64 = 0x9000;
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+
+/// Where the AP start-up trampoline is copied: a free 4 KiB page below 1 MiB
+/// (not the zero page 0x7000, boot stack ~0x8ff0, page tables 0x9000-0xefff,
+/// or the command line at 0x20000). SIPI vector = this >> 12.
+pub const AP_TRAMPOLINE: u64 = 0x10000;
+
+/// ACPI: the RSDP lives in the BIOS read-only area.
+pub const RSDP_SCAN_START: u64 = 0xe0000;
+pub const RSDP_SCAN_END: u64 = 0x10_0000;
+
+/// virtio-mmio device `i` at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_MMIO_MAX_DEVICES: usize = 16;
+
+/// ACPI GED event register (32-bit, read clears); bit 3 = power button.
+pub const GED_BASE: u64 = 0xd010_0000;
+pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 3;
+/// CPU and memory hotplug controllers (cloud-hypervisor's register layout);
+/// not implemented by the VMM yet.
+pub const CPU_HOTPLUG_BASE: u64 = 0xd010_1000;
+pub const MEMORY_HOTPLUG_BASE: u64 = 0xd010_2000;
+
+/// Local APIC (xAPIC MMIO).
+pub const APIC_START: u64 = 0xfee0_0000;
+
+/// Serial ports: COM1 is the console, COM2 the guest agent channel.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM2_PORT: u16 = 0x2f8;
+
+/// ACPI sleep control register; writing S5 | SLP_EN powers off.
+pub const POWER_PORT: u16 = 0x600;
+pub const POWER_OFF_VALUE: u8 = (5 << 2) | (1 << 5);
+
+/// The identity map the VMM sets up covers the first 4 GiB.
+pub const IDENTITY_MAP_END: u64 = 0x1_0000_0000;

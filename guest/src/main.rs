@@ -1,0 +1,144 @@
+//! The diag guest's entry point: `_start` (the ELF entry the VMM jumps to in
+//! 64-bit mode with RSI = boot params), the panic handler, and the mem*
+//! functions the compiler may call (there is no libc). Everything else is
+//! in the library (src/lib.rs).
+
+#![no_std]
+#![no_main]
+
+use core::arch::{asm, global_asm};
+use core::panic::PanicInfo;
+
+use diag::layout::COM1_PORT;
+use diag::serial::Serial;
+use diag::text::Text;
+
+// BSP: interrupts off, direction flag clear, zero .bss (a VM reset may
+// reuse memory), switch to our own 64 KiB stack, call `diag_main(rsi)`.
+// An AP a VMM started at the entry point (IA32_APIC_BASE.BSP clear) is
+// counted and parked instead, touching neither the stack nor .bss.
+global_asm!(
+    r#"
+    .section .text._start, "ax"
+    .global _start
+_start:
+    cli
+    cld
+    mov r12, rsi
+    mov ecx, 0x1b
+    rdmsr
+    test eax, 0x100
+    jz diag_ap_park
+    lea rdi, [rip + __bss_start]
+    lea rcx, [rip + _end]
+    sub rcx, rdi
+    xor eax, eax
+    rep stosb
+    lea rsp, [rip + diag_stack_top]
+    xor ebp, ebp
+    mov rdi, r12
+    call diag_main
+2:
+    pause
+    jmp 2b
+
+    .section .bss.diag_stack, "aw", @nobits
+    .balign 16
+diag_stack_bottom:
+    .skip 65536
+diag_stack_top:
+"#
+);
+
+#[unsafe(no_mangle)]
+extern "C" fn diag_main(zero_page: u64) -> ! {
+    diag::kernel::run(zero_page)
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    let com1 = Serial::new(COM1_PORT);
+    let mut t = Text::<256>::new();
+    t.str("diag: PANIC");
+    if let Some(loc) = info.location() {
+        t.str(" at ")
+            .str(loc.file())
+            .byte(b':')
+            .dec(u64::from(loc.line()));
+    }
+    if let Some(msg) = info.message().as_str() {
+        t.str(": ").str(msg);
+    }
+    com1.write(t.as_bytes());
+    com1.write(b"\ndiag: powering off\n");
+    diag::cpu::power_off()
+}
+
+// The compiler lowers copies and fills to these. String instructions, not
+// loops: a loop here could be recognised as memcpy and call itself.
+
+/// # Safety
+/// Standard C `memcpy` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees both ranges are valid and disjoint.
+    unsafe {
+        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _,
+             options(nostack, preserves_flags));
+    }
+    dest
+}
+
+/// # Safety
+/// Standard C `memmove` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dest as usize) <= (src as usize) || (dest as usize) >= (src as usize).wrapping_add(n) {
+        // SAFETY: forward copy is safe when dest is below src or disjoint.
+        unsafe { memcpy(dest, src, n) }
+    } else {
+        // SAFETY: overlapping with dest above src: copy backwards (DF=1),
+        // then restore DF=0 as the ABI requires.
+        unsafe {
+            asm!("std", "rep movsb", "cld",
+                 inout("rcx") n => _, inout("rdi") dest.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
+                 options(nostack));
+        }
+        dest
+    }
+}
+
+/// # Safety
+/// Standard C `memset` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees the range is valid.
+    unsafe {
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") c as u8,
+             options(nostack, preserves_flags));
+    }
+    dest
+}
+
+/// # Safety
+/// Standard C `memcmp` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: the caller guarantees both ranges are valid for n bytes;
+        // volatile keeps this loop from being turned back into memcmp.
+        let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// # Safety
+/// Standard C `bcmp` contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}

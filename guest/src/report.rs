@@ -1,0 +1,202 @@
+//! What diag tells the host: one JSON object per line on COM2 (the guest
+//! agent channel, format in docs/design.md and docs/diag-guest.md) and a
+//! human summary on COM1. A new report (next `seq`) is sent whenever what
+//! diag sees changes.
+
+use crate::layout::VIRTIO_MMIO_MAX_DEVICES;
+use crate::text::Text;
+
+/// virtio-blk GET_ID returns at most 20 bytes.
+pub const DISK_ID_LEN: usize = 20;
+
+/// One virtio-blk disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Disk {
+    /// virtio-mmio slot (= index of the disk in the VM's declaration).
+    pub index: u32,
+    /// GET_ID answer up to its first NUL; empty if the device gave none.
+    pub id: [u8; DISK_ID_LEN],
+    pub id_len: u8,
+    pub size_bytes: u64,
+    /// FNV-1a 64 of sector 0; `None` if it could not be read.
+    pub sector0_fnv1a: Option<u64>,
+}
+
+impl Disk {
+    pub fn id(&self) -> &[u8] {
+        self.id.get(..usize::from(self.id_len)).unwrap_or(&[])
+    }
+
+    pub fn set_id(&mut self, raw: &[u8]) {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let n = end.min(DISK_ID_LEN);
+        self.id = [0; DISK_ID_LEN];
+        for (dst, &src) in self.id.iter_mut().zip(raw.iter().take(n)) {
+            *dst = src;
+        }
+        self.id_len = n as u8;
+    }
+}
+
+/// Everything diag reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub cpus: u32,
+    pub max_cpus: u32,
+    /// CPUs running diag code (BSP + APs that checked in); `None` until APs
+    /// were started, or if they could not be.
+    pub cpus_started: Option<u32>,
+    pub memory_bytes: u64,
+    pub memory_mib: u64,
+    /// Indexed by virtio-mmio slot.
+    pub disks: [Option<Disk>; VIRTIO_MMIO_MAX_DEVICES],
+}
+
+/// Big enough for 16 disks with the longest ids, all escaped.
+pub const JSON_CAPACITY: usize = 4096;
+
+impl Report {
+    pub fn disk_count(&self) -> usize {
+        self.disks.iter().flatten().count()
+    }
+
+    /// The COM2 line, without the trailing newline.
+    pub fn write_json<const N: usize>(&self, seq: u64, out: &mut Text<N>) {
+        out.str("{\"agent\":\"diag\",\"seq\":").dec(seq);
+        out.str(",\"cpus\":").dec(u64::from(self.cpus));
+        out.str(",\"max_cpus\":").dec(u64::from(self.max_cpus));
+        out.str(",\"cpus_started\":");
+        match self.cpus_started {
+            Some(n) => out.dec(u64::from(n)),
+            None => out.str("null"),
+        };
+        out.str(",\"memory_mib\":").dec(self.memory_mib);
+        out.str(",\"memory_bytes\":").dec(self.memory_bytes);
+        out.str(",\"disks\":[");
+        for (n, disk) in self.disks.iter().flatten().enumerate() {
+            if n > 0 {
+                out.byte(b',');
+            }
+            out.str("{\"index\":").dec(u64::from(disk.index));
+            out.str(",\"id\":").json_str(disk.id());
+            out.str(",\"size_bytes\":").dec(disk.size_bytes);
+            out.str(",\"sector0_fnv1a\":");
+            match disk.sector0_fnv1a {
+                Some(h) => {
+                    out.byte(b'"').hex(h, 16).byte(b'"');
+                }
+                None => {
+                    out.str("null");
+                }
+            }
+            out.byte(b'}');
+        }
+        out.str("]}");
+    }
+
+    /// The COM1 summary line, without the trailing newline.
+    pub fn write_summary<const N: usize>(&self, out: &mut Text<N>) {
+        out.str("diag: cpus=").dec(u64::from(self.cpus));
+        out.str(" max_cpus=").dec(u64::from(self.max_cpus));
+        if let Some(n) = self.cpus_started {
+            out.str(" cpus_started=").dec(u64::from(n));
+        }
+        out.str(" memory_mib=").dec(self.memory_mib);
+        out.str(" disks=").dec(self.disk_count() as u64);
+    }
+
+    /// One COM1 line per disk, without the trailing newline.
+    pub fn write_disk_line<const N: usize>(disk: &Disk, out: &mut Text<N>) {
+        out.str("diag: disk ").dec(u64::from(disk.index));
+        out.str(" id=").printable(disk.id());
+        out.str(" size_bytes=").dec(disk.size_bytes);
+        out.str(" sector0_fnv1a=");
+        match disk.sector0_fnv1a {
+            Some(h) => out.hex(h, 16),
+            None => out.str("unreadable"),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text<const N: usize>(t: &Text<N>) -> String {
+        String::from_utf8(t.as_bytes().to_vec()).unwrap()
+    }
+
+    fn sample() -> Report {
+        let mut disk = Disk {
+            index: 0,
+            size_bytes: 10 << 30,
+            sector0_fnv1a: Some(0x0123_4567_89ab_cdef),
+            ..Disk::default()
+        };
+        disk.set_id(b"root\0\0\0");
+        let mut odd = Disk {
+            index: 3,
+            size_bytes: 512,
+            ..Disk::default()
+        };
+        odd.set_id(b"a\"b\\c\x01\xffdefghijklmnoprstuvwxyz");
+        let mut r = Report {
+            cpus: 2,
+            max_cpus: 4,
+            cpus_started: None,
+            memory_bytes: 0x9fc00 + (127 << 20),
+            memory_mib: 128,
+            ..Report::default()
+        };
+        r.disks[0] = Some(disk);
+        r.disks[3] = Some(odd);
+        r
+    }
+
+    #[test]
+    fn json_line() {
+        let mut t = Text::<JSON_CAPACITY>::new();
+        sample().write_json(7, &mut t);
+        assert_eq!(
+            text(&t),
+            r#"{"agent":"diag","seq":7,"cpus":2,"max_cpus":4,"cpus_started":null,"memory_mib":128,"memory_bytes":133823488,"disks":[{"index":0,"id":"root","size_bytes":10737418240,"sector0_fnv1a":"0123456789abcdef"},{"index":3,"id":"a\"b\\c\u0001\u00ffdefghijklmnop","size_bytes":512,"sector0_fnv1a":null}]}"#
+        );
+    }
+
+    #[test]
+    fn json_is_valid_and_fits_with_sixteen_worst_case_disks() {
+        let mut r = sample();
+        for (i, slot) in r.disks.iter_mut().enumerate() {
+            let mut d = Disk {
+                index: i as u32,
+                size_bytes: u64::MAX,
+                sector0_fnv1a: Some(u64::MAX),
+                ..Disk::default()
+            };
+            d.set_id(&[0x01; 20]);
+            *slot = Some(d);
+        }
+        r.cpus_started = Some(u32::MAX);
+        let mut t = Text::<JSON_CAPACITY>::new();
+        r.write_json(u64::MAX, &mut t);
+        assert!(!t.overflowed());
+        // Well-formed: balanced, and the escapes are the ones JSON allows.
+        let s = text(&t);
+        assert_eq!(s.matches('{').count(), s.matches('}').count());
+        assert_eq!(s.matches("\\u0001").count(), 16 * 20);
+    }
+
+    #[test]
+    fn summary_lines() {
+        let r = sample();
+        let mut t = Text::<256>::new();
+        r.write_summary(&mut t);
+        assert_eq!(text(&t), "diag: cpus=2 max_cpus=4 memory_mib=128 disks=2");
+        t.clear();
+        Report::write_disk_line(r.disks[3].as_ref().unwrap(), &mut t);
+        assert_eq!(
+            text(&t),
+            "diag: disk 3 id=a\"b\\c??defghijklmnop size_bytes=512 sector0_fnv1a=unreadable"
+        );
+    }
+}
