@@ -494,3 +494,27 @@ proptest! {
         h.wr(reg::QUEUE_NOTIFY, 0);
     }
 }
+
+#[test]
+fn transport_sits_on_the_shared_bus() {
+    use std::sync::Mutex;
+
+    use crate::arch::x86_64::layout;
+    use crate::devices::Bus;
+
+    let file = disk_file(4096);
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let block = Block::new(file.path(), false, "data").unwrap();
+    let dev: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(MmioTransport::new(block, mem, None)));
+    let mut bus = Bus::new();
+    let base = layout::VIRTIO_MMIO_BASE + layout::VIRTIO_MMIO_SIZE;
+    bus.insert(dev, base, layout::VIRTIO_MMIO_SIZE).unwrap();
+    let mut b = [0u8; 4];
+    assert!(bus.read(base, &mut b));
+    assert_eq!(u32::from_le_bytes(b), MMIO_MAGIC);
+    let mut cap = [0u8; 8];
+    assert!(bus.read(base + 0x100, &mut cap));
+    assert_eq!(u64::from_le_bytes(cap), 8);
+    // Writes without an interrupt line do not panic.
+    assert!(bus.write(base + reg::STATUS, &1u32.to_le_bytes()));
+}
