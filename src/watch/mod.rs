@@ -5,7 +5,8 @@
 //! [`debounce`] turns a save's burst of events into one change, [`guard`]
 //! refuses empty files, [`backoff`] limits healing of a crash-looping VM,
 //! [`session`] decides what each trigger does and prints it, [`engine`] is
-//! the real validate + reconcile. This module owns the threads and the loop.
+//! the real validate + reconcile, [`source`] the event and signal threads.
+//! This module owns the loop.
 
 pub mod backoff;
 pub mod clock;
@@ -14,25 +15,18 @@ pub mod engine;
 pub mod filter;
 pub mod guard;
 pub mod session;
+pub mod source;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
-
-use miette::{IntoDiagnostic, WrapErr};
-use notify::{RecursiveMode, Watcher};
-use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cmd::Global;
 use debounce::Debouncer;
 use engine::ReconcileEngine;
 use filter::FileFilter;
 use session::{Config, Session};
-
-/// Exit code when a second Ctrl-C/SIGTERM interrupts a pass in progress.
-pub const FORCED_EXIT: i32 = 130;
+use source::Msg;
 
 /// Everything `vmctl watch` was asked to do.
 #[derive(Debug, Clone)]
@@ -43,55 +37,14 @@ pub struct WatchOptions {
     pub config: Config,
 }
 
-enum Msg {
-    /// A file-system event, with when it arrived (monotonic and in ns).
-    Fs(notify::Result<notify::Event>, Instant, u64),
-    Signal(i32),
-}
-
 /// Run until SIGINT or SIGTERM; VMs keep running afterwards.
 pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
     let filter = FileFilter::new(&opts.file)?;
     let (tx, rx) = mpsc::channel::<Msg>();
-
-    // Signals first, so a Ctrl-C during the first pass is not lost. The first
-    // one lets the current pass finish; a second one exits at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, FORCED_EXIT, Arc::clone(&stop))
-            .into_diagnostic()
-            .wrap_err("cannot install the signal handlers")?;
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .into_diagnostic()
-            .wrap_err("cannot install the signal handlers")?;
-    }
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .into_diagnostic()
-        .wrap_err("cannot install the signal handlers")?;
-    let signals_handle = signals.handle();
-    let stx = tx.clone();
-    std::thread::Builder::new()
-        .name("watch-signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if stx.send(Msg::Signal(sig)).is_err() {
-                    break;
-                }
-            }
-        })
-        .into_diagnostic()?;
-
-    let ftx = tx.clone();
-    let mut watcher = notify::recommended_watcher(move |res| {
-        let _ = ftx.send(Msg::Fs(res, Instant::now(), clock::monotonic_ns()));
-    })
-    .into_diagnostic()
-    .wrap_err("cannot start the file watcher")?;
-    watcher
-        .watch(filter.dir(), RecursiveMode::NonRecursive)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot watch {}", filter.dir().display()))?;
-    drop(tx);
+    // Signals first, so a Ctrl-C during the first pass is not lost; the
+    // watcher before the first pass, so a save during it is not lost either.
+    let signals = source::signals(tx.clone())?;
+    let watcher = source::watch_dir(filter.dir(), tx)?;
 
     let engine = ReconcileEngine {
         global: g,
@@ -120,7 +73,7 @@ pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
             }
             Ok(Msg::Fs(Err(e), _, _)) => session.note(&format!("file watch error: {e}")),
             Ok(Msg::Signal(sig)) => {
-                session.stopping(if sig == SIGTERM { "SIGTERM" } else { "SIGINT" });
+                session.stopping(source::signal_name(sig));
                 break Ok(());
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -136,7 +89,7 @@ pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
             session.on_drift(now);
         }
     };
-    signals_handle.close();
+    signals.close();
     drop(watcher);
     result
 }
