@@ -53,9 +53,29 @@ fn disassemble(cfg: &AcpiConfig) -> Vec<(String, String)> {
             !log.contains("Error ") && !log.contains(" Errors,") || log.contains("0 Errors"),
             "iasl reported errors for {name}:\n{log}"
         );
+        if name == "DSDT" {
+            recompile(dir.path(), name);
+        }
         out.push((name.to_string(), strip_volatile(&dsl)));
     }
     out
+}
+
+/// Compile the disassembled AML back: catches AML that disassembles but
+/// is semantically wrong (bad references, wrong argument types).
+fn recompile(dir: &Path, name: &str) {
+    let res = Command::new("iasl")
+        .args(["-p", "recompiled"])
+        .arg(format!("{name}.dsl"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&res.stdout).to_string() + &String::from_utf8_lossy(&res.stderr);
+    assert!(
+        res.status.success() && log.contains(" 0 Errors"),
+        "iasl could not recompile {name}.dsl:\n{log}"
+    );
 }
 
 /// Drop the banner lines that carry the iasl version, date and temp path.
