@@ -121,14 +121,15 @@ fn in_memory(mem: &GuestMemory, d: &Descriptor) -> bool {
 }
 
 /// Checks the data descriptors' direction and memory, and the byte range
-/// `[sector * 512, + total)` against the capacity; returns the byte offset.
+/// `[sector * 512, + total)` against the capacity; returns the byte offset
+/// and a copy buffer big enough for one step.
 fn data_range(
     disk: &Disk<'_>,
     mem: &GuestMemory,
     sector: u64,
     data: &[Descriptor],
     device_writes: bool,
-) -> Result<u64, Failure> {
+) -> Result<(u64, Vec<u8>), Failure> {
     let mut total: u64 = 0;
     for d in data {
         if d.is_write_only() != device_writes || !in_memory(mem, d) {
@@ -144,7 +145,8 @@ fn data_range(
     if end > disk.capacity_bytes {
         return Err(Failure::IoErr);
     }
-    Ok(offset)
+    let buf_len = usize::try_from(total).map_or(CHUNK, |t| t.min(CHUNK));
+    Ok((offset, vec![0u8; buf_len]))
 }
 
 fn execute(disk: &Disk<'_>, mem: &GuestMemory, descs: &[Descriptor]) -> Result<u32, Failure> {
@@ -152,8 +154,7 @@ fn execute(disk: &Disk<'_>, mem: &GuestMemory, descs: &[Descriptor]) -> Result<u
     let data = descs.get(1..).unwrap_or(&[]);
     match header.kind {
         T_IN => {
-            let mut offset = data_range(disk, mem, header.sector, data, true)?;
-            let mut buf = vec![0u8; CHUNK];
+            let (mut offset, mut buf) = data_range(disk, mem, header.sector, data, true)?;
             let mut written: u32 = 0;
             for d in data {
                 copy_file_to_guest(disk.file, offset, mem, d.addr(), d.len(), &mut buf)?;
@@ -166,8 +167,7 @@ fn execute(disk: &Disk<'_>, mem: &GuestMemory, descs: &[Descriptor]) -> Result<u
             if disk.read_only {
                 return Err(Failure::IoErr);
             }
-            let mut offset = data_range(disk, mem, header.sector, data, false)?;
-            let mut buf = vec![0u8; CHUNK];
+            let (mut offset, mut buf) = data_range(disk, mem, header.sector, data, false)?;
             for d in data {
                 copy_guest_to_file(mem, d.addr(), d.len(), disk.file, offset, &mut buf)?;
                 offset += u64::from(d.len());
@@ -211,6 +211,9 @@ fn copy_file_to_guest(
     let mut left = len as usize;
     while left > 0 {
         let n = left.min(buf.len());
+        if n == 0 {
+            return Err(Failure::IoErr);
+        }
         let chunk = &mut buf[..n];
         read_at_zero_fill(file, chunk, offset)?;
         mem.write_slice(chunk, addr).map_err(|_| Failure::IoErr)?;
@@ -253,6 +256,9 @@ fn copy_guest_to_file(
     let mut left = len as usize;
     while left > 0 {
         let n = left.min(buf.len());
+        if n == 0 {
+            return Err(Failure::IoErr);
+        }
         let chunk = &mut buf[..n];
         mem.read_slice(chunk, addr).map_err(|_| Failure::IoErr)?;
         file.write_all_at(chunk, offset).map_err(|e| {
