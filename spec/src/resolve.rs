@@ -236,9 +236,11 @@ fn report_cycles(vms: &[&RawVm], edges: &[Vec<(usize, SourceSpan)>], sink: &mut 
         for (k, &u) in cyc.iter().enumerate() {
             let v = cyc[(k + 1) % cyc.len()];
             if let Some((_, span)) = edges[u].iter().find(|(j, _)| *j == v) {
+                let copies = vms[u].copy_from.as_ref().is_some_and(|c| c.span == *span);
+                let verb = if copies { "copies" } else { "depends on" };
                 d = d.label(
                     *span,
-                    format!("`{}` needs `{}`", vms[u].name.val, vms[v].name.val),
+                    format!("`{}` {verb} `{}`", vms[u].name.val, vms[v].name.val),
                 );
             }
         }
