@@ -3,7 +3,7 @@
 
 use vmctl_spec::VmSpec;
 
-use crate::observed::{Capabilities, Desired, ObservedState};
+use crate::observed::{Capabilities, Desired, ObservedState, ObservedVm};
 
 /// A runtime failure, as text (the runtime's own error types stay behind the
 /// trait).
@@ -26,6 +26,13 @@ pub trait Backend: Sync {
     /// Every VM with a record in the state directory, with its live state.
     /// A VM whose VMM is gone but whose record says running is `Crashed`.
     fn observe(&self) -> Result<ObservedState, BackendError>;
+
+    /// One VM (`None` if it has no record). The engine calls this before
+    /// every action to skip work that is already done; the default observes
+    /// everything and picks the VM out.
+    fn observe_vm(&self, name: &str) -> Result<Option<ObservedVm>, BackendError> {
+        Ok(self.observe()?.vms.remove(name))
+    }
 
     /// What this runtime can change without a restart.
     fn capabilities(&self) -> Capabilities;

@@ -20,6 +20,8 @@
 pub mod backend;
 pub mod capabilities;
 pub mod diff;
+pub mod engine;
+pub mod journal;
 pub mod observed;
 pub mod plan;
 pub mod render;
@@ -27,6 +29,8 @@ pub mod size;
 
 pub use backend::{Backend, BackendError};
 pub use capabilities::{ActionKind, Disruption};
+pub use engine::{Event, Options, Outcome, SkipReason};
+pub use journal::{Journal, JournalEntry, JournalEvent};
 pub use observed::{
     Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm, Record, RunState,
 };
