@@ -1,13 +1,20 @@
 //! Parsing and executing one virtio-blk request (virtio 1.2, 5.2.6).
 //!
-//! A request is a descriptor chain: a 16-byte device-readable header
-//! (`type: u32, reserved: u32, sector: u64`), data descriptors (device-writable
-//! for IN and GET_ID, device-readable for OUT), and a 1-byte device-writable
-//! status as the last descriptor. Every part is checked: descriptor
-//! direction, header length, the data range against the capacity (with
-//! overflow checks) and every guest address against guest memory. A chain
-//! with a usable status descriptor gets OK / IOERR / UNSUPP; one without
-//! gets no status, and either way it goes back to the used ring.
+//! A request is a descriptor chain whose device-readable bytes are a 16-byte
+//! header (`type: u32, reserved: u32, sector: u64`) followed, for OUT, by the
+//! data, and whose device-writable bytes are, for IN and GET_ID, the data
+//! followed by a 1-byte status (the very last byte of the chain). Framing is
+//! free, as VIRTIO_F_VERSION_1 demands ("the device MUST NOT make assumptions
+//! about the particular arrangement of descriptors"): the header may share a
+//! descriptor with OUT data or be split, the status may share a descriptor
+//! with IN data. Linux uses header / data... / status descriptors.
+//!
+//! Every part is checked: readable descriptors must precede writable ones,
+//! every descriptor must lie in guest memory, the data range is checked
+//! against the capacity with overflow checks, and an IN carries no extra
+//! readable data, an OUT no writable data besides the status. A chain whose
+//! last byte is writable gets OK / IOERR / UNSUPP there; one without gets no
+//! status; either way it goes back to the used ring.
 
 use std::fs::File;
 use std::ops::Deref;
@@ -32,7 +39,7 @@ pub const S_IOERR: u8 = 1;
 pub const S_UNSUPP: u8 = 2;
 
 /// Length of the request header.
-pub const HEADER_LEN: u32 = 16;
+pub const HEADER_LEN: u64 = 16;
 
 /// Longest chain we look at (an indirect table may list 65535 descriptors).
 const MAX_DESCRIPTORS: usize = 1024;
@@ -63,8 +70,50 @@ impl Failure {
     }
 }
 
+/// A guest buffer: `len` bytes at `addr`, known to lie in guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seg {
+    addr: GuestAddress,
+    len: u64,
+}
+
+fn total(segs: &[Seg]) -> u64 {
+    // Each length is a u32 and there are at most MAX_DESCRIPTORS: no overflow.
+    segs.iter().map(|s| s.len).sum()
+}
+
+/// Split `segs` after `at` bytes (`at <= total(segs)`).
+fn split(segs: &[Seg], at: u64) -> (Vec<Seg>, Vec<Seg>) {
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    let mut left = at;
+    for s in segs {
+        if left >= s.len {
+            head.push(*s);
+            left -= s.len;
+        } else if left == 0 {
+            tail.push(*s);
+        } else {
+            head.push(Seg {
+                addr: s.addr,
+                len: left,
+            });
+            tail.push(Seg {
+                addr: s.addr.unchecked_add(left),
+                len: s.len - left,
+            });
+            left = 0;
+        }
+    }
+    (head, tail)
+}
+
+fn in_memory(mem: &GuestMemory, d: &Descriptor) -> bool {
+    usize::try_from(d.len())
+        .is_ok_and(|len| vm_memory::GuestMemoryBackend::check_range(mem, d.addr(), len))
+}
+
 /// Handle one chain; returns the number of bytes written into its
-/// device-writable descriptors (data + status), for the used ring.
+/// device-writable buffers (data + status), for the used ring.
 pub fn handle<M>(disk: &Disk<'_>, mem: &GuestMemory, chain: DescriptorChain<M>) -> u32
 where
     M: Deref,
@@ -75,22 +124,51 @@ where
         tracing::warn!("virtio-blk: descriptor chain too long, dropped");
         return 0;
     }
-    let Some((status_desc, rest)) = descs.split_last() else {
+    // The status is the last byte of the last descriptor, which must be
+    // device-writable and in guest memory.
+    let Some(last) = descs.iter().rev().find(|d| d.len() > 0) else {
         return 0;
     };
-    if !status_desc.is_write_only() || status_desc.len() < 1 {
+    let status_addr = last.addr().checked_add(u64::from(last.len()) - 1);
+    let Some(status_addr) = status_addr.filter(|_| last.is_write_only() && in_memory(mem, last))
+    else {
         tracing::warn!("virtio-blk: request without a writable status byte");
         return 0;
-    }
-    let (status, written) = match execute(disk, mem, rest) {
+    };
+    let (status, written) = match parse(mem, &descs).and_then(|(r, w)| execute(disk, mem, &r, &w)) {
         Ok(n) => (S_OK, n),
         Err(f) => (f.status(), 0),
     };
-    if mem.write_obj(status, status_desc.addr()).is_err() {
-        tracing::warn!("virtio-blk: status byte outside guest memory");
+    if mem.write_obj(status, status_addr).is_err() {
         return 0;
     }
     written.saturating_add(1)
+}
+
+/// The readable bytes and the writable bytes minus the trailing status byte.
+fn parse(mem: &GuestMemory, descs: &[Descriptor]) -> Result<(Vec<Seg>, Vec<Seg>), Failure> {
+    let mut readable = Vec::new();
+    let mut writable = Vec::new();
+    for d in descs.iter().filter(|d| d.len() > 0) {
+        if !in_memory(mem, d) {
+            return Err(Failure::IoErr);
+        }
+        let seg = Seg {
+            addr: d.addr(),
+            len: u64::from(d.len()),
+        };
+        if d.is_write_only() {
+            writable.push(seg);
+        } else if writable.is_empty() {
+            readable.push(seg);
+        } else {
+            // Readable after writable: the spec forbids it.
+            return Err(Failure::IoErr);
+        }
+    }
+    let data_len = total(&writable).saturating_sub(1);
+    let (data, _status) = split(&writable, data_len);
+    Ok((readable, data))
 }
 
 struct Header {
@@ -98,79 +176,75 @@ struct Header {
     sector: u64,
 }
 
-fn read_header(mem: &GuestMemory, descs: &[Descriptor]) -> Result<Header, Failure> {
-    let d = descs.first().ok_or(Failure::IoErr)?;
-    if d.is_write_only() || d.len() < HEADER_LEN {
+fn read_header(mem: &GuestMemory, segs: &[Seg]) -> Result<Header, Failure> {
+    let mut h = [0u8; HEADER_LEN as usize];
+    let mut at = 0usize;
+    for s in segs {
+        let n = s.len as usize; // <= HEADER_LEN: segs is the header split
+        let dst = h.get_mut(at..at + n).ok_or(Failure::IoErr)?;
+        mem.read_slice(dst, s.addr).map_err(|_| Failure::IoErr)?;
+        at += n;
+    }
+    if at != h.len() {
         return Err(Failure::IoErr);
     }
-    let mut h = [0u8; HEADER_LEN as usize];
-    mem.read_slice(&mut h, d.addr())
-        .map_err(|_| Failure::IoErr)?;
-    let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let mut kind = [0u8; 4];
+    kind.copy_from_slice(&h[0..4]);
     let mut sector = [0u8; 8];
     sector.copy_from_slice(&h[8..16]);
     Ok(Header {
-        kind,
+        kind: u32::from_le_bytes(kind),
         sector: u64::from_le_bytes(sector),
     })
 }
 
-fn in_memory(mem: &GuestMemory, d: &Descriptor) -> bool {
-    usize::try_from(d.len())
-        .is_ok_and(|len| vm_memory::GuestMemoryBackend::check_range(mem, d.addr(), len))
-}
-
-/// Checks the data descriptors' direction and memory, and the byte range
-/// `[sector * 512, + total)` against the capacity; returns the byte offset
-/// and a copy buffer big enough for one step.
-fn data_range(
-    disk: &Disk<'_>,
-    mem: &GuestMemory,
-    sector: u64,
-    data: &[Descriptor],
-    device_writes: bool,
-) -> Result<(u64, Vec<u8>), Failure> {
-    let mut total: u64 = 0;
-    for d in data {
-        if d.is_write_only() != device_writes || !in_memory(mem, d) {
-            return Err(Failure::IoErr);
-        }
-        total += u64::from(d.len());
-    }
-    if !total.is_multiple_of(SECTOR_SIZE) {
+/// Checks `[sector * 512, + total(data))` against the capacity; returns the
+/// byte offset and a copy buffer big enough for one step.
+fn data_range(disk: &Disk<'_>, sector: u64, data: &[Seg]) -> Result<(u64, Vec<u8>), Failure> {
+    let len = total(data);
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(Failure::IoErr);
     }
     let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Failure::IoErr)?;
-    let end = offset.checked_add(total).ok_or(Failure::IoErr)?;
+    let end = offset.checked_add(len).ok_or(Failure::IoErr)?;
     if end > disk.capacity_bytes {
         return Err(Failure::IoErr);
     }
-    let buf_len = usize::try_from(total).map_or(CHUNK, |t| t.min(CHUNK));
+    let buf_len = usize::try_from(len).map_or(CHUNK, |t| t.min(CHUNK));
     Ok((offset, vec![0u8; buf_len]))
 }
 
-fn execute(disk: &Disk<'_>, mem: &GuestMemory, descs: &[Descriptor]) -> Result<u32, Failure> {
-    let header = read_header(mem, descs)?;
-    let data = descs.get(1..).unwrap_or(&[]);
+fn execute(
+    disk: &Disk<'_>,
+    mem: &GuestMemory,
+    readable: &[Seg],
+    writable: &[Seg],
+) -> Result<u32, Failure> {
+    if total(readable) < HEADER_LEN {
+        return Err(Failure::IoErr);
+    }
+    let (header, out_data) = split(readable, HEADER_LEN);
+    let header = read_header(mem, &header)?;
     match header.kind {
         T_IN => {
-            let (mut offset, mut buf) = data_range(disk, mem, header.sector, data, true)?;
-            let mut written: u32 = 0;
-            for d in data {
-                copy_file_to_guest(disk.file, offset, mem, d.addr(), d.len(), &mut buf)?;
-                offset += u64::from(d.len());
-                written = written.saturating_add(d.len());
-            }
-            Ok(written)
-        }
-        T_OUT => {
-            if disk.read_only {
+            if !out_data.is_empty() {
                 return Err(Failure::IoErr);
             }
-            let (mut offset, mut buf) = data_range(disk, mem, header.sector, data, false)?;
-            for d in data {
-                copy_guest_to_file(mem, d.addr(), d.len(), disk.file, offset, &mut buf)?;
-                offset += u64::from(d.len());
+            let (mut offset, mut buf) = data_range(disk, header.sector, writable)?;
+            for s in writable {
+                copy_file_to_guest(disk.file, offset, mem, *s, &mut buf)?;
+                offset += s.len;
+            }
+            u32::try_from(total(writable)).map_err(|_| Failure::IoErr)
+        }
+        T_OUT => {
+            if disk.read_only || !writable.is_empty() {
+                return Err(Failure::IoErr);
+            }
+            let (mut offset, mut buf) = data_range(disk, header.sector, &out_data)?;
+            for s in &out_data {
+                copy_guest_to_file(mem, *s, disk.file, offset, &mut buf)?;
+                offset += s.len;
             }
             Ok(0)
         }
@@ -184,14 +258,18 @@ fn execute(disk: &Disk<'_>, mem: &GuestMemory, descs: &[Descriptor]) -> Result<u
             Ok(0)
         }
         T_GET_ID => {
-            let d = data.first().ok_or(Failure::IoErr)?;
-            if !d.is_write_only() {
+            if writable.is_empty() {
                 return Err(Failure::IoErr);
             }
-            let n = (d.len() as usize).min(ID_BYTES);
-            mem.write_slice(&disk.id[..n], d.addr())
-                .map_err(|_| Failure::IoErr)?;
-            Ok(n as u32)
+            let (id_segs, _) = split(writable, ID_BYTES as u64);
+            let mut at = 0usize;
+            for s in &id_segs {
+                let n = s.len as usize; // <= ID_BYTES
+                let src = disk.id.get(at..at + n).ok_or(Failure::IoErr)?;
+                mem.write_slice(src, s.addr).map_err(|_| Failure::IoErr)?;
+                at += n;
+            }
+            Ok(at as u32)
         }
         other => {
             tracing::debug!(kind = other, "virtio-blk: unsupported request");
@@ -204,20 +282,20 @@ fn copy_file_to_guest(
     file: &File,
     mut offset: u64,
     mem: &GuestMemory,
-    mut addr: GuestAddress,
-    len: u32,
+    seg: Seg,
     buf: &mut [u8],
 ) -> Result<(), Failure> {
-    let mut left = len as usize;
+    let mut left = seg.len;
+    let mut addr = seg.addr;
     while left > 0 {
-        let n = left.min(buf.len());
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         if n == 0 {
             return Err(Failure::IoErr);
         }
         let chunk = &mut buf[..n];
         read_at_zero_fill(file, chunk, offset)?;
         mem.write_slice(chunk, addr).map_err(|_| Failure::IoErr)?;
-        left -= n;
+        left -= n as u64;
         offset += n as u64;
         addr = addr.checked_add(n as u64).ok_or(Failure::IoErr)?;
     }
@@ -247,15 +325,15 @@ fn read_at_zero_fill(file: &File, buf: &mut [u8], offset: u64) -> Result<(), Fai
 
 fn copy_guest_to_file(
     mem: &GuestMemory,
-    mut addr: GuestAddress,
-    len: u32,
+    seg: Seg,
     file: &File,
     mut offset: u64,
     buf: &mut [u8],
 ) -> Result<(), Failure> {
-    let mut left = len as usize;
+    let mut left = seg.len;
+    let mut addr = seg.addr;
     while left > 0 {
-        let n = left.min(buf.len());
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         if n == 0 {
             return Err(Failure::IoErr);
         }
@@ -265,9 +343,34 @@ fn copy_guest_to_file(
             tracing::warn!(error = %e, offset, "virtio-blk: write failed");
             Failure::IoErr
         })?;
-        left -= n;
+        left -= n as u64;
         offset += n as u64;
         addr = addr.checked_add(n as u64).ok_or(Failure::IoErr)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(addr: u64, len: u64) -> Seg {
+        Seg {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
+
+    #[test]
+    fn split_cuts_inside_and_between_segments() {
+        let s = [seg(0x100, 10), seg(0x200, 10)];
+        assert_eq!(split(&s, 0), (vec![], s.to_vec()));
+        assert_eq!(split(&s, 10), (vec![s[0]], vec![s[1]]));
+        assert_eq!(
+            split(&s, 15),
+            (vec![s[0], seg(0x200, 5)], vec![seg(0x205, 5)])
+        );
+        assert_eq!(split(&s, 20), (s.to_vec(), vec![]));
+        assert_eq!(split(&s, 99), (s.to_vec(), vec![]));
+    }
 }

@@ -518,3 +518,53 @@ fn transport_sits_on_the_shared_bus() {
     // Writes without an interrupt line do not panic.
     assert!(bus.write(base + reg::STATUS, &1u32.to_le_bytes()));
 }
+
+#[test]
+fn framing_is_free_header_data_and_status_may_share_descriptors() {
+    let mut h = Harness::active(false);
+    // OUT: header and 512 bytes of data in one readable descriptor.
+    h.header(T_OUT, 5);
+    h.mem
+        .write_slice(&[0x5a; 512], GuestAddress(HDR + 16))
+        .unwrap();
+    h.submit(&[(HDR, 16 + 512, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(h.status(), S_OK);
+    // IN: header split over two descriptors; data and status in one
+    // writable descriptor (status = its last byte).
+    h.header(T_IN, 5);
+    let (_, len) = h.submit(&[(HDR, 10, 0), (HDR + 10, 6, 0), (DATA, 513, F_WRITE)]);
+    assert_eq!(len, 513);
+    let mut b = [0u8; 513];
+    h.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+    assert_eq!(&b[..512], &[0x5a; 512]);
+    assert_eq!(b[512], S_OK);
+    // GET_ID into 8 + 12 bytes, status in its own descriptor.
+    h.header(T_GET_ID, 0);
+    h.submit(&[
+        (HDR, 16, 0),
+        (DATA, 8, F_WRITE),
+        (DATA + 0x100, 12, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(h.status(), S_OK);
+    let mut id = [0u8; 8];
+    h.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id[..5], b"root\0");
+    // Readable after writable is refused.
+    h.header(T_OUT, 0);
+    h.submit(&[
+        (HDR, 16, 0),
+        (DATA, 512, F_WRITE),
+        (DATA + 0x1000, 512, 0),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(h.status(), S_IOERR);
+    // Extra readable data on an IN is refused.
+    h.header(T_IN, 0);
+    h.submit(&[
+        (HDR, 16 + 512, 0),
+        (DATA, 512, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    assert_eq!(h.status(), S_IOERR);
+}
