@@ -205,9 +205,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         let old = self.status;
-        // The driver only ever adds bits (FAILED aside); anything else is a
-        // driver bug we refuse to follow.
-        if new & old != old {
+        // The driver only ever adds bits; anything else is a driver bug we
+        // refuse to follow. NEEDS_RESET is the device's bit, not the driver's.
+        let driver_bits = old & !status::NEEDS_RESET;
+        if new & driver_bits != driver_bits {
             tracing::warn!(
                 old,
                 new,
