@@ -183,6 +183,11 @@ struct Builder {
     actions: Vec<Action>,
     by_vm: HashMap<String, VmActs>,
     edges: Vec<(usize, usize)>,
+    /// Actions that start a copy source again after its copies.
+    after_copy: HashSet<usize>,
+    /// "Start db before web" edges from an after-copy start: kept only when
+    /// they close no cycle (see [`add_soft_edges`]).
+    soft: Vec<(usize, usize)>,
 }
 
 impl Builder {
@@ -273,6 +278,8 @@ pub fn plan(
         actions: Vec::with_capacity(desired.vms.len() + observed.vms.len()),
         by_vm: HashMap::with_capacity(desired.vms.len() + observed.vms.len()),
         edges: Vec::new(),
+        after_copy: HashSet::new(),
+        soft: Vec::new(),
     };
     // VMs whose (non-refused) copy action was planned: source → copy indices.
     let mut copies: Vec<(String, usize)> = Vec::new();
@@ -296,6 +303,7 @@ pub fn plan(
 
     wrap_copies(&mut b, &wanted, &copies);
     dependency_edges(&mut b, desired, observed);
+    add_soft_edges(&mut b);
     order(b)
 }
 
@@ -472,6 +480,7 @@ fn wrap_copies(b: &mut Builder, wanted: &HashMap<&str, &VmSpec>, copies: &[(Stri
             .copied()
             .find(|&i| b.actions[i].kind == ActionKind::Start && source_acts.len() == 1);
         if let Some(start) = pending_start {
+            b.after_copy.insert(start);
             for &t in &targets {
                 b.edges.push((t, start));
             }
@@ -495,6 +504,7 @@ fn wrap_copies(b: &mut Builder, wanted: &HashMap<&str, &VmSpec>, copies: &[(Stri
             ));
             start.changes = vec![state_change(RunState::Stopped, RunState::Running)];
             let start_i = b.push(start);
+            b.after_copy.insert(start_i);
             for &t in &targets {
                 b.edges.push((t, start_i));
             }
@@ -521,7 +531,11 @@ fn dependency_edges(b: &mut Builder, desired: &DesiredState, observed: &Observed
                 // (it cannot wait for the source's start: that waits for it).
                 let own_source = aa.source.as_deref() == Some(dep);
                 if up && aa.is_up() && da.is_up() && !own_source {
-                    b.edges.push((d, a));
+                    if b.after_copy.contains(&d) {
+                        b.soft.push((d, a));
+                    } else {
+                        b.edges.push((d, a));
+                    }
                 }
                 if !up && aa.is_pure_down() && da.goes_down() {
                     b.edges.push((a, d));
@@ -542,6 +556,44 @@ fn dependency_edges(b: &mut Builder, desired: &DesiredState, observed: &Observed
                 continue;
             }
             add(b, name, dep, false);
+        }
+    }
+}
+
+/// A dependent waits for its dependency to be started again after a copy,
+/// unless the copy itself (transitively) waits for that dependent — then the
+/// dependent may start while the source is briefly stopped for the copy.
+/// Each edge `s → a` is kept iff `a` is not an ancestor of `s` (so the graph
+/// stays acyclic); ancestors are found once per after-copy start.
+fn add_soft_edges(b: &mut Builder) {
+    if b.soft.is_empty() {
+        return;
+    }
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); b.actions.len()];
+    for &(from, to) in &b.edges {
+        preds[to].push(from);
+    }
+    let mut soft = std::mem::take(&mut b.soft);
+    soft.sort_by_key(|&(s, a)| (s, a));
+    let mut i = 0;
+    while i < soft.len() {
+        let s = soft[i].0;
+        let mut ancestors: HashSet<usize> = HashSet::new();
+        let mut stack = vec![s];
+        while let Some(n) = stack.pop() {
+            for &p in &preds[n] {
+                if ancestors.insert(p) {
+                    stack.push(p);
+                }
+            }
+        }
+        while i < soft.len() && soft[i].0 == s {
+            let a = soft[i].1;
+            if !ancestors.contains(&a) && a != s {
+                b.edges.push((s, a));
+                preds[a].push(s);
+            }
+            i += 1;
         }
     }
 }

@@ -139,6 +139,8 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
         .filter(|a| a.is_refused() && a.kind == ActionKind::Copy)
         .map(|a| a.vm.as_str())
         .collect();
+    // Copy sources stopped for a copy: their dependents may start meanwhile.
+    let mut copying: Vec<String> = Vec::new();
     for a in p.executable() {
         let up_check = |sim: &Sim, spec: &VmSpec| -> Result<(), String> {
             if !spec.autostart {
@@ -147,7 +149,8 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
             for dep in &spec.depends_on {
                 let want_run =
                     d.vm(dep).is_some_and(|s| s.autostart) && !refused.contains(&dep.as_str());
-                let runs = sim.get(dep).is_some_and(|(_, st)| *st == RunState::Running);
+                let runs = sim.get(dep).is_some_and(|(_, st)| *st == RunState::Running)
+                    || copying.contains(dep);
                 if want_run && !runs {
                     return Err(format!("{} starts before its dependency {dep}", a.id));
                 }
@@ -202,11 +205,15 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
                     ..d.vm(&a.vm).cloned().unwrap_or(e)
                 };
                 up_check(sim, &check)?;
+                copying.retain(|c| c != &a.vm);
                 if let Some(v) = sim.get_mut(&a.vm) {
                     v.1 = RunState::Running;
                 }
             }
             ActionKind::Stop => {
+                if a.id.ends_with(":stop-for-copy") {
+                    copying.push(a.vm.clone());
+                }
                 let v = sim.get_mut(&a.vm).ok_or("stop of a missing VM")?;
                 v.1 = RunState::Stopped;
             }
@@ -266,7 +273,7 @@ fn to_observed(sim: &Sim) -> ObservedState {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     #[test]
     fn applying_the_plan_converges((d, o, caps) in world()) {

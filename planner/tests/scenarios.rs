@@ -449,3 +449,31 @@ fn every_restart_replace_and_refusal_has_a_reason() {
         }
     }
 }
+
+#[test]
+fn copy_that_needs_a_dependent_of_its_source_is_not_a_cycle() {
+    // b depends on a; c copies a but depends on b: b must start before c is
+    // copied, so b cannot wait for a's start after the copy.
+    let a = vm("a");
+    let b = vmctl_spec::VmSpec {
+        depends_on: vec!["a".into()],
+        ..vm("b")
+    };
+    let c = vmctl_spec::VmSpec {
+        depends_on: vec!["b".into()],
+        copy_from: Some("a".into()),
+        ..vm("c")
+    };
+    let p = plan(&desired(vec![a, b, c]), &ObservedState::new(), &all()).unwrap();
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "a:create",
+            "b:create",
+            "a:stop-for-copy",
+            "c:copy",
+            "a:start-after-copy"
+        ]
+    );
+}
