@@ -39,13 +39,6 @@ pub fn pause() {
     core::hint::spin_loop();
 }
 
-/// Spins for roughly `n` `pause` instructions.
-pub fn spin(n: u32) {
-    for _ in 0..n {
-        pause();
-    }
-}
-
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: callers read architectural MSRs that KVM always provides.

@@ -6,7 +6,8 @@
 
 use crate::acpi::{self, Cpus};
 use crate::bootparams::{self, Options};
-use crate::cpu::{self, mmio_read32, spin};
+use crate::clock::{Deadline, sleep_ms};
+use crate::cpu::{self, mmio_read32};
 use crate::fnv::fnv1a64;
 use crate::hotplug;
 use crate::layout::{
@@ -20,10 +21,10 @@ use crate::smp::{self, ApStart};
 use crate::text::Text;
 use crate::virtio_blk::{self, Blk, SECTOR_SIZE, Slot};
 
-/// `pause`s between two looks at the GED and COM2 (roughly a millisecond).
-const POLL_SPINS: u32 = 10_000;
-/// Poll rounds between two rescans of disks and tables.
-const RESCAN_ROUNDS: u32 = 100;
+/// Time between two looks at the GED and the serial inputs.
+const POLL_MS: u64 = 5;
+/// Time between two rescans of disks and tables.
+const RESCAN_MS: u64 = 250;
 
 const COM1: Serial = Serial::new(COM1_PORT);
 const COM2: Serial = Serial::new(COM2_PORT);
@@ -260,15 +261,23 @@ impl Diag {
         }
         self.seq += 1;
         self.sent = Some(self.report);
+        self.print_summary();
+        self.send_json();
+    }
+
+    /// The console lines for the last report sent.
+    fn print_summary(&self) {
+        let Some(report) = self.sent.as_ref() else {
+            return;
+        };
         let mut t = Text::<160>::new();
-        self.report.write_summary(&mut t);
+        report.write_summary(&mut t);
         log_text(&t);
-        for disk in self.report.disks.iter().flatten() {
+        for disk in report.disks.iter().flatten() {
             t.clear();
             Report::write_disk_line(disk, &mut t);
             log_text(&t);
         }
-        self.send_json();
     }
 
     /// The last report again, on request (same seq).
@@ -288,9 +297,9 @@ impl Diag {
 
     fn poll_forever(&mut self) -> ! {
         log(&["diag: polling (power button, COM2 requests, resources)"]);
-        let mut round = 0u32;
+        let mut rescan = Deadline::after_ms(RESCAN_MS);
         loop {
-            spin(POLL_SPINS);
+            sleep_ms(POLL_MS);
             let ged = mmio_read32(GED_BASE);
             // All-ones is what a missing device may read as: not a press.
             if ged != u32::MAX && ged & GED_EVENT_POWER_BUTTON != 0 {
@@ -306,8 +315,17 @@ impl Diag {
                 }
                 self.send_json();
             }
-            round = round.wrapping_add(1);
-            if round.is_multiple_of(RESCAN_ROUNDS) {
+            if COM1.try_read().is_some() {
+                // Someone at the console: show the summary again.
+                for _ in 0..64 {
+                    if COM1.try_read().is_none() {
+                        break;
+                    }
+                }
+                self.print_summary();
+            }
+            if rescan.expired() {
+                rescan = Deadline::after_ms(RESCAN_MS);
                 self.scan_memory();
                 self.scan_cpus();
                 self.scan_disks();

@@ -21,6 +21,7 @@ pub mod report;
 pub mod text;
 
 // Hardware access: builds on the host but only runs in the guest.
+pub mod clock;
 pub mod cpu;
 pub mod hotplug;
 pub mod serial;

@@ -1,13 +1,14 @@
 //! Polled 16550 UART output and input (no interrupts: IER stays 0). COM1 is
 //! the console, COM2 the agent channel.
 
+use crate::clock::Deadline;
 use crate::cpu::{inb, outb, pause};
 
 const LSR: u16 = 5;
 const LSR_DATA_READY: u8 = 1 << 0;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 /// How long to wait for the transmitter before writing anyway.
-const TX_SPINS: u32 = 100_000;
+const TX_WAIT_MS: u64 = 2;
 
 #[derive(Clone, Copy)]
 pub struct Serial {
@@ -32,10 +33,11 @@ impl Serial {
     }
 
     pub fn write_byte(&self, b: u8) {
-        let mut spins = 0;
-        while inb(self.base + LSR) & LSR_THR_EMPTY == 0 && spins < TX_SPINS {
-            pause();
-            spins += 1;
+        if inb(self.base + LSR) & LSR_THR_EMPTY == 0 {
+            let mut deadline = Deadline::after_ms(TX_WAIT_MS);
+            while inb(self.base + LSR) & LSR_THR_EMPTY == 0 && !deadline.expired() {
+                pause();
+            }
         }
         outb(self.base, b);
     }

@@ -13,7 +13,8 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::cpu::{mmio_read32, mmio_write32, pause, read_cr3, spin};
+use crate::clock::{Deadline, sleep_ms};
+use crate::cpu::{mmio_read32, mmio_write32, pause, read_cr3};
 use crate::layout::{AP_TRAMPOLINE, APIC_START};
 
 /// APs that reached diag code. In `.data`, not `.bss`, so the BSP's
@@ -93,11 +94,11 @@ const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 const ICR_INIT: u32 = 0x0000_4500;
 const ICR_STARTUP: u32 = 0x0000_4600;
 
-/// Bounded waits, in `pause`s.
-const IPI_IDLE_SPINS: u32 = 100_000;
-const AFTER_INIT_SPINS: u32 = 200_000;
-const AFTER_SIPI_SPINS: u32 = 20_000;
-const CHECK_IN_SPINS: u32 = 50_000_000;
+/// Bounded waits (the SDM's INIT-SIPI-SIPI timing: 10 ms, 200 µs).
+const IPI_IDLE_MS: u64 = 10;
+const AFTER_INIT_MS: u64 = 10;
+const AFTER_SIPI_MS: u64 = 1;
+const CHECK_IN_MS: u64 = 1_000;
 
 pub fn aps_checked_in() -> u32 {
     DIAG_AP_COUNT.load(Ordering::SeqCst)
@@ -111,13 +112,12 @@ pub fn bsp_apic_id() -> u32 {
 fn send_ipi(apic_id: u32, low: u32) -> bool {
     mmio_write32(APIC_START + APIC_ICR_HIGH, apic_id << 24);
     mmio_write32(APIC_START + APIC_ICR_LOW, low);
-    let mut spins = 0;
+    let mut deadline = Deadline::after_ms(IPI_IDLE_MS);
     while mmio_read32(APIC_START + APIC_ICR_LOW) & ICR_DELIVERY_PENDING != 0 {
-        if spins >= IPI_IDLE_SPINS {
+        if deadline.expired() {
             return false;
         }
         pause();
-        spins += 1;
     }
     true
 }
@@ -140,8 +140,11 @@ pub fn start_aps(apic_ids: &[u32]) -> ApStart {
     }
     if aps_checked_in() >= want {
         // The VMM started them at the entry point already.
-        return ApStart::Started(aps_checked_in());
+        return ApStart::Started(want);
     }
+    // Forget check-ins from before a reset that kept memory: every AP
+    // that counts now goes through INIT/SIPI below.
+    DIAG_AP_COUNT.store(0, Ordering::SeqCst);
     if apic_ids.iter().any(|&id| id > 0xfe) {
         return ApStart::Failed("APIC IDs above 254 need x2APIC, which diag does not drive");
     }
@@ -170,27 +173,26 @@ pub fn start_aps(apic_ids: &[u32]) -> ApStart {
             return ApStart::Failed("INIT IPI stayed pending in the local APIC");
         }
     }
-    spin(AFTER_INIT_SPINS);
+    sleep_ms(AFTER_INIT_MS);
     for _ in 0..2 {
         for &id in apic_ids.iter().filter(|&&id| id != bsp) {
             if !send_ipi(id, ICR_STARTUP | vector) {
                 return ApStart::Failed("STARTUP IPI stayed pending in the local APIC");
             }
         }
-        spin(AFTER_SIPI_SPINS);
+        sleep_ms(AFTER_SIPI_MS);
         if aps_checked_in() >= want {
-            return ApStart::Started(aps_checked_in());
+            return ApStart::Started(want);
         }
     }
-    let mut spins = 0;
-    while aps_checked_in() < want && spins < CHECK_IN_SPINS {
+    let mut deadline = Deadline::after_ms(CHECK_IN_MS);
+    while aps_checked_in() < want && !deadline.expired() {
         pause();
-        spins += 1;
     }
     match aps_checked_in() {
         0 => {
             ApStart::Failed("no AP checked in after INIT/SIPI (this KVM may not run real-mode APs)")
         }
-        n => ApStart::Started(n),
+        n => ApStart::Started(n.min(want)),
     }
 }

@@ -9,6 +9,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{Ordering, fence};
 
+use crate::clock::Deadline;
 use crate::cpu::{mmio_read32, mmio_write32, pause};
 use crate::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX_DEVICES, VIRTIO_MMIO_SIZE};
 
@@ -58,10 +59,10 @@ pub const REQ_GET_ID: u32 = 8;
 pub const SECTOR_SIZE: usize = 512;
 
 const MAX_QUEUE_SIZE: u32 = 8;
-/// Polls of the used ring (each with a `pause`) before a request is
-/// declared lost.
-const REQUEST_SPINS: u32 = 20_000_000;
-const RESET_SPINS: u32 = 100_000;
+/// How long a request may take before it is declared lost (the VMM
+/// completes requests synchronously on QueueNotify, so this is generous).
+const REQUEST_TIMEOUT_MS: u64 = 2_000;
+const RESET_TIMEOUT_MS: u64 = 100;
 
 // Layout of a device's DMA page.
 const DESC_OFF: u64 = 0x000;
@@ -180,13 +181,12 @@ impl Blk {
         let reg = |off: u64| base + off;
 
         mmio_write32(reg(STATUS), 0);
-        let mut spins = 0;
+        let mut deadline = Deadline::after_ms(RESET_TIMEOUT_MS);
         while mmio_read32(reg(STATUS)) != 0 {
-            if spins >= RESET_SPINS {
+            if deadline.expired() {
                 return Err("device did not reset");
             }
             pause();
-            spins += 1;
         }
         mmio_write32(reg(STATUS), STATUS_ACKNOWLEDGE);
         mmio_write32(reg(STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
@@ -315,14 +315,13 @@ impl Blk {
         fence(Ordering::SeqCst);
         mmio_write32(self.base + QUEUE_NOTIFY, 0);
 
-        let mut spins = 0;
+        let mut deadline = Deadline::after_ms(REQUEST_TIMEOUT_MS);
         while r16(page + USED_OFF + 2) == self.last_used {
-            if spins >= REQUEST_SPINS {
+            if deadline.expired() {
                 self.wedged = true;
                 return Err("request timed out (no used-ring entry)");
             }
             pause();
-            spins += 1;
         }
         fence(Ordering::SeqCst);
         self.last_used = self.last_used.wrapping_add(1);
