@@ -250,10 +250,10 @@ impl Runtime {
             return Ok(());
         }
         let record = dir.read_record().ok();
-        if dir.record().exists() {
-            if let Err(e) = self.stop(name, Duration::from_secs(10)) {
-                tracing::warn!(vm = name, error = %e, "stop before destroy failed");
-            }
+        if dir.record().exists()
+            && let Err(e) = self.stop(name, Duration::from_secs(10))
+        {
+            tracing::warn!(vm = name, error = %e, "stop before destroy failed");
         }
         if let Some(pid) = dir.read_pid().filter(|&p| process::is_vmm_alive(p)) {
             process::signal(pid, libc::SIGKILL);

@@ -43,10 +43,10 @@ impl Bus {
         let Some(end) = end else {
             return Err(BusError::Overlap { base, len });
         };
-        if let Some((&b, &(l, _))) = self.ranges.range(..end).next_back() {
-            if b + l > base {
-                return Err(BusError::Overlap { base, len });
-            }
+        if let Some((&b, &(l, _))) = self.ranges.range(..end).next_back()
+            && b + l > base
+        {
+            return Err(BusError::Overlap { base, len });
         }
         self.ranges.insert(base, (len, device));
         Ok(())

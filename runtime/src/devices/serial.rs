@@ -59,10 +59,10 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset)) {
-            if let Err(e) = self.serial.write(off, value) {
-                tracing::debug!(error = ?e, "serial write failed");
-            }
+        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset))
+            && let Err(e) = self.serial.write(off, value)
+        {
+            tracing::debug!(error = ?e, "serial write failed");
         }
     }
 }
@@ -115,10 +115,10 @@ impl AgentChannel {
             tracing::debug!("dropped an over-long agent line");
             return;
         }
-        if let Some(obj) = parse_agent_line(&line) {
-            if let Ok(mut r) = self.report.lock() {
-                *r = Some(obj);
-            }
+        if let Some(obj) = parse_agent_line(&line)
+            && let Ok(mut r) = self.report.lock()
+        {
+            *r = Some(obj);
         }
     }
 }
