@@ -159,6 +159,23 @@ impl Lab {
         }
     }
 
+    fn diag(&self, name: &str, cpus: u32, memory_mib: u64) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            os: "diag".into(),
+            cpus,
+            max_cpus: cpus,
+            memory_mib,
+            max_memory_mib: memory_mib,
+            disks: vec![],
+            depends_on: vec![],
+            copy_from: None,
+            cpu_weight: 100,
+            autostart: true,
+            image: None,
+        }
+    }
+
     fn client(&self, name: &str) -> ApiClient {
         ApiClient::new(self.rt.vm_dir(name).api_sock())
     }
@@ -321,9 +338,81 @@ fn errors_before_boot_are_clear_and_leave_no_process() {
     assert_no_vmm_files(&lab, "huge");
 }
 
+/// Boot diag with `cpus` and `memory_mib`; the guest's own report must say
+/// the same, then a graceful shutdown must work.
+fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
+    let lab = Lab::new();
+    let name = format!("diag-{cpus}-{memory_mib}");
+    let mut spec = lab.diag(&name, cpus, memory_mib);
+    spec.disks.push(vmctl_spec::model::DiskSpec {
+        name: "root".into(),
+        size_bytes: 10 << 20,
+        format: vmctl_spec::model::DiskFormat::Raw,
+        path: None,
+        source: None,
+    });
+    lab.rt.create(&spec).unwrap();
+    let c = lab.client(&name);
+    let report = wait_for("a full diag report", || {
+        let g = c.status().ok()?.guest?;
+        (!g["cpus_started"].is_null() || cpus == 1).then_some(g)
+    });
+    assert_eq!(report["agent"], "diag");
+    assert_eq!(report["cpus"], cpus, "{report}");
+    assert_eq!(report["max_cpus"], cpus, "{report}");
+    if cpus > 1 {
+        assert_eq!(report["cpus_started"], cpus, "every AP started: {report}");
+    }
+    assert_eq!(report["memory_mib"], memory_mib, "{report}");
+    assert_eq!(report["disks"][0]["id"], "root", "{report}");
+    assert_eq!(report["disks"][0]["size_bytes"], 10u64 << 20, "{report}");
+    let st = c.status().unwrap();
+    assert_eq!(
+        (st.vcpus, st.memory_mib, st.irq_mode.as_str()),
+        (cpus, memory_mib, "polled")
+    );
+    assert!(
+        c.shutdown(Duration::from_secs(30)).unwrap(),
+        "diag powers off on the power button"
+    );
+    wait_for("the VMM to exit", || {
+        (lab.rt.observe(&name).unwrap().unwrap().live != Live::Running).then_some(())
+    });
+    assert_no_vmm_files(&lab, &name);
+}
+
+fn diag_1_cpu_128_mib() {
+    diag_reports_what_was_declared(1, 128);
+}
+fn diag_2_cpus_1_gib() {
+    diag_reports_what_was_declared(2, 1024);
+}
+fn diag_4_cpus_3584_mib() {
+    diag_reports_what_was_declared(4, 3584);
+}
+
+/// pause / resume through the socket while diag runs.
+fn diag_pause_resume() {
+    let lab = Lab::new();
+    lab.rt.create(&lab.diag("pr", 2, 128)).unwrap();
+    let c = lab.client("pr");
+    wait_for("the guest report", || c.status().ok()?.guest);
+    c.pause().unwrap();
+    assert_eq!(c.status().unwrap().state, RunState::Paused);
+    c.resume().unwrap();
+    assert_eq!(c.status().unwrap().state, RunState::Running);
+    lab.rt.stop("pr", Duration::from_secs(30)).unwrap();
+    assert_eq!(lab.rt.observe("pr").unwrap().unwrap().live, Live::Stopped);
+    assert_no_vmm_files(&lab, "pr");
+}
+
 type Test = (&'static str, fn());
 
 const TESTS: &[Test] = &[
+    ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
+    ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
+    ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),
+    ("diag_pause_resume", diag_pause_resume),
     (
         "testprog_boots_writes_both_ports_and_powers_off",
         testprog_boots_writes_both_ports_and_powers_off,

@@ -130,9 +130,9 @@ pub fn resolve_boot(spec: &VmSpec) -> Result<(BootImage, IrqMode), VmmError> {
     Ok((image, mode))
 }
 
-/// The embedded diag guest, once guest/ is built into the runtime.
+/// The embedded diag guest (guest/, built by runtime/build.rs).
 fn diag_kernel() -> Option<&'static [u8]> {
-    None
+    Some(crate::diag::KERNEL).filter(|k| !k.is_empty())
 }
 
 enum MainEvent {
