@@ -246,6 +246,10 @@ impl Diag {
                 self.report.cpus_started = Some(n.saturating_add(1));
                 let mut t = Text::<96>::new();
                 t.str("diag: ").dec(u64::from(n)).str(" AP(s) checked in");
+                if n.saturating_add(1) < self.report.cpus {
+                    t.str(", fewer than the MADT's ")
+                        .dec(u64::from(self.report.cpus - 1));
+                }
                 log_text(&t);
             }
             ApStart::Failed(why) => {
