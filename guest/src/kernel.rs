@@ -95,6 +95,10 @@ pub fn run(zero_page: u64) -> ! {
     diag.scan_memory();
     diag.scan_cpus();
     diag.scan_disks();
+    if diag.report.cpus <= 1 {
+        // Nothing to start: the first report is already complete.
+        diag.report.cpus_started = Some(1);
+    }
     diag.send_if_changed();
 
     diag.start_aps();
@@ -233,7 +237,6 @@ impl Diag {
 
     fn start_aps(&mut self) {
         if self.report.cpus <= 1 {
-            self.report.cpus_started = Some(1);
             return;
         }
         if !self.options.start_aps {
