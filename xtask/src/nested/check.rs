@@ -1,0 +1,430 @@
+//! Reading L1's serial log and judging it: every scenario step ran with the
+//! exit code it must have, and every guest reported (and `vmctl status`
+//! showed) what its declaration says.
+//!
+//! Memory tolerance: a Linux guest's `MemTotal` is the RAM it was given minus
+//! what the kernel keeps for itself (its image, page tables, the crashkernel
+//! and firmware reservations). We accept
+//! `declared - max(64 MiB, 12% of declared) <= MemTotal <= declared`;
+//! measured with the Debian 6.1 cloud kernel: 256 MiB gives ~217 MiB.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use vmctl_spec::{DesiredState, VmSpec};
+
+/// Steps the L1 script must report, in order, with the exit code each must have.
+pub const REQUIRED_STEPS: &[&str] = &[
+    "l1-boot",
+    "kvm",
+    "validate",
+    "image-cached",
+    "apply",
+    "guests-1",
+    "plan-noop",
+    "plan-change",
+    "apply-change",
+    "memory-changed",
+    "guests-2",
+    "plan-noop-2",
+    "destroy",
+    "no-vmm-left",
+];
+
+/// The lowest `MemTotal` (MiB) accepted for `declared_mib` of RAM.
+pub fn memory_floor_mib(declared_mib: u64) -> u64 {
+    declared_mib.saturating_sub((declared_mib * 12 / 100).max(64))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: String,
+    pub rc: i64,
+    pub want: i64,
+    pub line: String,
+}
+
+/// Everything the markers in one serial log say.
+#[derive(Debug, Default)]
+pub struct Log {
+    pub steps: Vec<Step>,
+    /// (phase, vm) → the guest's own report (None: it never reported).
+    pub guests: BTreeMap<(u32, String), Option<Value>>,
+    /// phase → `vmctl status --json`.
+    pub status: BTreeMap<u32, Option<Value>>,
+    pub done: bool,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Parse the markers out of a serial log (other lines are ignored).
+pub fn parse(serial: &str) -> Log {
+    let mut log = Log::default();
+    for raw in serial.lines() {
+        let line = raw.trim_end_matches('\r');
+        let Some(at) = line.find("@@") else { continue };
+        let line = &line[at..];
+        if let Some(rest) = line.strip_prefix("@@NESTED ") {
+            if rest.starts_with("done") {
+                log.done = true;
+                continue;
+            }
+            let (Some(name), Some(rc), Some(want)) =
+                (field(rest, "step"), field(rest, "rc"), field(rest, "want"))
+            else {
+                continue;
+            };
+            log.steps.push(Step {
+                name: name.to_string(),
+                rc: rc.parse().unwrap_or(-1),
+                want: want.parse().unwrap_or(0),
+                line: rest.to_string(),
+            });
+        } else if let Some(rest) = line.strip_prefix("@@GUEST ") {
+            let (Some(phase), Some(vm)) = (field(rest, "phase"), field(rest, "vm")) else {
+                continue;
+            };
+            let json = rest
+                .find('{')
+                .and_then(|i| serde_json::from_str(&rest[i..]).ok());
+            log.guests
+                .insert((phase.parse().unwrap_or(0), vm.to_string()), json);
+        } else if let Some(rest) = line.strip_prefix("@@STATUS ") {
+            let Some(phase) = field(rest, "phase") else {
+                continue;
+            };
+            let json = rest
+                .find('{')
+                .and_then(|i| serde_json::from_str(&rest[i..]).ok());
+            log.status.insert(phase.parse().unwrap_or(0), json);
+        }
+    }
+    log
+}
+
+/// One row of the declared-vs-reported table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub phase: u32,
+    pub vm: String,
+    pub declared: String,
+    pub guest: String,
+    pub status: String,
+    pub problems: Vec<String>,
+}
+
+fn u(v: Option<&Value>) -> Option<u64> {
+    v.and_then(Value::as_u64)
+}
+
+fn disks_of(v: Option<&Value>) -> Vec<u64> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|d| u(d.get("size_bytes"))).collect())
+        .unwrap_or_default()
+}
+
+fn fmt_disks(sizes: &[u64]) -> String {
+    if sizes.is_empty() {
+        return "-".into();
+    }
+    sizes
+        .iter()
+        .map(|b| format!("{}M", b >> 20))
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// Compare one VM's declaration with its guest's report and its status entry.
+pub fn check_vm(phase: u32, spec: &VmSpec, guest: Option<&Value>, status: Option<&Value>) -> Row {
+    let mut problems = Vec::new();
+    let declared_disks: Vec<u64> = spec.disks.iter().map(|d| d.size_bytes).collect();
+    let declared = format!(
+        "{} cpu, {} MiB, {}",
+        spec.cpus,
+        spec.memory_mib,
+        fmt_disks(&declared_disks)
+    );
+    let guest_text = match guest {
+        None => {
+            problems.push("the guest never reported".to_string());
+            "-".to_string()
+        }
+        Some(g) => {
+            let cpus = u(g.get("cpus"));
+            let mib = u(g.get("memory_mib"));
+            let disks = disks_of(g.get("disks"));
+            if cpus != Some(u64::from(spec.cpus)) {
+                problems.push(format!("guest nproc {cpus:?}, declared {}", spec.cpus));
+            }
+            let floor = memory_floor_mib(spec.memory_mib);
+            match mib {
+                Some(m) if (floor..=spec.memory_mib).contains(&m) => {}
+                other => problems.push(format!(
+                    "guest MemTotal {other:?} MiB outside [{floor}, {}]",
+                    spec.memory_mib
+                )),
+            }
+            if disks != declared_disks {
+                problems.push(format!(
+                    "guest disks {} , declared {}",
+                    fmt_disks(&disks),
+                    fmt_disks(&declared_disks)
+                ));
+            }
+            format!(
+                "{} cpu, {} MiB, {}",
+                cpus.map_or("?".into(), |c| c.to_string()),
+                mib.map_or("?".into(), |m| m.to_string()),
+                fmt_disks(&disks)
+            )
+        }
+    };
+    let status_text = match status {
+        None => {
+            problems.push("not in `vmctl status --json`".to_string());
+            "-".to_string()
+        }
+        Some(s) => {
+            let state = s.get("state").and_then(Value::as_str).unwrap_or("?");
+            let cpus = u(s.get("cpus"));
+            let mib = u(s.get("memory_mib"));
+            if state != "running" {
+                problems.push(format!("status state {state:?}, want \"running\""));
+            }
+            if cpus != Some(u64::from(spec.cpus)) {
+                problems.push(format!("status cpus {cpus:?}, declared {}", spec.cpus));
+            }
+            if mib != Some(spec.memory_mib) {
+                problems.push(format!(
+                    "status memory_mib {mib:?}, declared {}",
+                    spec.memory_mib
+                ));
+            }
+            let sg = s.get("guest").filter(|g| !g.is_null());
+            match (sg, guest) {
+                (None, _) => problems.push("status.guest is null".to_string()),
+                (Some(sg), Some(g)) => {
+                    if u(sg.get("cpus")) != u(g.get("cpus"))
+                        || u(sg.get("memory_mib")) != u(g.get("memory_mib"))
+                    {
+                        problems.push(format!(
+                            "status.guest {sg} differs from the guest's own report"
+                        ));
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            format!(
+                "{state}, {} cpu, {} MiB",
+                cpus.map_or("?".into(), |c| c.to_string()),
+                mib.map_or("?".into(), |m| m.to_string())
+            )
+        }
+    };
+    Row {
+        phase,
+        vm: spec.name.clone(),
+        declared,
+        guest: guest_text,
+        status: status_text,
+        problems,
+    }
+}
+
+/// The verdict on a whole run.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub rows: Vec<Row>,
+    /// Problems outside the table (steps, missing markers).
+    pub problems: Vec<String>,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty() && self.rows.iter().all(|r| r.problems.is_empty())
+    }
+}
+
+/// Judge `log` against the declarations before (`phase 1`) and after (`phase 2`)
+/// the memory change.
+pub fn judge(log: &Log, phases: &[(u32, &DesiredState)]) -> Verdict {
+    let mut v = Verdict::default();
+    for name in REQUIRED_STEPS {
+        match log.steps.iter().find(|s| s.name == *name) {
+            None => v.problems.push(format!("step {name}: never reported")),
+            Some(s) if s.rc != s.want => v.problems.push(format!(
+                "step {name}: exit code {}, want {} ({})",
+                s.rc, s.want, s.line
+            )),
+            Some(_) => {}
+        }
+    }
+    for s in &log.steps {
+        if s.rc != s.want && !REQUIRED_STEPS.contains(&s.name.as_str()) {
+            v.problems.push(format!(
+                "step {}: exit code {}, want {}",
+                s.name, s.rc, s.want
+            ));
+        }
+    }
+    if !log.done {
+        v.problems
+            .push("L1 never printed `@@NESTED done` (crashed or timed out)".into());
+    }
+    for (phase, state) in phases {
+        let status = log.status.get(phase).and_then(|s| s.as_ref());
+        for spec in &state.vms {
+            let guest = log
+                .guests
+                .get(&(*phase, spec.name.clone()))
+                .and_then(|g| g.as_ref());
+            let st = status
+                .and_then(|s| s.get("vms"))
+                .and_then(Value::as_array)
+                .and_then(|a| {
+                    a.iter()
+                        .find(|e| e.get("name").and_then(Value::as_str) == Some(&spec.name))
+                });
+            v.rows.push(check_vm(*phase, spec, guest, st));
+        }
+    }
+    v
+}
+
+/// The table printed at the end of a run.
+pub fn table(v: &Verdict) -> String {
+    let header = [
+        "phase".to_string(),
+        "vm".into(),
+        "declared".into(),
+        "guest reports (nproc, MemTotal, disks)".into(),
+        "vmctl status".into(),
+        "ok".into(),
+    ];
+    let rows: Vec<[String; 6]> = v
+        .rows
+        .iter()
+        .map(|r| {
+            [
+                r.phase.to_string(),
+                r.vm.clone(),
+                r.declared.clone(),
+                r.guest.clone(),
+                r.status.clone(),
+                if r.problems.is_empty() {
+                    "yes".into()
+                } else {
+                    "NO".into()
+                },
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 6];
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for r in &v.rows {
+        for p in &r.problems {
+            out.push_str(&format!("  phase {} {}: {p}\n", r.phase, r.vm));
+        }
+    }
+    for p in &v.problems {
+        out.push_str(&format!("  {p}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmctl_spec::{DiskFormat, DiskSpec};
+
+    fn spec(name: &str, cpus: u32, mib: u64, disks: &[u64]) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            os: "debian-12".into(),
+            cpus,
+            max_cpus: cpus,
+            memory_mib: mib,
+            max_memory_mib: mib,
+            disks: disks
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| DiskSpec {
+                    name: format!("d{i}"),
+                    size_bytes: b,
+                    format: DiskFormat::Raw,
+                    path: None,
+                    source: None,
+                })
+                .collect(),
+            depends_on: vec![],
+            copy_from: None,
+            cpu_weight: 100,
+            autostart: true,
+            image: None,
+        }
+    }
+
+    #[test]
+    fn tolerance() {
+        assert_eq!(memory_floor_mib(256), 192);
+        assert_eq!(memory_floor_mib(1024), 902);
+        assert_eq!(memory_floor_mib(32), 0);
+    }
+
+    #[test]
+    fn parses_markers_amid_console_noise() {
+        let serial = "[ 1.0] boot\r\n@@NESTED step=apply rc=0 want=0\n  | x\n\
+            @@GUEST phase=1 vm=a {\"agent\":\"debian-12\",\"cpus\":1,\"memory_mib\":217,\"disks\":[{\"name\":\"vda\",\"size_bytes\":67108864}]}\n\
+            @@GUEST phase=1 vm=b \n\
+            @@STATUS phase=1 {\"format_version\":\"1\",\"vms\":[{\"name\":\"a\",\"state\":\"running\",\"cpus\":1,\"memory_mib\":256,\"guest\":{\"cpus\":1,\"memory_mib\":217}}]}\n\
+            @@NESTED done failed=0\n";
+        let log = parse(serial);
+        assert!(log.done);
+        assert_eq!(log.steps.len(), 1);
+        assert!(log.guests[&(1, "a".into())].is_some());
+        assert!(log.guests[&(1, "b".into())].is_none());
+        let state = DesiredState {
+            format_version: "1".into(),
+            vms: vec![spec("a", 1, 256, &[64 << 20]), spec("b", 2, 512, &[])],
+            images: vec![],
+        };
+        let v = judge(&log, &[(1, &state)]);
+        assert!(!v.passed());
+        assert!(v.rows[0].problems.is_empty(), "{:?}", v.rows[0].problems);
+        assert!(!v.rows[1].problems.is_empty());
+        let t = table(&v);
+        assert!(t.contains("1 cpu, 256 MiB, 64M"), "{t}");
+        assert!(t.contains("step destroy: never reported"), "{t}");
+    }
+
+    #[test]
+    fn mismatches_are_named() {
+        let g: Value = serde_json::from_str(
+            r#"{"cpus":2,"memory_mib":100,"disks":[{"name":"vda","size_bytes":1048576}]}"#,
+        )
+        .unwrap();
+        let row = check_vm(1, &spec("a", 1, 256, &[2 << 20]), Some(&g), None);
+        let all = row.problems.join("\n");
+        assert!(all.contains("nproc"), "{all}");
+        assert!(all.contains("MemTotal"), "{all}");
+        assert!(all.contains("disks"), "{all}");
+        assert!(all.contains("status"), "{all}");
+    }
+}

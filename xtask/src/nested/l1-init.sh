@@ -1,0 +1,133 @@
+#!/bin/sh
+# PID 1 of the nested lab's L1 guest (QEMU TCG with emulated AMD-V).
+#
+# Loads kvm.ko + kvm-amd.ko for a real /dev/kvm, then runs the scenario with
+# vmctl against /lab/vmctl.kdl and prints machine-readable markers on the
+# serial console for `cargo xtask nested-lab` to check:
+#   @@NESTED step=<name> rc=<rc> want=<rc>     one per step
+#   @@GUEST phase=<n> vm=<name> <agent json>   the guest's own latest report
+#   @@STATUS phase=<n> <status --json, one line>
+#   @@LOG <vm> <file>: <line>                   log tails when something fails
+#   @@NESTED done                               the scenario ran to its end
+# Scenario parameters come from /lab/scenario.env (written by the harness).
+
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export PATH
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /run /tmp /var/run /sys/fs/cgroup
+mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+ip link set lo up 2>/dev/null
+
+. /lab/scenario.env
+cd /lab
+export VMCTL_LOG=${VMCTL_LOG:-info}
+FAILED=0
+
+say() { echo "$*"; }
+
+# step NAME WANT_RC CMD...: run, print the marker, remember failures.
+step() {
+    name=$1; want=$2; shift 2
+    say "@@STEP-BEGIN $name: $*"
+    "$@" > /tmp/step.out 2>&1
+    rc=$?
+    sed 's/^/  | /' /tmp/step.out | tail -n 60
+    say "@@NESTED step=$name rc=$rc want=$want"
+    [ "$rc" = "$want" ] || FAILED=1
+    return $rc
+}
+
+last_agent_line() {
+    grep -o '{"agent":"debian-12"[^}]*\(}[^}]*\)*}' "/lab/.vmctl/vms/$1/console.log" 2>/dev/null | tail -n 1
+}
+
+# wait_agents PHASE: until every VM's guest has reported (or timeout).
+wait_agents() {
+    t=0
+    while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+        missing=""
+        for vm in $VMS; do
+            [ -n "$(last_agent_line "$vm")" ] || missing="$missing $vm"
+        done
+        [ -z "$missing" ] && { say "@@NESTED step=guests-$1 rc=0 want=0 secs=$t"; return 0; }
+        sleep 2; t=$((t + 2))
+    done
+    say "@@NESTED step=guests-$1 rc=1 want=0 missing=$missing"
+    FAILED=1
+    return 1
+}
+
+# wait_memory VM MIN MAX: until the VM's guest reports memory_mib in [MIN, MAX].
+wait_memory() {
+    t=0
+    while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+        mib=$(last_agent_line "$1" | sed -n 's/.*"memory_mib":\([0-9]*\).*/\1/p')
+        if [ -n "$mib" ] && [ "$mib" -ge "$2" ] && [ "$mib" -le "$3" ]; then
+            say "@@NESTED step=memory-changed rc=0 want=0 secs=$t memory_mib=$mib"
+            return 0
+        fi
+        sleep 2; t=$((t + 2))
+    done
+    say "@@NESTED step=memory-changed rc=1 want=0 memory_mib=$mib"
+    FAILED=1
+    return 1
+}
+
+report() {
+    for vm in $VMS; do
+        say "@@GUEST phase=$1 vm=$vm $(last_agent_line "$vm")"
+    done
+    vmctl status --json > /tmp/status.json 2>/tmp/status.err
+    say "@@STATUS phase=$1 $(tr -d '\n' < /tmp/status.json)"
+    sed 's/^/  status stderr | /' /tmp/status.err | tail -n 20
+}
+
+dump_logs() {
+    for vm in $VMS; do
+        for f in console.log vmm.log; do
+            tail -n "${LOG_LINES:-40}" "/lab/.vmctl/vms/$vm/$f" 2>/dev/null | sed "s|^|@@LOG $vm $f: |"
+        done
+    done
+}
+
+say "@@NESTED step=l1-boot rc=0 want=0 kernel=$(uname -r) cpus=$(nproc)"
+for m in $(cat /etc/l1/modules); do
+    insmod "/lib/modules/$m" || say "insmod $m failed"
+done
+if [ -c /dev/kvm ]; then rc=0; else rc=1; FAILED=1; fi
+say "@@NESTED step=kvm rc=$rc want=0 svm=$(grep -c -w svm /proc/cpuinfo)"
+
+# The scenario proper; returns early when a step leaves nothing to check.
+scenario() {
+    step validate 0 vmctl validate || return
+    step image-cached 0 vmctl image list
+    step apply 0 vmctl apply --auto-approve || return
+    wait_agents 1
+    report 1
+    step plan-noop 0 vmctl plan --detailed-exitcode
+    cp /lab/vmctl-2.kdl /lab/vmctl.kdl
+    step plan-change 2 vmctl plan --detailed-exitcode
+    step apply-change 0 vmctl apply --auto-approve || return
+    wait_memory "$CHANGED_VM" "$EXPECT_MIN_MIB" "$EXPECT_MAX_MIB"
+    wait_agents 2
+    report 2
+    step plan-noop-2 0 vmctl plan --detailed-exitcode
+}
+
+if [ "$rc" = 0 ]; then
+    scenario
+    [ "$FAILED" = 0 ] || dump_logs
+    step destroy 0 vmctl destroy --auto-approve
+    left=$(pidof vmctl)
+    if [ -z "$left" ]; then rc=0; else rc=1; FAILED=1; fi
+    say "@@NESTED step=no-vmm-left rc=$rc want=0 pids=$left"
+    [ "$FAILED" = 0 ] || dump_logs
+fi
+say "@@NESTED done failed=$FAILED"
+sync
+poweroff -f

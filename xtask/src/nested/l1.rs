@@ -1,0 +1,302 @@
+//! L1: the QEMU guest (TCG, emulated AMD-V) that gives vmctl a real KVM.
+//! Its initramfs holds busybox, kvm.ko + kvm-amd.ko (+ dependencies) from the
+//! same Debian kernel package as the debian-12 image, the vmctl binary with
+//! the shared libraries `ldd` names, the lab (KDL, lock, pre-built image
+//! cache) and the scenario script `l1-init.sh`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use vmctl_runtime::image::cpio::Archive;
+use vmctl_runtime::image::{apt, debian12, kmod};
+
+pub const INIT_SCRIPT: &str = include_str!("l1-init.sh");
+/// kvm-amd pulls in kvm and irqbypass.
+pub const MODULES: &[&str] = &["kvm_amd"];
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Unpacked Debian packages for L1.
+pub struct L1Packages {
+    pub root: PathBuf,
+    pub kernel_version: String,
+}
+
+/// Download and unpack `packages` (name, version) into `work/l1-root`.
+pub fn fetch(work: &Path, packages: &[(String, String)]) -> Result<L1Packages, String> {
+    let root = work.join("l1-root");
+    for (name, version) in packages {
+        let dir = work.join("l1-debs").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let deb = apt::download(name, version, &dir, "the lab's vmctl.lock")
+            .map_err(|e| e.to_string())?;
+        apt::extract(&deb, &root).map_err(|e| e.to_string())?;
+    }
+    let kernel_version = debian12::single_kernel_version(&root).map_err(|e| e.to_string())?;
+    Ok(L1Packages {
+        root,
+        kernel_version,
+    })
+}
+
+/// Shared libraries (and the dynamic loader) `binary` needs, from `ldd`.
+pub fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>, String> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(err("running ldd"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("not a dynamic executable") || text.contains("statically linked") {
+        return Ok(Vec::new());
+    }
+    if !out.status.success() {
+        return Err(format!(
+            "ldd {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(parse_ldd(&text))
+}
+
+fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rhs)) => rhs.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Everything that goes into L1's initramfs.
+pub struct L1Contents<'a> {
+    pub packages: &'a L1Packages,
+    pub vmctl: &'a Path,
+    /// Host directory copied to `/lab` (KDL files, lock, scenario.env, .vmctl/images).
+    pub lab_dir: &'a Path,
+}
+
+fn add_tree(a: &mut Archive, host: &Path, inside: &str) -> Result<(), String> {
+    let rd = std::fs::read_dir(host).map_err(err("reading the lab directory"))?;
+    a.dir(inside, 0o755).map_err(|e| e.to_string())?;
+    for ent in rd {
+        let ent = ent.map_err(err("reading the lab directory"))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let path = ent.path();
+        let dest = format!("{inside}/{name}");
+        let ft = ent.file_type().map_err(err("reading the lab directory"))?;
+        if ft.is_dir() {
+            add_tree(a, &path, &dest)?;
+        } else if ft.is_file() {
+            let data = std::fs::read(&path).map_err(err("reading a lab file"))?;
+            a.file(&dest, 0o644, data).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Assemble L1's gzip'd initramfs at `out`.
+pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
+    let root = &c.packages.root;
+    let mut a = Archive::new();
+    let e = |e: vmctl_runtime::image::cpio::CpioError| e.to_string();
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "etc/l1",
+        "lib/modules",
+    ] {
+        a.dir(d, 0o755).map_err(e)?;
+    }
+    a.char_dev("dev/console", 0o600, 5, 1).map_err(e)?;
+    a.char_dev("dev/null", 0o666, 1, 3).map_err(e)?;
+    let busybox = std::fs::read(root.join("bin/busybox")).map_err(err("reading busybox"))?;
+    a.file("bin/busybox", 0o755, busybox).map_err(e)?;
+    a.symlink("bin/sh", "busybox").map_err(e)?;
+    a.file("init", 0o755, INIT_SCRIPT.as_bytes().to_vec())
+        .map_err(e)?;
+
+    let mod_root = root
+        .join("lib/modules")
+        .join(&c.packages.kernel_version)
+        .join("kernel");
+    let index = kmod::index(&mod_root).map_err(|e| e.to_string())?;
+    let modules = kmod::resolve(&index, MODULES).map_err(|e| e.to_string())?;
+    let mut order = String::new();
+    for m in &modules {
+        let data = std::fs::read(&m.path).map_err(err("reading a kernel module"))?;
+        a.file(&format!("lib/modules/{}", m.file_name), 0o644, data)
+            .map_err(e)?;
+        order.push_str(&m.file_name);
+        order.push('\n');
+    }
+    a.file("etc/l1/modules", 0o644, order.into_bytes())
+        .map_err(e)?;
+
+    let vmctl = std::fs::read(c.vmctl).map_err(err("reading the vmctl binary"))?;
+    a.file("bin/vmctl", 0o755, vmctl).map_err(e)?;
+    for lib in shared_libs(c.vmctl)? {
+        let data = std::fs::read(&lib).map_err(err("reading a shared library"))?;
+        let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
+        if !a.contains(&inside) {
+            a.file(&inside, 0o755, data).map_err(e)?;
+        }
+    }
+    add_tree(&mut a, c.lab_dir, "lab")?;
+    let cpio = a.to_bytes().map_err(e)?;
+    // Fast compression: L1's initramfs is rebuilt every run and holds a large
+    // vmctl binary; reproducibility matters for the debian-12 image, not here.
+    let f = std::fs::File::create(out).map_err(err("writing L1's initramfs"))?;
+    let mut gz =
+        flate2::write::GzEncoder::new(std::io::BufWriter::new(f), flate2::Compression::fast());
+    gz.write_all(&cpio).map_err(err("writing L1's initramfs"))?;
+    gz.finish()
+        .and_then(|mut w| w.flush())
+        .map_err(err("writing L1's initramfs"))
+}
+
+/// How one QEMU run ended.
+pub struct RunResult {
+    pub serial: String,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+/// Boot L1 and collect its serial console (also written to `log_path`).
+/// Marker lines are echoed as they arrive; everything with `verbose`.
+pub fn boot(
+    kernel: &Path,
+    initrd: &Path,
+    log_path: &Path,
+    timeout: Duration,
+    verbose: bool,
+) -> Result<RunResult, String> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "q35",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "EPYC,+svm",
+        "-m",
+        "4G",
+        "-smp",
+        "2",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 loglevel=4",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+        "-no-reboot",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(err(
+        "starting qemu-system-x86_64 (apt-get install qemu-system-x86)",
+    ))?;
+    let stdout = child.stdout.take().ok_or("qemu has no stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut log = std::fs::File::create(log_path).map_err(err("creating the serial log"))?;
+    let mut serial = String::new();
+    let mut timed_out = false;
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            timed_out = true;
+            break;
+        }
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                let _ = log.write_all(line.as_bytes());
+                if verbose || line.contains("@@") {
+                    eprint!("[{:>5.1}s] {line}", start.elapsed().as_secs_f64());
+                }
+                serial.push_str(&line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    // drain what is left
+                    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                        let _ = log.write_all(line.as_bytes());
+                        serial.push_str(&line);
+                    }
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if timed_out {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let _ = reader.join();
+    Ok(RunResult {
+        serial,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ldd_output() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        let libs = super::parse_ldd(text);
+        assert_eq!(
+            libs,
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(std::path::PathBuf::from)
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The lab a nested run applies: the KDL file as declared (through
+//! `vmctl validate --json`, so the harness compares against exactly what vmctl
+//! resolved), and the edited copy for the "change memory, apply, restart" step.
+
+use std::path::Path;
+use std::process::Command;
+
+use vmctl_spec::DesiredState;
+
+/// `vmctl validate --json -f FILE`, parsed.
+pub fn resolve(vmctl: &Path, file: &Path) -> Result<DesiredState, String> {
+    let out = Command::new(vmctl)
+        .args(["validate", "--json", "-f"])
+        .arg(file)
+        .output()
+        .map_err(|e| format!("running {}: {e}", vmctl.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "vmctl validate {} failed:\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("vmctl validate --json printed something unexpected: {e}"))
+}
+
+/// Every VM must be a debian-12 guest: the agent is what reports back.
+pub fn check_all_debian(state: &DesiredState) -> Result<(), String> {
+    if state.vms.is_empty() {
+        return Err("the lab declares no VMs".into());
+    }
+    let others: Vec<String> = state
+        .vms
+        .iter()
+        .filter(|v| v.os != "debian-12")
+        .map(|v| format!("{} (os {:?})", v.name, v.os))
+        .collect();
+    if others.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the nested lab checks debian-12 guests only; not: {}",
+            others.join(", ")
+        ))
+    }
+}
+
+/// The KDL text with `vm "NAME"`'s boot memory set to `mib` MiB (the
+/// `memory` line replaced, or added when the VM takes the profile default).
+/// Any `max=` on that line is kept.
+pub fn with_memory(text: &str, vm: &str, mib: u64) -> Result<String, String> {
+    let header = format!("vm \"{vm}\"");
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(&header) && l.contains('{'))
+        .ok_or_else(|| format!("cannot find `{header} {{` on a line of its own"))?;
+    let mut depth = 0i32;
+    let mut end = None;
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        depth += l.matches('{').count() as i32 - l.matches('}').count() as i32;
+        if depth <= 0 {
+            end = Some(i);
+            break;
+        }
+    }
+    let end = end.ok_or_else(|| format!("`{header}` block is not closed"))?;
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let new_value = format!("\"{mib}MiB\"");
+    match (start + 1..end).find(|&i| out[i].trim_start().starts_with("memory ")) {
+        Some(i) => {
+            let line = &out[i];
+            let open = line.find('"').ok_or("memory line without a quoted size")?;
+            let close = line[open + 1..]
+                .find('"')
+                .map(|c| open + 1 + c)
+                .ok_or("memory line with an unterminated size")?;
+            out[i] = format!("{}{}{}", &line[..open], new_value, &line[close + 1..]);
+        }
+        None => {
+            let indent = "    ";
+            out.insert(start + 1, format!("{indent}memory {new_value}"));
+        }
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_memory_of_the_named_vm_only() {
+        let text = "vm \"a\" {\n    memory \"256MiB\"\n}\nvm \"b\" {\n    cpus 2\n    memory \"512MiB\" max=\"2GiB\"\n}\n";
+        let out = with_memory(text, "b", 640).unwrap();
+        assert_eq!(
+            out,
+            "vm \"a\" {\n    memory \"256MiB\"\n}\nvm \"b\" {\n    cpus 2\n    memory \"640MiB\" max=\"2GiB\"\n}\n"
+        );
+    }
+
+    #[test]
+    fn adds_memory_when_defaulted() {
+        let out = with_memory("vm \"a\" {\n    os \"debian-12\"\n}\n", "a", 384).unwrap();
+        assert_eq!(
+            out,
+            "vm \"a\" {\n    memory \"384MiB\"\n    os \"debian-12\"\n}\n"
+        );
+        assert!(with_memory("vm \"a\" {\n", "a", 1).is_err());
+        assert!(with_memory("", "a", 1).is_err());
+    }
+}
