@@ -302,7 +302,7 @@ pub fn plan(
     }
 
     wrap_copies(&mut b, &wanted, &copies);
-    dependency_edges(&mut b, desired, observed);
+    dependency_edges(&mut b, desired, &wanted, observed);
     add_soft_edges(&mut b);
     order(b)
 }
@@ -520,7 +520,12 @@ fn wrap_copies(b: &mut Builder, wanted: &HashMap<&str, &VmSpec>, copies: &[(Stri
 /// `depends-on`: start dependencies before dependents; stop or destroy
 /// dependents before their dependencies. A dependency's restart does not
 /// restart its dependents.
-fn dependency_edges(b: &mut Builder, desired: &DesiredState, observed: &ObservedState) {
+fn dependency_edges(
+    b: &mut Builder,
+    desired: &DesiredState,
+    wanted: &HashMap<&str, &VmSpec>,
+    observed: &ObservedState,
+) {
     let add = |b: &mut Builder, vm: &str, dep: &str, up: bool| {
         let vm_acts = b.acts(vm).to_vec();
         let dep_acts = b.acts(dep).to_vec();
@@ -550,7 +555,7 @@ fn dependency_edges(b: &mut Builder, desired: &DesiredState, observed: &Observed
         }
     }
     for (name, ovm) in &observed.vms {
-        let declared = desired.vm(name).map(|s| &s.depends_on);
+        let declared = wanted.get(name.as_str()).map(|s| &s.depends_on);
         for dep in &ovm.record.spec.depends_on {
             if declared.is_some_and(|d| d.contains(dep)) {
                 continue;
