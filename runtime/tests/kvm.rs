@@ -70,6 +70,15 @@ const TESTPROG_IER: &[u8] = &[
     0x65, 0x71, 0x22, 0x3a, 0x31, 0x7d, 0x0a,
 ];
 
+/// `testprog-reset`: greets on COM1, then pulses the i8042 reset line
+/// (0xFE to port 0x64) — a guest that reboots forever.
+const TESTPROG_RESET: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0x48, 0x8d, 0x35, 0x12, 0x00, 0x00, 0x00, 0xb9, 0x14, 0x00, 0x00, 0x00,
+    0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, 0x68, 0x65, 0x6c,
+    0x6c, 0x6f, 0x20, 0x66, 0x72, 0x6f, 0x6d, 0x20, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67,
+    0x0a,
+];
+
 /// Where the test programs are linked and entered.
 const LOAD_ADDR: u64 = 0x20_0000;
 
@@ -290,6 +299,22 @@ fn irqchip_mode_lines_raised_while_the_guest_has_if_clear_are_harmless() {
     assert!(lab.console("ier").contains("hello from testprog\n"));
 }
 
+/// A guest reset rebuilds the VM inside the same VMM process.
+fn reset_reboots_in_the_same_process() {
+    let lab = Lab::new();
+    let k = lab.write("reset.elf", &elf(TESTPROG_RESET));
+    lab.rt.create(&lab.spec("r", &k)).unwrap();
+    let pid = lab.rt.observe("r").unwrap().unwrap().pid.unwrap();
+    let c = lab.client("r");
+    let st = wait_for("three boots", || c.status().ok().filter(|s| s.boots >= 3));
+    assert_eq!(st.pid as i32, pid, "same VMM process");
+    assert!(lab.console("r").matches("hello from testprog").count() >= 3);
+    // The guest never powers off by itself: the stop is forced.
+    lab.rt.stop("r", Duration::from_millis(100)).unwrap();
+    assert_eq!(lab.rt.observe("r").unwrap().unwrap().live, Live::Stopped);
+    assert_no_vmm_files(&lab, "r");
+}
+
 fn killed_vmm_is_crashed_and_can_start_again() {
     let lab = Lab::new();
     let k = lab.write("wait.elf", &elf(TESTPROG_WAIT));
@@ -413,6 +438,10 @@ const TESTS: &[Test] = &[
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
     ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),
     ("diag_pause_resume", diag_pause_resume),
+    (
+        "reset_reboots_in_the_same_process",
+        reset_reboots_in_the_same_process,
+    ),
     (
         "testprog_boots_writes_both_ports_and_powers_off",
         testprog_boots_writes_both_ports_and_powers_off,
