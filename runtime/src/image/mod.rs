@@ -140,6 +140,29 @@ pub enum LockMode {
     Update,
 }
 
+/// The `debian-12` image for a VMM process, which knows its state directory
+/// but not the KDL file: the image the last [`ensure_debian12`] on this state
+/// directory resolved (recorded in `images/debian-12.id`), else
+/// `ensure_debian12(state_dir, <state_dir>/../vmctl.lock)` — the lock's place
+/// when the state directory is the default `.vmctl/` beside the KDL file.
+pub fn debian12_for_vm(state_dir: &Path) -> Result<BootImage, ImageError> {
+    let pointer = cache::images_dir(state_dir).join(POINTER_FILE);
+    if let Ok(id) = std::fs::read_to_string(&pointer)
+        && let Some(img) = cache::lookup(state_dir, id.trim())?
+    {
+        return Ok(BootImage::from_cached(&img));
+    }
+    let state_abs = std::path::absolute(state_dir).map_err(|e| ImageError::io(state_dir, e))?;
+    let lock = state_abs
+        .parent()
+        .map(|p| p.join("vmctl.lock"))
+        .unwrap_or_else(|| PathBuf::from("vmctl.lock"));
+    ensure_debian12(state_dir, &lock)
+}
+
+/// `images/<POINTER_FILE>`: the id of the debian-12 image last resolved here.
+pub const POINTER_FILE: &str = "debian-12.id";
+
 /// The `debian-12` image, built if needed. `state_dir` is vmctl's state
 /// directory (the cache is `state_dir/images/`); `lock_path` is the lab's
 /// `vmctl.lock` (created or updated when nothing is pinned yet). Concurrent
@@ -150,6 +173,21 @@ pub fn ensure_debian12(state_dir: &Path, lock_path: &Path) -> Result<BootImage, 
 
 /// [`ensure_debian12`] with a choice of lock handling (`vmctl image build --update`).
 pub fn build_debian12(
+    state_dir: &Path,
+    lock_path: &Path,
+    mode: LockMode,
+) -> Result<BootImage, ImageError> {
+    // Absolute paths: the VMM and the spec want them, whatever the caller's cwd.
+    let state_dir = &std::path::absolute(state_dir).map_err(|e| ImageError::io(state_dir, e))?;
+    let img = resolve_debian12(state_dir, lock_path, mode)?;
+    write_atomic(
+        &cache::images_dir(state_dir).join(POINTER_FILE),
+        format!("{}\n", img.id).as_bytes(),
+    )?;
+    Ok(img)
+}
+
+fn resolve_debian12(
     state_dir: &Path,
     lock_path: &Path,
     mode: LockMode,
@@ -319,5 +357,69 @@ impl Drop for ScratchDir {
         if let Err(e) = std::fs::remove_dir_all(&self.0) {
             tracing::warn!(dir = %self.0.display(), error = %e, "could not remove build directory");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached image pinned by a lock resolves without apt (as inside the
+    /// nested lab's L1), and the VMM-side lookup finds it through the pointer.
+    #[test]
+    fn pinned_and_cached_needs_no_apt() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".vmctl");
+        let build = cache::images_dir(&state).join(".build-test");
+        std::fs::create_dir_all(&build).unwrap();
+        std::fs::write(build.join(cache::KERNEL_FILE), b"k").unwrap();
+        std::fs::write(build.join(cache::INITRD_FILE), b"i").unwrap();
+        let (k, i) = (digest::sha256_hex(b"k"), digest::sha256_hex(b"i"));
+        let manifest = Manifest {
+            format_version: "1".into(),
+            name: debian12::NAME.into(),
+            id: cache::image_id(&k, &i),
+            recipe: debian12::RECIPE,
+            kernel_version: "6.1.0-test".into(),
+            kernel_sha256: k.clone(),
+            initrd_sha256: i.clone(),
+            cmdline: debian12::CMDLINE.into(),
+            packages: vec![],
+            modules: vec![],
+        };
+        cache::store(&state, &build, &manifest).unwrap();
+        let lock_path = dir.path().join("vmctl.lock");
+        let mut lock = LockFile::default();
+        lock.images
+            .insert(debian12::NAME.into(), locked_from_manifest(&manifest));
+        lock.write(&lock_path).unwrap();
+
+        let img = ensure_debian12(&state, &lock_path).unwrap();
+        assert_eq!(img.id, manifest.id);
+        assert!(img.kernel.is_absolute());
+        assert_eq!(std::fs::read(&img.initrd).unwrap(), b"i");
+        assert_eq!(img.to_image_spec().initrd, Some(img.initrd.clone()));
+        assert_eq!(debian12_for_vm(&state).unwrap(), img);
+    }
+
+    #[test]
+    fn recipe_change_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("vmctl.lock");
+        let mut lock = LockFile::default();
+        lock.images.insert(
+            debian12::NAME.into(),
+            LockedImage {
+                recipe: debian12::RECIPE + 1,
+                packages: vec![],
+                kernel_sha256: String::new(),
+                initrd_sha256: String::new(),
+                image_id: String::new(),
+            },
+        );
+        lock.write(&lock_path).unwrap();
+        let err = ensure_debian12(&dir.path().join(".vmctl"), &lock_path).unwrap_err();
+        assert!(matches!(err, ImageError::RecipeChanged { .. }), "{err}");
+        assert!(err.to_string().contains("--update"));
     }
 }
