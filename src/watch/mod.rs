@@ -22,7 +22,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::cmd::Global;
-use debounce::Debouncer;
+use debounce::{Burst, Debouncer};
 use engine::ReconcileEngine;
 use filter::FileFilter;
 use session::{Config, Session};
@@ -82,14 +82,55 @@ pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
             }
         }
         let now = Instant::now();
-        if let Some(burst) = debouncer.settle(now) {
-            session.on_change(now, Some(burst));
-        } else if debouncer.deadline().is_none() && session.next_drift().is_some_and(|d| now >= d) {
-            // Never while a save is still settling: the file may be half written.
-            session.on_drift(now);
+        match step(&mut debouncer, session.next_drift(), now) {
+            Step::Change(burst) => session.on_change(now, Some(burst)),
+            Step::Drift => session.on_drift(now),
+            Step::Wait => {}
         }
     };
     signals.close();
     drop(watcher);
     result
+}
+
+/// What the loop does after a wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Change(Burst),
+    Drift,
+    Wait,
+}
+
+/// A settled save first; a due drift check only when no save is settling
+/// (the file may be half written).
+fn step(debouncer: &mut Debouncer, next_drift: Option<Instant>, now: Instant) -> Step {
+    if let Some(burst) = debouncer.settle(now) {
+        return Step::Change(burst);
+    }
+    if debouncer.deadline().is_none() && next_drift.is_some_and(|d| now >= d) {
+        return Step::Drift;
+    }
+    Step::Wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settling_save_holds_back_a_due_drift_check() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(ms(100));
+        assert_eq!(step(&mut d, Some(t0), t0), Step::Drift);
+        assert_eq!(step(&mut d, None, t0), Step::Wait);
+        assert_eq!(step(&mut d, Some(t0 + ms(1)), t0), Step::Wait);
+        d.record(t0, 0);
+        assert_eq!(step(&mut d, Some(t0), t0 + ms(50)), Step::Wait);
+        assert!(matches!(
+            step(&mut d, Some(t0), t0 + ms(100)),
+            Step::Change(_)
+        ));
+        assert_eq!(step(&mut d, Some(t0), t0 + ms(100)), Step::Drift);
+    }
 }
