@@ -473,6 +473,10 @@ fn main() {
         println!("skipped: /dev/kvm not available");
         return;
     }
+    if args.iter().any(|a| a == "--measure") {
+        measure();
+        return;
+    }
     let filters: Vec<&String> = args
         .iter()
         .skip(1)
@@ -503,6 +507,55 @@ fn main() {
         println!("failed: {failed:?}");
         std::process::exit(1);
     }
+}
+
+/// `--measure`: time from starting a diag VM (spawning its VMM process) to
+/// the first complete line on COM1, 20 runs, and the VMM's RSS for a 128 MiB
+/// diag VM once the guest has reported. Prints figures; asserts nothing.
+fn measure() {
+    let lab = Lab::new();
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    for i in 0..20 {
+        let name = format!("m{i}");
+        let log = lab.rt.vm_dir(&name).console_log();
+        let t0 = Instant::now();
+        lab.rt.create(&lab.diag(&name, 1, 128)).unwrap();
+        wait_for("the first console line", || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains('\n'))
+                .map(|_| ())
+        });
+        times.push(t0.elapsed());
+        let c = lab.client(&name);
+        wait_for("the guest report", || c.status().ok()?.guest);
+        let pid = lab.rt.observe(&name).unwrap().unwrap().pid.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        rss.push(kib);
+        lab.rt.destroy(&name, false).unwrap();
+    }
+    times.sort();
+    rss.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "start -> first COM1 line: median {:.1} ms (min {:.1}, max {:.1}, n={})",
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1]),
+        times.len()
+    );
+    println!(
+        "VMM RSS, 128 MiB diag VM after its report: median {} KiB (min {}, max {})",
+        rss[rss.len() / 2],
+        rss[0],
+        rss[rss.len() - 1]
+    );
 }
 
 /// This binary as a VMM: `kvm __vmm --vm-dir DIR`.
