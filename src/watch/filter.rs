@@ -5,18 +5,19 @@
 //! it over the original replace the inode, and a watch on the old inode would
 //! go silent. The price is events for every sibling, filtered here by name.
 //! Our own reads of the file (open, read, close without write) are ignored, or
-//! every reconcile would trigger the next one.
+//! every reconcile would trigger the next one. A file that is a symlink is
+//! also watched where it points (as resolved at start-up), so edits to the
+//! target count too.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use notify::event::{AccessKind, AccessMode, EventKind};
 
-/// The directory to watch and the file name that matters in it.
+/// The directories to watch and the file name that matters in each.
 #[derive(Debug, Clone)]
 pub struct FileFilter {
-    dir: PathBuf,
-    name: OsString,
+    spots: Vec<(PathBuf, OsString)>,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -26,22 +27,44 @@ pub enum FilterError {
     NoFileName(PathBuf),
 }
 
+fn spot(file: &Path) -> Option<(PathBuf, OsString)> {
+    let name = file.file_name()?.to_os_string();
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Some((dir, name))
+}
+
 impl FileFilter {
     pub fn new(file: &Path) -> Result<Self, FilterError> {
-        let name = file
-            .file_name()
-            .ok_or_else(|| FilterError::NoFileName(file.to_path_buf()))?
-            .to_os_string();
-        let dir = match file.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        Ok(FileFilter { dir, name })
+        let first = spot(file).ok_or_else(|| FilterError::NoFileName(file.to_path_buf()))?;
+        Ok(FileFilter { spots: vec![first] })
     }
 
-    /// The directory to watch (non-recursively).
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Also watch `target` (the file a symlink points to).
+    pub fn also(mut self, target: &Path) -> Self {
+        if let Some(s) = spot(target)
+            && !self.spots.contains(&s)
+        {
+            self.spots.push(s);
+        }
+        self
+    }
+
+    /// [`FileFilter::new`], plus the symlink's target when `file` is one.
+    pub fn following_symlink(file: &Path) -> Result<Self, FilterError> {
+        let filter = FileFilter::new(file)?;
+        let is_link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
+        Ok(match std::fs::canonicalize(file) {
+            Ok(target) if is_link => filter.also(&target),
+            _ => filter,
+        })
+    }
+
+    /// The directories to watch (each non-recursively).
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        self.spots.iter().map(|(d, _)| d.as_path())
     }
 
     /// Whether `event` may have changed the file's content or existence.
@@ -50,11 +73,13 @@ impl FileFilter {
             // The kernel queue overflowed: anything may have happened.
             return true;
         }
-        kind_relevant(&event.kind)
-            && event
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(self.name.as_os_str()))
+        kind_relevant(&event.kind) && event.paths.iter().any(|p| self.names(p))
+    }
+
+    fn names(&self, path: &Path) -> bool {
+        self.spots.iter().any(|(dir, name)| {
+            path.file_name() == Some(name.as_os_str()) && path.parent() == Some(dir.as_path())
+        })
     }
 }
 
@@ -86,10 +111,27 @@ mod tests {
 
     #[test]
     fn watches_the_parent_directory() {
-        assert_eq!(filter().dir(), Path::new("/lab"));
+        let dirs = |f: &FileFilter| f.dirs().map(Path::to_path_buf).collect::<Vec<_>>();
+        assert_eq!(dirs(&filter()), [Path::new("/lab")]);
         let bare = FileFilter::new(Path::new("vmctl.kdl")).unwrap();
-        assert_eq!(bare.dir(), Path::new("."));
+        assert_eq!(dirs(&bare), [Path::new(".")]);
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(bare.relevant(&ev(write, &["./vmctl.kdl"])));
         assert!(FileFilter::new(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn a_symlinks_target_counts_in_its_own_directory_only() {
+        let f = filter().also(Path::new("/dotfiles/lab.kdl"));
+        let dirs: Vec<_> = f.dirs().collect();
+        assert_eq!(dirs, [Path::new("/lab"), Path::new("/dotfiles")]);
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(f.relevant(&ev(write, &["/dotfiles/lab.kdl"])));
+        assert!(f.relevant(&ev(write, &["/lab/vmctl.kdl"])));
+        assert!(!f.relevant(&ev(write, &["/lab/lab.kdl"])));
+        assert!(!f.relevant(&ev(write, &["/dotfiles/vmctl.kdl"])));
+        // Adding the same place twice watches it once.
+        assert_eq!(f.also(Path::new("/lab/vmctl.kdl")).dirs().count(), 2);
     }
 
     #[test]

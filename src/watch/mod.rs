@@ -39,12 +39,12 @@ pub struct WatchOptions {
 
 /// Run until SIGINT or SIGTERM; VMs keep running afterwards.
 pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
-    let filter = FileFilter::new(&opts.file)?;
+    let filter = FileFilter::following_symlink(&opts.file)?;
     let (tx, rx) = mpsc::channel::<Msg>();
     // Signals first, so a Ctrl-C during the first pass is not lost; the
     // watcher before the first pass, so a save during it is not lost either.
     let signals = source::signals(tx.clone())?;
-    let watcher = source::watch_dir(filter.dir(), tx)?;
+    let watcher = source::watch_dirs(filter.dirs(), tx)?;
 
     let engine = ReconcileEngine {
         global: g,

@@ -37,16 +37,21 @@ pub enum SourceError {
     Watch(String, #[source] notify::Error),
 }
 
-/// Watch `dir` (not its subdirectories) and send every event to `tx`.
-/// Events stop when the returned watcher is dropped.
-pub fn watch_dir(dir: &Path, tx: Sender<Msg>) -> Result<RecommendedWatcher, SourceError> {
+/// Watch each of `dirs` (not their subdirectories) and send every event to
+/// `tx`. Events stop when the returned watcher is dropped.
+pub fn watch_dirs<'a>(
+    dirs: impl IntoIterator<Item = &'a Path>,
+    tx: Sender<Msg>,
+) -> Result<RecommendedWatcher, SourceError> {
     let mut watcher = notify::recommended_watcher(move |res| {
         let _ = tx.send(Msg::Fs(res, Instant::now(), clock::monotonic_ns()));
     })
     .map_err(SourceError::Watcher)?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| SourceError::Watch(dir.display().to_string(), e))?;
+    for dir in dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| SourceError::Watch(dir.display().to_string(), e))?;
+    }
     Ok(watcher)
 }
 
@@ -126,7 +131,7 @@ mod tests {
         std::fs::write(&file, "vm \"a\" { os \"diag\" }\n").unwrap();
         let filter = FileFilter::new(&file).unwrap();
         let (tx, rx) = mpsc::channel();
-        let _w = watch_dir(filter.dir(), tx).unwrap();
+        let _w = watch_dirs(filter.dirs(), tx).unwrap();
 
         // Our own reads must not look like a change.
         std::fs::read_to_string(&file).unwrap();
@@ -150,13 +155,30 @@ mod tests {
     }
 
     #[test]
+    fn edits_to_a_symlinks_target_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = dir.path().join("dotfiles");
+        std::fs::create_dir(&real_dir).unwrap();
+        let target = real_dir.join("lab.kdl");
+        std::fs::write(&target, "").unwrap();
+        let link = dir.path().join("vmctl.kdl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let filter = FileFilter::following_symlink(&link).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let _w = watch_dirs(filter.dirs(), tx).unwrap();
+        std::fs::write(&target, "vm \"a\" { os \"diag\" }\n").unwrap();
+        std::fs::write(real_dir.join("marker"), "").unwrap();
+        assert!(relevant_before_marker(&rx, &filter, "marker"));
+    }
+
+    #[test]
     fn an_in_place_save_settles_into_one_change() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vmctl.kdl");
         std::fs::write(&file, "").unwrap();
         let filter = FileFilter::new(&file).unwrap();
         let (tx, rx) = mpsc::channel();
-        let _w = watch_dir(filter.dir(), tx).unwrap();
+        let _w = watch_dirs(filter.dirs(), tx).unwrap();
         std::fs::write(&file, "vm \"a\" { os \"diag\" }\n").unwrap();
         std::fs::write(dir.path().join("marker"), "").unwrap();
 
