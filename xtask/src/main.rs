@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
+    "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose] [--vmm-only]
 
   --lab FILE      lab of debian-12 VMs to run (default: xtask/labs/two-debian.kdl)
   --timeout SECS  give up on L1 after this long (default 540)
   --debug         put a debug build of vmctl into L1 (default: release)
-  --verbose       echo L1's whole serial console, not just the markers";
+  --verbose       echo L1's whole serial console, not just the markers
+  --vmm-only      smoke run: start each VM with `vmctl __vmm` directly (no apply/status)";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
                         None => return usage_error("--timeout needs a number of seconds"),
                     },
                     "--debug" => opts.release = false,
+                    "--vmm-only" => opts.vmm_only = true,
                     "--verbose" | "-v" => opts.verbose = true,
                     "-h" | "--help" => {
                         println!("{USAGE}");

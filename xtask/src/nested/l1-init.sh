@@ -119,7 +119,30 @@ scenario() {
     step plan-noop-2 0 vmctl plan --detailed-exitcode
 }
 
-if [ "$rc" = 0 ]; then
+# --vmm-only: each VM's VMM started directly from its vm.json.
+scenario_vmm_only() {
+    for vm in $VMS; do
+        d=/lab/.vmctl/vms/$vm
+        mkdir -p "$d/disks"
+        while IFS='=' read -r name size; do
+            [ -n "$name" ] && truncate -s "$size" "$d/disks/$name.raw"
+        done < "$d/disks.list"
+        setsid vmctl __vmm --vm-dir "$d" > "$d/vmm.log" 2>&1 &
+        say "started VMM for $vm (pid $!)"
+    done
+    wait_agents 1
+    report 1
+    [ "$FAILED" = 0 ] || dump_logs
+    for pid in $(pidof vmctl); do kill "$pid"; done
+    sleep 2
+    left=$(pidof vmctl)
+    if [ -z "$left" ]; then rc=0; else rc=1; FAILED=1; fi
+    say "@@NESTED step=no-vmm-left rc=$rc want=0 pids=$left"
+}
+
+if [ "$rc" = 0 ] && [ "$MODE" = vmm-only ]; then
+    scenario_vmm_only
+elif [ "$rc" = 0 ]; then
     scenario
     [ "$FAILED" = 0 ] || dump_logs
     step destroy 0 vmctl destroy --auto-approve

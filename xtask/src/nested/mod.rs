@@ -22,6 +22,9 @@ pub struct Options {
     pub timeout_secs: u64,
     pub release: bool,
     pub verbose: bool,
+    /// Smoke run: start each VM's VMM directly (`vmctl __vmm`) with the
+    /// image in its vm.json, wait for the guests' reports, no apply/status.
+    pub vmm_only: bool,
 }
 
 impl Default for Options {
@@ -31,6 +34,7 @@ impl Default for Options {
             timeout_secs: 540,
             release: true,
             verbose: false,
+            vmm_only: false,
         }
     }
 }
@@ -159,8 +163,12 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let pkgs = l1::fetch(&work, &packages)?;
     let floor = check::memory_floor_mib(new_mib);
     let vms: Vec<&str> = before.vms.iter().map(|v| v.name.as_str()).collect();
+    if opts.vmm_only {
+        write_vm_records(&lab_dir, &before, pinned)?;
+    }
     let env = format!(
-        "VMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\n",
+        "MODE={}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\n",
+        if opts.vmm_only { "vmm-only" } else { "full" },
         vms.join(" "),
         changed.name
     );
@@ -198,7 +206,12 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         opts.verbose,
     )?;
     let log = check::parse(&res.serial);
-    let mut verdict = check::judge(&log, &[(1, &before), (2, &after)]);
+    let phases: &[(u32, &vmctl_spec::DesiredState)] = if opts.vmm_only {
+        &[(1, &before)]
+    } else {
+        &[(1, &before), (2, &after)]
+    };
+    let mut verdict = check::judge(&log, phases, opts.vmm_only);
     if res.timed_out {
         verdict
             .problems
@@ -223,4 +236,36 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         if verdict.passed() { "PASSED" } else { "FAILED" }
     );
     Ok(verdict.passed())
+}
+
+/// `--vmm-only`: each VM's `vm.json` (with the debian-12 image's L1 paths as
+/// its boot image) and `disks.list` (`name=bytes` lines for the L1 script).
+fn write_vm_records(
+    lab_dir: &Path,
+    state: &vmctl_spec::DesiredState,
+    pinned: &vmctl_runtime::image::LockedImage,
+) -> Result<(), String> {
+    let image_dir = PathBuf::from("/lab/.vmctl/images").join(&pinned.image_id);
+    for vm in &state.vms {
+        let mut spec = vm.clone();
+        spec.image = Some(vmctl_spec::ImageSpec {
+            name: debian12::NAME.into(),
+            kernel: image_dir.join("vmlinuz"),
+            initrd: Some(image_dir.join("initrd.img")),
+            cmdline: debian12::CMDLINE.into(),
+        });
+        let record = serde_json::json!({"format_version": "1", "spec": spec, "desired": "running"});
+        let dir = lab_dir.join(".vmctl/vms").join(&vm.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("vm.json"), text).map_err(|e| format!("writing vm.json: {e}"))?;
+        let disks: String = vm
+            .disks
+            .iter()
+            .map(|d| format!("{}={}\n", d.name, d.size_bytes))
+            .collect();
+        std::fs::write(dir.join("disks.list"), disks)
+            .map_err(|e| format!("writing disks.list: {e}"))?;
+    }
+    Ok(())
 }
