@@ -327,6 +327,31 @@ fn an_empty_file_is_refused_even_with_prune() {
     assert_eq!(code, Some(0));
 }
 
+#[test]
+fn a_second_watch_on_the_same_state_dir_is_refused() {
+    let mut lab = Lab::new(BROKEN);
+    lab.start_watch(&[]);
+    lab.wait_output("not applied:", 1);
+    let second = Command::new(vmctl_bin())
+        .arg("watch")
+        .arg("-f")
+        .arg(&lab.file)
+        .arg("--state-dir")
+        .arg(&lab.state)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already watching the state directory"),
+        "{err}"
+    );
+    let (code, _) = lab.stop_watch();
+    assert_eq!(code, Some(0));
+}
+
 // ---------------------------------------------------------------------------
 // With KVM: the whole loop against diag VMs.
 

@@ -143,6 +143,38 @@ mod tests {
         );
     }
 
+    fn engine(g: &Global, file: PathBuf) -> ReconcileEngine<'_> {
+        ReconcileEngine {
+            global: g,
+            file,
+            parallelism: 1,
+        }
+    }
+
+    #[test]
+    fn load_counts_vms_and_renders_problems_and_missing_files() {
+        let g = Global {
+            state_dir: None,
+            verbose: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmctl.kdl");
+        let mut e = engine(&g, file.clone());
+        let missing = e.load().unwrap_err();
+        assert!(missing.contains("does not exist"), "{missing}");
+        std::fs::write(&file, "vm \"a\" {\n    os \"diag\"\n    memory 128\n}\n").unwrap();
+        let bad = e.load().unwrap_err();
+        assert!(bad.contains("vmctl.kdl") && bad.contains("128"), "{bad}");
+        std::fs::write(
+            &file,
+            "vm \"a\" { os \"diag\"; }\nvm \"b\" { os \"diag\"; }\n",
+        )
+        .unwrap();
+        assert_eq!(e.load().unwrap().vms, 2);
+        std::fs::write(&file, "// nothing\n").unwrap();
+        assert_eq!(e.load().unwrap().vms, 0);
+    }
+
     #[test]
     fn an_empty_plan_has_no_actions() {
         assert!(pairs("").is_empty());

@@ -5,7 +5,8 @@
 //! [`debounce`] turns a save's burst of events into one change, [`guard`]
 //! refuses empty files, [`backoff`] limits healing of a crash-looping VM,
 //! [`session`] decides what each trigger does and prints it, [`engine`] is
-//! the real validate + reconcile, [`source`] the event and signal threads.
+//! the real validate + reconcile, [`source`] the event and signal threads,
+//! [`instance`] keeps a second watch off the same state directory.
 //! This module owns the loop.
 
 pub mod backoff;
@@ -14,6 +15,7 @@ pub mod debounce;
 pub mod engine;
 pub mod filter;
 pub mod guard;
+pub mod instance;
 pub mod session;
 pub mod source;
 
@@ -40,6 +42,7 @@ pub struct WatchOptions {
 /// Run until SIGINT or SIGTERM; VMs keep running afterwards.
 pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
     let filter = FileFilter::following_symlink(&opts.file)?;
+    let _instance = instance::acquire(&g.state_dir_for(&opts.file))?;
     let (tx, rx) = mpsc::channel::<Msg>();
     // Signals first, so a Ctrl-C during the first pass is not lost; the
     // watcher before the first pass, so a save during it is not lost either.
