@@ -140,8 +140,13 @@ pub fn load(
 fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<(KernelLoaderResult, u64), BootError> {
     let mut cursor = Cursor::new(kernel);
     if is_bzimage(kernel) {
-        let r = BzImage::load(mem, None, &mut cursor, Some(GuestAddress(HIMEM_START)))
-            .map_err(|e| BootError::Kernel(format!("bzImage: {e}")))?;
+        let r = BzImage::load(
+            mem,
+            Some(GuestAddress(HIMEM_START)),
+            &mut cursor,
+            Some(GuestAddress(HIMEM_START)),
+        )
+        .map_err(|e| BootError::Kernel(format!("bzImage: {e}")))?;
         let entry = r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET;
         Ok((r, entry))
     } else {
@@ -149,5 +154,142 @@ fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<(KernelLoaderResult, 
             .map_err(|e| BootError::Kernel(format!("not a bzImage, and as ELF: {e}")))?;
         let entry = r.kernel_load.0;
         Ok((r, entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use linux_loader::loader::bootparam::boot_params;
+    use vm_memory::GuestMemoryBackend;
+
+    use super::*;
+
+    const RAM: u64 = 64 << 20;
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+    }
+
+    /// A synthetic bzImage: one setup sector after the boot sector, protocol
+    /// 2.15, then a "protected-mode kernel" payload.
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut k = vec![0u8; 1024];
+        k[0x1f1] = 1; // setup_sects
+        k[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        k[0x211] = 0x01; // LOADED_HIGH
+        k[0x214..0x218].copy_from_slice(&0x100000u32.to_le_bytes()); // code32_start
+        k[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+        k[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+        k[0x238..0x23c].copy_from_slice(&0x7ffu32.to_le_bytes()); // cmdline_size
+        k[0x260..0x264].copy_from_slice(&0x40_0000u32.to_le_bytes()); // init_size
+        k.extend_from_slice(payload);
+        k
+    }
+
+    fn image(kernel: Vec<u8>, initrd: Option<Vec<u8>>, cmdline: &str) -> BootImage {
+        BootImage {
+            kernel: kernel.into(),
+            initrd: initrd.map(Into::into),
+            cmdline: cmdline.into(),
+        }
+    }
+
+    #[test]
+    fn bzimage_boots_through_the_64bit_entry_with_its_own_header() {
+        let mem = memory();
+        let initrd = vec![0xabu8; 5000];
+        let img = image(
+            bzimage(b"PROTECTED-MODE KERNEL"),
+            Some(initrd.clone()),
+            "console=ttyS0 quiet",
+        );
+        let entry = load(&mem, &img, RAM, Some(0xe0000)).unwrap();
+        assert_eq!(entry, 0x100200);
+        let mut payload = [0u8; 21];
+        mem.read_slice(&mut payload, GuestAddress(0x100000))
+            .unwrap();
+        assert_eq!(&payload, b"PROTECTED-MODE KERNEL");
+
+        let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        let hdr = p.hdr;
+        assert_eq!(
+            { hdr.kernel_alignment },
+            0x20_0000,
+            "the bzImage's own header"
+        );
+        assert_eq!({ hdr.version }, 0x020f);
+        assert_eq!({ hdr.type_of_loader }, 0xff);
+        assert_eq!({ hdr.boot_flag }, 0xaa55);
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ hdr.cmdline_size }, 19);
+        let expect_initrd = (RAM - 5000) & !0xfff;
+        assert_eq!(
+            ({ hdr.ramdisk_image }, { hdr.ramdisk_size }),
+            (expect_initrd as u32, 5000)
+        );
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
+        assert_eq!({ p.e820_entries }, 4);
+        let mut rd = vec![0u8; 5000];
+        mem.read_slice(&mut rd, GuestAddress(expect_initrd))
+            .unwrap();
+        assert_eq!(rd, initrd);
+
+        let mut cmd = [0u8; 20];
+        mem.read_slice(&mut cmd, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&cmd, b"console=ttyS0 quiet\0");
+        let gdt: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 0x10)).unwrap();
+        assert_eq!(gdt, gdt::BOOT_GDT[2]);
+        let pml4: u64 = mem.read_obj(GuestAddress(0x9000)).unwrap();
+        assert_eq!(pml4, 0xa003);
+    }
+
+    #[test]
+    fn cmdline_longer_than_the_kernel_accepts_is_refused() {
+        let mem = memory();
+        let long = "x".repeat(0x800);
+        let err = load(&mem, &image(bzimage(b"K"), None, &long), RAM, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BootError::CmdlineTooLong {
+                    len: 0x800,
+                    max: 0x7ff
+                }
+            ),
+            "{err}"
+        );
+        let err = load(&mem, &image(bzimage(b"K"), None, "a\0b"), RAM, None).unwrap_err();
+        assert!(matches!(err, BootError::CmdlineNul));
+    }
+
+    #[test]
+    fn initrd_that_does_not_fit_is_refused() {
+        let mem = memory();
+        let err = load(
+            &mem,
+            &image(bzimage(b"K"), Some(vec![0; 62 << 20]), ""),
+            RAM,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BootError::BootParams(BootParamsError::InitrdTooBig { .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_neither_bzimage_nor_elf() {
+        let mem = memory();
+        let err = load(&mem, &image(vec![0x42; 4096], None, ""), RAM, None).unwrap_err();
+        assert!(matches!(err, BootError::Kernel(_)), "{err}");
+        assert!(!is_bzimage(&[0; 10]));
+        assert_eq!(mem.num_regions(), 1);
     }
 }
