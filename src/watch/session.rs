@@ -201,7 +201,7 @@ impl<E: Engine, W: Write> Session<E, W> {
             }
             Err(diag) => {
                 self.raw(&diag);
-                self.line("reconcile failed; watching for the next change");
+                self.line("reconcile failed; the next drift check or save tries again");
             }
         }
         if self.cfg.print_timings {
@@ -240,10 +240,14 @@ impl<E: Engine, W: Write> Session<E, W> {
                 return;
             }
         }
-        // The file may be mid-change; the change pass will report it.
-        if self.engine.load().is_err() {
+        // The file may be mid-change; the change pass will report it. The
+        // empty-file guard applies here too.
+        let Ok(loaded) = self.engine.load() else {
             return;
-        }
+        };
+        let Gate::Apply { prune, allow_empty } = guard::decide(loaded.vms, self.cfg.safety) else {
+            return;
+        };
         let hold = if can_hold {
             self.tracker.held(now)
         } else {
@@ -251,8 +255,8 @@ impl<E: Engine, W: Write> Session<E, W> {
         };
         let req = PassRequest {
             trigger: Trigger::Drift,
-            prune: self.cfg.safety.prune,
-            allow_empty: self.cfg.safety.allow_empty,
+            prune,
+            allow_empty,
             hold,
         };
         let started = Instant::now();
@@ -566,6 +570,17 @@ mod tests {
         assert!(w.engine.requests.is_empty());
         w.on_drift(Instant::now() + s(10));
         assert!(w.engine.requests.is_empty());
+    }
+
+    #[test]
+    fn a_drift_check_never_acts_on_a_file_that_became_empty() {
+        let mut f = Fake::new(false);
+        f.loads = VecDeque::from([Ok(vms(2)), Ok(vms(0))]);
+        let mut w = session(f, cfg(true, false));
+        let t0 = Instant::now();
+        w.startup(t0);
+        w.on_drift(t0 + s(5));
+        assert_eq!(w.engine.requests.len(), 1);
     }
 
     #[test]
