@@ -132,7 +132,7 @@ scenario_vmm_only() {
     done
     wait_agents 1
     report 1
-    [ "$FAILED" = 0 ] || dump_logs
+    [ "$FAILED" = 0 ] && [ "$ALWAYS_DUMP" != 1 ] || LOG_LINES=400 dump_logs
     for pid in $(pidof vmctl); do kill "$pid"; done
     sleep 2
     left=$(pidof vmctl)
@@ -144,7 +144,7 @@ if [ "$rc" = 0 ] && [ "$MODE" = vmm-only ]; then
     scenario_vmm_only
 elif [ "$rc" = 0 ]; then
     scenario
-    [ "$FAILED" = 0 ] || dump_logs
+    [ "$FAILED" = 0 ] && [ "$ALWAYS_DUMP" != 1 ] || LOG_LINES=400 dump_logs
     step destroy 0 vmctl destroy --auto-approve
     left=$(pidof vmctl)
     if [ -z "$left" ]; then rc=0; else rc=1; FAILED=1; fi

@@ -225,6 +225,17 @@ pub fn boot(
         "starting qemu-system-x86_64 (apt-get install qemu-system-x86)",
     ))?;
     let stdout = child.stdout.take().ok_or("qemu has no stdout")?;
+    // QEMU's stderr, minus the expected "TCG doesn't support requested
+    // feature" noise of -cpu EPYC.
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !line.contains("TCG doesn't support requested feature") {
+                    eprintln!("qemu: {line}");
+                }
+            }
+        });
+    }
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);

@@ -167,10 +167,11 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         write_vm_records(&lab_dir, &before, pinned)?;
     }
     let env = format!(
-        "MODE={}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\n",
+        "MODE={}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\n",
         if opts.vmm_only { "vmm-only" } else { "full" },
         vms.join(" "),
-        changed.name
+        changed.name,
+        u8::from(opts.verbose)
     );
     std::fs::write(lab_dir.join("scenario.env"), env)
         .map_err(|e| format!("writing scenario.env: {e}"))?;
