@@ -1,10 +1,12 @@
 //! The `vmctl` command line: parses arguments, wires the crates together and
 //! turns their typed errors into miette reports.
 
+mod backend;
 mod cli;
 mod cmd;
 mod lock;
 mod reconcile;
+mod report;
 mod watch;
 
 use std::process::ExitCode;

@@ -1,11 +1,17 @@
-//! One reconcile pass: load the file, observe, plan, apply. Shared by `apply`
-//! (once) and `watch` (on every settled change and drift tick), so both take the
-//! same lock, journal and safety checks.
+//! One reconcile pass: load the file, lock, observe, plan, (approve,) apply.
+//! Shared by `apply` (once) and `watch` (on every settled change and drift
+//! tick), so both take the same lock, journal and safety checks.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use miette::Diagnostic;
+use vmctl_planner::{Backend, Event, ObservedState, Plan, engine, render};
+use vmctl_spec::DesiredState;
+
+use crate::backend;
 use crate::cmd::Global;
+use crate::report::{Mode, Reporter};
 
 /// What a caller may ask of one pass.
 #[derive(Debug, Clone)]
@@ -24,6 +30,15 @@ pub struct ReconcileOptions {
     pub print: bool,
 }
 
+/// One action that ran in a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub vm: String,
+    /// `create`, `start`, `restart`, … (the plan's kind label).
+    pub kind: String,
+    pub ok: bool,
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Default)]
 pub struct ReconcileOutcome {
@@ -33,15 +48,176 @@ pub struct ReconcileOutcome {
     pub succeeded: usize,
     pub failed: usize,
     /// VMs in the state directory that the file no longer declares and that
-    /// were left alone (no `prune`).
+    /// were left alone (no `prune`, or the empty-file guard).
     pub unmanaged: Vec<String>,
     /// True when the plan had no actions.
     pub no_changes: bool,
+    /// Every action that ran, in completion order.
+    pub ran: Vec<Ran>,
+    /// Failure messages, `action id: error`.
+    pub errors: Vec<String>,
+    /// Wall time of the apply phase.
+    pub apply_time: Duration,
+}
+
+/// Why a pass did not run.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum PassError {
+    #[error("cannot observe the VMs in {dir}: {message}")]
+    Observe { dir: String, message: String },
+    #[error("cannot plan: {0}")]
+    Plan(String),
+    #[error("the file declares no VMs; refusing to destroy the {count} VM(s) in {dir}")]
+    #[diagnostic(help(
+        "an empty file is more often a truncated save than an intent; use `vmctl destroy` to remove every VM (or `watch --prune --allow-empty`)"
+    ))]
+    EmptyDesired { count: usize, dir: String },
+    #[error("cannot open the journal: {0}")]
+    Journal(String),
+}
+
+/// A loaded, locked and planned pass, ready to apply.
+pub struct Prepared {
+    pub desired: DesiredState,
+    pub plan: Plan,
+    pub unmanaged: Vec<String>,
+    pub backend: backend::RuntimeBackend,
+    pub state_dir: PathBuf,
+    _lock: crate::lock::StateLock,
+}
+
+/// Load, lock, observe and plan. `prune=false` leaves VMs the file no longer
+/// declares alone (they are reported as unmanaged); with `prune`, an empty file
+/// destroys nothing unless `allow_empty`.
+pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> {
+    let loaded = vmctl_spec::load_file(&opts.file)?;
+    if opts.print {
+        for w in &loaded.warnings {
+            eprintln!("{w:?}");
+        }
+    }
+    let state_dir = g.state_dir_for(&opts.file);
+    let lock = crate::lock::acquire(&state_dir, opts.lock_timeout)?;
+    let backend = backend::open(&state_dir).map_err(|e| PassError::Observe {
+        dir: state_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut observed = backend.observe().map_err(|e| PassError::Observe {
+        dir: state_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let desired = loaded.state;
+    let unmanaged = split_unmanaged(&desired, &mut observed, opts, &state_dir)?;
+    let plan = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
+        .map_err(|e| PassError::Plan(e.to_string()))?;
+    Ok(Prepared {
+        desired,
+        plan,
+        unmanaged,
+        backend,
+        state_dir,
+        _lock: lock,
+    })
+}
+
+/// Remove from `observed` the VMs that are not to be touched; return their
+/// names.
+fn split_unmanaged(
+    desired: &DesiredState,
+    observed: &mut ObservedState,
+    opts: &ReconcileOptions,
+    state_dir: &std::path::Path,
+) -> Result<Vec<String>, PassError> {
+    let gone: Vec<String> = observed
+        .vms
+        .keys()
+        .filter(|n| desired.vm(n).is_none())
+        .cloned()
+        .collect();
+    if gone.is_empty() {
+        return Ok(gone);
+    }
+    if opts.prune && desired.vms.is_empty() && !opts.allow_empty {
+        return Err(PassError::EmptyDesired {
+            count: gone.len(),
+            dir: state_dir.display().to_string(),
+        });
+    }
+    if opts.prune {
+        return Ok(Vec::new());
+    }
+    for n in &gone {
+        observed.vms.remove(n);
+    }
+    Ok(gone)
+}
+
+/// Apply a prepared plan, reporting through `reporter`.
+pub fn execute(
+    p: &Prepared,
+    parallelism: usize,
+    reporter: &Reporter,
+) -> miette::Result<ReconcileOutcome> {
+    let mut out = ReconcileOutcome {
+        plan_text: render::text(&p.plan),
+        unmanaged: p.unmanaged.clone(),
+        ..Default::default()
+    };
+    if !p.plan.summary().has_actions() {
+        out.no_changes = true;
+        return Ok(out);
+    }
+    let journal = vmctl_planner::Journal::open(&p.state_dir)
+        .map_err(|e| PassError::Journal(e.to_string()))?;
+    let ran = std::sync::Mutex::new(Vec::new());
+    let on_event = |e: &Event<'_>| {
+        reporter.event(e);
+        let r = match e {
+            Event::Finished { action, .. } => Some((action, true)),
+            Event::Failed { action, .. } => Some((action, false)),
+            _ => None,
+        };
+        if let (Some((a, ok)), Ok(mut v)) = (r, ran.lock()) {
+            v.push(Ran {
+                vm: a.vm.clone(),
+                kind: a.kind.label().to_string(),
+                ok,
+            });
+        }
+    };
+    let opts = vmctl_planner::Options {
+        parallelism: parallelism.max(1),
+        delete_external_disks: false,
+        apply_id: vmctl_planner::journal::new_apply_id(),
+    };
+    let start = Instant::now();
+    let outcome = engine::apply(
+        &p.backend,
+        &p.plan,
+        &p.desired,
+        Some(&journal),
+        &opts,
+        &on_event,
+    );
+    out.apply_time = start.elapsed();
+    out.succeeded = outcome.finished.len();
+    out.failed = outcome.failed.len();
+    out.errors = outcome
+        .failed
+        .iter()
+        .map(|(id, e)| format!("{id}: {e}"))
+        .collect();
+    out.ran = ran.into_inner().unwrap_or_default();
+    Ok(out)
 }
 
 /// Load `opts.file`, observe, plan and apply without asking. A file that does
 /// not load returns its diagnostics as the error and changes nothing.
 pub fn reconcile(g: &Global, opts: &ReconcileOptions) -> miette::Result<ReconcileOutcome> {
-    let _ = (g, opts, Path::new(""));
-    Err(miette::miette!("reconcile is not implemented yet"))
+    let prepared = prepare(g, opts)?;
+    let reporter = Reporter::new(if opts.print { Mode::Plain } else { Mode::Quiet });
+    if opts.print && prepared.plan.summary().has_actions() {
+        reporter.line(&render::text(&prepared.plan));
+    }
+    execute(&prepared, opts.parallelism, &reporter)
 }

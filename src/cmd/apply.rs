@@ -1,9 +1,22 @@
 //! `vmctl apply`: make the running VMs match the file.
+//!
+//! Takes the state lock, observes, plans and shows the plan, asks on a TTY
+//! (refuses without one unless `--auto-approve`), then walks the action graph
+//! with up to `--parallelism` actions at once. VMs the file no longer declares
+//! are destroyed (Terraform's semantics), except that a file with no VMs at
+//! all never destroys everything.
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+use vmctl_planner::render;
 
 use crate::cli::FileArg;
 use crate::cmd::Global;
+use crate::reconcile::{self, ReconcileOptions};
+use crate::report::{Mode, Reporter};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,6 +36,84 @@ pub struct Args {
     pub lock_timeout: Option<u64>,
 }
 
-pub fn run(_g: &Global, _args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`vmctl apply` is not implemented yet"))
+/// Ask "yes" on the terminal; anything else is no.
+pub fn confirm(question: &str) -> miette::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(miette::miette!(
+            help = "pass --auto-approve to apply without asking",
+            "refusing to {question} without confirmation: stdin is not a terminal"
+        ));
+    }
+    print!("\nDo you want to {question}? Only 'yes' will be accepted: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| miette::miette!("cannot read the answer: {e}"))?;
+    Ok(answer.trim() == "yes")
+}
+
+pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
+    let opts = ReconcileOptions {
+        file: args.file.file.clone(),
+        parallelism: args.parallelism,
+        prune: true,
+        allow_empty: false,
+        lock_timeout: args.lock_timeout.map(Duration::from_secs),
+        print: !args.json,
+    };
+    let prepared = reconcile::prepare(g, &opts)?;
+    let reporter = Reporter::new(Mode::detect(args.json));
+    let summary = prepared.plan.summary();
+
+    if args.json {
+        reporter.json_line(json!({"event": "plan", "plan": render::json(&prepared.plan)}));
+    } else {
+        print!("{}", render::text(&prepared.plan));
+    }
+    if !summary.has_actions() {
+        if args.json {
+            reporter.json_line(
+                json!({"event": "summary", "no_changes": true, "succeeded": 0, "failed": 0}),
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.auto_approve && !confirm("perform these actions")? {
+        println!("Apply cancelled.");
+        return Ok(ExitCode::from(1));
+    }
+    let out = reconcile::execute(&prepared, args.parallelism, &reporter)?;
+    if args.json {
+        reporter.json_line(json!({
+            "event": "summary",
+            "no_changes": false,
+            "succeeded": out.succeeded,
+            "failed": out.failed,
+            "errors": out.errors,
+            "duration_ms": out.apply_time.as_millis() as u64,
+        }));
+    } else if out.failed == 0 {
+        println!(
+            "\nApply complete: {} action(s) in {:.1}s.",
+            out.succeeded,
+            out.apply_time.as_secs_f64()
+        );
+    } else {
+        println!(
+            "\nApply failed: {} action(s) done, {} failed in {:.1}s:",
+            out.succeeded,
+            out.failed,
+            out.apply_time.as_secs_f64()
+        );
+        for e in &out.errors {
+            println!("  {e}");
+        }
+    }
+    Ok(if out.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

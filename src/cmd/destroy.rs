@@ -1,9 +1,17 @@
-//! `vmctl destroy`: stop and remove VMs.
+//! `vmctl destroy [NAME...]`: stop and remove VMs — the named ones, or every VM
+//! in the state directory — in the reverse of their dependency order, through
+//! the same engine and journal as apply.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+use vmctl_planner::{ActionKind, Backend, Event, Plan, engine, render};
+use vmctl_spec::DesiredState;
+
+use crate::backend;
 use crate::cli::FileArg;
 use crate::cmd::Global;
+use crate::report::{Mode, Reporter};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,8 +27,92 @@ pub struct Args {
     /// Give up waiting for the state lock after this many seconds.
     #[arg(long)]
     pub lock_timeout: Option<u64>,
+    /// How many VMs may be destroyed at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallelism: usize,
 }
 
-pub fn run(_g: &Global, _args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`vmctl destroy` is not implemented yet"))
+pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
+    let state_dir = g.state_dir_for(&args.file.file);
+    if !state_dir.join("vms").is_dir() {
+        println!("Nothing to destroy: no VMs in {}.", state_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _lock = crate::lock::acquire(&state_dir, args.lock_timeout.map(Duration::from_secs))?;
+    let backend = backend::open(&state_dir).map_err(|e| miette::miette!("{e}"))?;
+    let observed = backend
+        .observe()
+        .map_err(|e| miette::miette!("cannot observe the VMs in {}: {e}", state_dir.display()))?;
+    for n in &args.names {
+        if observed.get(n).is_none() {
+            return Err(miette::miette!(
+                help = "`vmctl status` lists the VMs in this state directory",
+                "no VM named {n:?} in {}",
+                state_dir.display()
+            ));
+        }
+    }
+    let doomed = |n: &str| args.names.is_empty() || args.names.iter().any(|x| x == n);
+    // The desired state is everything that survives; the plan's destroy
+    // actions (and only those) are what we run.
+    let keep: Vec<_> = observed
+        .vms
+        .values()
+        .filter(|v| !doomed(v.name()))
+        .map(|v| v.record.spec.clone())
+        .collect();
+    let desired = DesiredState {
+        format_version: vmctl_spec::FORMAT_VERSION.to_string(),
+        vms: keep,
+        images: Vec::new(),
+    };
+    let full = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
+        .map_err(|e| miette::miette!("cannot plan: {e}"))?;
+    let mut actions: Vec<_> = full
+        .actions
+        .into_iter()
+        .filter(|a| a.kind == ActionKind::Destroy)
+        .collect();
+    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+    for a in &mut actions {
+        a.depends_on.retain(|d| ids.contains(d));
+        a.reason = Some("vmctl destroy: stop the VM and delete its directory and disks".into());
+    }
+    let plan = Plan { actions };
+    if plan.actions.is_empty() {
+        println!("Nothing to destroy.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render::text(&plan));
+    if !args.auto_approve && !crate::cmd::apply::confirm("destroy these VMs")? {
+        println!("Destroy cancelled.");
+        return Ok(ExitCode::from(1));
+    }
+    let journal = vmctl_planner::Journal::open(&state_dir)
+        .map_err(|e| miette::miette!("cannot open the journal: {e}"))?;
+    let reporter = Reporter::new(Mode::detect(false));
+    let opts = vmctl_planner::Options {
+        parallelism: args.parallelism.max(1),
+        delete_external_disks: args.delete_external_disks,
+        apply_id: vmctl_planner::journal::new_apply_id(),
+    };
+    let start = Instant::now();
+    let on_event = |e: &Event<'_>| reporter.event(e);
+    let outcome = engine::apply(&backend, &plan, &desired, Some(&journal), &opts, &on_event);
+    if outcome.ok() {
+        println!(
+            "\nDestroy complete: {} VM(s) in {:.1}s.",
+            outcome.finished.len(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for (id, e) in &outcome.failed {
+            println!("  {id}: {e}");
+        }
+        Err(miette::miette!(
+            "destroy failed for {} VM(s)",
+            outcome.failed.len()
+        ))
+    }
 }

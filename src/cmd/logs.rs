@@ -22,13 +22,19 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let vm_dir = g.state_dir_for(&args.file.file).join("vms").join(&args.name);
+    let vm_dir = g
+        .state_dir_for(&args.file.file)
+        .join("vms")
+        .join(&args.name);
     if !vm_dir.is_dir() {
         return Err(miette::miette!(
             help = "`vmctl status` lists the VMs in this state directory",
             "no VM named {:?} in {}",
             args.name,
-            vm_dir.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            vm_dir
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         ));
     }
     let path = vm_dir.join("console.log");

@@ -23,7 +23,6 @@ use crate::cli::{Cli, Command};
 #[derive(Debug, Clone)]
 pub struct Global {
     pub state_dir: Option<PathBuf>,
-    pub verbose: u8,
 }
 
 impl Global {
@@ -50,13 +49,13 @@ pub fn init_tracing(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let g = Global {
         state_dir: cli.state_dir,
-        verbose: cli.verbose,
     };
     match cli.command {
         Command::Validate(a) => validate::run(&g, a),

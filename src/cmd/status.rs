@@ -1,7 +1,14 @@
-//! `vmctl status`: show what is really running.
+//! `vmctl status`: what is really running — each VM's state (running, stopped,
+//! crashed), its VMM, the resources the VMM gave it, and what the guest itself
+//! reports over its agent channel.
 
+use std::io::Write;
 use std::process::ExitCode;
 
+use serde_json::{Value, json};
+use vmctl_planner::{Backend, ObservedVm, RunState};
+
+use crate::backend;
 use crate::cli::FileArg;
 use crate::cmd::Global;
 
@@ -9,10 +16,114 @@ use crate::cmd::Global;
 pub struct Args {
     #[command(flatten)]
     pub file: FileArg,
+    /// Print the observed state as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(_g: &Global, _args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`vmctl status` is not implemented yet"))
+fn state_label(s: RunState) -> &'static str {
+    match s {
+        RunState::Running => "running",
+        RunState::Stopped => "stopped",
+        RunState::Crashed => "crashed",
+    }
+}
+
+/// The `status --json` entry of one VM (design.md contract).
+pub fn vm_json(vm: &ObservedVm) -> Value {
+    let spec = &vm.record.spec;
+    let running = vm.live.state == RunState::Running;
+    let disks: Vec<Value> = vm
+        .live
+        .disks
+        .iter()
+        .map(|d| json!({"name": d.name, "size_bytes": d.size_bytes, "path": d.path}))
+        .collect();
+    json!({
+        "name": spec.name,
+        "state": state_label(vm.live.state),
+        "desired": vm.record.desired,
+        "pid": vm.live.pid,
+        "os": spec.os,
+        "cpus": if running { vm.live.cpus.unwrap_or(spec.cpus) } else { spec.cpus },
+        "max_cpus": spec.max_cpus,
+        "memory_mib": if running { vm.live.memory_mib.unwrap_or(spec.memory_mib) } else { spec.memory_mib },
+        "max_memory_mib": spec.max_memory_mib,
+        "disks": disks,
+        "guest": vm.live.guest,
+    })
+}
+
+fn guest_summary(guest: &Value) -> String {
+    let get = |k: &str| {
+        guest
+            .get(k)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let disks = guest
+        .get("disks")
+        .and_then(Value::as_array)
+        .map(|d| d.len())
+        .unwrap_or(0);
+    format!(
+        "guest sees cpus={} memory_mib={} disks={}",
+        get("cpus"),
+        get("memory_mib"),
+        disks
+    )
+}
+
+pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
+    let state_dir = g.state_dir_for(&args.file.file);
+    let backend = backend::open(&state_dir).map_err(|e| miette::miette!("{e}"))?;
+    let observed = backend
+        .observe()
+        .map_err(|e| miette::miette!("cannot observe the VMs in {}: {e}", state_dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    let res = if args.json {
+        let vms: Vec<Value> = observed.vms.values().map(vm_json).collect();
+        let doc = json!({"format_version": vmctl_spec::FORMAT_VERSION, "vms": vms});
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        )
+    } else if observed.vms.is_empty() {
+        writeln!(out, "No VMs in {}.", state_dir.display())
+    } else {
+        let mut text = String::new();
+        for vm in observed.vms.values() {
+            let v = vm_json(vm);
+            let pid = vm.live.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+            text.push_str(&format!(
+                "{:<16} {:<8}{pid}  cpus {}  memory {} MiB  disks {}\n",
+                vm.record.spec.name,
+                v["state"].as_str().unwrap_or("?"),
+                v["cpus"],
+                v["memory_mib"],
+                vm.live.disks.len()
+            ));
+            match &vm.live.guest {
+                Some(gst) => text.push_str(&format!("{:<16} {}\n", "", guest_summary(gst))),
+                None if vm.live.state == RunState::Running => {
+                    text.push_str(&format!("{:<16} guest has not reported yet\n", ""))
+                }
+                None => {}
+            }
+            if vm.live.state == RunState::Crashed {
+                text.push_str(&format!(
+                    "{:<16} drift: the VMM is gone but the VM should run; `vmctl apply` starts it\n",
+                    ""
+                ));
+            }
+        }
+        write!(out, "{text}")
+    };
+    match res {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(miette::miette!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }

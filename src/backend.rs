@@ -1,0 +1,208 @@
+//! The planner's [`Backend`] over vmctl's own runtime: observation reads the
+//! state directory and asks each VMM over its control socket; actions call
+//! the runtime facade, whose operations are idempotent.
+//!
+//! Observing never creates the state directory (`vmctl plan` writes nothing);
+//! the first action does.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use vmctl_planner::{
+    Backend, BackendError, Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm,
+    Record, RunState,
+};
+use vmctl_runtime::{Runtime, RuntimeError, state};
+use vmctl_spec::VmSpec;
+
+/// How long a graceful shutdown may take before the VMM is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// The runtime of one state directory, as the planner sees it.
+#[derive(Debug)]
+pub struct RuntimeBackend {
+    dir: PathBuf,
+    runtime: OnceLock<Runtime>,
+}
+
+/// Open a state directory without creating it.
+pub fn open(state_dir: &Path) -> Result<RuntimeBackend, BackendError> {
+    Ok(RuntimeBackend {
+        dir: state_dir.to_path_buf(),
+        runtime: OnceLock::new(),
+    })
+}
+
+fn err(e: RuntimeError) -> BackendError {
+    BackendError::new(e.to_string())
+}
+
+fn desired_of(d: state::Desired) -> Desired {
+    match d {
+        state::Desired::Running => Desired::Running,
+        state::Desired::Stopped => Desired::Stopped,
+    }
+}
+
+fn runtime_desired(d: Desired) -> state::Desired {
+    match d {
+        Desired::Running => state::Desired::Running,
+        Desired::Stopped => state::Desired::Stopped,
+    }
+}
+
+impl RuntimeBackend {
+    /// The runtime, opened (and the state directory created) on first use.
+    fn rt(&self) -> Result<&Runtime, BackendError> {
+        if let Some(rt) = self.runtime.get() {
+            return Ok(rt);
+        }
+        let rt = Runtime::open(&self.dir).map_err(err)?;
+        Ok(self.runtime.get_or_init(|| rt))
+    }
+
+    /// Observation must not create the directory: use a runtime only if the
+    /// directory is there.
+    fn rt_if_exists(&self) -> Result<Option<&Runtime>, BackendError> {
+        if self.dir.join("vms").is_dir() {
+            self.rt().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// One VM as the planner models it.
+    pub fn observe_vm(rt: &Runtime, name: &str) -> Result<Option<ObservedVm>, BackendError> {
+        let Some(obs) = rt.observe(name).map_err(err)? else {
+            return Ok(None);
+        };
+        let vm_dir = rt.vm_dir(name);
+        let state = match obs.live {
+            vmctl_runtime::Live::Running => RunState::Running,
+            vmctl_runtime::Live::Stopped => RunState::Stopped,
+            vmctl_runtime::Live::Crashed => RunState::Crashed,
+        };
+        // Disk sizes: the VMM's view when it answers, else the files.
+        let disks = match &obs.status {
+            Some(st) => st
+                .disks
+                .iter()
+                .map(|d| LiveDisk {
+                    name: d.name.clone(),
+                    size_bytes: d.size_bytes,
+                    path: Some(PathBuf::from(&d.path)),
+                })
+                .collect(),
+            None => obs
+                .record
+                .spec
+                .disks
+                .iter()
+                .filter_map(|d| {
+                    let path = vm_dir.disk_path(d);
+                    let len = std::fs::metadata(&path).ok()?.len();
+                    Some(LiveDisk {
+                        name: d.name.clone(),
+                        size_bytes: len,
+                        path: Some(path),
+                    })
+                })
+                .collect(),
+        };
+        let live = Live {
+            state,
+            pid: obs.pid.and_then(|p| u32::try_from(p).ok()),
+            cpus: obs.status.as_ref().map(|s| s.vcpus),
+            memory_mib: obs.status.as_ref().map(|s| s.memory_mib),
+            disks,
+            guest: obs.status.as_ref().and_then(|s| s.guest.clone()),
+        };
+        let record = Record::new(obs.record.spec, desired_of(obs.record.desired));
+        Ok(Some(ObservedVm { record, live }))
+    }
+
+    fn unsupported(what: &str) -> BackendError {
+        BackendError::new(format!(
+            "{what} is not supported by this runtime yet (the planner should not have planned it)"
+        ))
+    }
+}
+
+impl Backend for RuntimeBackend {
+    fn observe(&self) -> Result<ObservedState, BackendError> {
+        let mut state = ObservedState::new();
+        let Some(rt) = self.rt_if_exists()? else {
+            return Ok(state);
+        };
+        let names = rt.state_dir().vm_names().map_err(|e| err(e.into()))?;
+        for name in names {
+            if let Some(vm) = Self::observe_vm(rt, &name)? {
+                state.insert(vm);
+            }
+        }
+        Ok(state)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let c = vmctl_runtime::vmm::CAPABILITIES;
+        Capabilities {
+            hot_add_cpu: c.hot_add_cpu,
+            hot_add_memory: c.hot_add_memory,
+            live_disk_resize: c.live_disk_resize,
+            live_cpu_weight: c.live_cpu_weight,
+            copy: false,
+        }
+    }
+
+    fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        self.rt()?.create(spec).map_err(err)
+    }
+
+    fn start(&self, name: &str) -> Result<(), BackendError> {
+        self.rt()?.start(name).map(|_| ()).map_err(err)
+    }
+
+    fn stop(&self, name: &str) -> Result<(), BackendError> {
+        self.rt()?.stop(name, STOP_GRACE).map_err(err)
+    }
+
+    fn restart(&self, old: &VmSpec, new: &VmSpec) -> Result<(), BackendError> {
+        let rt = self.rt()?;
+        if rt.observe(&old.name).map_err(err)?.is_some() {
+            rt.stop(&old.name, STOP_GRACE).map_err(err)?;
+        }
+        // create() keeps existing disk files, grows short ones, adds new ones,
+        // rewrites the record and starts the VM when `autostart`.
+        rt.create(new).map_err(err)
+    }
+
+    fn destroy(&self, name: &str, delete_external_disks: bool) -> Result<(), BackendError> {
+        self.rt()?.destroy(name, delete_external_disks).map_err(err)
+    }
+
+    fn hot_add_cpu(&self, _name: &str, _cpus: u32) -> Result<(), BackendError> {
+        Err(Self::unsupported("CPU hot-add"))
+    }
+
+    fn hot_add_memory(&self, _name: &str, _memory_mib: u64) -> Result<(), BackendError> {
+        Err(Self::unsupported("memory hot-add"))
+    }
+
+    fn resize_disk(&self, _name: &str, _disk: &str, _size_bytes: u64) -> Result<(), BackendError> {
+        Err(Self::unsupported("live disk resize"))
+    }
+
+    fn set_cpu_weight(&self, _name: &str, _weight: u32) -> Result<(), BackendError> {
+        Err(Self::unsupported("live cpu-weight change"))
+    }
+
+    fn copy(&self, _source: &str, _new: &VmSpec) -> Result<(), BackendError> {
+        Err(Self::unsupported("copy-from"))
+    }
+
+    fn record(&self, spec: &VmSpec, desired: Desired) -> Result<(), BackendError> {
+        let rec = vmctl_runtime::VmRecord::new(spec.clone(), runtime_desired(desired));
+        self.rt()?.write_record(&rec).map_err(err)
+    }
+}

@@ -1,0 +1,169 @@
+//! How apply progress reaches the user: indicatif spinners on a TTY, one plain
+//! line per event otherwise, or one JSON object per event with `--json`.
+//! The engine calls [`Reporter::event`] from worker threads.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use vmctl_planner::{Event, SkipReason};
+
+/// Where events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Spinners (stdout is a terminal).
+    Progress,
+    /// One line per event.
+    Plain,
+    /// One JSON object per line.
+    Json,
+    /// Nothing (the caller reports).
+    Quiet,
+}
+
+impl Mode {
+    /// `--json` wins; otherwise spinners on a terminal, plain lines elsewhere.
+    pub fn detect(json: bool) -> Self {
+        if json {
+            Mode::Json
+        } else if std::io::stdout().is_terminal() {
+            Mode::Progress
+        } else {
+            Mode::Plain
+        }
+    }
+}
+
+/// Renders engine events; cheap to share between threads.
+pub struct Reporter {
+    mode: Mode,
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    started: Instant,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn skip_text(r: &SkipReason) -> String {
+    match r {
+        SkipReason::AlreadyDone => "already done".to_string(),
+        SkipReason::DependencyFailed(id) => format!("{id} failed"),
+        SkipReason::Refused => "refused".to_string(),
+    }
+}
+
+impl Reporter {
+    pub fn new(mode: Mode) -> Self {
+        Reporter {
+            mode,
+            multi: MultiProgress::new(),
+            bars: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Print one JSON document as a line (json mode only).
+    pub fn json_line(&self, mut value: Value) {
+        if self.mode != Mode::Json {
+            return;
+        }
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("format_version".into(), json!(vmctl_spec::FORMAT_VERSION));
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{value}");
+        let _ = out.flush();
+    }
+
+    /// Print a line of text (plain and progress modes).
+    pub fn line(&self, text: &str) {
+        match self.mode {
+            Mode::Plain => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+            Mode::Progress => {
+                let _ = self.multi.println(text);
+            }
+            Mode::Json | Mode::Quiet => {}
+        }
+    }
+
+    fn bar(&self, id: &str, msg: String) {
+        let pb = self.multi.add(ProgressBar::new_spinner());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            pb.set_style(style);
+        }
+        pb.set_message(msg);
+        pb.enable_steady_tick(Duration::from_millis(100));
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.insert(id.to_string(), pb);
+        }
+    }
+
+    fn finish_bar(&self, id: &str, msg: String) {
+        let pb = self.bars.lock().ok().and_then(|mut b| b.remove(id));
+        match pb {
+            Some(pb) => pb.finish_with_message(msg),
+            None => {
+                let _ = self.multi.println(msg);
+            }
+        }
+    }
+
+    /// The engine's callback.
+    pub fn event(&self, e: &Event<'_>) {
+        let ts = self.started.elapsed().as_millis() as u64;
+        match e {
+            Event::Interrupted { entry } => {
+                let text = format!(
+                    "{}: {} was interrupted by a killed apply; finishing it now",
+                    entry.vm, entry.kind.label()
+                );
+                match self.mode {
+                    Mode::Json => self.json_line(json!({"event":"interrupted","action":entry.action,"vm":entry.vm,"kind":entry.kind.label(),"ts_ms":ts})),
+                    _ => self.line(&text),
+                }
+            }
+            Event::Started { action } => match self.mode {
+                Mode::Json => self.json_line(json!({"event":"started","action":action.id,"vm":action.vm,"kind":action.kind.label(),"ts_ms":ts})),
+                Mode::Progress => self.bar(&action.id, format!("{}: {}", action.vm, action.kind.label())),
+                Mode::Plain => self.line(&format!("{}: {} started", action.vm, action.kind.label())),
+                Mode::Quiet => {}
+            },
+            Event::Finished { action, duration } => {
+                let text = format!("{}: {} done ({})", action.vm, action.kind.label(), secs(*duration));
+                match self.mode {
+                    Mode::Json => self.json_line(json!({"event":"finished","action":action.id,"vm":action.vm,"kind":action.kind.label(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts})),
+                    Mode::Progress => self.finish_bar(&action.id, format!("✓ {text}")),
+                    Mode::Plain => self.line(&text),
+                    Mode::Quiet => {}
+                }
+            }
+            Event::Failed { action, error, duration } => {
+                let text = format!("{}: {} FAILED after {}: {error}", action.vm, action.kind.label(), secs(*duration));
+                match self.mode {
+                    Mode::Json => self.json_line(json!({"event":"failed","action":action.id,"vm":action.vm,"kind":action.kind.label(),"error":error.to_string(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts})),
+                    Mode::Progress => self.finish_bar(&action.id, format!("✗ {text}")),
+                    Mode::Plain => self.line(&text),
+                    Mode::Quiet => {}
+                }
+            }
+            Event::Skipped { action, reason } => {
+                let text = format!("{}: {} skipped ({})", action.vm, action.kind.label(), skip_text(reason));
+                match self.mode {
+                    Mode::Json => self.json_line(json!({"event":"skipped","action":action.id,"vm":action.vm,"kind":action.kind.label(),"reason":skip_text(reason),"ts_ms":ts})),
+                    Mode::Progress => self.finish_bar(&action.id, format!("- {text}")),
+                    Mode::Plain => self.line(&text),
+                    Mode::Quiet => {}
+                }
+            }
+        }
+    }
+}
