@@ -53,7 +53,9 @@ pub enum SkipReason {
     Refused,
 }
 
-/// Progress, reported as it happens (from worker threads).
+/// Progress, reported as it happens (from worker threads). Every action that
+/// runs gets `Started` and then one of `Finished`, `Failed` or
+/// `Skipped { AlreadyDone }`; actions that never run get only `Skipped`.
 #[derive(Debug)]
 pub enum Event<'a> {
     /// An action a previous, killed apply started and never finished.

@@ -2,20 +2,34 @@
 //! and the engine that carries it out.
 //!
 //! Needs no KVM: the runtime is reached only through the [`Backend`] trait, so
-//! tests can feed any observed state.
+//! tests can feed any observed state. The whole API a caller needs:
 //!
 //! ```text
-//! let observed = backend.observe()?;                       // ObservedState
-//! let plan = planner::plan(&desired, &observed, &backend.capabilities())?;
-//! print!("{}", planner::render::text(&plan));              // or render::json(&plan)
+//! let observed = backend.observe()?;                                   // ObservedState
+//! let plan = vmctl_planner::plan(&desired, &observed, &backend.capabilities())?;
+//! print!("{}", vmctl_planner::render::text(&plan));                    // or render::json(&plan)
+//!
+//! let journal = vmctl_planner::Journal::open(&state_dir)?;             // <state>/journal.jsonl
+//! let outcome = vmctl_planner::engine::apply(
+//!     &backend, &plan, &desired, Some(&journal),
+//!     &vmctl_planner::Options { parallelism: 4, ..Default::default() },
+//!     &|event| { /* Event::{Interrupted, Started, Finished, Failed, Skipped} */ },
+//! );
+//! if !outcome.ok() { /* outcome.failed: (action id, error) */ }
 //! ```
 //!
 //! * [`observed`] — what was last applied (`vm.json`) and what is live.
+//! * [`backend`] — the trait the runtime implements (observe, capabilities,
+//!   idempotent actions).
 //! * [`capabilities`] — the single table deciding live / restart / replace /
 //!   refused per change; [`capabilities::markdown`] documents it.
 //! * [`diff`] — attribute differences, classified by the table.
 //! * [`plan`](mod@plan) — the action DAG (petgraph), in execution order.
 //! * [`render`] — text and JSON output.
+//! * [`engine`] — walks the DAG with bounded parallelism; [`journal`] — the
+//!   fsync'd intent log that makes a killed apply recoverable.
+//!
+//! docs/planning.md describes the decisions (and embeds the table).
 
 pub mod backend;
 pub mod capabilities;

@@ -386,12 +386,14 @@ fn plan_existing(b: &mut Builder, spec: &VmSpec, ovm: &ObservedVm, caps: &Capabi
             Disruption::None
         };
         let mut a = action(name, ActionKind::Restart, disruption);
-        let mut why = if any(Disruption::Restart) {
-            join_reasons(&effective, Disruption::Restart)
-        } else if running {
-            "autostart=false: stop with the new configuration".to_string()
-        } else {
+        // A VM that is not running is not restarted: its configuration is
+        // rewritten (and it is started if it should run).
+        let mut why = if !running {
             "VM is not running: new configuration written".to_string()
+        } else if any(Disruption::Restart) {
+            join_reasons(&effective, Disruption::Restart)
+        } else {
+            "autostart=false: stop with the new configuration".to_string()
         };
         if state == RunState::Crashed {
             why = format!("drift: VM crashed; {why}");
