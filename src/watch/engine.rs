@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use super::session::{ActionDone, Engine, LoadReport, PassRequest, PassResult, Trigger};
 use crate::cmd::Global;
+#[cfg(test)]
+use crate::reconcile::Ran;
 use crate::reconcile::{self, ReconcileOptions, ReconcileOutcome};
 
 /// How long a drift check waits for a lock someone else holds before it
@@ -61,10 +63,17 @@ impl Engine for ReconcileEngine<'_> {
 }
 
 impl PassResult {
-    /// Watch's view of a reconcile outcome. Until the outcome lists its
-    /// actions, they are read back from the plan text.
+    /// Watch's view of a reconcile outcome.
     pub fn from_outcome(o: ReconcileOutcome) -> Self {
-        let actions = actions_from_plan_text(&o.plan_text, o.failed == 0);
+        let actions = o
+            .ran
+            .into_iter()
+            .map(|r| ActionDone {
+                vm: r.vm,
+                kind: r.kind,
+                ok: r.ok,
+            })
+            .collect();
         PassResult {
             plan_text: o.plan_text,
             succeeded: o.succeeded,
@@ -72,76 +81,15 @@ impl PassResult {
             unmanaged: o.unmanaged,
             no_changes: o.no_changes,
             actions,
+            errors: o.errors,
             held_needing: None,
         }
     }
 }
 
-/// The symbols the planner puts in front of an action line.
-const SYMBOLS: [&str; 7] = ["+", "=>", "-", "-/+", "~!", "~", "!"];
-
-/// (vm, kind) pairs read back from the planner's text plan, whose action
-/// lines are `  <symbol> <vm> <kind>[ (refused)][ from <source>]` (two spaces
-/// in; detail lines are indented further). Refused actions did not run.
-pub fn actions_from_plan_text(text: &str, ok: bool) -> Vec<ActionDone> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("  ") else {
-            continue;
-        };
-        if rest.starts_with(' ') {
-            continue;
-        }
-        let words: Vec<&str> = rest.split_whitespace().collect();
-        let [symbol, vm, kind, ..] = words[..] else {
-            continue;
-        };
-        if !SYMBOLS.contains(&symbol) || symbol == "!" {
-            continue;
-        }
-        out.push(ActionDone {
-            vm: vm.to_string(),
-            kind: kind.to_string(),
-            ok,
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(text: &str) -> Vec<(String, String)> {
-        actions_from_plan_text(text, true)
-            .into_iter()
-            .map(|a| (a.vm, a.kind))
-            .collect()
-    }
-
-    #[test]
-    fn reads_actions_back_from_plan_lines() {
-        let text = "vmctl will perform the following actions:\n\n\
-            \x20 ~ web start\n\
-            \x20     # drift: VM crashed (its VMM is gone but it should run): start\n\
-            \x20     state: crashed → running\n\n\
-            \x20 ~! db restart\n\
-            \x20     # cpus 2 → 1: vCPUs cannot be removed live: restart\n\n\
-            \x20 + new create\n\
-            \x20     os: diag\n\n\
-            \x20 ! big restart (refused)\n\n\
-            \x20 => web-2 copy from web\n\n\
-            Plan: 1 to create, 0 to update live, 1 to restart, 0 to replace, 0 to destroy, 1 to start.\n";
-        assert_eq!(
-            pairs(text),
-            [
-                ("web".into(), "start".into()),
-                ("db".into(), "restart".into()),
-                ("new".into(), "create".into()),
-                ("web-2".into(), "copy".into())
-            ]
-        );
-    }
 
     fn engine(g: &Global, file: PathBuf) -> ReconcileEngine<'_> {
         ReconcileEngine {
@@ -153,10 +101,7 @@ mod tests {
 
     #[test]
     fn load_counts_vms_and_renders_problems_and_missing_files() {
-        let g = Global {
-            state_dir: None,
-            verbose: 0,
-        };
+        let g = Global { state_dir: None };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vmctl.kdl");
         let mut e = engine(&g, file.clone());
@@ -176,17 +121,17 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_plan_has_no_actions() {
-        assert!(pairs("").is_empty());
-        assert!(pairs("No changes.\n").is_empty());
-    }
-
-    #[test]
     // The update keeps this test compiling when the outcome gains fields.
     #[allow(clippy::needless_update)]
     fn outcome_maps_through() {
         let o = ReconcileOutcome {
             plan_text: "  ~ db start\n".into(),
+            ran: vec![Ran {
+                vm: "db".into(),
+                kind: "start".into(),
+                ok: false,
+            }],
+            errors: vec!["db-start: VMM did not come up".into()],
             succeeded: 1,
             failed: 0,
             unmanaged: vec!["old".into()],
@@ -194,7 +139,15 @@ mod tests {
             ..ReconcileOutcome::default()
         };
         let r = PassResult::from_outcome(o);
-        assert_eq!(r.actions.len(), 1);
+        assert_eq!(
+            r.actions,
+            [ActionDone {
+                vm: "db".into(),
+                kind: "start".into(),
+                ok: false
+            }]
+        );
+        assert_eq!(r.errors.len(), 1);
         assert_eq!(r.unmanaged, ["old"]);
         assert_eq!(r.held_needing, None);
     }

@@ -57,6 +57,8 @@ pub struct PassResult {
     pub unmanaged: Vec<String>,
     pub no_changes: bool,
     pub actions: Vec<ActionDone>,
+    /// Failure messages of actions that failed.
+    pub errors: Vec<String>,
     /// Held VMs the plan would have healed; `None` when the engine cannot hold.
     pub held_needing: Option<Vec<String>>,
 }
@@ -355,8 +357,11 @@ impl<E: Engine, W: Write> Session<E, W> {
 
     fn print_plan(&mut self, r: &PassResult) {
         let text = r.plan_text.trim_end();
-        if !text.is_empty() {
+        if !text.is_empty() && !r.no_changes {
             self.raw(text);
+        }
+        for e in &r.errors {
+            self.raw(&format!("failed: {e}"));
         }
     }
 
