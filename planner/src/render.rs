@@ -95,6 +95,10 @@ pub fn text(plan: &Plan) -> String {
         let _ = write!(out, "  {} {} {}", symbol(a), a.vm, a.kind.label());
         if a.is_refused() {
             out.push_str(" (refused)");
+        } else if a.id.ends_with(":stop-for-copy") {
+            out.push_str(" (for copy)");
+        } else if a.id.ends_with(":start-after-copy") {
+            out.push_str(" (after copy)");
         }
         if let Some(src) = &a.source {
             let _ = write!(out, " from {src}");
