@@ -427,7 +427,8 @@ fn edits_apply_bad_saves_do_not_crashes_heal_and_removal_needs_prune() {
     lab.running("a");
     lab.running("b");
 
-    let (code, _) = lab.stop_watch();
+    let (code, out) = lab.stop_watch();
+    println!("--- watch output ---\n{out}");
     assert_eq!(code, Some(0));
     // VMs outlive watch.
     lab.running("a");
@@ -456,7 +457,8 @@ fn with_prune_removed_vms_are_destroyed_but_an_empty_file_destroys_nothing() {
         gone.then_some(())
     });
     lab.running("a");
-    let (code, _) = lab.stop_watch();
+    let (code, out) = lab.stop_watch();
+    println!("--- watch output ---\n{out}");
     assert_eq!(code, Some(0));
 }
 
