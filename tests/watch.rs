@@ -462,6 +462,45 @@ fn with_prune_removed_vms_are_destroyed_but_an_empty_file_destroys_nothing() {
     assert_eq!(code, Some(0));
 }
 
+#[test]
+fn a_vm_that_keeps_crashing_is_given_up_on_until_the_file_changes() {
+    if !kvm_available() {
+        return;
+    }
+    let mut lab = Lab::new(&diag_vm("a", 1, "128MiB"));
+    lab.start_watch(&["--max-restarts", "2"]);
+    let mut pid = lab.running("a")["pid"].as_i64().unwrap();
+    // Crash it again each time watch brings it back.
+    for try_no in 1..=2 {
+        // SAFETY: the VMM this test's watch started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        lab.wait_output(&format!("healing VM a: try {try_no}/2"), 1);
+        pid = lab.wait_for("a running with a new VMM", |lab| {
+            lab.vm("a")
+                .filter(|v| v["state"] == "running" && v["pid"].as_i64() != Some(pid))
+                .and_then(|v| v["pid"].as_i64())
+        });
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let out = lab.wait_output("giving up on VM a after 2 restarts", 1);
+    assert!(out.contains("left alone until"), "{out}");
+    // From now on a crash of a is left alone...
+    if let Some(p) = lab.vm("a").and_then(|v| v["pid"].as_i64()) {
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
+    lab.wait_for("a crashed", |lab| {
+        lab.vm("a").filter(|v| v["state"] == "crashed")
+    });
+    std::thread::sleep(Duration::from_secs(3)); // several drift ticks
+    assert_eq!(lab.vm("a").unwrap()["state"], "crashed", "{}", lab.output());
+    // ...until the file changes.
+    lab.save(&format!("// touched\n{}", diag_vm("a", 1, "128MiB")));
+    lab.running("a");
+    let (code, out) = lab.stop_watch();
+    println!("--- watch output ---\n{out}");
+    assert_eq!(code, Some(0));
+}
+
 fn pids(status: &Value) -> Vec<(String, Value)> {
     let mut v: Vec<(String, Value)> = status["vms"]
         .as_array()
