@@ -219,7 +219,7 @@ pub fn boot(
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(err(
         "starting qemu-system-x86_64 (apt-get install qemu-system-x86)",
