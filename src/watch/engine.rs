@@ -1,17 +1,21 @@
 //! The real [`Engine`]: `vmctl_spec::load_file` to validate, then
 //! `crate::reconcile::reconcile` for one pass, which takes the state lock for
 //! that pass only (so `status` and a manual `apply` work while watch idles).
-//! [`PassResult::from_outcome`] is the one place that knows the shape of
-//! `ReconcileOutcome`.
+//! A pass that holds VMs back runs the same two halves of reconcile
+//! (`prepare`, then `execute`) with the held VMs' actions taken out of the plan
+//! in between ([`super::hold`]). [`PassResult::from_outcome`] is the one place
+//! that knows the shape of `ReconcileOutcome`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::hold::hold_back;
 use super::session::{ActionDone, Engine, LoadReport, PassRequest, PassResult, Trigger};
 use crate::cmd::Global;
 #[cfg(test)]
 use crate::reconcile::Ran;
 use crate::reconcile::{self, ReconcileOptions, ReconcileOutcome};
+use crate::report::{Mode, Reporter};
 
 /// How long a drift check waits for a lock someone else holds before it
 /// skips (the next tick tries again). Change passes wait as long as it takes.
@@ -52,13 +56,23 @@ impl Engine for ReconcileEngine<'_> {
             },
             print: false,
         };
-        reconcile::reconcile(self.global, &opts)
-            .map(PassResult::from_outcome)
-            .map_err(|report| format!("{report:?}"))
+        if req.hold.is_empty() {
+            return reconcile::reconcile(self.global, &opts)
+                .map(PassResult::from_outcome)
+                .map_err(|report| format!("{report:?}"));
+        }
+        let held = |report: miette::Report| format!("{report:?}");
+        let mut prepared = reconcile::prepare(self.global, &opts).map_err(held)?;
+        let back = hold_back(&mut prepared.plan, &req.hold);
+        let reporter = Reporter::new(Mode::Quiet);
+        let outcome = reconcile::execute(&prepared, opts.parallelism, &reporter).map_err(held)?;
+        let mut r = PassResult::from_outcome(outcome);
+        r.held_needing = Some(back.held);
+        Ok(r)
     }
 
     fn can_hold(&self) -> bool {
-        false
+        true
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! The pieces: [`filter`] picks the file's events out of its directory,
 //! [`debounce`] turns a save's burst of events into one change, [`guard`]
-//! refuses empty files, [`backoff`] limits healing of a crash-looping VM,
+//! refuses empty files, [`backoff`] limits healing of a crash-looping VM
+//! and [`hold`] keeps it out of a pass,
 //! [`session`] decides what each trigger does and prints it, [`engine`] is
 //! the real validate + reconcile, [`source`] the event and signal threads,
 //! [`instance`] keeps a second watch off the same state directory.
@@ -15,6 +16,7 @@ pub mod debounce;
 pub mod engine;
 pub mod filter;
 pub mod guard;
+pub mod hold;
 pub mod instance;
 pub mod session;
 pub mod source;

@@ -381,7 +381,10 @@ impl<E: Engine, W: Write> Session<E, W> {
     }
 
     fn print_result(&mut self, r: &PassResult, took: Duration) {
-        let text = if r.no_changes && r.failed == 0 {
+        let held: &[String] = r.held_needing.as_deref().unwrap_or_default();
+        let text = if r.no_changes && r.failed == 0 && !held.is_empty() {
+            format!("nothing applied (held back: {})", held.join(", "))
+        } else if r.no_changes && r.failed == 0 {
             "no changes".to_string()
         } else if r.failed == 0 {
             format!(
@@ -706,6 +709,7 @@ mod tests {
         w.on_drift(w.next_drift().unwrap());
         assert_eq!(w.engine.requests.last().unwrap().hold, ["db"]);
         assert!(!take_out(&mut w).contains("giving up"));
+        assert!(out.contains("] nothing applied (held back: db)"), "{out}");
         // A change gives it its tries back.
         w.on_change(w.next_drift().unwrap(), None);
         w.on_drift(w.next_drift().unwrap());
