@@ -55,3 +55,14 @@ pub fn sleep_ms(ms: u64) {
         pause();
     }
 }
+
+/// Waits about `ms` milliseconds, asking the VMM to park the vCPU meanwhile
+/// (the idle port), so a polling guest costs the host almost nothing. What
+/// the VMM does not sleep is waited out on the TSC.
+pub fn idle_ms(ms: u64) {
+    let mut d = Deadline::after_ms(ms);
+    crate::cpu::outl(crate::layout::IDLE_PORT, ms.min(u64::from(u32::MAX)) as u32);
+    while !d.expired() {
+        pause();
+    }
+}

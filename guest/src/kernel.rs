@@ -6,7 +6,7 @@
 
 use crate::acpi::{self, Cpus};
 use crate::bootparams::{self, Options};
-use crate::clock::{Deadline, sleep_ms};
+use crate::clock::{Deadline, idle_ms};
 use crate::cpu::{self, mmio_read32};
 use crate::fnv::fnv1a64;
 use crate::hotplug;
@@ -306,7 +306,7 @@ impl Diag {
         log(&["diag: polling (power button, COM2 requests, resources)"]);
         let mut rescan = Deadline::after_ms(RESCAN_MS);
         loop {
-            sleep_ms(POLL_MS);
+            idle_ms(POLL_MS);
             let ged = mmio_read32(GED_BASE);
             // All-ones is what a missing device may read as: not a press.
             if ged != u32::MAX && ged & GED_EVENT_POWER_BUTTON != 0 {

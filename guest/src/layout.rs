@@ -56,6 +56,10 @@ pub const COM2_PORT: u16 = 0x2f8;
 
 /// ACPI sleep control register; writing S5 | SLP_EN powers off.
 pub const POWER_PORT: u16 = 0x600;
+/// The VMM's idle port: a 32-bit write of N asks the VMM to park this vCPU
+/// for up to N ms (diag has no interrupts, so it cannot `hlt`). A VMM
+/// without it ignores the write and diag waits on the TSC instead.
+pub const IDLE_PORT: u16 = 0x610;
 pub const POWER_OFF_VALUE: u8 = (5 << 2) | (1 << 5);
 
 /// The identity map the VMM sets up covers the first 4 GiB.
