@@ -400,6 +400,15 @@ fn edits_apply_bad_saves_do_not_crashes_heal_and_removal_needs_prune() {
             .filter(|v| v["state"] == "running" && v["cpus"] == 1)
     });
 
+    // The state lock is only held during a pass: a manual apply works
+    // alongside (and finds nothing to do).
+    let apply = lab.vmctl(&["apply", "--auto-approve"]);
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+
     // A VMM killed behind vmctl's back is restarted by a drift check.
     lab.running("a");
     let pid = kill_vmm(&lab, "a");
