@@ -306,9 +306,12 @@ fn reset_reboots_in_the_same_process() {
     lab.rt.create(&lab.spec("r", &k)).unwrap();
     let pid = lab.rt.observe("r").unwrap().unwrap().pid.unwrap();
     let c = lab.client("r");
-    let st = wait_for("three boots", || c.status().ok().filter(|s| s.boots >= 3));
+    wait_for("three greetings", || {
+        (lab.console("r").matches("hello from testprog").count() >= 3).then_some(())
+    });
+    let st = c.status().unwrap();
+    assert!(st.boots >= 3, "{st:?}");
     assert_eq!(st.pid as i32, pid, "same VMM process");
-    assert!(lab.console("r").matches("hello from testprog").count() >= 3);
     // The guest never powers off by itself: the stop is forced.
     lab.rt.stop("r", Duration::from_millis(100)).unwrap();
     assert_eq!(lab.rt.observe("r").unwrap().unwrap().live, Live::Stopped);
@@ -318,7 +321,17 @@ fn reset_reboots_in_the_same_process() {
 fn killed_vmm_is_crashed_and_can_start_again() {
     let lab = Lab::new();
     let k = lab.write("wait.elf", &elf(TESTPROG_WAIT));
-    lab.rt.create(&lab.spec("k", &k)).unwrap();
+    let external = lab.root.join("external.raw");
+    let mut spec = lab.spec("k", &k);
+    spec.disks.push(vmctl_spec::model::DiskSpec {
+        name: "ext".into(),
+        size_bytes: 1 << 20,
+        format: vmctl_spec::model::DiskFormat::Raw,
+        path: Some(external.clone()),
+        source: None,
+    });
+    lab.rt.create(&spec).unwrap();
+    assert_eq!(std::fs::metadata(&external).unwrap().len(), 1 << 20);
     let pid = lab.rt.observe("k").unwrap().unwrap().pid.unwrap();
     // start on a running VM is a no-op.
     assert_eq!(lab.rt.start("k").unwrap(), pid);
@@ -332,6 +345,10 @@ fn killed_vmm_is_crashed_and_can_start_again() {
     assert_eq!(o.live, Live::Running);
     lab.rt.destroy("k", false).unwrap();
     assert!(!lab.rt.vm_dir("k").path.exists());
+    assert!(
+        external.exists(),
+        "a disk with a user path survives destroy"
+    );
     lab.rt.destroy("k", false).unwrap();
     assert!(!vmctl_runtime::process::is_vmm_alive(pid2));
 }
@@ -416,12 +433,31 @@ fn diag_4_cpus_3584_mib() {
     diag_reports_what_was_declared(4, 3584);
 }
 
-/// pause / resume through the socket while diag runs.
-fn diag_pause_resume() {
+/// pause / resume through the socket while diag runs; console.sock carries
+/// keystrokes in and COM1 output out.
+fn diag_pause_resume_and_console() {
+    use std::io::{Read, Write};
     let lab = Lab::new();
     lab.rt.create(&lab.diag("pr", 2, 128)).unwrap();
     let c = lab.client("pr");
     wait_for("the guest report", || c.status().ok()?.guest);
+
+    let mut con =
+        std::os::unix::net::UnixStream::connect(lab.rt.vm_dir("pr").console_sock()).unwrap();
+    con.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    con.write_all(b"\r").unwrap();
+    let mut seen = Vec::new();
+    wait_for("diag to reprint its summary on the console socket", || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = con.read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen)
+            .contains("cpus=2")
+            .then_some(())
+    });
+
     c.pause().unwrap();
     assert_eq!(c.status().unwrap().state, RunState::Paused);
     c.resume().unwrap();
@@ -437,7 +473,10 @@ const TESTS: &[Test] = &[
     ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
     ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),
-    ("diag_pause_resume", diag_pause_resume),
+    (
+        "diag_pause_resume_and_console",
+        diag_pause_resume_and_console,
+    ),
     (
         "reset_reboots_in_the_same_process",
         reset_reboots_in_the_same_process,

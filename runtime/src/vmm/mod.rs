@@ -164,6 +164,10 @@ struct Vmm {
 /// The whole life of a VMM process for the VM in `vm_dir`. Returns the
 /// process exit code; on errors before boot, cleans up and returns the error.
 pub fn run_vmm(vm_dir: &Path) -> Result<i32, VmmError> {
+    // Everything this process creates (sockets, console.log) is private to
+    // the user, with no window where a socket has the default mode.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let dir = VmDir::new(vm_dir);
     let result = setup(&dir);
     match result {
@@ -386,6 +390,10 @@ impl Vmm {
     fn reboot(&mut self) -> Result<(), VmmError> {
         tracing::info!("guest reset: rebuilding the VM");
         self.machine.stop();
+        // What the guest reported describes the boot that just ended.
+        if let Ok(mut r) = self.keep.report.lock() {
+            *r = None;
+        }
         let machine = Machine::build(&self.cfg, &self.keep, forward_vm_events(&self.tx))?;
         // The old machine (and its memory) goes away before the new one runs.
         self.machine = machine;
