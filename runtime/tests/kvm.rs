@@ -318,6 +318,31 @@ fn reset_reboots_in_the_same_process() {
     assert_no_vmm_files(&lab, "r");
 }
 
+/// SIGTERM to a VMM is a graceful shutdown, not a crash.
+fn sigterm_shuts_down_gracefully() {
+    let lab = Lab::new();
+    lab.rt.create(&lab.diag("t", 1, 128)).unwrap();
+    let c = lab.client("t");
+    wait_for("the guest report", || c.status().ok()?.guest);
+    let pid = lab.rt.observe("t").unwrap().unwrap().pid.unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_for("the VMM to exit", || {
+        (!vmctl_runtime::process::is_vmm_alive(pid)).then_some(())
+    });
+    assert_eq!(lab.rt.observe("t").unwrap().unwrap().live, Live::Stopped);
+    let note = lab.rt.vm_dir("t").read_exit_note().unwrap();
+    assert_eq!(
+        (note.reason.as_str(), note.code),
+        ("shutdown", 0),
+        "{note:?}"
+    );
+    assert!(
+        note.detail.contains("on request"),
+        "diag powered off by itself: {note:?}"
+    );
+    assert_no_vmm_files(&lab, "t");
+}
+
 fn killed_vmm_is_crashed_and_can_start_again() {
     let lab = Lab::new();
     let k = lab.write("wait.elf", &elf(TESTPROG_WAIT));
@@ -473,6 +498,10 @@ const TESTS: &[Test] = &[
     ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
     ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),
+    (
+        "sigterm_shuts_down_gracefully",
+        sigterm_shuts_down_gracefully,
+    ),
     (
         "diag_pause_resume_and_console",
         diag_pause_resume_and_console,

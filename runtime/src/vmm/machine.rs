@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::signal::Killable;
 
 use super::boot::{self, BootError, BootImage};
@@ -240,6 +241,26 @@ impl Machine {
 
     pub fn is_paused(&self) -> bool {
         self.control.state.lock().map(|s| s.paused).unwrap_or(false)
+    }
+
+    /// Give the guest's RAM back to the host (after [`Machine::stop`]), so a
+    /// reboot does not hold two copies while the next machine is built.
+    pub fn release_memory(&self) {
+        if !self.threads.is_empty() {
+            return;
+        }
+        for region in self.vm.memory.iter() {
+            // SAFETY: the range is exactly one live mapping owned by this
+            // machine, and no vCPU runs (threads are joined), so nothing
+            // uses its contents any more; MADV_DONTNEED only drops pages.
+            unsafe {
+                libc::madvise(
+                    region.as_ptr().cast(),
+                    region.len() as usize,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
     }
 
     /// Stop and join every vCPU thread.

@@ -11,6 +11,7 @@ pub mod boot;
 pub mod host;
 pub mod irq;
 pub mod machine;
+pub mod signals;
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;
@@ -138,7 +139,12 @@ fn diag_kernel() -> Option<&'static [u8]> {
 enum MainEvent {
     Vm(VmEvent),
     Api(Pending),
+    /// SIGTERM/SIGINT/SIGHUP: shut down gracefully.
+    Signal(i32),
 }
+
+/// Grace period of a shutdown asked for by a signal.
+pub const SIGNAL_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How the VMM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +230,7 @@ fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
             .collect(),
     };
     vcpu::install_kick_handler()?;
+    signals::block();
     let console_log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -234,6 +241,7 @@ fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel();
+    signals::forward(tx.clone(), MainEvent::Signal).map_err(io("the signal thread"))?;
     let machine = Machine::build(&cfg, &keep, forward_vm_events(&tx))?;
     tracing::info!(vm = %spec.name, cpus = cfg.cpus, memory_mib = cfg.memory_mib, irq_mode = irq_mode.as_str(), "VM built");
 
@@ -357,6 +365,15 @@ impl Vmm {
                         return out;
                     }
                 }
+                MainEvent::Signal(sig) => {
+                    tracing::info!(signal = sig, "stop signal: shutting the guest down");
+                    let out = self.shutdown(SIGNAL_SHUTDOWN_GRACE);
+                    let graceful = out.reason == "poweroff";
+                    return Outcome {
+                        reason: if graceful { "shutdown" } else { out.reason },
+                        ..out
+                    };
+                }
             }
         }
     }
@@ -390,6 +407,7 @@ impl Vmm {
     fn reboot(&mut self) -> Result<(), VmmError> {
         tracing::info!("guest reset: rebuilding the VM");
         self.machine.stop();
+        self.machine.release_memory();
         // What the guest reported describes the boot that just ended.
         if let Ok(mut r) = self.keep.report.lock() {
             *r = None;
@@ -506,6 +524,7 @@ impl Vmm {
                         code: 0,
                     };
                 }
+                Ok(MainEvent::Signal(_)) => {}
                 Ok(MainEvent::Api(p)) => {
                     let r = match p.request {
                         Request::Status => Response::ok(self.status()),
