@@ -1,13 +1,17 @@
 //! The real [`Engine`]: `vmctl_spec::load_file` to validate, then
 //! `crate::reconcile::reconcile` for one pass, which takes the state lock for
 //! that pass only (so `status` and a manual `apply` work while watch idles).
-//! A pass that holds VMs back runs the same two halves of reconcile
-//! (`prepare`, then `execute`) with the held VMs' actions taken out of the plan
-//! in between ([`super::hold`]). [`PassResult::from_outcome`] is the one place
-//! that knows the shape of `ReconcileOutcome`.
+//! A drift check that holds VMs back runs reconcile's two halves itself —
+//! `prepare` (load, lock, observe, plan), then `execute` — and in between
+//! checks that reconcile read the file watch validated and takes the held
+//! VMs' actions out of the plan ([`super::hold`]).
+//! [`PassResult::from_outcome`] is the one place that knows the shape of
+//! `ReconcileOutcome`.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use vmctl_spec::DesiredState;
 
 use super::hold::hold_back;
 use super::session::{ActionDone, Engine, LoadReport, PassRequest, PassResult, Trigger};
@@ -22,13 +26,30 @@ use crate::report::{Mode, Reporter};
 const DRIFT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ReconcileEngine<'g> {
-    pub global: &'g Global,
-    pub file: PathBuf,
-    pub parallelism: usize,
+    global: &'g Global,
+    file: PathBuf,
+    parallelism: usize,
+    /// What the last successful [`Engine::load`] read: a held-back pass
+    /// applies only if reconcile read the same, so a save landing between
+    /// validation and planning is not applied unvalidated (it is handled as
+    /// its own change).
+    validated: Option<DesiredState>,
+}
+
+impl<'g> ReconcileEngine<'g> {
+    pub fn new(global: &'g Global, file: PathBuf, parallelism: usize) -> Self {
+        ReconcileEngine {
+            global,
+            file,
+            parallelism,
+            validated: None,
+        }
+    }
 }
 
 impl Engine for ReconcileEngine<'_> {
     fn load(&mut self) -> Result<LoadReport, String> {
+        self.validated = None;
         if !self.file.exists() {
             return Err(format!(
                 "  × {} does not exist (deleted, or not yet renamed into place)",
@@ -36,10 +57,14 @@ impl Engine for ReconcileEngine<'_> {
             ));
         }
         match vmctl_spec::load_file(&self.file) {
-            Ok(loaded) => Ok(LoadReport {
-                vms: loaded.state.vms.len(),
-                warnings: loaded.warnings.iter().map(|w| format!("{w:?}")).collect(),
-            }),
+            Ok(loaded) => {
+                let report = LoadReport {
+                    vms: loaded.state.vms.len(),
+                    warnings: loaded.warnings.iter().map(|w| format!("{w:?}")).collect(),
+                };
+                self.validated = Some(loaded.state);
+                Ok(report)
+            }
             Err(e) => Err(format!("{:?}", miette::Report::new(e))),
         }
     }
@@ -56,16 +81,25 @@ impl Engine for ReconcileEngine<'_> {
             },
             print: false,
         };
+        let render = |report: miette::Report| format!("{report:?}");
         if req.hold.is_empty() {
             return reconcile::reconcile(self.global, &opts)
                 .map(PassResult::from_outcome)
-                .map_err(|report| format!("{report:?}"));
+                .map_err(render);
         }
-        let held = |report: miette::Report| format!("{report:?}");
-        let mut prepared = reconcile::prepare(self.global, &opts).map_err(held)?;
+        // Holding VMs back: run reconcile's halves, and check in between that
+        // it read the file watch validated.
+        let mut prepared = reconcile::prepare(self.global, &opts).map_err(render)?;
+        if self.validated.as_ref() != Some(&prepared.desired) {
+            return Err(format!(
+                "  × {} changed while this pass was being planned; nothing was applied \
+                 (the new version is handled as the next change)",
+                self.file.display()
+            ));
+        }
         let back = hold_back(&mut prepared.plan, &req.hold);
         let reporter = Reporter::new(Mode::Quiet);
-        let outcome = reconcile::execute(&prepared, opts.parallelism, &reporter).map_err(held)?;
+        let outcome = reconcile::execute(&prepared, opts.parallelism, &reporter).map_err(render)?;
         let mut r = PassResult::from_outcome(outcome);
         r.held_needing = Some(back.held);
         Ok(r)
@@ -106,11 +140,37 @@ mod tests {
     use super::*;
 
     fn engine(g: &Global, file: PathBuf) -> ReconcileEngine<'_> {
-        ReconcileEngine {
-            global: g,
-            file,
-            parallelism: 1,
-        }
+        ReconcileEngine::new(g, file, 1)
+    }
+
+    #[test]
+    fn a_file_that_changed_after_validation_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Global {
+            state_dir: Some(dir.path().join("state")),
+        };
+        let file = dir.path().join("vmctl.kdl");
+        std::fs::write(&file, "vm \"a\" { os \"diag\"; }\n").unwrap();
+        let mut e = engine(&g, file.clone());
+        assert_eq!(e.load().unwrap().vms, 1);
+        // Saved again between validation and the pass (with autostart off, so
+        // nothing would need KVM even if it were applied).
+        std::fs::write(&file, "vm \"b\" { os \"diag\"; autostart #false; }\n").unwrap();
+        let req = PassRequest {
+            trigger: Trigger::Drift,
+            prune: true,
+            allow_empty: false,
+            hold: vec!["held".to_string()],
+        };
+        let err = e.pass(&req).unwrap_err();
+        assert!(
+            err.contains("changed while this pass was being planned"),
+            "{err}"
+        );
+        assert!(!dir.path().join("state/vms/b").exists());
+        // Without a load first, nothing is applied either.
+        let mut fresh = engine(&g, file);
+        assert!(fresh.pass(&req).is_err());
     }
 
     #[test]

@@ -51,11 +51,7 @@ pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
     let signals = source::signals(tx.clone())?;
     let watcher = source::watch_dirs(filter.dirs(), tx)?;
 
-    let engine = ReconcileEngine {
-        global: g,
-        file: opts.file.clone(),
-        parallelism: opts.parallelism,
-    };
+    let engine = ReconcileEngine::new(g, opts.file.clone(), opts.parallelism);
     let mut session = Session::new(engine, std::io::stdout(), opts.config);
     let mut debouncer = Debouncer::new(opts.debounce);
     session.startup(Instant::now());
