@@ -115,7 +115,7 @@ pub fn resolve_boot(spec: &VmSpec) -> Result<(BootImage, IrqMode), VmmError> {
         )
     } else if spec.os == "debian-12" {
         return Err(VmmError::NoImage(
-            "debian-12 image not available yet".into(),
+            "the debian-12 image is not resolved (see crate::image)".into(),
         ));
     } else {
         return Err(VmmError::NoImage(format!(
@@ -210,7 +210,19 @@ fn cleanup(dir: &VmDir) {
 
 fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     let record = dir.read_record()?;
-    let spec = record.spec;
+    let mut spec = record.spec;
+    if spec.os == "debian-12" && spec.image.is_none() {
+        // The built-in Linux OS: the image cache of this VM's state
+        // directory (<state>/vms/<name>) knows which image to boot.
+        let state_dir =
+            dir.path.parent().and_then(Path::parent).ok_or_else(|| {
+                VmmError::NoImage("the VM directory has no state directory".into())
+            })?;
+        let img = crate::image::debian12_for_vm(state_dir)
+            .map_err(|e| VmmError::NoImage(format!("VM {:?}: debian-12 image: {e}", spec.name)))?;
+        tracing::info!(id = %img.id, kernel = %img.kernel_version, "booting the debian-12 image");
+        spec.image = Some(img.to_image_spec());
+    }
     let (image, irq_mode) = resolve_boot(&spec)?;
     host::check_memory(spec.memory_mib)?;
     let cfg = MachineConfig {
