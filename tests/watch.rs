@@ -9,6 +9,8 @@
 //! or not (a Drop guard).
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -518,6 +520,34 @@ fn a_vm_that_keeps_crashing_is_given_up_on_until_the_file_changes() {
     lab.running("a");
     let (code, out) = lab.stop_watch();
     println!("--- watch output ---\n{out}");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_vm_shut_down_outside_vmctl_is_started_again() {
+    if !kvm_available() {
+        return;
+    }
+    let mut lab = Lab::new(&diag_vm("a", 1, "128MiB"));
+    lab.start_watch(&[]);
+    let pid = lab.running("a")["pid"].as_i64().unwrap();
+    // A graceful power-off through the VMM's own control socket, as another
+    // tool would do it; the VMM exits after answering.
+    let sock = lab.state.join("vms/a/api.sock");
+    let mut stream = UnixStream::connect(&sock).unwrap();
+    stream
+        .write_all(b"{\"verb\":\"shutdown\",\"timeout_ms\":2000}\n")
+        .unwrap();
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    let out = lab.wait_output("healing VM a: try 1/5", 1);
+    assert!(out.contains("drift detected"), "{out}");
+    lab.wait_for("a running with a new VMM", |lab| {
+        lab.vm("a")
+            .filter(|v| v["state"] == "running" && v["pid"].as_i64() != Some(pid))
+    });
+    let (code, _) = lab.stop_watch();
     assert_eq!(code, Some(0));
 }
 
