@@ -102,6 +102,7 @@ impl Engine for ReconcileEngine<'_> {
         let outcome = reconcile::execute(&prepared, opts.parallelism, &reporter).map_err(render)?;
         let mut r = PassResult::from_outcome(outcome);
         r.held_needing = Some(back.held);
+        r.held_waiting = back.waiting;
         Ok(r)
     }
 
@@ -131,6 +132,7 @@ impl PassResult {
             actions,
             errors: o.errors,
             held_needing: None,
+            held_waiting: Vec::new(),
         }
     }
 }

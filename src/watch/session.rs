@@ -61,6 +61,8 @@ pub struct PassResult {
     pub errors: Vec<String>,
     /// Held VMs the plan would have healed; `None` when the engine cannot hold.
     pub held_needing: Option<Vec<String>>,
+    /// Other VMs whose actions waited for a held VM (depends-on).
+    pub held_waiting: Vec<String>,
 }
 
 /// One load-and-validate and one reconcile pass. Errors are rendered
@@ -100,6 +102,8 @@ pub struct Session<E, W> {
     next_drift: Option<Instant>,
     /// Last unmanaged list printed by a drift check, so it isn't repeated.
     last_unmanaged: Vec<String>,
+    /// Last list of VMs waiting for a held one, so it isn't repeated.
+    last_waiting: Vec<String>,
     /// Last drift error printed, so a busy lock doesn't flood the output.
     last_drift_error: Option<String>,
     /// Drift checks stopped (an engine that cannot hold gave up on a VM).
@@ -117,6 +121,7 @@ impl<E: Engine, W: Write> Session<E, W> {
             file_ok: false,
             next_drift: None,
             last_unmanaged: Vec::new(),
+            last_waiting: Vec::new(),
             last_drift_error: None,
             drift_paused: false,
         }
@@ -300,6 +305,15 @@ impl<E: Engine, W: Write> Session<E, W> {
                 let tries = self.tracker.policy().max_tries;
                 notes.push(self.give_up_text(vm, tries));
             }
+        }
+        if r.held_waiting != self.last_waiting {
+            if !r.held_waiting.is_empty() {
+                notes.push(format!(
+                    "waiting for a held-back VM they depend on: {}",
+                    r.held_waiting.join(", ")
+                ));
+            }
+            self.last_waiting = r.held_waiting.clone();
         }
         let unmanaged_changed = r.unmanaged != self.last_unmanaged;
         if r.no_changes && r.failed == 0 && notes.is_empty() && !unmanaged_changed {
@@ -714,6 +728,29 @@ mod tests {
         w.on_change(w.next_drift().unwrap(), None);
         w.on_drift(w.next_drift().unwrap());
         assert!(w.engine.requests.last().unwrap().hold.is_empty());
+    }
+
+    #[test]
+    fn vms_waiting_for_a_held_vm_are_named_once() {
+        let mut f = Fake::new(true);
+        let waiting = PassResult {
+            held_needing: Some(vec!["db".to_string()]),
+            held_waiting: vec!["web".to_string()],
+            ..nothing()
+        };
+        f.passes = VecDeque::from([Ok(nothing()), Ok(waiting)]);
+        let mut w = session(f, cfg(false, false));
+        let t0 = Instant::now();
+        w.startup(t0);
+        take_out(&mut w);
+        w.on_drift(t0 + s(5));
+        let out = take_out(&mut w);
+        assert!(
+            out.contains("waiting for a held-back VM they depend on: web"),
+            "{out}"
+        );
+        w.on_drift(t0 + s(10));
+        assert_eq!(take_out(&mut w), "");
     }
 
     #[test]
