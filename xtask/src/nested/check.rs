@@ -25,6 +25,7 @@ pub const REQUIRED_STEPS: &[&str] = &[
     "plan-change",
     "apply-change",
     "memory-changed",
+    "graceful-poweroff",
     "guests-2",
     "plan-noop-2",
     "destroy",

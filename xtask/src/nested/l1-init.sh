@@ -114,6 +114,14 @@ scenario() {
     step plan-change 2 vmctl plan --detailed-exitcode
     step apply-change 0 vmctl apply --auto-approve || return
     wait_memory "$CHANGED_VM" "$EXPECT_MIN_MIB" "$EXPECT_MAX_MIB"
+    # The restart asked the old guest to shut down: the ACPI power button
+    # must have reached it and it must have powered off by itself.
+    if grep -q "power button pressed, powering off" "/lab/.vmctl/vms/$CHANGED_VM/console.log"; then
+        rc=0
+    else
+        rc=1; FAILED=1
+    fi
+    say "@@NESTED step=graceful-poweroff rc=$rc want=0 vm=$CHANGED_VM"
     wait_agents 2
     report 2
     step plan-noop-2 0 vmctl plan --detailed-exitcode
