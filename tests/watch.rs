@@ -573,33 +573,42 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// One kind of save, measured `n` times.
-fn measure(lab: &mut Lab, label: &str, n: usize, mut content: impl FnMut(usize) -> String) {
-    let mut to_start = Vec::new();
-    let mut settle = Vec::new();
-    let mut took = Vec::new();
+/// `n` saves; `content(i)` gives each save's label and text. Prints the
+/// medians per label.
+fn measure(lab: &mut Lab, n: usize, mut content: impl FnMut(usize) -> (&'static str, String)) {
+    let mut samples: std::collections::BTreeMap<&str, Vec<[f64; 4]>> = Default::default();
     for i in 0..n {
+        let (label, text) = content(i);
         let seen = lab.timings().len();
-        let at = lab.save(&content(i));
+        let at = lab.save(&text);
         let t = lab.wait_for("the change's timing line", |lab| {
             lab.timings()
                 .into_iter()
                 .skip(seen)
                 .find(|t| t.trigger == "change")
         });
-        to_start.push((t.reconcile_start_ns.saturating_sub(at)) as f64 / 1e6);
-        settle.push((t.reconcile_start_ns.saturating_sub(t.last_event_ns)) as f64 / 1e6);
-        took.push((t.reconcile_end_ns.saturating_sub(t.reconcile_start_ns)) as f64 / 1e6);
-        // Let drift checks and the VM settle between samples.
+        let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
+        samples.entry(label).or_default().push([
+            ms(t.reconcile_start_ns, at),
+            ms(t.reconcile_start_ns, t.last_event_ns),
+            ms(t.reconcile_end_ns, t.reconcile_start_ns),
+            ms(t.reconcile_end_ns, at),
+        ]);
+        // Let the VM settle between samples.
         std::thread::sleep(Duration::from_millis(300));
     }
-    println!(
-        "watch latency [{label}] n={n}: save→reconcile start median {:.1} ms \
-         (last event→start {:.1} ms); reconcile took median {:.1} ms",
-        median_ms(to_start),
-        median_ms(settle),
-        median_ms(took)
-    );
+    for (label, v) in samples {
+        let col = |k: usize| median_ms(v.iter().map(|s| s[k]).collect());
+        println!(
+            "watch latency [{label}] n={}: save→reconcile start {:.1} ms, last event→start {:.1} ms, \
+             reconcile {:.1} ms, save→applied {:.1} ms (medians)",
+            v.len(),
+            col(0),
+            col(1),
+            col(2),
+            col(3)
+        );
+    }
 }
 
 #[test]
@@ -616,17 +625,20 @@ fn measure_save_to_reconcile_latency() {
     lab.wait_output("timing trigger=startup", 1);
     // No-op: only a comment changes (without KVM, reconcile may fail: the
     // time to its start is what is measured).
-    measure(&mut lab, "no-op", 9, |i| vm(2, true, i + 1));
+    measure(&mut lab, 9, |i| ("no-op", vm(2, true, i + 1)));
     if !kvm {
         lab.stop_watch();
         return;
     }
     lab.running("a");
     // Restart: hot-add headroom is fixed at boot, so each save restarts.
-    measure(&mut lab, "restart", 8, |i| {
-        vm(if i % 2 == 0 { 3 } else { 2 }, true, i)
+    measure(&mut lab, 8, |i| {
+        ("restart", vm(if i % 2 == 0 { 3 } else { 2 }, true, i))
     });
-    // Stop then start, alternately.
-    measure(&mut lab, "stop/start", 8, |i| vm(2, i % 2 == 1, i));
+    // Stop and start, alternately.
+    measure(&mut lab, 16, |i| {
+        let start = i % 2 == 1;
+        (if start { "start" } else { "stop" }, vm(2, start, i))
+    });
     lab.stop_watch();
 }
