@@ -120,15 +120,15 @@ pub fn download(package: &str, version: &str, dir: &Path, lock: &str) -> Result<
     let res = run(Command::new("apt-get")
         .args(["download", "-q", &format!("{package}={version}")])
         .current_dir(dir));
-    if let Err(AptError::Failed { detail, .. }) = &res {
-        if detail.contains("not found") || detail.contains("Unable to locate") {
-            return Err(AptError::VersionUnavailable {
-                package: package.into(),
-                version: version.into(),
-                lock: lock.into(),
-                detail: detail.clone(),
-            });
-        }
+    if let Err(AptError::Failed { detail, .. }) = &res
+        && (detail.contains("not found") || detail.contains("Unable to locate"))
+    {
+        return Err(AptError::VersionUnavailable {
+            package: package.into(),
+            version: version.into(),
+            lock: lock.into(),
+            detail: detail.clone(),
+        });
     }
     res?;
     let prefix = format!("{package}_");

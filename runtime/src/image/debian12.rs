@@ -93,15 +93,15 @@ pub fn build(
     for (name, version) in packages {
         let deb = apt::download(name, version, &debs_dir.join(name), lock_name)?;
         let sha256 = digest::sha256_file(&deb)?;
-        if let Some(pin) = pinned.and_then(|p| p.iter().find(|p| &p.name == name)) {
-            if pin.sha256 != sha256 {
-                return Err(ImageError::LockMismatch {
-                    lock: lock_name.to_string(),
-                    what: format!("{name} {version} .deb"),
-                    pinned: pin.sha256.clone(),
-                    got: sha256,
-                });
-            }
+        if let Some(pin) = pinned.and_then(|p| p.iter().find(|p| &p.name == name))
+            && pin.sha256 != sha256
+        {
+            return Err(ImageError::LockMismatch {
+                lock: lock_name.to_string(),
+                what: format!("{name} {version} .deb"),
+                pinned: pin.sha256.clone(),
+                got: sha256,
+            });
         }
         apt::extract(&deb, &root)?;
         locked.push(LockedPackage {

@@ -143,17 +143,17 @@ pub fn index(dir: &Path) -> Result<BTreeMap<String, Module>, KmodError> {
             })?;
             if ft.is_dir() {
                 stack.push(path);
-            } else if let Some(file_name) = path.file_name().and_then(|n| n.to_str()) {
-                if let Some(stem) = file_name.strip_suffix(".ko") {
-                    out.insert(
-                        normalise(stem),
-                        Module {
-                            name: normalise(stem),
-                            file_name: file_name.to_string(),
-                            path: path.clone(),
-                        },
-                    );
-                }
+            } else if let Some(file_name) = path.file_name().and_then(|n| n.to_str())
+                && let Some(stem) = file_name.strip_suffix(".ko")
+            {
+                out.insert(
+                    normalise(stem),
+                    Module {
+                        name: normalise(stem),
+                        file_name: file_name.to_string(),
+                        path: path.clone(),
+                    },
+                );
             }
         }
     }
