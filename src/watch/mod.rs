@@ -57,6 +57,9 @@ pub fn run(g: &Global, opts: WatchOptions) -> miette::Result<()> {
     session.startup(Instant::now());
 
     let result = loop {
+        if session.output_closed() {
+            break Ok(());
+        }
         let now = Instant::now();
         let wake = [debouncer.deadline(), session.next_drift()]
             .into_iter()

@@ -108,6 +108,8 @@ pub struct Session<E, W> {
     last_drift_error: Option<String>,
     /// Drift checks stopped (an engine that cannot hold gave up on a VM).
     drift_paused: bool,
+    /// Writing the output failed with a broken pipe.
+    output_closed: bool,
 }
 
 impl<E: Engine, W: Write> Session<E, W> {
@@ -124,6 +126,7 @@ impl<E: Engine, W: Write> Session<E, W> {
             last_waiting: Vec::new(),
             last_drift_error: None,
             drift_paused: false,
+            output_closed: false,
         }
     }
 
@@ -134,8 +137,13 @@ impl<E: Engine, W: Write> Session<E, W> {
 
     /// Print one line (e.g. a watcher warning).
     pub fn note(&mut self, text: &str) {
-        let _ = writeln!(self.out, "[{}] {text}", clock::now_stamp());
-        let _ = self.out.flush();
+        self.line(text);
+    }
+
+    /// Whether the output is gone (e.g. `vmctl watch | head` ended): nobody
+    /// would see what watch does any more, so the loop stops.
+    pub fn output_closed(&self) -> bool {
+        self.output_closed
     }
 
     /// The first pass, before any event.
@@ -418,13 +426,17 @@ impl<E: Engine, W: Write> Session<E, W> {
     }
 
     fn line(&mut self, text: &str) {
-        let _ = writeln!(self.out, "[{}] {text}", clock::now_stamp());
-        let _ = self.out.flush();
+        let stamped = format!("[{}] {text}", clock::now_stamp());
+        self.raw(&stamped);
     }
 
     fn raw(&mut self, text: &str) {
-        let _ = writeln!(self.out, "{}", text.trim_end());
-        let _ = self.out.flush();
+        let result = writeln!(self.out, "{}", text.trim_end()).and_then(|()| self.out.flush());
+        if let Err(e) = result
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            self.output_closed = true;
+        }
     }
 }
 
@@ -783,6 +795,26 @@ mod tests {
         assert_eq!(w.engine.requests.len(), n);
         w.on_change(first + s(101), None);
         assert!(w.next_drift().is_some());
+    }
+
+    /// An output whose reader has gone.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_output_is_noticed() {
+        let mut w = Session::new(Fake::new(false), Closed, cfg(false, false));
+        assert!(!w.output_closed());
+        w.startup(Instant::now());
+        assert!(w.output_closed());
     }
 
     #[test]
