@@ -280,3 +280,98 @@ fn remove_runtime_files(dir: &VmDir) {
         let _ = std::fs::remove_file(p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vmctl_spec::model::{DiskFormat, DiskSpec};
+
+    use super::*;
+    use crate::state::ExitNote;
+
+    fn spec(name: &str, autostart: bool) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            os: "diag".into(),
+            cpus: 1,
+            max_cpus: 1,
+            memory_mib: 128,
+            max_memory_mib: 128,
+            disks: vec![DiskSpec {
+                name: "root".into(),
+                size_bytes: 8 << 30,
+                format: DiskFormat::Raw,
+                path: None,
+                source: None,
+            }],
+            depends_on: vec![],
+            copy_from: None,
+            cpu_weight: 100,
+            autostart,
+            image: None,
+        }
+    }
+
+    fn live(rt: &Runtime, name: &str) -> Live {
+        rt.observe(name).unwrap().unwrap().live
+    }
+
+    #[test]
+    fn create_without_autostart_makes_sparse_disks_and_a_stopped_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        rt.create(&spec("a", false)).unwrap();
+        let disk = rt.vm_dir("a").disks_dir().join("root.raw");
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert_eq!(meta.len(), 8 << 30);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() < 64, "sparse: {} blocks", meta.blocks());
+        assert_eq!(live(&rt, "a"), Live::Stopped);
+        assert_eq!(rt.list().unwrap().len(), 1);
+        assert!(rt.observe("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn liveness_from_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        rt.create(&spec("a", false)).unwrap();
+        let dir = rt.vm_dir("a");
+        let mut rec = dir.read_record().unwrap();
+        rec.desired = Desired::Running;
+        rt.write_record(&rec).unwrap();
+        // desired running, no VMM, no exit note: it died.
+        assert_eq!(live(&rt, "a"), Live::Crashed);
+        // ... unless the guest powered off cleanly.
+        let note = ExitNote {
+            reason: "poweroff".into(),
+            detail: String::new(),
+            code: 0,
+        };
+        dir.write_exit_note(&note).unwrap();
+        assert_eq!(live(&rt, "a"), Live::Stopped);
+        // A pid file whose process is not a VMM (here: this test, a reused
+        // pid) means the VMM is gone.
+        std::fs::write(dir.pid_file(), format!("{}\n", std::process::id())).unwrap();
+        let o = rt.observe("a").unwrap().unwrap();
+        assert_eq!((o.live, o.pid), (Live::Crashed, None));
+        std::fs::write(dir.pid_file(), "garbage").unwrap();
+        assert_eq!(live(&rt, "a"), Live::Stopped);
+        // stop on a dead VM cleans up and records desired=stopped.
+        rt.stop("a", Duration::from_millis(10)).unwrap();
+        assert!(!dir.pid_file().exists());
+        assert_eq!(dir.read_record().unwrap().desired, Desired::Stopped);
+        assert_eq!(live(&rt, "a"), Live::Stopped);
+    }
+
+    #[test]
+    fn destroy_is_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        rt.destroy("never-existed", true).unwrap();
+        rt.create(&spec("a", false)).unwrap();
+        rt.destroy("a", false).unwrap();
+        assert!(!rt.vm_dir("a").path.exists());
+        rt.destroy("a", false).unwrap();
+        assert!(matches!(rt.start("a"), Err(RuntimeError::NoSuchVm(_))));
+    }
+}
