@@ -28,6 +28,10 @@ pub struct ReconcileOptions {
     pub lock_timeout: Option<Duration>,
     /// Print progress as plain lines (false: stay quiet, the caller renders).
     pub print: bool,
+    /// A desired state the caller already loaded and validated (watch): it is
+    /// planned as it is, so a save landing between validation and planning
+    /// cannot slip in unseen. `None`: load `file`.
+    pub desired: Option<DesiredState>,
 }
 
 /// One action that ran in a pass.
@@ -90,12 +94,18 @@ pub struct Prepared {
 /// declares alone (they are reported as unmanaged); with `prune`, an empty file
 /// destroys nothing unless `allow_empty`.
 pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> {
-    let loaded = vmctl_spec::load_file(&opts.file)?;
-    if opts.print {
-        for w in &loaded.warnings {
-            eprintln!("{w:?}");
+    let desired = match &opts.desired {
+        Some(d) => d.clone(),
+        None => {
+            let loaded = vmctl_spec::load_file(&opts.file)?;
+            if opts.print {
+                for w in &loaded.warnings {
+                    eprintln!("{w:?}");
+                }
+            }
+            loaded.state
         }
-    }
+    };
     let state_dir = g.state_dir_for(&opts.file);
     let lock = crate::lock::acquire(&state_dir, opts.lock_timeout)?;
     let backend = backend::open(&state_dir).map_err(|e| PassError::Observe {
@@ -106,7 +116,6 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
         dir: state_dir.display().to_string(),
         message: e.to_string(),
     })?;
-    let desired = loaded.state;
     let unmanaged = split_unmanaged(&desired, &mut observed, opts, &state_dir)?;
     let plan = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
         .map_err(|e| PassError::Plan(e.to_string()))?;

@@ -62,6 +62,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         allow_empty: false,
         lock_timeout: args.lock_timeout.map(Duration::from_secs),
         print: !args.json,
+        desired: None,
     };
     let prepared = reconcile::prepare(g, &opts)?;
     let reporter = Reporter::new(Mode::detect(args.json));

@@ -70,6 +70,12 @@ impl Engine for ReconcileEngine<'_> {
     }
 
     fn pass(&mut self, req: &PassRequest) -> Result<PassResult, String> {
+        if self.validated.is_none() {
+            return Err(format!(
+                "  × {} has not been validated; nothing was applied",
+                self.file.display()
+            ));
+        }
         let opts = ReconcileOptions {
             file: self.file.clone(),
             parallelism: self.parallelism.max(1),
@@ -80,6 +86,9 @@ impl Engine for ReconcileEngine<'_> {
                 Trigger::Startup | Trigger::Change => None,
             },
             print: false,
+            // Plan exactly what load() validated: a save after it is the
+            // next change, never planned unseen.
+            desired: self.validated.clone(),
         };
         let render = |report: miette::Report| format!("{report:?}");
         if req.hold.is_empty() {
@@ -87,16 +96,9 @@ impl Engine for ReconcileEngine<'_> {
                 .map(PassResult::from_outcome)
                 .map_err(render);
         }
-        // Holding VMs back: run reconcile's halves, and check in between that
-        // it read the file watch validated.
+        // Holding VMs back: run reconcile's halves with the held actions
+        // taken out in between.
         let mut prepared = reconcile::prepare(self.global, &opts).map_err(render)?;
-        if self.validated.as_ref() != Some(&prepared.desired) {
-            return Err(format!(
-                "  × {} changed while this pass was being planned; nothing was applied \
-                 (the new version is handled as the next change)",
-                self.file.display()
-            ));
-        }
         let back = hold_back(&mut prepared.plan, &req.hold);
         let reporter = Reporter::new(Mode::Quiet);
         let outcome = reconcile::execute(&prepared, opts.parallelism, &reporter).map_err(render)?;
@@ -146,33 +148,33 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_changed_after_validation_is_not_applied() {
+    fn a_pass_plans_what_was_validated_not_a_later_save() {
         let dir = tempfile::tempdir().unwrap();
         let g = Global {
             state_dir: Some(dir.path().join("state")),
         };
         let file = dir.path().join("vmctl.kdl");
-        std::fs::write(&file, "vm \"a\" { os \"diag\"; }\n").unwrap();
+        // autostart off everywhere, so applying needs no KVM.
+        std::fs::write(&file, "vm \"a\" { os \"diag\"; autostart #false; }\n").unwrap();
         let mut e = engine(&g, file.clone());
         assert_eq!(e.load().unwrap().vms, 1);
-        // Saved again between validation and the pass (with autostart off, so
-        // nothing would need KVM even if it were applied).
+        // Saved again between validation and the pass: the pass applies the
+        // validated version; the new save is the next change.
         std::fs::write(&file, "vm \"b\" { os \"diag\"; autostart #false; }\n").unwrap();
         let req = PassRequest {
-            trigger: Trigger::Drift,
+            trigger: Trigger::Change,
             prune: true,
             allow_empty: false,
-            hold: vec!["held".to_string()],
+            hold: Vec::new(),
         };
-        let err = e.pass(&req).unwrap_err();
-        assert!(
-            err.contains("changed while this pass was being planned"),
-            "{err}"
-        );
+        e.pass(&req).unwrap();
+        assert!(dir.path().join("state/vms/a/vm.json").exists());
         assert!(!dir.path().join("state/vms/b").exists());
-        // Without a load first, nothing is applied either.
+        // Without a load first, nothing is applied at all.
         let mut fresh = engine(&g, file);
-        assert!(fresh.pass(&req).is_err());
+        let err = fresh.pass(&req).unwrap_err();
+        assert!(err.contains("not been validated"), "{err}");
+        assert!(!dir.path().join("state/vms/b").exists());
     }
 
     #[test]
