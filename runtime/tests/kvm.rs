@@ -318,6 +318,23 @@ fn reset_reboots_in_the_same_process() {
     assert_no_vmm_files(&lab, "r");
 }
 
+/// A guest that dies (here `ud2` with an empty IDT: a triple fault) ends its
+/// VMM with a crash note saying where, and observe says crashed.
+fn guest_triple_fault_is_a_crash() {
+    let lab = Lab::new();
+    let k = lab.write("ud2.elf", &elf(&[0x0f, 0x0b]));
+    // It may die before or after the spawner sees it ready.
+    let _ = lab.rt.create(&lab.spec("tf", &k));
+    wait_for("the VMM to exit", || {
+        (lab.rt.observe("tf").unwrap().unwrap().live != Live::Running).then_some(())
+    });
+    assert_eq!(lab.rt.observe("tf").unwrap().unwrap().live, Live::Crashed);
+    let note = lab.rt.vm_dir("tf").read_exit_note().unwrap();
+    assert_eq!((note.reason.as_str(), note.code), ("crash", 2), "{note:?}");
+    assert!(note.detail.contains("rip 0x20000"), "{note:?}");
+    assert_no_vmm_files(&lab, "tf");
+}
+
 /// SIGTERM to a VMM is a graceful shutdown, not a crash.
 fn sigterm_shuts_down_gracefully() {
     let lab = Lab::new();
@@ -498,6 +515,10 @@ const TESTS: &[Test] = &[
     ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
     ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),
+    (
+        "guest_triple_fault_is_a_crash",
+        guest_triple_fault_is_a_crash,
+    ),
     (
         "sigterm_shuts_down_gracefully",
         sigterm_shuts_down_gracefully,

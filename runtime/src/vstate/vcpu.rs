@@ -192,6 +192,17 @@ impl Vcpu {
             match self.fd.run() {
                 Ok(exit) => {
                     if let Some(event) = handle_exit(index, exit, &ctx) {
+                        let event = match event {
+                            // Where the guest was helps whoever debugs it.
+                            VmEvent::Crash(what) => match self.fd.get_regs() {
+                                Ok(r) => VmEvent::Crash(format!(
+                                    "{what} at rip {:#x} rsp {:#x}",
+                                    r.rip, r.rsp
+                                )),
+                                Err(_) => VmEvent::Crash(what),
+                            },
+                            other => other,
+                        };
                         let _ = ctx.events.send(event);
                         // The VMM decides what happens next; this vCPU
                         // waits until it is stopped.
