@@ -194,6 +194,22 @@ impl Lab {
     }
 }
 
+/// A failed test must not leave VMM processes behind.
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for rec in self.rt.list().unwrap_or_default() {
+            let dir = self.rt.vm_dir(&rec.spec.name);
+            if let Some(pid) = dir
+                .read_pid()
+                .filter(|&p| vmctl_runtime::process::is_vmm_alive(p))
+            {
+                vmctl_runtime::process::signal(pid, libc::SIGKILL);
+                vmctl_runtime::process::wait_gone(pid, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Poll `f` until it returns Some (no timing assertion: a generous bound only
 /// turns a hang into a failure).
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
