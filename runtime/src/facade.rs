@@ -121,8 +121,16 @@ impl Runtime {
             return Ok(None);
         }
         let record = dir.read_record()?;
-        let pid = dir.read_pid();
-        let alive = pid.is_some_and(process::is_vmm_alive);
+        let mut pid = dir.read_pid();
+        let mut alive = pid.is_some_and(process::is_vmm_alive);
+        if !alive && process::vmm_lock_held(&dir.path) {
+            // A VMM is starting (its pid file is not written yet): wait for it
+            // rather than mistake it for a stopped or crashed VM.
+            if let Some(p) = process::wait_for_holder(&dir.path, process::READY_TIMEOUT) {
+                pid = Some(p);
+                alive = true;
+            }
+        }
         let (live, status) = if alive {
             (Live::Running, ApiClient::new(dir.api_sock()).status().ok())
         } else if pid.is_some() {
@@ -211,7 +219,7 @@ impl Runtime {
         if let (Live::Running, Some(pid)) = (obs.live, obs.pid) {
             return Ok(pid);
         }
-        remove_runtime_files(&dir);
+        // spawn() clears stale files itself, under the VM's lock.
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
         Ok(pid as i32)
     }

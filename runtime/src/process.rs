@@ -5,8 +5,16 @@
 //! the vmctl that started it. It is ready when `vmm.pid` exists and its
 //! control socket answers; if it exits first, the last lines of `vmm.log` say
 //! why.
+//!
+//! One VM, one VMM: the spawner takes an exclusive flock on `DIR/vmm.lock`
+//! and hands that descriptor to the VMM, which holds it for as long as it
+//! lives (the kernel drops it when the process dies, however it dies). A
+//! spawner that finds the lock held waits for that VMM instead of starting a
+//! second one — even when the vmctl that started it was killed before the
+//! VMM wrote its pid file.
 
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -67,9 +75,87 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The name of the per-VM lock file held by the VM's VMM.
+pub const VMM_LOCK: &str = "vmm.lock";
+
+/// Try to take `DIR/vmm.lock` exclusively; `Ok(None)` when a VMM holds it.
+fn try_vmm_lock(vm_dir: &Path) -> Result<Option<std::fs::File>, ProcessError> {
+    let path = vm_dir.join(VMM_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ProcessError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(ProcessError::Io { path, source: err })
+    }
+}
+
+/// Whether a VMM (running, or still starting) holds the VM's lock.
+pub fn vmm_lock_held(vm_dir: &Path) -> bool {
+    if !vm_dir.join(VMM_LOCK).exists() {
+        return false;
+    }
+    matches!(try_vmm_lock(vm_dir), Ok(None))
+}
+
+/// Wait (bounded) for the VMM that holds the lock to be ready; its pid, or
+/// `None` when the lock was released meanwhile (the VMM exited).
+pub fn wait_for_holder(vm_dir: &Path, timeout: Duration) -> Option<i32> {
+    let dir = VmDir::new(vm_dir);
+    let client = ApiClient::new(dir.api_sock()).with_timeout(Duration::from_secs(2));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(pid) = dir.read_pid().filter(|&p| is_vmm_alive(p))
+            && client.status().is_ok()
+        {
+            return Some(pid);
+        }
+        if !vmm_lock_held(vm_dir) || Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Files a dead VMM may have left behind.
+fn remove_stale_files(dir: &VmDir) {
+    for p in [dir.pid_file(), dir.api_sock(), dir.console_sock()] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// Start the VMM for `vm_dir` and wait until it is ready. Returns its pid.
+/// When a VMM already holds the VM's lock, waits for it and returns its pid
+/// instead of starting another.
 pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
     let dir = VmDir::new(vm_dir);
+    let lock = loop {
+        if let Some(lock) = try_vmm_lock(vm_dir)? {
+            break lock;
+        }
+        if let Some(pid) = wait_for_holder(vm_dir, READY_TIMEOUT) {
+            return Ok(pid as u32);
+        }
+        if vmm_lock_held(vm_dir) {
+            return Err(ProcessError::Timeout(READY_TIMEOUT));
+        }
+    };
+    // We hold the lock, so no VMM runs this VM: whatever it left is stale.
+    remove_stale_files(&dir);
+    let lock_fd = lock.as_raw_fd();
     let log_path = dir.vmm_log();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -98,9 +184,14 @@ pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
     }
     // SAFETY: setsid is async-signal-safe; it detaches the child from our
     // session and terminal so the VM outlives this process.
+    // The lock descriptor is made inheritable in the child only, so the VMM
+    // holds the VM's lock from before it runs until it dies.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(lock_fd, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -111,6 +202,8 @@ pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
         source,
     })?;
     let pid = child.id();
+    // The child has its own descriptor for the lock now.
+    drop(lock);
 
     let deadline = Instant::now() + READY_TIMEOUT;
     let client = ApiClient::new(dir.api_sock()).with_timeout(Duration::from_secs(2));
