@@ -56,13 +56,19 @@ pub fn sleep_ms(ms: u64) {
     }
 }
 
-/// Waits about `ms` milliseconds, asking the VMM to park the vCPU meanwhile
-/// (the idle port), so a polling guest costs the host almost nothing. What
-/// the VMM does not sleep is waited out on the TSC.
-pub fn idle_ms(ms: u64) {
-    let mut d = Deadline::after_ms(ms);
-    crate::cpu::outl(crate::layout::IDLE_PORT, ms.min(u64::from(u32::MAX)) as u32);
-    while !d.expired() {
-        pause();
+/// Whether the VMM parks the vCPU on the idle port (it answers a read with
+/// the magic value); asked once per wait — one exit, cheaper than guessing.
+pub fn vmm_idles() -> bool {
+    crate::cpu::inl(crate::layout::IDLE_PORT) == crate::layout::IDLE_MAGIC
+}
+
+/// Waits about `ms` milliseconds. Where the VMM supports the idle port
+/// (`idles`), it parks the vCPU for the interval, so a polling guest costs
+/// the host almost nothing; elsewhere the interval is waited out on the TSC.
+pub fn idle_ms(ms: u64, idles: bool) {
+    if idles {
+        crate::cpu::outl(crate::layout::IDLE_PORT, ms.min(u64::from(u32::MAX)) as u32);
+        return;
     }
+    sleep_ms(ms);
 }

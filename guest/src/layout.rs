@@ -60,6 +60,9 @@ pub const POWER_PORT: u16 = 0x600;
 /// for up to N ms (diag has no interrupts, so it cannot `hlt`). A VMM
 /// without it ignores the write and diag waits on the TSC instead.
 pub const IDLE_PORT: u16 = 0x610;
+/// A VMM that sleeps for the guest answers a 32-bit read of the idle port
+/// with "IDLE".
+pub const IDLE_MAGIC: u32 = 0x454c_4449;
 pub const POWER_OFF_VALUE: u8 = (5 << 2) | (1 << 5);
 
 /// The identity map the VMM sets up covers the first 4 GiB.

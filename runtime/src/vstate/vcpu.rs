@@ -17,7 +17,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
+use crate::arch::x86_64::{cpuid, interrupts, layout, msr, regs};
 use crate::devices::Bus;
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
@@ -104,6 +104,15 @@ impl VcpuControl {
             s.parked -= 1;
         }
         !s.stop
+    }
+
+    /// Park this vCPU thread for up to `d` (the guest's idle port), waking
+    /// early when a pause or stop is requested.
+    fn idle(&self, d: Duration) {
+        let Ok(s) = self.state.lock() else {
+            return;
+        };
+        let _ = self.cv.wait_timeout_while(s, d, |s| !s.paused && !s.stop);
     }
 
     /// Wait until `count` threads are parked, kicking `kick` meanwhile.
@@ -244,10 +253,26 @@ fn park_until_stopped(control: &VcpuControl) {
 /// Handle one exit; `Some(event)` when the VM must stop running.
 fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &ExitContext) -> Option<VmEvent> {
     match exit {
+        VcpuExit::IoIn(port, data) if port == layout::IDLE_PORT => {
+            let magic = layout::IDLE_MAGIC.to_le_bytes();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = magic.get(i).copied().unwrap_or(0);
+            }
+            None
+        }
         VcpuExit::IoIn(port, data) => {
             if !ctx.pio.read(u64::from(port), data) {
                 data.fill(0xff);
             }
+            None
+        }
+        VcpuExit::IoOut(port, data) if port == layout::IDLE_PORT => {
+            // Guest-controlled: any width, any value; capped.
+            let mut ms = [0u8; 4];
+            let n = data.len().min(4);
+            ms[..n].copy_from_slice(&data[..n]);
+            let ms = u64::from(u32::from_le_bytes(ms)).min(layout::IDLE_MAX_MS);
+            ctx.control.idle(Duration::from_millis(ms));
             None
         }
         VcpuExit::IoOut(port, data) => {

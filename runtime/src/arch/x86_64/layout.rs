@@ -46,6 +46,16 @@ pub const MEMORY_HOTPLUG_BASE: u64 = 0xd010_2000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 
+/// The idle port: a guest that polls with interrupts off (diag) writes a
+/// 32-bit millisecond count here and the VMM parks the vCPU thread for up to
+/// that long (capped at [`IDLE_MAX_MS`]), waking early for pause or stop. It
+/// is what `hlt` is to a guest with a timer interrupt.
+pub const IDLE_PORT: u16 = 0x610;
+pub const IDLE_MAX_MS: u64 = 50;
+/// What a 32-bit read of the idle port returns ("IDLE"), so a guest knows
+/// the VMM sleeps for it and need not wait out the interval itself.
+pub const IDLE_MAGIC: u32 = 0x454c_4449;
+
 /// Serial ports: COM1 is the console, COM2 the guest agent channel.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
