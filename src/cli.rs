@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "vmctl", version, about = "Declarative VM provisioner with its own KVM VMM")]
+#[command(
+    name = "vmctl",
+    version,
+    about = "Declarative VM provisioner with its own KVM VMM"
+)]
 pub struct Cli {
     /// State directory (default: .vmctl/ beside the KDL file).
     #[arg(long, global = true, env = "VMCTL_STATE_DIR")]

@@ -103,11 +103,16 @@ mod tests {
     #[test]
     fn routes_by_range_and_rejects_overlap() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Echo(1))), 0x100, 0x10).unwrap();
-        bus.insert(Arc::new(Mutex::new(Echo(7))), 0x110, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(1))), 0x100, 0x10)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(7))), 0x110, 0x10)
+            .unwrap();
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Echo(0))), 0x10f, 2),
-            Err(BusError::Overlap { base: 0x10f, len: 2 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 2
+            })
         );
         assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0x0, 0).is_err());
         let mut b = [0u8; 1];
