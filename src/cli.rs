@@ -49,6 +49,8 @@ pub enum Command {
     Logs(crate::cmd::logs::Args),
     /// Reconcile whenever the file changes.
     Watch(crate::cmd::watch::Args),
+    /// Show which changes are live, which restart a VM, and why.
+    Explain(crate::cmd::explain::Args),
     /// Build, list and remove boot images (debian-12).
     Image(crate::cmd::image::Args),
     /// Run one VMM (internal: started by vmctl itself).

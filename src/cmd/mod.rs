@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod console;
 pub mod destroy;
+pub mod explain;
 pub mod image;
 pub mod logs;
 pub mod plan;
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Console(a) => console::run(&g, a),
         Command::Logs(a) => logs::run(&g, a),
         Command::Watch(a) => watch::run(&g, a),
+        Command::Explain(a) => explain::run(&g, a),
         Command::Image(a) => image::run(&g, a),
         Command::Vmm(a) => vmm::run(&g, a),
     }
