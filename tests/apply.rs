@@ -200,6 +200,19 @@ fn lifecycle_apply_noop_restart_remove_crash_heal_destroy() {
     // re-apply is a no-op; plan --detailed-exitcode says 0.
     let out = lab.ok(&["apply", "--auto-approve"]);
     assert!(out.contains("No changes"), "{out}");
+    let json = lab.run(&["apply", "--auto-approve", "--json"]);
+    let events: Vec<Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every --json line is a JSON object"))
+        .collect();
+    assert_eq!(
+        events.first().map(|e| e["event"].clone()),
+        Some("plan".into())
+    );
+    let last = events.last().expect("a summary event");
+    assert_eq!(last["event"], "summary");
+    assert_eq!(last["no_changes"], true);
+    assert!(events.iter().all(|e| e["format_version"] == "1"));
     let plan = lab.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(
         plan.status.code(),
@@ -208,14 +221,22 @@ fn lifecycle_apply_noop_restart_remove_crash_heal_destroy() {
         String::from_utf8_lossy(&plan.stdout)
     );
 
-    // memory change beyond max → restart → the guest reports the new size.
+    // memory change beyond max → restart → the guest reports the new size;
+    // --json reports the restart as started + finished events.
     let old_pid = lab.vm("beta")["pid"].clone();
     lab.write(&lab_kdl("384MiB", true));
     let plan = lab.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(text.contains("~! beta restart"), "{text}");
-    lab.ok(&["apply", "--auto-approve"]);
+    let json = lab.run(&["apply", "--auto-approve", "--json"]);
+    assert!(json.status.success());
+    let text = String::from_utf8_lossy(&json.stdout);
+    assert!(
+        text.contains(r#""action":"beta:restart","event":"started""#),
+        "{text}"
+    );
+    assert!(text.contains(r#""event":"finished""#), "{text}");
     let beta = lab.wait_guest("beta", 2, 384);
     assert_ne!(beta["pid"], old_pid, "a restart runs a new VMM");
 
