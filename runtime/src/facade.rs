@@ -298,12 +298,6 @@ mod tests {
 
     fn spec(name: &str, autostart: bool) -> VmSpec {
         VmSpec {
-            name: name.into(),
-            os: "diag".into(),
-            cpus: 1,
-            max_cpus: 1,
-            memory_mib: 128,
-            max_memory_mib: 128,
             disks: vec![DiskSpec {
                 name: "root".into(),
                 size_bytes: 8 << 30,
@@ -311,11 +305,8 @@ mod tests {
                 path: None,
                 source: None,
             }],
-            depends_on: vec![],
-            copy_from: None,
-            cpu_weight: 100,
             autostart,
-            image: None,
+            ..VmSpec::diag(name)
         }
     }
 

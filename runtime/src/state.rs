@@ -235,12 +235,6 @@ mod tests {
 
     pub(crate) fn spec(name: &str) -> VmSpec {
         VmSpec {
-            name: name.into(),
-            os: "diag".into(),
-            cpus: 1,
-            max_cpus: 1,
-            memory_mib: 128,
-            max_memory_mib: 128,
             disks: vec![DiskSpec {
                 name: "root".into(),
                 size_bytes: 1 << 20,
@@ -248,11 +242,7 @@ mod tests {
                 path: None,
                 source: None,
             }],
-            depends_on: vec![],
-            copy_from: None,
-            cpu_weight: 100,
-            autostart: true,
-            image: None,
+            ..VmSpec::diag(name)
         }
     }
 

@@ -148,40 +148,24 @@ impl Lab {
 
     fn spec(&self, name: &str, kernel: &Path) -> VmSpec {
         VmSpec {
-            name: name.into(),
             os: "testprog".into(),
-            cpus: 1,
-            max_cpus: 1,
-            memory_mib: 128,
-            max_memory_mib: 128,
-            disks: vec![],
-            depends_on: vec![],
-            copy_from: None,
-            cpu_weight: 100,
-            autostart: true,
             image: Some(ImageSpec {
                 name: "testprog".into(),
                 kernel: kernel.to_path_buf(),
                 initrd: None,
                 cmdline: "console=ttyS0".into(),
             }),
+            ..VmSpec::diag(name)
         }
     }
 
     fn diag(&self, name: &str, cpus: u32, memory_mib: u64) -> VmSpec {
         VmSpec {
-            name: name.into(),
-            os: "diag".into(),
             cpus,
             max_cpus: cpus,
             memory_mib,
             max_memory_mib: memory_mib,
-            disks: vec![],
-            depends_on: vec![],
-            copy_from: None,
-            cpu_weight: 100,
-            autostart: true,
-            image: None,
+            ..VmSpec::diag(name)
         }
     }
 

@@ -60,6 +60,28 @@ pub struct VmSpec {
     pub image: Option<ImageSpec>,
 }
 
+impl VmSpec {
+    /// What `vm "name" { os "diag" }` resolves to: the built-in diag guest
+    /// with its profile's defaults (1 vCPU, 128 MiB, no disk, cpu-weight 100).
+    /// Start here and override fields with struct-update syntax.
+    pub fn diag(name: impl Into<String>) -> Self {
+        VmSpec {
+            name: name.into(),
+            os: "diag".into(),
+            cpus: 1,
+            max_cpus: 1,
+            memory_mib: 128,
+            max_memory_mib: 128,
+            disks: Vec::new(),
+            depends_on: Vec::new(),
+            copy_from: None,
+            cpu_weight: 100,
+            autostart: true,
+            image: None,
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }

@@ -248,3 +248,15 @@ fn json_round_trip_of_examples() {
         }
     }
 }
+
+#[test]
+fn vmspec_diag_is_what_a_bare_diag_vm_resolves_to() {
+    let loaded = vmctl_spec::parse_str(
+        "t.kdl",
+        "vm \"probe\" {\n    os \"diag\"\n}\n",
+        std::path::Path::new("/"),
+        64,
+    )
+    .expect("valid");
+    assert_eq!(loaded.state.vms, vec![vmctl_spec::VmSpec::diag("probe")]);
+}

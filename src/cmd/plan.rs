@@ -93,20 +93,7 @@ mod tests {
     use vmctl_spec::VmSpec;
 
     fn vm(name: &str) -> VmSpec {
-        VmSpec {
-            name: name.into(),
-            os: "diag".into(),
-            cpus: 1,
-            max_cpus: 1,
-            memory_mib: 128,
-            max_memory_mib: 128,
-            disks: vec![],
-            depends_on: vec![],
-            copy_from: None,
-            cpu_weight: 100,
-            autostart: true,
-            image: None,
-        }
+        VmSpec::diag(name)
     }
 
     fn desired(vms: Vec<VmSpec>) -> DesiredState {

@@ -7,20 +7,7 @@ use vmctl_spec::{DesiredState, DiskFormat, DiskSpec, VmSpec};
 pub const GIB: u64 = 1 << 30;
 
 pub fn vm(name: &str) -> VmSpec {
-    VmSpec {
-        name: name.into(),
-        os: "diag".into(),
-        cpus: 1,
-        max_cpus: 1,
-        memory_mib: 128,
-        max_memory_mib: 128,
-        disks: vec![],
-        depends_on: vec![],
-        copy_from: None,
-        cpu_weight: 100,
-        autostart: true,
-        image: None,
-    }
+    VmSpec::diag(name)
 }
 
 pub fn debian(name: &str) -> VmSpec {
