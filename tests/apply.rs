@@ -197,6 +197,29 @@ fn lifecycle_apply_noop_restart_remove_crash_heal_destroy() {
     lab.wait_guest("gamma", 1, 64);
     assert_eq!(lab.vmm_pids().len(), 3);
 
+    // logs prints the console log; console (piped) types into COM1 and shows
+    // the answer (diag reprints its summary on any key).
+    let logs = lab.ok(&["logs", "alpha"]);
+    assert!(logs.contains("diag: cpus=1"), "{logs}");
+    let mut console = lab
+        .cmd(&["console", "beta"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn console");
+    {
+        use std::io::Write;
+        let mut stdin = console.stdin.take().expect("stdin");
+        stdin.write_all(b"\r").expect("type a key");
+    }
+    let out = console
+        .wait_with_output()
+        .expect("console exits after its input");
+    assert!(out.status.success());
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(seen.contains("diag: cpus=2"), "console showed: {seen}");
+
     // re-apply is a no-op; plan --detailed-exitcode says 0.
     let out = lab.ok(&["apply", "--auto-approve"]);
     assert!(out.contains("No changes"), "{out}");

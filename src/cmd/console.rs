@@ -6,12 +6,20 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::cli::FileArg;
 use crate::cmd::Global;
 
 /// Ctrl-] — the telnet/virsh detach key.
 const DETACH: u8 = 0x1d;
+/// With piped input: detach once the console has been quiet this long after
+/// the input ended…
+const QUIET: Duration = Duration::from_millis(300);
+/// …or this long after it ended, whichever comes first.
+const ANSWER_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -94,6 +102,9 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let mut reader = stream
         .try_clone()
         .map_err(|e| miette::miette!("cannot use the console socket: {e}"))?;
+    let started = Instant::now();
+    let last_output = Arc::new(AtomicU64::new(0));
+    let seen = last_output.clone();
     let output = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut out = std::io::stdout();
@@ -101,6 +112,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
             if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
                 break;
             }
+            seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
     });
 
@@ -125,9 +137,18 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         let _ = writer.shutdown(std::net::Shutdown::Both);
         eprintln!("\r\nDetached from {}; the VM keeps running.\r", args.name);
     } else {
-        // Piped input: let the guest answer, then stop when it goes quiet.
-        let _ = writer.shutdown(std::net::Shutdown::Write);
-        let _ = writer.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+        // Piped input ended: let the guest answer, then detach once the
+        // console has been quiet for QUIET (at most ANSWER_WAIT).
+        let eof = started.elapsed();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = started.elapsed();
+            let last = Duration::from_millis(last_output.load(Ordering::Relaxed));
+            if now >= eof + ANSWER_WAIT || (now >= eof + QUIET && now.saturating_sub(last) >= QUIET)
+            {
+                break;
+            }
+        }
         let _ = writer.shutdown(std::net::Shutdown::Both);
     }
     let _ = output.join();
