@@ -682,6 +682,33 @@ impl Reader<'_> {
         Some(s)
     }
 
+    /// Checks one child of a block: an unknown name, or a second copy of a
+    /// node that may appear once (all but `repeatable`), is reported. True
+    /// when the child is to be read.
+    fn accept_child<'k>(
+        &mut self,
+        child: &'k KdlNode,
+        place: &str,
+        known: &[&str],
+        repeatable: &[&str],
+        seen: &mut Vec<(&'k str, SourceSpan)>,
+    ) -> bool {
+        let name = child.name().value();
+        if !known.contains(&name) {
+            self.unknown_node(child, name, place, known);
+            return false;
+        }
+        if repeatable.contains(&name) {
+            return true;
+        }
+        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
+            self.duplicate_node(child, *first);
+            return false;
+        }
+        seen.push((name, child.name().span()));
+        true
+    }
+
     fn duplicate_node(&mut self, node: &KdlNode, first: SourceSpan) {
         let n = node.name().value();
         self.sink.push(
@@ -699,17 +726,10 @@ impl Reader<'_> {
         let mut d = RawDefaults::default();
         let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
         for child in node.iter_children() {
-            let name = child.name().value();
-            if !DEFAULTS_NODES.contains(&name) {
-                self.unknown_node(child, name, "`defaults`", DEFAULTS_NODES);
+            if !self.accept_child(child, "`defaults`", DEFAULTS_NODES, &[], &mut seen) {
                 continue;
             }
-            if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
-                self.duplicate_node(child, *first);
-                continue;
-            }
-            seen.push((name, child.name().span()));
-            match name {
+            match child.name().value() {
                 "memory" => d.memory = self.memory(child),
                 "cpus" => d.cpus = self.cpus(child),
                 _ => d.cpu_weight = self.cpu_weight(child),
@@ -726,18 +746,11 @@ impl Reader<'_> {
         let mut cmdline = None;
         let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
         for child in node.iter_children() {
-            let n = child.name().value();
-            if !IMAGE_NODES.contains(&n) {
-                self.unknown_node(child, n, "`image`", IMAGE_NODES);
+            if !self.accept_child(child, "`image`", IMAGE_NODES, &[], &mut seen) {
                 continue;
             }
-            if let Some((_, first)) = seen.iter().find(|(s, _)| *s == n) {
-                self.duplicate_node(child, *first);
-                continue;
-            }
-            seen.push((n, child.name().span()));
             let v = self.string_node(child);
-            match n {
+            match child.name().value() {
                 "kernel" => kernel = v,
                 "initrd" => initrd = v,
                 _ => cmdline = v,
@@ -844,19 +857,10 @@ impl Reader<'_> {
         };
         let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
         for child in node.iter_children() {
-            let n = child.name().value();
-            if !VM_NODES.contains(&n) {
-                self.unknown_node(child, n, "`vm`", VM_NODES);
+            if !self.accept_child(child, "`vm`", VM_NODES, &["disk", "depends-on"], &mut seen) {
                 continue;
             }
-            if n != "disk" && n != "depends-on" {
-                if let Some((_, first)) = seen.iter().find(|(s, _)| *s == n) {
-                    self.duplicate_node(child, *first);
-                    continue;
-                }
-                seen.push((n, child.name().span()));
-            }
-            match n {
+            match child.name().value() {
                 "os" => {
                     vm.os_written = true;
                     vm.os = self.string_node(child);
