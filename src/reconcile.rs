@@ -96,15 +96,7 @@ pub struct Prepared {
 pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> {
     let desired = match &opts.desired {
         Some(d) => d.clone(),
-        None => {
-            let loaded = vmctl_spec::load_file(&opts.file)?;
-            if opts.print {
-                for w in &loaded.warnings {
-                    eprintln!("{w:?}");
-                }
-            }
-            loaded.state
-        }
+        None => crate::cmd::load(&opts.file)?.state,
     };
     let state_dir = g.state_dir_for(&opts.file);
     let lock = crate::lock::acquire(&state_dir, opts.lock_timeout)?;

@@ -2,7 +2,6 @@
 //! whether it is applied live, needs a restart, a replace, or is refused, and
 //! why. It is the same table the planner decides with.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cmd::Global;
@@ -11,13 +10,8 @@ use crate::cmd::Global;
 pub struct Args {}
 
 pub fn run(_g: &Global, _args: Args) -> miette::Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(vmctl_planner::capabilities::markdown().as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(miette::miette!("cannot write to stdout: {e}"))
-        }
-        _ => Ok(ExitCode::SUCCESS),
-    }
+    crate::cmd::print_stdout(&vmctl_planner::capabilities::markdown())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -38,6 +38,29 @@ impl Global {
     }
 }
 
+/// Load and validate a KDL file, printing its warnings to stderr; errors come
+/// back as the file's diagnostics.
+pub fn load(file: &Path) -> miette::Result<vmctl_spec::Loaded> {
+    let loaded = vmctl_spec::load_file(file)?;
+    for w in &loaded.warnings {
+        eprintln!("{w:?}");
+    }
+    Ok(loaded)
+}
+
+/// Write `text` to stdout. A closed pipe (`vmctl plan | head`) is not an
+/// error.
+pub fn print_stdout(text: &str) -> miette::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(miette::miette!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.verbose {
         0 => "warn",

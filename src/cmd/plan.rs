@@ -5,7 +5,6 @@
 //! `vmctl-planner` and prints the text or JSON plan. Exit codes follow the
 //! contract: 0 ok, 1 error; with `--detailed-exitcode` 0 no changes, 2 changes.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use vmctl_planner::{Backend, Capabilities, ObservedState, Plan, render};
@@ -27,10 +26,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let loaded = vmctl_spec::load_file(&args.file.file)?;
-    for w in &loaded.warnings {
-        eprintln!("{w:?}");
-    }
+    let loaded = crate::cmd::load(&args.file.file)?;
     let state_dir = g.state_dir_for(&args.file.file);
     let backend = crate::backend::open(&state_dir)
         .map_err(|e| miette::miette!("cannot open {}: {e}", state_dir.display()))?;
@@ -40,13 +36,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let (text, changes) =
         render_plan(&loaded.state, &observed, &backend.capabilities(), args.json)?;
 
-    // A closed pipe (`vmctl plan | head`) is not an error.
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(miette::miette!("cannot write to stdout: {e}")),
-    }
+    crate::cmd::print_stdout(&text)?;
     Ok(exit_code(changes, args.detailed_exitcode))
 }
 

@@ -2,7 +2,6 @@
 //! crashed), its VMM, the resources the VMM gave it, and what the guest itself
 //! reports over its agent channel.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
@@ -80,17 +79,15 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let observed = backend
         .observe()
         .map_err(|e| miette::miette!("cannot observe the VMs in {}: {e}", state_dir.display()))?;
-    let mut out = std::io::stdout().lock();
-    let res = if args.json {
+    let text = if args.json {
         let vms: Vec<Value> = observed.vms.values().map(vm_json).collect();
         let doc = json!({"format_version": vmctl_spec::FORMAT_VERSION, "vms": vms});
-        writeln!(
-            out,
-            "{}",
+        format!(
+            "{}\n",
             serde_json::to_string_pretty(&doc).unwrap_or_default()
         )
     } else if observed.vms.is_empty() {
-        writeln!(out, "No VMs in {}.", state_dir.display())
+        format!("No VMs in {}.\n", state_dir.display())
     } else {
         let mut text = String::new();
         for vm in observed.vms.values() {
@@ -118,12 +115,8 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
                 ));
             }
         }
-        write!(out, "{text}")
+        text
     };
-    match res {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(miette::miette!("cannot write to stdout: {e}"))
-        }
-        _ => Ok(ExitCode::SUCCESS),
-    }
+    crate::cmd::print_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,6 @@
 //! [`vmctl_spec::DesiredState`] (the `validate --json` contract). Warnings go to
 //! stderr as miette reports; problems are returned as one report (exit 1).
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use vmctl_spec::units::{format_mib, format_size};
@@ -23,10 +22,7 @@ pub struct Args {
 }
 
 pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let loaded = vmctl_spec::load_file(&args.file.file)?;
-    for w in &loaded.warnings {
-        eprintln!("{w:?}");
-    }
+    let loaded = crate::cmd::load(&args.file.file)?;
     let text = if args.json {
         let mut t = serde_json::to_string_pretty(&loaded.state)
             .map_err(|e| miette::miette!("cannot render the desired state as JSON: {e}"))?;
@@ -40,13 +36,7 @@ pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
             loaded.state.vms.len()
         )
     };
-    // A closed pipe (`vmctl validate --json | head`) is not an error.
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(miette::miette!("cannot write to stdout: {e}")),
-    }
+    crate::cmd::print_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
