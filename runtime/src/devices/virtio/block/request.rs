@@ -278,12 +278,14 @@ fn execute(
     }
 }
 
-fn copy_file_to_guest(
-    file: &File,
-    mut offset: u64,
-    mem: &GuestMemory,
+/// Walk `seg` in chunks of at most `buf.len()` bytes, calling `step` with
+/// each chunk's buffer, guest address and file offset. Every address and
+/// offset step is overflow-checked (the segment comes from the guest).
+fn for_each_chunk(
     seg: Seg,
+    mut offset: u64,
     buf: &mut [u8],
+    mut step: impl FnMut(&mut [u8], GuestAddress, u64) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let mut left = seg.len;
     let mut addr = seg.addr;
@@ -292,14 +294,25 @@ fn copy_file_to_guest(
         if n == 0 {
             return Err(Failure::IoErr);
         }
-        let chunk = &mut buf[..n];
-        read_at_zero_fill(file, chunk, offset)?;
-        mem.write_slice(chunk, addr).map_err(|_| Failure::IoErr)?;
+        step(&mut buf[..n], addr, offset)?;
         left -= n as u64;
-        offset += n as u64;
+        offset = offset.checked_add(n as u64).ok_or(Failure::IoErr)?;
         addr = addr.checked_add(n as u64).ok_or(Failure::IoErr)?;
     }
     Ok(())
+}
+
+fn copy_file_to_guest(
+    file: &File,
+    offset: u64,
+    mem: &GuestMemory,
+    seg: Seg,
+    buf: &mut [u8],
+) -> Result<(), Failure> {
+    for_each_chunk(seg, offset, buf, |chunk, addr, offset| {
+        read_at_zero_fill(file, chunk, offset)?;
+        mem.write_slice(chunk, addr).map_err(|_| Failure::IoErr)
+    })
 }
 
 /// Read `buf.len()` bytes at `offset`; bytes past the end of the file (a
@@ -327,27 +340,16 @@ fn copy_guest_to_file(
     mem: &GuestMemory,
     seg: Seg,
     file: &File,
-    mut offset: u64,
+    offset: u64,
     buf: &mut [u8],
 ) -> Result<(), Failure> {
-    let mut left = seg.len;
-    let mut addr = seg.addr;
-    while left > 0 {
-        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-        if n == 0 {
-            return Err(Failure::IoErr);
-        }
-        let chunk = &mut buf[..n];
+    for_each_chunk(seg, offset, buf, |chunk, addr, offset| {
         mem.read_slice(chunk, addr).map_err(|_| Failure::IoErr)?;
         file.write_all_at(chunk, offset).map_err(|e| {
             tracing::warn!(error = %e, offset, "virtio-blk: write failed");
             Failure::IoErr
-        })?;
-        left -= n as u64;
-        offset += n as u64;
-        addr = addr.checked_add(n as u64).ok_or(Failure::IoErr)?;
-    }
-    Ok(())
+        })
+    })
 }
 
 #[cfg(test)]
