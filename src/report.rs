@@ -110,7 +110,13 @@ impl Reporter {
     fn finish_bar(&self, id: &str, msg: String) {
         let pb = self.bars.lock().ok().and_then(|mut b| b.remove(id));
         match pb {
-            Some(pb) => pb.finish_with_message(msg),
+            Some(pb) => {
+                // The message carries the duration; drop the live timer.
+                if let Ok(style) = ProgressStyle::with_template("  {msg}") {
+                    pb.set_style(style);
+                }
+                pb.finish_with_message(msg)
+            }
             None => {
                 let _ = self.multi.println(msg);
             }
