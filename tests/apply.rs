@@ -435,3 +435,43 @@ fn apply_killed_at_random_points_is_completed_by_the_next_apply() {
         );
     }
 }
+
+#[test]
+fn refused_copies_fail_apply_and_external_disks_survive_destroy() {
+    // autostart off: nothing boots, so this needs no KVM.
+    let lab = Lab::new(
+        r#"
+vm "web" {
+    os "diag"
+    memory "64MiB"
+    disk "data" size="16MiB" path="ext.raw"
+    autostart #false
+}
+vm "web-2" {
+    copy-from "web"
+}
+"#,
+    );
+    let ext = lab.dir.path().join("ext.raw");
+    let out = lab.run(&["apply", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1), "a refused change fails apply");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 change(s) refused"), "{err}");
+    assert!(err.contains("web-2: runtime cannot copy VMs"), "{err}");
+    assert!(
+        lab.state().join("vms/web/vm.json").exists(),
+        "the rest was applied"
+    );
+    assert_eq!(
+        std::fs::metadata(&ext).map(|m| m.len()).ok(),
+        Some(16 << 20)
+    );
+
+    lab.ok(&["destroy", "--auto-approve"]);
+    assert!(!lab.state().join("vms/web").exists());
+    assert!(ext.exists(), "a disk outside the state directory is kept");
+
+    let _ = lab.run(&["apply", "--auto-approve"]);
+    lab.ok(&["destroy", "--auto-approve", "--delete-external-disks"]);
+    assert!(!ext.exists(), "--delete-external-disks deletes it");
+}

@@ -67,6 +67,15 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let prepared = reconcile::prepare(g, &opts)?;
     let reporter = Reporter::new(Mode::detect(args.json));
     let summary = prepared.plan.summary();
+    // Refused changes (a disk shrink, a copy the runtime cannot make) are
+    // errors: reported by name, and apply exits 1 once the rest is applied.
+    let refused: Vec<String> = prepared
+        .plan
+        .actions
+        .iter()
+        .filter(|a| a.is_refused())
+        .map(|a| format!("{}: {}", a.vm, a.reason.as_deref().unwrap_or("refused")))
+        .collect();
 
     if args.json {
         reporter.json_line(json!({"event": "plan", "plan": render::json(&prepared.plan)}));
@@ -75,11 +84,10 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     }
     if !summary.has_actions() {
         if args.json {
-            reporter.json_line(
-                json!({"event": "summary", "no_changes": true, "succeeded": 0, "failed": 0}),
-            );
+            reporter.json_line(json!({"event": "summary", "no_changes": refused.is_empty(),
+                "succeeded": 0, "failed": 0, "refused": refused.len()}));
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(refused_exit(&refused, args.json));
     }
     if !args.auto_approve && !confirm("perform these actions")? {
         println!("Apply cancelled.");
@@ -93,6 +101,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
             "succeeded": out.succeeded,
             "failed": out.failed,
             "errors": out.errors,
+            "refused": refused.len(),
             "duration_ms": out.apply_time.as_millis() as u64,
         }));
     } else if out.failed == 0 {
@@ -112,9 +121,27 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
             println!("  {e}");
         }
     }
+    let code = refused_exit(&refused, args.json);
     Ok(if out.failed == 0 {
-        ExitCode::SUCCESS
+        code
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Name every refused change; exit 1 if there is any.
+fn refused_exit(refused: &[String], json: bool) -> ExitCode {
+    if refused.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if !json {
+        eprintln!(
+            "\nError: {} change(s) refused (everything else was applied):",
+            refused.len()
+        );
+        for r in refused {
+            eprintln!("  {r}");
+        }
+    }
+    ExitCode::from(1)
 }
