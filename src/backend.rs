@@ -150,7 +150,9 @@ impl Backend for RuntimeBackend {
             hot_add_cpu: c.hot_add_cpu,
             hot_add_memory: c.hot_add_memory,
             live_disk_resize: c.live_disk_resize,
-            live_cpu_weight: c.live_cpu_weight,
+            // The weight is a cgroup write done from vmctl's side, so it is
+            // live wherever the host lets vmctl use the cpu controller.
+            live_cpu_weight: c.live_cpu_weight || Runtime::host_can_set_cpu_weight(),
             copy: false,
         }
     }
@@ -193,8 +195,8 @@ impl Backend for RuntimeBackend {
         Err(Self::unsupported("live disk resize"))
     }
 
-    fn set_cpu_weight(&self, _name: &str, _weight: u32) -> Result<(), BackendError> {
-        Err(Self::unsupported("live cpu-weight change"))
+    fn set_cpu_weight(&self, name: &str, weight: u32) -> Result<(), BackendError> {
+        self.rt()?.set_cpu_weight(name, weight).map_err(err)
     }
 
     fn copy(&self, _source: &str, _new: &VmSpec) -> Result<(), BackendError> {

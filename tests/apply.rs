@@ -475,3 +475,52 @@ vm "web-2" {
     lab.ok(&["destroy", "--auto-approve", "--delete-external-disks"]);
     assert!(!ext.exists(), "--delete-external-disks deletes it");
 }
+
+#[test]
+fn cpu_weight_is_enforced_by_cgroup_and_changed_live() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(ctl) = vmctl_runtime::cgroup::CpuController::usable() else {
+        println!("skipped: no writable cpu cgroup controller on this host");
+        return;
+    };
+    let kdl = |w: u32| {
+        format!("vm \"w\" {{\n    os \"diag\"\n    memory \"64MiB\"\n    cpu-weight {w}\n}}\n")
+    };
+    let lab = Lab::new(&kdl(200));
+    lab.ok(&["apply", "--auto-approve"]);
+    let w = lab.wait_guest("w", 1, 64);
+    let group = ctl.group("w", &lab.state().join("vms/w"));
+    let in_group = |pid: &Value| {
+        let procs = std::fs::read_to_string(group.path.join("cgroup.procs")).unwrap_or_default();
+        procs
+            .lines()
+            .any(|l| Some(l.trim()) == pid.as_i64().map(|p| p.to_string()).as_deref())
+    };
+    assert!(
+        in_group(&w["pid"]),
+        "the VMM runs in its cgroup {}",
+        group.path.display()
+    );
+    let expect = |weight: u32| match ctl {
+        vmctl_runtime::cgroup::CpuController::V2(_) => u64::from(weight),
+        vmctl_runtime::cgroup::CpuController::V1(_) => {
+            vmctl_runtime::cgroup::weight_to_shares(weight)
+        }
+    };
+    assert_eq!(group.raw_weight(), Some(expect(200)));
+
+    // A weight change is live: planned as such, applied without a restart.
+    lab.write(&kdl(50));
+    let plan = lab.ok(&["plan"]);
+    assert!(plan.contains("~ w set-cpu-weight"), "{plan}");
+    lab.ok(&["apply", "--auto-approve"]);
+    let after = lab.vm("w");
+    assert_eq!(after["pid"], w["pid"], "no restart");
+    assert_eq!(after["cpu_weight"], 50);
+    assert_eq!(group.raw_weight(), Some(expect(50)));
+
+    lab.ok(&["destroy", "--auto-approve"]);
+    assert!(!group.path.exists(), "the group is removed with the VM");
+}

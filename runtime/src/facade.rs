@@ -9,6 +9,7 @@ use std::time::Duration;
 use vmctl_spec::model::VmSpec;
 
 use crate::api::{ApiClient, Status};
+use crate::cgroup::CpuController;
 use crate::process::{self, ProcessError, VmmCommand};
 use crate::state::{Desired, StateDir, StateError, VmDir, VmRecord};
 
@@ -29,6 +30,10 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("this host has no writable cpu cgroup controller: cpu-weight cannot be changed live")]
+    NoCpuController,
     #[error("VM {name:?} is {state}; refusing to {action}")]
     Busy {
         name: String,
@@ -80,6 +85,8 @@ pub struct Observed {
 pub struct Runtime {
     state: StateDir,
     vmm: Option<VmmCommand>,
+    /// The host's cpu cgroup controller, if vmctl can use it.
+    cpu: Option<CpuController>,
 }
 
 impl Runtime {
@@ -88,7 +95,11 @@ impl Runtime {
         let state = StateDir::new(state_dir);
         let vms = state.vms_dir();
         std::fs::create_dir_all(&vms).map_err(io(&vms))?;
-        Ok(Runtime { state, vmm: None })
+        Ok(Runtime {
+            state,
+            vmm: None,
+            cpu: CpuController::usable(),
+        })
     }
 
     /// Use `cmd` to start VMMs instead of re-executing this binary.
@@ -221,6 +232,7 @@ impl Runtime {
         }
         // spawn() clears stale files itself, under the VM's lock.
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
+        self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);
         Ok(pid as i32)
     }
 
@@ -247,6 +259,9 @@ impl Runtime {
             }
         }
         remove_runtime_files(&dir);
+        if let Some(ctl) = &self.cpu {
+            ctl.group(name, &dir.path).remove();
+        }
         Ok(())
     }
 
@@ -277,7 +292,52 @@ impl Runtime {
                 }
             }
         }
+        if let Some(ctl) = &self.cpu {
+            ctl.group(name, &dir.path).remove();
+        }
         std::fs::remove_dir_all(&dir.path).map_err(io(&dir.path))?;
+        Ok(())
+    }
+
+    /// Whether this host lets vmctl enforce (and live-change) `cpu-weight`.
+    /// Asks the host without writing anything (`vmctl plan` writes nothing).
+    pub fn host_can_set_cpu_weight() -> bool {
+        CpuController::usable().is_some()
+    }
+
+    /// Put the VM's VMM in its cgroup with `weight`. A host that refuses is
+    /// logged, not fatal: the VM runs, unweighted.
+    fn enforce_cpu_weight(&self, name: &str, pid: u32, weight: u32) {
+        let Some(ctl) = &self.cpu else {
+            return;
+        };
+        let group = ctl.group(name, &self.state.vm(name).path);
+        if let Err(e) = group.place(pid, weight) {
+            tracing::warn!(vm = name, error = %e, "cpu-weight not enforced");
+        }
+    }
+
+    /// Change a running VM's CPU share (live) and record it. On a stopped VM
+    /// only the record changes; the weight applies at its next start.
+    pub fn set_cpu_weight(&self, name: &str, weight: u32) -> Result<(), RuntimeError> {
+        let Some(obs) = self.observe(name)? else {
+            return Err(RuntimeError::NoSuchVm(name.into()));
+        };
+        let dir = self.state.vm(name);
+        if obs.live == Live::Running {
+            let Some(ctl) = &self.cpu else {
+                return Err(RuntimeError::NoCpuController);
+            };
+            let group = ctl.group(name, &dir.path);
+            group.set_weight(weight)?;
+            if let Some(pid) = obs.pid.and_then(|p| u32::try_from(p).ok()) {
+                // Idempotent; covers a VMM started before the group existed.
+                group.add_process(pid)?;
+            }
+        }
+        let mut rec = obs.record;
+        rec.spec.cpu_weight = weight;
+        dir.write_record(&rec)?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 pub mod acpi;
 pub mod api;
 pub mod arch;
+pub mod cgroup;
 pub mod devices;
 pub mod diag;
 pub mod facade;

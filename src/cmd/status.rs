@@ -48,6 +48,7 @@ pub fn vm_json(vm: &ObservedVm) -> Value {
         "max_cpus": spec.max_cpus,
         "memory_mib": if running { vm.live.memory_mib.unwrap_or(spec.memory_mib) } else { spec.memory_mib },
         "max_memory_mib": spec.max_memory_mib,
+        "cpu_weight": spec.cpu_weight,
         "disks": disks,
         "guest": vm.live.guest,
     })
