@@ -191,8 +191,8 @@ impl Backend for RuntimeBackend {
         Err(Self::unsupported("memory hot-add"))
     }
 
-    fn resize_disk(&self, _name: &str, _disk: &str, _size_bytes: u64) -> Result<(), BackendError> {
-        Err(Self::unsupported("live disk resize"))
+    fn resize_disk(&self, name: &str, disk: &str, size_bytes: u64) -> Result<(), BackendError> {
+        self.rt()?.resize_disk(name, disk, size_bytes).map_err(err)
     }
 
     fn set_cpu_weight(&self, name: &str, weight: u32) -> Result<(), BackendError> {

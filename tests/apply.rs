@@ -524,3 +524,49 @@ fn cpu_weight_is_enforced_by_cgroup_and_changed_live() {
     lab.ok(&["destroy", "--auto-approve"]);
     assert!(!group.path.exists(), "the group is removed with the VM");
 }
+
+#[test]
+fn a_disk_grows_live_and_the_guest_sees_it() {
+    if !kvm_available() {
+        return;
+    }
+    let kdl = |size: &str| {
+        format!(
+            "vm \"d\" {{\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"data\" size=\"{size}\"\n}}\n"
+        )
+    };
+    let lab = Lab::new(&kdl("64MiB"));
+    lab.ok(&["apply", "--auto-approve"]);
+    let before = lab.wait_vm("d", "reported its disk", |v| {
+        v["guest"]["disks"][0]["size_bytes"] == 64u64 << 20
+    });
+
+    lab.write(&kdl("128MiB"));
+    let plan = lab.ok(&["plan"]);
+    assert!(plan.contains("~ d resize-disk"), "{plan}");
+    assert!(plan.contains("grow live"), "{plan}");
+    lab.ok(&["apply", "--auto-approve"]);
+    let after = lab.wait_vm("d", "reported the grown disk", |v| {
+        v["guest"]["disks"][0]["size_bytes"] == 128u64 << 20
+    });
+    assert_eq!(after["pid"], before["pid"], "no restart");
+    let file = lab.state().join("vms/d/disks/data.raw");
+    assert_eq!(
+        std::fs::metadata(&file).map(|m| m.len()).ok(),
+        Some(128 << 20)
+    );
+    let again = lab.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0), "converged");
+
+    // The VMM itself refuses a shrink or an unknown disk sent to its socket.
+    let client = vmctl_runtime::api::ApiClient::new(lab.state().join("vms/d/api.sock"));
+    let err = client
+        .resize_disk("data", 32 << 20)
+        .expect_err("shrink refused");
+    assert!(err.to_string().contains("lose data"), "{err}");
+    assert!(client.resize_disk("nope", 1 << 30).is_err());
+    assert!(
+        client.resize_disk("data", (128 << 20) + 1).is_err(),
+        "whole sectors only"
+    );
+}

@@ -32,6 +32,14 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("VM {vm:?} has no disk {disk:?}")]
+    NoSuchDisk { vm: String, disk: String },
+    #[error("cannot resize disk {disk:?} of VM {vm:?}: {message}")]
+    Resize {
+        vm: String,
+        disk: String,
+        message: String,
+    },
     #[error("this host has no writable cpu cgroup controller: cpu-weight cannot be changed live")]
     NoCpuController,
     #[error("VM {name:?} is {state}; refusing to {action}")]
@@ -296,6 +304,44 @@ impl Runtime {
             ctl.group(name, &dir.path).remove();
         }
         std::fs::remove_dir_all(&dir.path).map_err(io(&dir.path))?;
+        Ok(())
+    }
+
+    /// Grow one disk to `size_bytes` and record it: live through the VMM when
+    /// the VM runs (the guest is told), by extending the file otherwise.
+    /// Shrinking is refused.
+    pub fn resize_disk(&self, name: &str, disk: &str, size_bytes: u64) -> Result<(), RuntimeError> {
+        let Some(obs) = self.observe(name)? else {
+            return Err(RuntimeError::NoSuchVm(name.into()));
+        };
+        let dir = self.state.vm(name);
+        let mut rec = obs.record;
+        let Some(spec_disk) = rec.spec.disks.iter_mut().find(|d| d.name == disk) else {
+            return Err(RuntimeError::NoSuchDisk {
+                vm: name.into(),
+                disk: disk.into(),
+            });
+        };
+        if obs.live == Live::Running {
+            ApiClient::new(dir.api_sock())
+                .resize_disk(disk, size_bytes)
+                .map_err(|e| RuntimeError::Resize {
+                    vm: name.into(),
+                    disk: disk.into(),
+                    message: e.to_string(),
+                })?;
+        } else {
+            let path = dir.disk_path(spec_disk);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            if f.metadata().map_err(io(&path))?.len() < size_bytes {
+                f.set_len(size_bytes).map_err(io(&path))?;
+            }
+        }
+        spec_disk.size_bytes = size_bytes;
+        dir.write_record(&rec)?;
         Ok(())
     }
 

@@ -113,4 +113,13 @@ impl ApiClient {
     pub fn capabilities(&self) -> Result<Capabilities, ClientError> {
         self.call(&Request::Capabilities, self.timeout)
     }
+
+    /// Grow a disk of the running VM; returns the new size in bytes.
+    pub fn resize_disk(&self, disk: &str, size_bytes: u64) -> Result<u64, ClientError> {
+        let req = Request::ResizeDisk {
+            disk: disk.to_string(),
+            size_bytes,
+        };
+        self.call(&req, self.timeout)
+    }
 }

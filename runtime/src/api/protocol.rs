@@ -17,6 +17,13 @@ pub enum Request {
         timeout_ms: Option<u64>,
     },
     Capabilities,
+    /// Grow disk `disk` to `size_bytes` while the VM runs: the file is
+    /// extended and the guest gets a virtio config-change notification.
+    /// Shrinking is refused.
+    ResizeDisk {
+        disk: String,
+        size_bytes: u64,
+    },
 }
 
 /// Default grace period of `shutdown`.

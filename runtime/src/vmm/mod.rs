@@ -42,7 +42,7 @@ pub const IRQ_MODE_ENV: &str = "VMCTL_IRQ_MODE";
 pub const CAPABILITIES: Capabilities = Capabilities {
     hot_add_cpu: false,
     hot_add_memory: false,
-    live_disk_resize: false,
+    live_disk_resize: true,
     live_cpu_weight: false,
 };
 
@@ -436,6 +436,45 @@ impl Vmm {
         Ok(())
     }
 
+    /// Grow a disk live: extend its file, set the capacity the guest sees
+    /// and notify the driver (config change). Requests come from the
+    /// control socket: checked, never trusted.
+    fn resize_disk(&mut self, disk: &str, size_bytes: u64) -> Result<u64, String> {
+        let Some(index) = self.spec.disks.iter().position(|d| d.name == disk) else {
+            return Err(format!("no disk named {disk:?}"));
+        };
+        if size_bytes == 0 || !size_bytes.is_multiple_of(512) {
+            return Err(format!(
+                "{size_bytes} bytes is not a whole number of 512-byte sectors"
+            ));
+        }
+        let dev = self
+            .machine
+            .disks
+            .get(index)
+            .ok_or_else(|| format!("disk {disk:?} has no device"))?;
+        let mut dev = dev
+            .lock()
+            .map_err(|_| "the disk device is poisoned".to_string())?;
+        let current = dev.device_mut().capacity_bytes();
+        if size_bytes < current {
+            return Err(format!(
+                "disk {disk:?} is {current} bytes; shrinking to {size_bytes} would lose data"
+            ));
+        }
+        if size_bytes > current {
+            dev.device_mut()
+                .resize(size_bytes)
+                .map_err(|e| e.to_string())?;
+            dev.notify_config_change();
+            tracing::info!(disk, size_bytes, "disk grown live");
+        }
+        if let Some(d) = self.spec.disks.get_mut(index) {
+            d.size_bytes = size_bytes;
+        }
+        Ok(size_bytes)
+    }
+
     fn status(&self) -> Status {
         let disks = self
             .spec
@@ -485,6 +524,10 @@ impl Vmm {
                 self.machine.resume();
                 Response::ok(RunState::Running)
             }
+            Request::ResizeDisk { disk, size_bytes } => match self.resize_disk(&disk, size_bytes) {
+                Ok(bytes) => Response::ok(bytes),
+                Err(e) => Response::err(e),
+            },
             Request::Shutdown { timeout_ms } => {
                 let grace = Duration::from_millis(
                     timeout_ms.unwrap_or(crate::api::protocol::DEFAULT_SHUTDOWN_TIMEOUT_MS),
