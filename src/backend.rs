@@ -153,7 +153,7 @@ impl Backend for RuntimeBackend {
             // The weight is a cgroup write done from vmctl's side, so it is
             // live wherever the host lets vmctl use the cpu controller.
             live_cpu_weight: c.live_cpu_weight || Runtime::host_can_set_cpu_weight(),
-            copy: false,
+            copy: true,
         }
     }
 
@@ -199,8 +199,8 @@ impl Backend for RuntimeBackend {
         self.rt()?.set_cpu_weight(name, weight).map_err(err)
     }
 
-    fn copy(&self, _source: &str, _new: &VmSpec) -> Result<(), BackendError> {
-        Err(Self::unsupported("copy-from"))
+    fn copy(&self, source: &str, new: &VmSpec) -> Result<(), BackendError> {
+        self.rt()?.copy(source, new).map_err(err)
     }
 
     fn record(&self, spec: &VmSpec, desired: Desired) -> Result<(), BackendError> {

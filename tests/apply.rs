@@ -437,43 +437,87 @@ fn apply_killed_at_random_points_is_completed_by_the_next_apply() {
 }
 
 #[test]
-fn refused_copies_fail_apply_and_external_disks_survive_destroy() {
+fn refused_changes_fail_apply_and_external_disks_survive_destroy() {
     // autostart off: nothing boots, so this needs no KVM.
-    let lab = Lab::new(
-        r#"
-vm "web" {
-    os "diag"
-    memory "64MiB"
-    disk "data" size="16MiB" path="ext.raw"
-    autostart #false
-}
-vm "web-2" {
-    copy-from "web"
-}
-"#,
-    );
+    let kdl = |size: &str| {
+        format!(
+            "vm \"web\" {{\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"data\" size=\"{size}\" path=\"ext.raw\"\n    autostart #false\n}}\nvm \"db\" {{\n    os \"diag\"\n    autostart #false\n}}\n"
+        )
+    };
+    let lab = Lab::new(&kdl("16MiB"));
     let ext = lab.dir.path().join("ext.raw");
-    let out = lab.run(&["apply", "--auto-approve"]);
-    assert_eq!(out.status.code(), Some(1), "a refused change fails apply");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("1 change(s) refused"), "{err}");
-    assert!(err.contains("web-2: runtime cannot copy VMs"), "{err}");
-    assert!(
-        lab.state().join("vms/web/vm.json").exists(),
-        "the rest was applied"
-    );
+    lab.ok(&["apply", "--auto-approve"]);
     assert_eq!(
         std::fs::metadata(&ext).map(|m| m.len()).ok(),
         Some(16 << 20)
     );
 
+    // A shrink is refused: named on stderr, exit 1, the disk untouched.
+    lab.write(&kdl("8MiB"));
+    let out = lab.run(&["apply", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1), "a refused change fails apply");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 change(s) refused"), "{err}");
+    assert!(err.contains("web: disk data"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&ext).map(|m| m.len()).ok(),
+        Some(16 << 20)
+    );
+
+    lab.write(&kdl("16MiB"));
     lab.ok(&["destroy", "--auto-approve"]);
     assert!(!lab.state().join("vms/web").exists());
     assert!(ext.exists(), "a disk outside the state directory is kept");
 
-    let _ = lab.run(&["apply", "--auto-approve"]);
+    lab.ok(&["apply", "--auto-approve"]);
     lab.ok(&["destroy", "--auto-approve", "--delete-external-disks"]);
     assert!(!ext.exists(), "--delete-external-disks deletes it");
+}
+
+#[test]
+fn copy_from_copies_the_disks_and_both_vms_run() {
+    if !kvm_available() {
+        return;
+    }
+    let lab = Lab::new("");
+    // A seed image with a known first sector, imported with source=.
+    let seed = lab.dir.path().join("seed.raw");
+    let mut bytes: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    bytes.resize(1 << 20, 0);
+    std::fs::write(&seed, &bytes).expect("seed");
+    let web = "vm \"web\" {\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"data\" size=\"16MiB\" source=\"seed.raw\"\n}\n";
+    lab.write(web);
+    lab.ok(&["apply", "--auto-approve"]);
+    let before = lab.wait_vm("web", "reported its disk", |v| {
+        v["guest"]["disks"][0]["sector0_fnv1a"].is_string()
+    });
+    let sector0 = before["guest"]["disks"][0]["sector0_fnv1a"].clone();
+    assert_ne!(
+        sector0, "7da144b97d054b25",
+        "not the all-zero sector: the seed was imported"
+    );
+
+    lab.write(&format!(
+        "{web}vm \"web-2\" {{\n    copy-from \"web\"\n    memory \"96MiB\"\n}}\n"
+    ));
+    let plan = lab.ok(&["plan"]);
+    assert!(plan.contains("=> web-2 copy from web"), "{plan}");
+    assert!(plan.contains("web stop (for copy)"), "{plan}");
+    lab.ok(&["apply", "--auto-approve"]);
+    let copy = lab.wait_guest("web-2", 1, 96);
+    assert_eq!(
+        copy["guest"]["disks"][0]["sector0_fnv1a"], sector0,
+        "the copy boots the copied disk"
+    );
+    assert_eq!(copy["guest"]["disks"][0]["size_bytes"], 16u64 << 20);
+    let src = lab.wait_guest("web", 1, 64);
+    assert_eq!(src["guest"]["disks"][0]["sector0_fnv1a"], sector0);
+    assert_ne!(
+        src["pid"], before["pid"],
+        "the source was stopped for the copy and started again"
+    );
+    let again = lab.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0), "converged");
 }
 
 #[test]

@@ -187,9 +187,24 @@ impl VmGroup {
         self.add_process(pid)
     }
 
-    /// Remove the group (it must be empty: the VMM has exited). Missing is fine.
+    /// Remove the group once it is empty. The VMM has exited by now, but the
+    /// kernel may take a moment to release its tasks (rmdir says EBUSY), so
+    /// retry briefly. Missing is fine; a group still busy after that is left
+    /// for the next stop to remove (and logged).
     pub fn remove(&self) {
-        let _ = std::fs::remove_dir(&self.path);
+        for _ in 0..100 {
+            match std::fs::remove_dir(&self.path) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cgroup not removed");
+                    return;
+                }
+                _ => return,
+            }
+        }
+        tracing::warn!(path = %self.path.display(), "cgroup still busy; not removed");
     }
 }
 

@@ -192,7 +192,7 @@ impl Runtime {
                 std::fs::create_dir_all(parent).map_err(io(parent))?;
             }
             if let Some(source) = &disk.source {
-                std::fs::copy(source, &path).map_err(io(source))?;
+                crate::sparse::copy_sparse(source, &path).map_err(io(source))?;
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -343,6 +343,44 @@ impl Runtime {
         spec_disk.size_bytes = size_bytes;
         dir.write_record(&rec)?;
         Ok(())
+    }
+
+    /// Create `new` as a copy of VM `source`: every disk `new` shares by name
+    /// with the source is copied (sparse, so holes stay holes), disks only
+    /// `new` has are created empty, then the VM is created like any other.
+    /// The source must not be running (its disks would be inconsistent).
+    /// Crash-safe: each disk is copied to `<disk>.partial` and renamed, and
+    /// the record is written last, so a copy killed halfway is simply made
+    /// again by the next apply.
+    pub fn copy(&self, source: &str, new: &VmSpec) -> Result<(), RuntimeError> {
+        let Some(src) = self.observe(source)? else {
+            return Err(RuntimeError::NoSuchVm(source.into()));
+        };
+        if src.live == Live::Running {
+            return Err(RuntimeError::Busy {
+                name: source.into(),
+                state: "running",
+                action: "copy its disks",
+            });
+        }
+        let src_dir = self.state.vm(source);
+        let dst_dir = self.state.vm(&new.name);
+        let disks = dst_dir.disks_dir();
+        std::fs::create_dir_all(&disks).map_err(io(&disks))?;
+        for disk in &new.disks {
+            let Some(from_disk) = src.record.spec.disks.iter().find(|d| d.name == disk.name) else {
+                continue;
+            };
+            let from = src_dir.disk_path(from_disk);
+            let to = dst_dir.disk_path(disk);
+            let mut partial = to.clone().into_os_string();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            let copied = crate::sparse::copy_sparse(&from, &partial).map_err(io(&from))?;
+            std::fs::rename(&partial, &to).map_err(io(&to))?;
+            tracing::info!(from = %from.display(), to = %to.display(), copied, "disk copied");
+        }
+        self.create(new)
     }
 
     /// Whether this host lets vmctl enforce (and live-change) `cpu-weight`.

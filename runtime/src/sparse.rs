@@ -1,0 +1,110 @@
+//! Copying a disk file the way a VM copy needs it: only the extents that hold
+//! data are read and written (SEEK_DATA / SEEK_HOLE), so a mostly empty 8 GiB
+//! sparse disk copies in milliseconds and the copy stays sparse. Filesystems
+//! without SEEK_DATA get a plain full copy.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Where the next data extent at or after `pos` starts and ends; `None` when
+/// there is no more data. Falls back to "all of it is data" where the
+/// filesystem does not support SEEK_DATA.
+fn next_extent(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let Ok(off) = libc::off_t::try_from(pos) else {
+        return Ok(None);
+    };
+    // SAFETY: lseek on a descriptor we own; no memory is passed.
+    let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+    if data < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some((pos, len))),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+    let data = data as u64;
+    let hole = if hole < 0 { len } else { (hole as u64).min(len) };
+    Ok((data < hole).then_some((data, hole)))
+}
+
+/// Copy `from` to `to` (created or truncated), keeping holes. Returns the
+/// number of bytes that were actually copied (the data extents).
+pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {
+    let src = File::open(from)?;
+    let len = src.metadata()?.len();
+    let dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)?;
+    dst.set_len(len)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    let mut copied = 0;
+    while pos < len {
+        let Some((start, end)) = next_extent(&src, pos, len)? else {
+            break;
+        };
+        let mut at = start;
+        while at < end {
+            let want = usize::try_from(end - at).map_or(buf.len(), |n| n.min(buf.len()));
+            let n = src.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break; // the file shrank under us: the rest stays a hole
+            }
+            dst.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+            copied += n as u64;
+        }
+        pos = end.max(pos + 1);
+    }
+    dst.sync_all()?;
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn copies_data_extents_and_keeps_the_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("a.raw");
+        let to = dir.path().join("b.raw");
+        let f = File::create(&from).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[0xab; 4096], 0).unwrap();
+        f.write_all_at(&[0xcd; 8192], 40 << 20).unwrap();
+        f.sync_all().unwrap();
+
+        let copied = copy_sparse(&from, &to).unwrap();
+        assert!(copied >= 4096 + 8192, "copied {copied}");
+        assert!(copied < 8 << 20, "only the data extents are copied ({copied})");
+        let a = std::fs::read(&from).unwrap();
+        let b = std::fs::read(&to).unwrap();
+        assert_eq!(a.len(), b.len());
+        assert!(a == b, "contents differ");
+        let blocks = std::fs::metadata(&to).unwrap().blocks() * 512;
+        assert!(blocks < 8 << 20, "the copy stays sparse ({blocks} bytes allocated)");
+    }
+
+    #[test]
+    fn empty_and_fully_sparse_files_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0u64, 1 << 20] {
+            let from = dir.path().join(format!("s{len}"));
+            let to = dir.path().join(format!("d{len}"));
+            File::create(&from).unwrap().set_len(len).unwrap();
+            copy_sparse(&from, &to).unwrap();
+            assert_eq!(std::fs::metadata(&to).unwrap().len(), len);
+        }
+    }
+}
