@@ -258,20 +258,37 @@ impl Verdict {
     }
 }
 
+/// Steps of phase 3 (a disk of the changed VM grows), when it has a disk.
+pub const GROW_STEPS: &[&str] = &[
+    "plan-grow",
+    "apply-grow",
+    "disk-grown",
+    "guests-3",
+    "plan-noop-3",
+];
+
 /// Steps of the `--vmm-only` smoke run (no apply/plan/status: VMMs started
 /// directly with `vmctl __vmm`).
 pub const VMM_ONLY_STEPS: &[&str] = &["l1-boot", "kvm", "guests-1", "no-vmm-left"];
 
 /// Judge `log` against the declarations before (`phase 1`) and after (`phase 2`)
 /// the memory change. `vmm_only`: the smoke run's steps, no status checks.
-pub fn judge(log: &Log, phases: &[(u32, &DesiredState)], vmm_only: bool) -> Verdict {
+pub fn judge(
+    log: &Log,
+    phases: &[(u32, &DesiredState)],
+    vmm_only: bool,
+    grow_phase: bool,
+) -> Verdict {
     let mut v = Verdict::default();
-    let required = if vmm_only {
-        VMM_ONLY_STEPS
+    let mut required: Vec<&str> = if vmm_only {
+        VMM_ONLY_STEPS.to_vec()
     } else {
-        REQUIRED_STEPS
+        REQUIRED_STEPS.to_vec()
     };
-    for name in required {
+    if grow_phase && !vmm_only {
+        required.extend_from_slice(GROW_STEPS);
+    }
+    for name in &required {
         match log.steps.iter().find(|s| s.name == *name) {
             None => v.problems.push(format!("step {name}: never reported")),
             Some(s) if s.rc != s.want => v.problems.push(format!(
@@ -424,7 +441,7 @@ mod tests {
             vms: vec![spec("a", 1, 256, &[64 << 20]), spec("b", 2, 512, &[])],
             images: vec![],
         };
-        let v = judge(&log, &[(1, &state)], false);
+        let v = judge(&log, &[(1, &state)], false, false);
         assert!(!v.passed());
         assert!(v.rows[0].problems.is_empty(), "{:?}", v.rows[0].problems);
         assert!(!v.rows[1].problems.is_empty());

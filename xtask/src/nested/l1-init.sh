@@ -59,6 +59,7 @@ wait_agents() {
     done
     say "@@NESTED step=guests-$1 rc=1 want=0 missing=$missing"
     FAILED=1
+    dump_logs
     return 1
 }
 
@@ -75,6 +76,23 @@ wait_memory() {
     done
     say "@@NESTED step=memory-changed rc=1 want=0 memory_mib=$mib"
     FAILED=1
+    dump_logs
+    return 1
+}
+
+# wait_disks VM JSON: until the VM's guest reports exactly these disks.
+wait_disks() {
+    t=0
+    while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+        if last_agent_line "$1" | grep -qF "\"disks\":$2"; then
+            say "@@NESTED step=disk-grown rc=0 want=0 secs=$t"
+            return 0
+        fi
+        sleep 2; t=$((t + 2))
+    done
+    say "@@NESTED step=disk-grown rc=1 want=0 last=$(last_agent_line "$1")"
+    FAILED=1
+    dump_logs
     return 1
 }
 
@@ -89,7 +107,7 @@ report() {
 
 dump_logs() {
     for vm in $VMS; do
-        for f in console.log vmm.log; do
+        for f in console.log vmm.log vmm.exit; do
             tail -n "${LOG_LINES:-40}" "/lab/.vmctl/vms/$vm/$f" 2>/dev/null | sed "s|^|@@LOG $vm $f: |"
         done
     done
@@ -125,6 +143,15 @@ scenario() {
     wait_agents 2
     report 2
     step plan-noop-2 0 vmctl plan --detailed-exitcode
+    [ -n "$GROW_DISKS" ] || return
+    # Phase 3: the changed VM's last disk grows; the guest must see it.
+    cp /lab/vmctl-3.kdl /lab/vmctl.kdl
+    step plan-grow 2 vmctl plan --detailed-exitcode
+    step apply-grow 0 vmctl apply --auto-approve || return
+    wait_disks "$CHANGED_VM" "$GROW_DISKS"
+    wait_agents 3
+    report 3
+    step plan-noop-3 0 vmctl plan --detailed-exitcode
 }
 
 # --vmm-only: each VM's VMM started directly from its vm.json.

@@ -88,6 +88,51 @@ pub fn with_memory(text: &str, vm: &str, mib: u64) -> Result<String, String> {
     Ok(s)
 }
 
+/// The KDL text with `vm "NAME"`'s disk `disk` set to `bytes` (a whole
+/// number of MiB): its `size=` replaced, or a `disk "DISK" size=...` line
+/// added (which resizes a disk the VM has from its OS profile).
+pub fn with_disk_size(text: &str, vm: &str, disk: &str, bytes: u64) -> Result<String, String> {
+    let (start, end) = vm_block(text, vm)?;
+    let mut out: Vec<String> = text.lines().map(str::to_string).collect();
+    let new_size = format!("size=\"{}MiB\"", bytes >> 20);
+    let prefix = format!("disk \"{disk}\"");
+    match (start + 1..end).find(|&i| out[i].trim_start().starts_with(&prefix)) {
+        Some(i) => {
+            let line = out[i].clone();
+            let at = line
+                .find("size=\"")
+                .ok_or_else(|| format!("`{prefix}` has no size=\"...\" to change"))?;
+            let close = line[at + 6..]
+                .find('"')
+                .map(|c| at + 6 + c)
+                .ok_or("disk line with an unterminated size")?;
+            out[i] = format!("{}{}{}", &line[..at], new_size, &line[close + 1..]);
+        }
+        None => out.insert(start + 1, format!("    {prefix} {new_size}")),
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    Ok(s)
+}
+
+/// Line numbers of `vm "NAME" {` and of its closing brace.
+fn vm_block(text: &str, vm: &str) -> Result<(usize, usize), String> {
+    let header = format!("vm \"{vm}\"");
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(&header) && l.contains('{'))
+        .ok_or_else(|| format!("cannot find `{header} {{` on a line of its own"))?;
+    let mut depth = 0i32;
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        depth += l.matches('{').count() as i32 - l.matches('}').count() as i32;
+        if depth <= 0 {
+            return Ok((start, i));
+        }
+    }
+    Err(format!("`{header}` block is not closed"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +156,27 @@ mod tests {
         );
         assert!(with_memory("vm \"a\" {\n", "a", 1).is_err());
         assert!(with_memory("", "a", 1).is_err());
+    }
+
+    #[test]
+    fn disk_size_replaced_or_added() {
+        let text = "vm \"b\" {\n    disk \"data\" size=\"32MiB\" format=\"raw\"\n}\n";
+        assert_eq!(
+            with_disk_size(text, "b", "data", 96 << 20).unwrap(),
+            "vm \"b\" {\n    disk \"data\" size=\"96MiB\" format=\"raw\"\n}\n"
+        );
+        assert_eq!(
+            with_disk_size("vm \"a\" {\n}\n", "a", "root", 9 << 30).unwrap(),
+            "vm \"a\" {\n    disk \"root\" size=\"9216MiB\"\n}\n"
+        );
+        assert!(
+            with_disk_size(
+                "vm \"a\" {\n    disk \"d\" path=\"x\"\n}\n",
+                "a",
+                "d",
+                1 << 20
+            )
+            .is_err()
+        );
     }
 }

@@ -43,6 +43,8 @@ impl Default for Options {
 const GUEST_TIMEOUT_SECS: u64 = 240;
 /// The memory step: the changed VM gets this much more RAM.
 const MEMORY_STEP_MIB: u64 = 128;
+/// The disk step: the changed VM's last disk grows by this much.
+const DISK_STEP_BYTES: u64 = 64 << 20;
 
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -131,6 +133,36 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     std::fs::write(&kdl2, lab::with_memory(&text, &changed.name, new_mib)?)
         .map_err(|e| format!("writing {}: {e}", kdl2.display()))?;
     let after = lab::resolve(&vmctl, &kdl2)?;
+    // Phase 3: grow the same VM's last disk by 64 MiB (when it has one).
+    let grow = changed
+        .disks
+        .last()
+        .map(|d| (d.name.clone(), d.size_bytes + DISK_STEP_BYTES));
+    let text2 =
+        std::fs::read_to_string(&kdl2).map_err(|e| format!("reading {}: {e}", kdl2.display()))?;
+    let kdl3 = lab_dir.join("vmctl-3.kdl");
+    let grown = match &grow {
+        Some((disk, bytes)) => {
+            std::fs::write(
+                &kdl3,
+                lab::with_disk_size(&text2, &changed.name, disk, *bytes)?,
+            )
+            .map_err(|e| format!("writing {}: {e}", kdl3.display()))?;
+            let grown = lab::resolve(&vmctl, &kdl3)?;
+            let got = grown
+                .vm(&changed.name)
+                .and_then(|v| v.disks.iter().find(|d| &d.name == disk))
+                .map(|d| d.size_bytes);
+            if got != Some(*bytes) {
+                return Err(format!(
+                    "could not grow {}'s disk {disk} in the lab file",
+                    changed.name
+                ));
+            }
+            Some(grown)
+        }
+        None => None,
+    };
     if after.vm(&changed.name).map(|v| v.memory_mib) != Some(new_mib) {
         return Err(format!(
             "could not change {}'s memory to {new_mib} MiB in the lab file",
@@ -167,11 +199,16 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         write_vm_records(&lab_dir, &before, pinned)?;
     }
     let env = format!(
-        "MODE={}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\n",
+        "MODE={}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\n",
         if opts.vmm_only { "vmm-only" } else { "full" },
         vms.join(" "),
         changed.name,
-        u8::from(opts.verbose)
+        u8::from(opts.verbose),
+        grown
+            .as_ref()
+            .and_then(|g| g.vm(&changed.name))
+            .map(disks_json)
+            .unwrap_or_default()
     );
     std::fs::write(lab_dir.join("scenario.env"), env)
         .map_err(|e| format!("writing scenario.env: {e}"))?;
@@ -207,12 +244,14 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         opts.verbose,
     )?;
     let log = check::parse(&res.serial);
-    let phases: &[(u32, &vmctl_spec::DesiredState)] = if opts.vmm_only {
-        &[(1, &before)]
-    } else {
-        &[(1, &before), (2, &after)]
-    };
-    let mut verdict = check::judge(&log, phases, opts.vmm_only);
+    let mut phases: Vec<(u32, &vmctl_spec::DesiredState)> = vec![(1, &before)];
+    if !opts.vmm_only {
+        phases.push((2, &after));
+        if let Some(g) = &grown {
+            phases.push((3, g));
+        }
+    }
+    let mut verdict = check::judge(&log, &phases, opts.vmm_only, grown.is_some());
     if res.timed_out {
         verdict
             .problems
@@ -269,4 +308,22 @@ fn write_vm_records(
             .map_err(|e| format!("writing disks.list: {e}"))?;
     }
     Ok(())
+}
+
+/// The `disks` array the debian-12 agent reports for `vm` as declared
+/// (`vda`, `vdb`, ... in declaration order), exactly as the agent prints it.
+fn disks_json(vm: &vmctl_spec::VmSpec) -> String {
+    let items: Vec<String> = vm
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let letter = char::from(b'a' + (i % 26) as u8);
+            format!(
+                "{{\"name\":\"vd{letter}\",\"size_bytes\":{}}}",
+                d.size_bytes
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
 }
