@@ -178,21 +178,24 @@ impl Runtime {
     }
 
     /// Create the VM's directory, disk files (sparse) and record; start it
-    /// when `autostart`. Existing disk files are kept as they are.
+    /// when `autostart`. Existing disk files keep their data and are grown
+    /// to the declared size when shorter.
     pub fn create(&self, spec: &VmSpec) -> Result<(), RuntimeError> {
         let dir = self.state.vm(&spec.name);
         let disks = dir.disks_dir();
         std::fs::create_dir_all(&disks).map_err(io(&disks))?;
         for disk in &spec.disks {
             let path = dir.disk_path(disk);
-            if path.exists() {
-                continue;
-            }
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            if let Some(source) = &disk.source {
-                crate::sparse::copy_sparse(source, &path).map_err(io(source))?;
+            // A new disk is made (imported from `source`, if any); an
+            // existing one keeps its data and is only grown when shorter than
+            // declared (a restart that grows a disk comes through here).
+            if !path.exists() {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                if let Some(source) = &disk.source {
+                    crate::sparse::copy_sparse(source, &path).map_err(io(source))?;
+                }
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -471,6 +474,32 @@ mod tests {
         assert_eq!(live(&rt, "a"), Live::Stopped);
         assert_eq!(rt.list().unwrap().len(), 1);
         assert!(rt.observe("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn create_again_keeps_disk_data_and_grows_a_shorter_disk() {
+        use std::os::unix::fs::FileExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        let mut s = spec("a", false);
+        s.disks[0].size_bytes = 1 << 20;
+        rt.create(&s).unwrap();
+        let disk = rt.vm_dir("a").disks_dir().join("root.raw");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .write_all_at(b"data", 0)
+            .unwrap();
+        // A restart that grows the disk re-creates through the same path.
+        s.disks[0].size_bytes = 4 << 20;
+        rt.create(&s).unwrap();
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
+        assert_eq!(&std::fs::read(&disk).unwrap()[..4], b"data");
+        // Never shrunk by create.
+        s.disks[0].size_bytes = 1 << 20;
+        rt.create(&s).unwrap();
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
     }
 
     #[test]
