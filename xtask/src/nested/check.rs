@@ -61,6 +61,20 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// The first line of an L1 (not L2) kernel panic or oops in L1's serial log:
+/// L2 consoles only appear there as `@@LOG` lines.
+pub fn l1_kernel_panic(serial: &str) -> Option<String> {
+    serial
+        .lines()
+        .filter(|l| !l.contains("@@"))
+        .find(|l| {
+            l.contains("Kernel panic - not syncing")
+                || l.contains("BUG: TASK stack guard page was hit")
+                || l.contains("Oops:")
+        })
+        .map(|l| l.trim().to_string())
+}
+
 /// Parse the markers out of a serial log (other lines are ignored).
 pub fn parse(serial: &str) -> Log {
     let mut log = Log::default();
@@ -415,6 +429,17 @@ mod tests {
             autostart: true,
             image: None,
         }
+    }
+
+    #[test]
+    fn l1_panics_are_told_from_l2_ones() {
+        let l2 = "@@LOG a console.log: [ 1.0] Kernel panic - not syncing: x\n";
+        assert_eq!(l1_kernel_panic(l2), None);
+        let l1 = "[ 45.7] BUG: TASK stack guard page was hit at 0\n[ 46.1] Kernel panic - not syncing: y\n";
+        assert_eq!(
+            l1_kernel_panic(l1).as_deref(),
+            Some("[ 45.7] BUG: TASK stack guard page was hit at 0")
+        );
     }
 
     #[test]
