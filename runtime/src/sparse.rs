@@ -30,7 +30,11 @@ fn next_extent(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>
     // SAFETY: as above.
     let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
     let data = data as u64;
-    let hole = if hole < 0 { len } else { (hole as u64).min(len) };
+    let hole = if hole < 0 {
+        len
+    } else {
+        (hole as u64).min(len)
+    };
     Ok((data < hole).then_some((data, hole)))
 }
 
@@ -87,13 +91,19 @@ mod tests {
 
         let copied = copy_sparse(&from, &to).unwrap();
         assert!(copied >= 4096 + 8192, "copied {copied}");
-        assert!(copied < 8 << 20, "only the data extents are copied ({copied})");
+        assert!(
+            copied < 8 << 20,
+            "only the data extents are copied ({copied})"
+        );
         let a = std::fs::read(&from).unwrap();
         let b = std::fs::read(&to).unwrap();
         assert_eq!(a.len(), b.len());
         assert!(a == b, "contents differ");
         let blocks = std::fs::metadata(&to).unwrap().blocks() * 512;
-        assert!(blocks < 8 << 20, "the copy stays sparse ({blocks} bytes allocated)");
+        assert!(
+            blocks < 8 << 20,
+            "the copy stays sparse ({blocks} bytes allocated)"
+        );
     }
 
     #[test]
