@@ -78,6 +78,11 @@ pub enum PassError {
     EmptyDesired { count: usize, dir: String },
     #[error("cannot open the journal: {0}")]
     Journal(String),
+    #[error("cannot provide the debian-12 image: {message}")]
+    #[diagnostic(help(
+        "vmctl builds it from Debian packages with apt-get; without apt, declare an `image` with your own kernel and initrd"
+    ))]
+    Image { message: String },
 }
 
 /// A loaded, locked and planned pass, ready to apply.
@@ -87,6 +92,8 @@ pub struct Prepared {
     pub unmanaged: Vec<String>,
     pub backend: backend::RuntimeBackend,
     pub state_dir: PathBuf,
+    /// The KDL file (its folder holds `vmctl.lock`, the image pins).
+    pub file: PathBuf,
     _lock: crate::lock::StateLock,
 }
 
@@ -117,6 +124,7 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
         unmanaged,
         backend,
         state_dir,
+        file: opts.file.clone(),
         _lock: lock,
     })
 }
@@ -168,6 +176,7 @@ pub fn execute(
         out.no_changes = true;
         return Ok(out);
     }
+    ensure_images(p, reporter)?;
     let journal = vmctl_planner::Journal::open(&p.state_dir)
         .map_err(|e| PassError::Journal(e.to_string()))?;
     let ran = std::sync::Mutex::new(Vec::new());
@@ -210,6 +219,38 @@ pub fn execute(
         .collect();
     out.ran = ran.into_inner().unwrap_or_default();
     Ok(out)
+}
+
+/// Build (or find in the cache) the debian-12 image before any action that
+/// boots a debian-12 VM, pinned by `vmctl.lock` beside the KDL file — so a
+/// first build happens here, in the open, not inside a VMM's start-up window.
+fn ensure_images(p: &Prepared, reporter: &Reporter) -> miette::Result<()> {
+    let boots_debian = p.plan.executable().any(|a| {
+        p.desired
+            .vm(&a.vm)
+            .is_some_and(|s| s.os == "debian-12" && s.image.is_none())
+            && a.kind != vmctl_planner::ActionKind::Destroy
+            && a.kind != vmctl_planner::ActionKind::Stop
+    });
+    if !boots_debian {
+        return Ok(());
+    }
+    let lock = crate::cmd::image::lock_path_for(&p.file);
+    let started = Instant::now();
+    let img = vmctl_runtime::image::ensure_debian12(&p.state_dir, &lock).map_err(|e| {
+        PassError::Image {
+            message: e.to_string(),
+        }
+    })?;
+    if started.elapsed() > Duration::from_secs(1) {
+        reporter.line(&format!(
+            "built the debian-12 image {} (kernel {}) in {:.1}s",
+            &img.id[..12.min(img.id.len())],
+            img.kernel_version,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
 }
 
 /// Load `opts.file`, observe, plan and apply without asking. A file that does

@@ -4,6 +4,7 @@
 //! beside the KDL file; `list` shows what is cached; `rm` removes an entry by
 //! id prefix. The cache itself lives in `vmctl_runtime::image`.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -77,20 +78,26 @@ fn list(g: &Global, kdl: &Path, json: bool) -> miette::Result<ExitCode> {
         let doc = serde_json::json!({ "format_version": "1", "images": images });
         let text = serde_json::to_string_pretty(&doc)
             .map_err(|e| miette::miette!("cannot render the image list: {e}"))?;
-        println!("{text}");
+        crate::cmd::print_stdout(&format!("{text}\n"))?;
         return Ok(ExitCode::SUCCESS);
     }
     if images.is_empty() {
-        println!("no images cached in {}", state.join("images").display());
+        crate::cmd::print_stdout(&format!(
+            "no images cached in {}\n",
+            state.join("images").display()
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<12}  {:<10}  {:<24}  {:>8}",
         "ID", "OS", "KERNEL", "SIZE"
     );
     for img in images {
         let m = &img.manifest;
-        println!(
+        let _ = writeln!(
+            out,
             "{:<12}  {:<10}  {:<24}  {:>5} MiB",
             &m.id[..12.min(m.id.len())],
             m.name,
@@ -98,6 +105,7 @@ fn list(g: &Global, kdl: &Path, json: bool) -> miette::Result<ExitCode> {
             img.size_bytes.div_ceil(1 << 20)
         );
     }
+    crate::cmd::print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -129,13 +137,18 @@ fn build(g: &Global, kdl: &Path, os: &str, update: bool, json: bool) -> miette::
         });
         let text = serde_json::to_string_pretty(&doc)
             .map_err(|e| miette::miette!("cannot render the image: {e}"))?;
-        println!("{text}");
+        crate::cmd::print_stdout(&format!("{text}\n"))?;
     } else {
-        println!("{} {} (kernel {})", img.name, img.id, img.kernel_version);
-        println!("  kernel  {}", img.kernel.display());
-        println!("  initrd  {}", img.initrd.display());
-        println!("  cmdline {}", img.cmdline);
-        println!("  pinned in {}", lock.display());
+        crate::cmd::print_stdout(&format!(
+            "{} {} (kernel {})\n  kernel  {}\n  initrd  {}\n  cmdline {}\n  pinned in {}\n",
+            img.name,
+            img.id,
+            img.kernel_version,
+            img.kernel.display(),
+            img.initrd.display(),
+            img.cmdline,
+            lock.display()
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -144,7 +157,10 @@ fn rm(g: &Global, kdl: &Path, ids: &[String]) -> miette::Result<ExitCode> {
     let state = g.state_dir_for(kdl);
     for id in ids {
         let img = image::remove(&state, id).map_err(|e| miette::miette!("{e}"))?;
-        println!("removed {} {}", img.manifest.name, img.manifest.id);
+        crate::cmd::print_stdout(&format!(
+            "removed {} {}\n",
+            img.manifest.name, img.manifest.id
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
