@@ -83,6 +83,15 @@ impl CpuController {
     /// with access(2), so nothing is written.
     pub fn usable() -> Option<Self> {
         let ctl = Self::detect()?;
+        if let CpuController::V2(root) = &ctl {
+            // Use the cpu controller only where the host already hands it to
+            // child groups (systemd does): vmctl never changes the host's
+            // root controller setup, which every other process shares.
+            let sub = std::fs::read_to_string(root.join("cgroup.subtree_control")).ok()?;
+            if !sub.split_whitespace().any(|c| c == "cpu") {
+                return None;
+            }
+        }
         let parent = ctl.root().join(PARENT);
         let probe = if parent.is_dir() {
             parent
@@ -138,17 +147,15 @@ impl VmGroup {
             .join(if self.v2 { "cpu.weight" } else { "cpu.shares" })
     }
 
-    /// Create the group (and, on v2, enable the cpu controller for children
-    /// of the root and of `vmctl/`).
+    /// Create the group (and, on v2, enable the cpu controller for the
+    /// children of vmctl's own `vmctl/` group — never the host's root).
     pub fn create(&self) -> Result<(), CgroupError> {
         std::fs::create_dir_all(&self.path).map_err(io(&self.path))?;
         if self.v2
             && let Some(parent) = self.path.parent()
         {
-            for dir in [parent.parent(), Some(parent)].into_iter().flatten() {
-                // Already enabled, or not allowed: the weight write says.
-                let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+cpu");
-            }
+            // Already enabled, or not allowed: the weight write says.
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+cpu");
         }
         Ok(())
     }
