@@ -40,7 +40,7 @@ impl Default for Options {
 }
 
 /// How long guests may take to report inside L1 (each wait).
-const GUEST_TIMEOUT_SECS: u64 = 240;
+const GUEST_TIMEOUT_SECS: u64 = 60;
 /// The memory step: the changed VM gets this much more RAM.
 const MEMORY_STEP_MIB: u64 = 128;
 /// The disk step: the changed VM's last disk grows by this much.
