@@ -269,7 +269,7 @@ impl Runtime {
                 process::wait_gone(pid, KILL_MARGIN);
             }
         }
-        remove_runtime_files(&dir);
+        process::remove_stale_files(&dir);
         if let Some(ctl) = &self.cpu {
             ctl.group(name, &dir.path).remove();
         }
@@ -426,13 +426,6 @@ impl Runtime {
         rec.spec.cpu_weight = weight;
         dir.write_record(&rec)?;
         Ok(())
-    }
-}
-
-/// Files a dead VMM may have left behind.
-fn remove_runtime_files(dir: &VmDir) {
-    for p in [dir.pid_file(), dir.api_sock(), dir.console_sock()] {
-        let _ = std::fs::remove_file(p);
     }
 }
 

@@ -130,8 +130,9 @@ pub fn wait_for_holder(vm_dir: &Path, timeout: Duration) -> Option<i32> {
     }
 }
 
-/// Files a dead VMM may have left behind.
-fn remove_stale_files(dir: &VmDir) {
+/// Remove the files a dead VMM may have left behind (pid file, sockets).
+/// Only for a VM whose VMM is known to be gone.
+pub(crate) fn remove_stale_files(dir: &VmDir) {
     for p in [dir.pid_file(), dir.api_sock(), dir.console_sock()] {
         let _ = std::fs::remove_file(p);
     }
