@@ -70,6 +70,32 @@ const TESTPROG_IER: &[u8] = &[
     0x65, 0x71, 0x22, 0x3a, 0x31, 0x7d, 0x0a,
 ];
 
+/// `testprog-sti`: enables every UART interrupt (IER = 0x0f on COM1 and
+/// COM2) and then interrupts (`sti`) before touching any APIC, with an empty
+/// IDT — as a guest that never programs the legacy PIC does. Then it greets,
+/// spins a while, writes its COM2 line and waits for the power button like
+/// testprog-wait. Any interrupt delivered to it is a triple fault. Source:
+///
+/// ```text
+///     mov dx, 0x3f9 ; mov al, 0x0f ; out dx, al ; mov dx, 0x2f9 ; out dx, al
+///     sti
+///     (greeting on COM1; each byte raises IRQ 4)
+///     mov ecx, 0x200000 ; 2: pause ; dec ecx ; jnz 2b
+///     (COM2 line, GED poll, power off: as testprog-wait)
+/// ```
+const TESTPROG_STI: &[u8] = &[
+    0x66, 0xba, 0xf9, 0x03, 0xb0, 0x0f, 0xee, 0x66, 0xba, 0xf9, 0x02, 0xee, 0xfb, 0x66, 0xba, 0xf8,
+    0x03, 0x48, 0x8d, 0x35, 0x41, 0x00, 0x00, 0x00, 0xb9, 0x14, 0x00, 0x00, 0x00, 0xac, 0xee, 0xff,
+    0xc9, 0x75, 0xfa, 0xb9, 0x00, 0x00, 0x20, 0x00, 0xf3, 0x90, 0xff, 0xc9, 0x75, 0xfa, 0x66, 0xba,
+    0xf8, 0x02, 0x48, 0x8d, 0x35, 0x34, 0x00, 0x00, 0x00, 0xb9, 0x26, 0x00, 0x00, 0x00, 0xac, 0xee,
+    0xff, 0xc9, 0x75, 0xfa, 0xbb, 0x00, 0x00, 0x10, 0xd0, 0x8b, 0x03, 0xa8, 0x08, 0x74, 0xfa, 0x66,
+    0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x20, 0x66,
+    0x72, 0x6f, 0x6d, 0x20, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67, 0x0a, 0x7b, 0x22, 0x61,
+    0x67, 0x65, 0x6e, 0x74, 0x22, 0x3a, 0x22, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67, 0x22,
+    0x2c, 0x22, 0x63, 0x70, 0x75, 0x73, 0x22, 0x3a, 0x31, 0x2c, 0x22, 0x73, 0x65, 0x71, 0x22, 0x3a,
+    0x31, 0x7d, 0x0a,
+];
+
 /// `testprog-reset`: greets on COM1, then pulses the i8042 reset line
 /// (0xFE to port 0x64) — a guest that reboots forever.
 const TESTPROG_RESET: &[u8] = &[
@@ -299,6 +325,30 @@ fn irqchip_mode_lines_raised_while_the_guest_has_if_clear_are_harmless() {
     assert!(lab.console("ier").contains("hello from testprog\n"));
 }
 
+/// Defect (issue 10): KVM's in-kernel 8259 starts unmasked with vector base
+/// 0 and, with KVM's default routing, GSI 0-15 reach it as well as the
+/// IOAPIC, while the boot vCPU's LVT0 is ExtINT. A guest that enables
+/// interrupts before programming anything (Linux with a hardware-reduced
+/// FADT never programs the PIC) then gets COM1's IRQ 4 as vector 4 (#OF).
+/// With GSIs routed to the IOAPIC only (its pins start masked) nothing is
+/// delivered until the guest unmasks a pin.
+fn irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set() {
+    let lab = Lab::new();
+    let k = lab.write("sti.elf", &elf(TESTPROG_STI));
+    let _ = lab.rt.create(&lab.spec("sti", &k));
+    let c = lab.client("sti");
+    let st = wait_for("the guest report (or its crash)", || {
+        if lab.rt.observe("sti").unwrap().unwrap().live != Live::Running {
+            let note = lab.rt.vm_dir("sti").read_exit_note();
+            panic!("the guest died: an interrupt reached it: {note:?}");
+        }
+        c.status().ok().filter(|s| s.guest.is_some())
+    });
+    assert_eq!(st.irq_mode, "irqchip");
+    assert!(c.shutdown(Duration::from_secs(30)).unwrap());
+    assert!(lab.console("sti").contains("hello from testprog\n"));
+}
+
 /// A guest reset rebuilds the VM inside the same VMM process.
 fn reset_reboots_in_the_same_process() {
     let lab = Lab::new();
@@ -512,6 +562,10 @@ fn diag_pause_resume_and_console() {
 type Test = (&'static str, fn());
 
 const TESTS: &[Test] = &[
+    (
+        "irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set",
+        irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set,
+    ),
     ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
     ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),

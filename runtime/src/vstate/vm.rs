@@ -1,8 +1,20 @@
 //! One KVM VM: guest RAM registered as memory slots, the in-kernel irqchip
 //! (PIC + IOAPIC + LAPICs) and PIT, and the TSS / identity-map pages KVM needs
 //! on Intel hosts.
+//!
+//! Interrupt routing: KVM's default table sends GSI 0-15 to the legacy 8259
+//! PIC *and* the IOAPIC. The in-kernel PIC starts unmasked with vector base
+//! 0, the boot vCPU's LINT0 is ExtINT, and our FADT is hardware-reduced, so
+//! Linux never programs (or masks) the PIC: an edge on COM1 would reach CPU 0
+//! as vector 4 (#OF) the moment the guest enables interrupts. vmctl's
+//! machines have no PIC in their ACPI description, so [`ioapic_only_routing`]
+//! replaces the table with GSI n -> IOAPIC pin n for all 24 pins and nothing
+//! to the PIC.
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_PIT_SPEAKER_DUMMY, KvmIrqRouting,
+    kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -14,6 +26,8 @@ use crate::arch::x86_64::memory::ram_regions;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// One page for the EPT identity map, right below the TSS.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// Pins of KVM's in-kernel IOAPIC.
+pub const IOAPIC_PINS: u32 = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -84,6 +98,11 @@ impl Vm {
             what: "in-kernel irqchip",
             source,
         })?;
+        fd.set_gsi_routing(&ioapic_only_routing()?)
+            .map_err(|source| VmError::Setup {
+                what: "GSI routing",
+                source,
+            })?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -93,5 +112,44 @@ impl Vm {
             source,
         })?;
         Ok(Vm { kvm, fd, memory })
+    }
+}
+
+/// GSI n -> IOAPIC pin n for every pin; no GSI reaches the legacy PIC.
+pub fn ioapic_only_routing() -> Result<KvmIrqRouting, VmError> {
+    let entries: Vec<kvm_irq_routing_entry> = (0..IOAPIC_PINS)
+        .map(|pin| {
+            let mut e = kvm_irq_routing_entry {
+                gsi: pin,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                ..Default::default()
+            };
+            e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
+            e.u.irqchip.pin = pin;
+            e
+        })
+        .collect();
+    KvmIrqRouting::from_entries(&entries).map_err(|_| VmError::Setup {
+        what: "GSI routing table",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_gsi_goes_to_the_ioapic_pin_of_the_same_number_and_none_to_the_pic() {
+        let r = ioapic_only_routing().unwrap();
+        let e = r.as_slice();
+        assert_eq!(e.len(), IOAPIC_PINS as usize);
+        for (i, e) in e.iter().enumerate() {
+            assert_eq!(e.gsi, i as u32);
+            assert_eq!(e.type_, KVM_IRQ_ROUTING_IRQCHIP);
+            // SAFETY: type_ says the union holds an irqchip entry.
+            let chip = unsafe { e.u.irqchip };
+            assert_eq!((chip.irqchip, chip.pin), (KVM_IRQCHIP_IOAPIC, i as u32));
+        }
     }
 }
