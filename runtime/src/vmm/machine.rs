@@ -181,7 +181,7 @@ impl Machine {
         let mut vcpus = Vec::new();
         for index in 0..cfg.cpus {
             let entry = (index == 0).then_some(entry);
-            vcpus.push(Vcpu::new(&vm.kvm, &vm.fd, index, cfg.cpus, entry)?);
+            vcpus.push(Vcpu::new(&vm.kvm, &vm.fd, index, cfg.max_cpus, entry)?);
         }
         let control = Arc::new(VcpuControl::default());
         let ctx = ExitContext {

@@ -58,12 +58,36 @@ pub enum VcpuError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error(
+        "KVM accepted only {written} of {total} boot MSRs; the first refused is {first_refused:#x}"
+    )]
+    PartialMsrs {
+        written: usize,
+        total: usize,
+        first_refused: u32,
+    },
     #[error("vCPU setup failed ({what}): {source}")]
     Setup {
         what: &'static str,
         #[source]
         source: kvm_ioctls::Error,
     },
+}
+
+/// `KVM_SET_MSRS` stops at the first MSR it refuses and returns how many it
+/// set. A vCPU missing some of its boot MSRs is not the machine we promised
+/// (Firecracker fails the boot too), so a partial write is an error naming
+/// the MSR.
+fn check_msrs_written(msrs: &kvm_bindings::Msrs, written: usize) -> Result<(), VcpuError> {
+    let entries = msrs.as_slice();
+    if written == entries.len() {
+        return Ok(());
+    }
+    Err(VcpuError::PartialMsrs {
+        written,
+        total: entries.len(),
+        first_refused: entries.get(written).map(|e| e.index).unwrap_or(0),
+    })
 }
 
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
@@ -167,19 +191,22 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
-        let mut cpuid: CpuId = kvm
+        let supported: CpuId = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(setup("supported CPUID"))?;
-        cpuid::normalize(cpuid.as_mut_slice(), index, count);
+        let mut entries = supported.as_slice().to_vec();
+        cpuid::normalize(&mut entries, index, count, cpuid::host_caps(kvm));
+        let cpuid = CpuId::from_entries(&entries).map_err(|_| VcpuError::Setup {
+            what: "CPUID table (too many entries)",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
         fd.set_cpuid2(&cpuid).map_err(setup("CPUID"))?;
         let msrs = msr::boot_msr_entries().map_err(|_| VcpuError::Setup {
             what: "MSR list",
             source: kvm_ioctls::Error::new(libc::EINVAL),
         })?;
         let written = fd.set_msrs(&msrs).map_err(setup("MSRs"))?;
-        if written != msrs.as_slice().len() {
-            tracing::warn!(index, written, "KVM accepted only some boot MSRs");
-        }
+        check_msrs_written(&msrs, written)?;
         fd.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
         let mut lapic = fd.get_lapic().map_err(setup("read LAPIC"))?;
         interrupts::set_lint(&mut lapic);
@@ -232,6 +259,26 @@ impl Vcpu {
             }
         }
         tracing::debug!(index, "vCPU thread exits");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_msr_write_fails_the_vcpu_and_names_the_refused_msr() {
+        let msrs = msr::boot_msr_entries().unwrap();
+        let n = msrs.as_slice().len();
+        assert!(check_msrs_written(&msrs, n).is_ok());
+        let second = msrs.as_slice()[1].index;
+        let err = check_msrs_written(&msrs, 1).unwrap_err();
+        assert!(
+            matches!(err, VcpuError::PartialMsrs { written: 1, total, first_refused }
+                if total == n && first_refused == second),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("{second:#x}")));
     }
 }
 
