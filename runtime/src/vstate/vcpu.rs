@@ -262,26 +262,6 @@ impl Vcpu {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_partial_msr_write_fails_the_vcpu_and_names_the_refused_msr() {
-        let msrs = msr::boot_msr_entries().unwrap();
-        let n = msrs.as_slice().len();
-        assert!(check_msrs_written(&msrs, n).is_ok());
-        let second = msrs.as_slice()[1].index;
-        let err = check_msrs_written(&msrs, 1).unwrap_err();
-        assert!(
-            matches!(err, VcpuError::PartialMsrs { written: 1, total, first_refused }
-                if total == n && first_refused == second),
-            "{err}"
-        );
-        assert!(err.to_string().contains(&format!("{second:#x}")));
-    }
-}
-
 fn park_until_stopped(control: &VcpuControl) {
     let Ok(mut s) = control.state.lock() else {
         return;
@@ -362,5 +342,25 @@ fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &ExitContext) -> Option<VmEv
         other => Some(VmEvent::Crash(format!(
             "vCPU {index}: unexpected exit {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_msr_write_fails_the_vcpu_and_names_the_refused_msr() {
+        let msrs = msr::boot_msr_entries().unwrap();
+        let n = msrs.as_slice().len();
+        assert!(check_msrs_written(&msrs, n).is_ok());
+        let second = msrs.as_slice()[1].index;
+        let err = check_msrs_written(&msrs, 1).unwrap_err();
+        assert!(
+            matches!(err, VcpuError::PartialMsrs { written: 1, total, first_refused }
+                if total == n && first_refused == second),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("{second:#x}")));
     }
 }
