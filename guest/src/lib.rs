@@ -16,6 +16,7 @@ pub mod acpi;
 pub mod bootparams;
 pub mod fnv;
 pub mod layout;
+pub mod memtest;
 pub mod phys;
 pub mod report;
 pub mod text;
