@@ -25,6 +25,7 @@ pub mod text;
 pub mod clock;
 pub mod cpu;
 pub mod hotplug;
+pub mod paging;
 pub mod serial;
 pub mod virtio_blk;
 
