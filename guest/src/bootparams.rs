@@ -17,8 +17,8 @@ pub struct Memory {
     pub entries: u32,
     /// Number of RAM entries.
     pub ram_entries: u32,
-    /// End of the highest entry of any type (hot-added memory must start
-    /// at or above it).
+    /// End of the highest RAM entry (hot-added memory must start at or
+    /// above it; reserved entries, e.g. for device space, do not count).
     pub end: u64,
 }
 
@@ -63,8 +63,8 @@ pub fn for_each_e820(mem: &impl PhysMem, zero_page: u64, mut f: impl FnMut(u64, 
 pub fn read_e820(mem: &impl PhysMem, zero_page: u64) -> Memory {
     let mut out = Memory::default();
     out.entries = for_each_e820(mem, zero_page, |addr, size, kind| {
-        out.end = out.end.max(addr.saturating_add(size));
         if kind == E820_RAM {
+            out.end = out.end.max(addr.saturating_add(size));
             out.ram_entries += 1;
             out.ram_bytes = out.ram_bytes.saturating_add(size);
         }
@@ -144,6 +144,9 @@ mod tests {
         assert_eq!(mem.ram_bytes, 0x9fc00 + 127 * 1024 * 1024);
         assert_eq!(mem.mib(), 128);
         assert_eq!(mem.end, 128 * 1024 * 1024);
+        // A reserved entry above RAM does not move the end of RAM.
+        let high = zero_page(&[(0x10_0000, 0x700_0000, 1), (0xfec0_0000, 0x1000, 2)]);
+        assert_eq!(read_e820(&high, ZP).end, 0x710_0000);
         let mut seen = Vec::new();
         for_each_e820(&m, ZP, |a, s, k| seen.push((a, s, k)));
         assert_eq!(seen[1], (0x9fc00, 0x400, 2));

@@ -250,7 +250,7 @@ impl Hotplug {
     }
 
     /// One walk of the memory controller's slots. `ram_end` is the end of
-    /// the highest e820 entry, `map_limit` what diag can map.
+    /// the highest e820 RAM entry, `map_limit` what diag can map.
     pub fn scan_memory(&mut self, m: &mut impl Machine, ram_end: u64, map_limit: u64) -> bool {
         let mut changed = false;
         for slot in 0..MEMORY_HOTPLUG_SLOTS {

@@ -173,7 +173,7 @@ impl RangeError {
 
 /// Checks a range the memory hotplug controller reported for slot `slot`:
 /// non-empty, 2 MiB aligned, no overflow, at or above `ram_end` (the end of
-/// the highest e820 entry), outside the MMIO hole, below `map_limit`, and
+/// the highest e820 RAM entry), outside the MMIO hole, below `map_limit`, and
 /// disjoint from every other slot's range in `others` (indexed by slot).
 pub fn validate_hotplug_range(
     slot: u32,
