@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use vmctl_runtime::Runtime;
 use vmctl_runtime::api::{ApiClient, RunState};
 use vmctl_runtime::process::VmmCommand;
-use vmctl_runtime::{Live, Runtime};
 use vmctl_spec::model::{ImageSpec, VmSpec};
 
 /// `testprog-wait`: writes "hello from testprog\n" to COM1 and a JSON line to
@@ -245,10 +245,14 @@ fn testprog_boots_writes_both_ports_and_powers_off() {
     lab.rt.create(&lab.spec("off", &k)).unwrap();
     wait_for("the VMM to exit", || {
         let o = lab.rt.observe("off").unwrap().unwrap();
-        (o.live != Live::Running).then_some(())
+        (o.live != RunState::Running).then_some(())
     });
     let o = lab.rt.observe("off").unwrap().unwrap();
-    assert_eq!(o.live, Live::Stopped, "a guest power-off is a clean stop");
+    assert_eq!(
+        o.live,
+        RunState::Stopped,
+        "a guest power-off is a clean stop"
+    );
     assert!(
         lab.console("off").contains("hello from testprog\n"),
         "console: {:?}",
@@ -295,7 +299,7 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
     );
     let o = lab.rt.observe("w").unwrap().unwrap();
     wait_for("the VMM to exit", || {
-        (lab.rt.observe("w").unwrap().unwrap().live != Live::Running).then_some(())
+        (lab.rt.observe("w").unwrap().unwrap().live != RunState::Running).then_some(())
     });
     assert_eq!(
         lab.rt.vm_dir("w").read_exit_note().unwrap().reason,
@@ -304,7 +308,10 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
     drop(o);
     // stop through the facade is then a no-op that records desired=stopped.
     lab.rt.stop("w", Duration::from_secs(1)).unwrap();
-    assert_eq!(lab.rt.observe("w").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("w").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     assert_no_vmm_files(&lab, "w");
 }
 
@@ -338,7 +345,7 @@ fn irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set() {
     let _ = lab.rt.create(&lab.spec("sti", &k));
     let c = lab.client("sti");
     let st = wait_for("the guest report (or its crash)", || {
-        if lab.rt.observe("sti").unwrap().unwrap().live != Live::Running {
+        if lab.rt.observe("sti").unwrap().unwrap().live != RunState::Running {
             let note = lab.rt.vm_dir("sti").read_exit_note();
             panic!("the guest died: an interrupt reached it: {note:?}");
         }
@@ -364,7 +371,10 @@ fn reset_reboots_in_the_same_process() {
     assert_eq!(st.pid as i32, pid, "same VMM process");
     // The guest never powers off by itself: the stop is forced.
     lab.rt.stop("r", Duration::from_millis(100)).unwrap();
-    assert_eq!(lab.rt.observe("r").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("r").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     assert_no_vmm_files(&lab, "r");
 }
 
@@ -376,9 +386,12 @@ fn guest_triple_fault_is_a_crash() {
     // It may die before or after the spawner sees it ready.
     let _ = lab.rt.create(&lab.spec("tf", &k));
     wait_for("the VMM to exit", || {
-        (lab.rt.observe("tf").unwrap().unwrap().live != Live::Running).then_some(())
+        (lab.rt.observe("tf").unwrap().unwrap().live != RunState::Running).then_some(())
     });
-    assert_eq!(lab.rt.observe("tf").unwrap().unwrap().live, Live::Crashed);
+    assert_eq!(
+        lab.rt.observe("tf").unwrap().unwrap().live,
+        RunState::Crashed
+    );
     let note = lab.rt.vm_dir("tf").read_exit_note().unwrap();
     assert_eq!((note.reason.as_str(), note.code), ("crash", 2), "{note:?}");
     assert!(note.detail.contains("rip 0x20000"), "{note:?}");
@@ -396,7 +409,10 @@ fn sigterm_shuts_down_gracefully() {
     wait_for("the VMM to exit", || {
         (!vmctl_runtime::process::is_vmm_alive(pid)).then_some(())
     });
-    assert_eq!(lab.rt.observe("t").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("t").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     let note = lab.rt.vm_dir("t").read_exit_note().unwrap();
     assert_eq!(
         (note.reason.as_str(), note.code),
@@ -429,12 +445,12 @@ fn killed_vmm_is_crashed_and_can_start_again() {
     assert_eq!(lab.rt.start("k").unwrap(), pid);
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("the kill", || {
-        (lab.rt.observe("k").unwrap().unwrap().live == Live::Crashed).then_some(())
+        (lab.rt.observe("k").unwrap().unwrap().live == RunState::Crashed).then_some(())
     });
     let pid2 = lab.rt.start("k").unwrap();
     assert_ne!(pid, pid2);
     let o = lab.rt.observe("k").unwrap().unwrap();
-    assert_eq!(o.live, Live::Running);
+    assert_eq!(o.live, RunState::Running);
     lab.rt.destroy("k", false).unwrap();
     assert!(!lab.rt.vm_dir("k").path.exists());
     assert!(
@@ -455,7 +471,7 @@ fn errors_before_boot_are_clear_and_leave_no_process() {
     assert_no_vmm_files(&lab, "nokernel");
     assert_eq!(
         lab.rt.observe("nokernel").unwrap().unwrap().live,
-        Live::Crashed
+        RunState::Crashed
     );
 
     let mut bad_initrd = lab.spec("noinitrd", &k);
@@ -510,7 +526,7 @@ fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
         "diag powers off on the power button"
     );
     wait_for("the VMM to exit", || {
-        (lab.rt.observe(&name).unwrap().unwrap().live != Live::Running).then_some(())
+        (lab.rt.observe(&name).unwrap().unwrap().live != RunState::Running).then_some(())
     });
     assert_no_vmm_files(&lab, &name);
 }
@@ -555,7 +571,10 @@ fn diag_pause_resume_and_console() {
     c.resume().unwrap();
     assert_eq!(c.status().unwrap().state, RunState::Running);
     lab.rt.stop("pr", Duration::from_secs(30)).unwrap();
-    assert_eq!(lab.rt.observe("pr").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("pr").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     assert_no_vmm_files(&lab, "pr");
 }
 

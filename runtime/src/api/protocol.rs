@@ -56,12 +56,7 @@ impl Response {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Running,
-    Paused,
-}
+pub use vmctl_spec::state::{Capabilities, RunState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskStatus {
@@ -95,15 +90,6 @@ pub struct Status {
 pub struct ShutdownResult {
     /// True when the guest powered off by itself within the timeout.
     pub graceful: bool,
-}
-
-/// The `capabilities` result: what this VMM can change while the VM runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    pub hot_add_cpu: bool,
-    pub hot_add_memory: bool,
-    pub live_disk_resize: bool,
-    pub live_cpu_weight: bool,
 }
 
 #[cfg(test)]

@@ -41,9 +41,13 @@ pub const IRQ_MODE_ENV: &str = "VMCTL_IRQ_MODE";
 /// Capabilities of this VMM build.
 pub const CAPABILITIES: Capabilities = Capabilities {
     hot_add_cpu: false,
+    hot_remove_cpu: false,
     hot_add_memory: false,
     live_disk_resize: true,
+    // A cgroup write, done by the control plane (facade), not the VMM.
     live_cpu_weight: false,
+    // Done by the control plane.
+    copy: false,
 };
 
 /// Errors that end a VMM before its guest runs.

@@ -94,9 +94,10 @@ fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
     move |source| VcpuError::Setup { what, source }
 }
 
-/// Run state shared between the VMM and its vCPU threads.
+/// Pause / stop flags shared between the VMM and its vCPU threads (not a VM
+/// run state: that is `vmctl_spec::state::RunState`).
 #[derive(Default)]
-pub struct RunState {
+pub struct VcpuFlags {
     pub paused: bool,
     pub stop: bool,
     /// How many threads are parked (paused and waiting).
@@ -106,7 +107,7 @@ pub struct RunState {
 /// Pause / resume / stop for all vCPU threads of one VM.
 #[derive(Default)]
 pub struct VcpuControl {
-    pub state: Mutex<RunState>,
+    pub state: Mutex<VcpuFlags>,
     pub cv: Condvar,
 }
 
