@@ -32,6 +32,8 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Resolve(#[from] crate::resolve::ResolveError),
     #[error("VM {vm:?} has no disk {disk:?}")]
     NoSuchDisk { vm: String, disk: String },
     #[error("cannot resize disk {disk:?} of VM {vm:?}: {message}")]
@@ -227,6 +229,9 @@ impl Runtime {
         if let (RunState::Running, Some(pid)) = (obs.live, obs.pid) {
             return Ok(pid);
         }
+        // The VMM's whole input, resolved from the record now (a restart
+        // after a change boots the new config).
+        crate::resolve::write_machine_config(&self.state, &dir, &obs.record.spec)?;
         // spawn() clears stale files itself, under the VM's lock.
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
         self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);

@@ -18,6 +18,7 @@ pub mod diag;
 pub mod facade;
 pub mod image;
 pub mod process;
+pub mod resolve;
 pub mod sparse;
 pub mod state;
 pub mod vmm;

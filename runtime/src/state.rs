@@ -65,6 +65,10 @@ impl VmDir {
     pub fn record(&self) -> PathBuf {
         self.path.join("vm.json")
     }
+    /// The VMM's input, resolved by the control plane (vmm::config).
+    pub fn machine_config(&self) -> PathBuf {
+        self.path.join("machine.json")
+    }
     pub fn console_log(&self) -> PathBuf {
         self.path.join("console.log")
     }
@@ -148,7 +152,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per call, not just per process: threads of one apply write
+    // the same shared file (the diag kernel in the image cache) at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -24,6 +24,17 @@ pub enum Request {
         disk: String,
         size_bytes: u64,
     },
+    /// Make `cpus` vCPUs present while the VM runs: hot-add up to the max
+    /// fixed at boot, or hot-remove down to 1 (the guest offlines and ejects
+    /// them). Answered once the guest has acknowledged (docs/control-socket.md).
+    HotAddCpu {
+        cpus: u32,
+    },
+    /// Grow the RAM to `memory_mib` (up to the max fixed at boot, in 128 MiB
+    /// steps). Answered once the guest has acknowledged.
+    HotAddMemory {
+        memory_mib: u64,
+    },
 }
 
 /// Default grace period of `shutdown`.
@@ -83,6 +94,11 @@ pub struct Status {
     /// `polled` (no interrupt injection) or `irqchip`.
     #[serde(default)]
     pub irq_mode: String,
+    /// Hot-add headroom fixed at boot.
+    #[serde(default)]
+    pub max_cpus: u32,
+    #[serde(default)]
+    pub max_memory_mib: u64,
 }
 
 /// The `shutdown` result.

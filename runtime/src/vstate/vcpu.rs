@@ -38,6 +38,31 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     })
 }
 
+/// Where vCPUs and devices report [`VmEvent`]s. The VMM makes one per
+/// machine (one boot) that tags each event with that machine's generation on
+/// its way into the VMM's single event loop, so a late event from a machine
+/// already torn down (a reboot's old vCPUs) cannot act on its successor.
+#[derive(Clone)]
+pub struct EventSink(Arc<dyn Fn(VmEvent) + Send + Sync>);
+
+impl EventSink {
+    pub fn new(f: impl Fn(VmEvent) + Send + Sync + 'static) -> Self {
+        EventSink(Arc::new(f))
+    }
+
+    pub fn send(&self, event: VmEvent) {
+        (self.0)(event)
+    }
+}
+
+impl From<Sender<VmEvent>> for EventSink {
+    fn from(tx: Sender<VmEvent>) -> Self {
+        EventSink::new(move |ev| {
+            let _ = tx.send(ev);
+        })
+    }
+}
+
 /// Why the VM must stop running, as reported by a vCPU or a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEvent {
@@ -100,8 +125,18 @@ fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
 pub struct VcpuFlags {
     pub paused: bool,
     pub stop: bool,
-    /// How many threads are parked (paused and waiting).
+    /// vCPUs the guest ejected (CPU hot-remove): their threads stay parked
+    /// until the vCPU is hot-added again (a vCPU fd cannot be destroyed, so
+    /// it is reused).
+    pub ejected: std::collections::BTreeSet<u32>,
+    /// How many threads are parked (paused or ejected, and waiting).
     pub parked: usize,
+}
+
+impl VcpuFlags {
+    fn must_park(&self, index: u32) -> bool {
+        (self.paused || self.ejected.contains(&index)) && !self.stop
+    }
 }
 
 /// Pause / resume / stop for all vCPU threads of one VM.
@@ -112,15 +147,15 @@ pub struct VcpuControl {
 }
 
 impl VcpuControl {
-    /// Block while paused. Returns false when the thread must stop.
-    fn wait_runnable(&self) -> bool {
+    /// Block while paused or ejected. Returns false when the thread must stop.
+    fn wait_runnable(&self, index: u32) -> bool {
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
-        if s.paused && !s.stop {
+        if s.must_park(index) {
             s.parked += 1;
             self.cv.notify_all();
-            while s.paused && !s.stop {
+            while s.must_park(index) {
                 s = match self.cv.wait(s) {
                     Ok(s) => s,
                     Err(_) => return false,
@@ -132,12 +167,26 @@ impl VcpuControl {
     }
 
     /// Park this vCPU thread for up to `d` (the guest's idle port), waking
-    /// early when a pause or stop is requested.
-    fn idle(&self, d: Duration) {
+    /// early when a pause, an eject or a stop is requested.
+    fn idle(&self, index: u32, d: Duration) {
         let Ok(s) = self.state.lock() else {
             return;
         };
-        let _ = self.cv.wait_timeout_while(s, d, |s| !s.paused && !s.stop);
+        let _ = self
+            .cv
+            .wait_timeout_while(s, d, |s| !s.must_park(index) && !s.stop);
+    }
+
+    /// Park (`true`) or release (`false`) vCPU `index`'s thread.
+    pub fn set_ejected(&self, index: u32, ejected: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            if ejected {
+                s.ejected.insert(index);
+            } else {
+                s.ejected.remove(&index);
+            }
+        }
+        self.cv.notify_all();
     }
 
     /// Wait until `count` threads are parked, kicking `kick` meanwhile.
@@ -175,7 +224,7 @@ pub struct ExitContext {
     pub pio: Bus,
     pub mmio: Bus,
     pub control: Arc<VcpuControl>,
-    pub events: Sender<VmEvent>,
+    pub events: EventSink,
 }
 
 impl Vcpu {
@@ -225,7 +274,7 @@ impl Vcpu {
     /// The vCPU thread body: run until stopped or until the VM must stop.
     pub fn run(mut self, ctx: ExitContext) {
         let index = self.index;
-        while ctx.control.wait_runnable() {
+        while ctx.control.wait_runnable(index) {
             match self.fd.run() {
                 Ok(exit) => {
                     if let Some(event) = handle_exit(index, exit, &ctx) {
@@ -240,7 +289,7 @@ impl Vcpu {
                             },
                             other => other,
                         };
-                        let _ = ctx.events.send(event);
+                        ctx.events.send(event);
                         // The VMM decides what happens next; this vCPU
                         // waits until it is stopped.
                         park_until_stopped(&ctx.control);
@@ -251,8 +300,7 @@ impl Vcpu {
                     self.fd.set_kvm_immediate_exit(0);
                 }
                 Err(e) => {
-                    let _ = ctx
-                        .events
+                    ctx.events
                         .send(VmEvent::Crash(format!("vCPU {index}: KVM_RUN failed: {e}")));
                     park_until_stopped(&ctx.control);
                     break;
@@ -300,7 +348,7 @@ fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &ExitContext) -> Option<VmEv
             let n = data.len().min(4);
             ms[..n].copy_from_slice(&data[..n]);
             let ms = u64::from(u32::from_le_bytes(ms)).min(layout::IDLE_MAX_MS);
-            ctx.control.idle(Duration::from_millis(ms));
+            ctx.control.idle(index, Duration::from_millis(ms));
             None
         }
         VcpuExit::IoOut(port, data) => {

@@ -43,6 +43,12 @@ pub enum VmError {
     },
     #[error("cannot register guest memory with KVM: {0}")]
     MemorySlot(#[source] kvm_ioctls::Error),
+    #[error("cannot add {mib} MiB of RAM at {start:#x}: {reason}")]
+    AddRam {
+        start: u64,
+        mib: u64,
+        reason: String,
+    },
     #[error("KVM setup failed ({what}): {source}")]
     Setup {
         what: &'static str,
@@ -55,7 +61,13 @@ pub enum VmError {
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,
+    /// Every RAM region, boot and hot-added. Replaced (not mutated) when RAM
+    /// is added: holders of the old view keep a consistent one, and every
+    /// device is handed the new one.
     pub memory: GuestMemory,
+    /// The next free KVM memory slot (slots are never reused: RAM is only
+    /// ever added).
+    next_slot: u32,
 }
 
 impl Vm {
@@ -71,18 +83,10 @@ impl Vm {
             mib: ram_bytes >> 20,
             source,
         })?;
-        for (slot, region) in memory.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `memory`, a field
-            // declared after `fd`, so it is unmapped only after the VM fd is
-            // closed; vCPU threads are joined before a `Vm` is dropped.
-            unsafe { fd.set_user_memory_region(r) }.map_err(VmError::MemorySlot)?;
+        let mut next_slot = 0;
+        for region in memory.iter() {
+            register_slot(&fd, next_slot, region)?;
+            next_slot += 1;
         }
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(|source| VmError::Setup {
@@ -111,8 +115,57 @@ impl Vm {
             what: "PIT",
             source,
         })?;
-        Ok(Vm { kvm, fd, memory })
+        Ok(Vm {
+            kvm,
+            fd,
+            memory,
+            next_slot,
+        })
     }
+
+    /// Map `size` bytes of new anonymous RAM at guest address `start` and
+    /// register it with KVM in the next free slot (memory hot-add). Returns
+    /// the new memory view, which is also `self.memory` from now on.
+    pub fn add_ram(&mut self, start: u64, size: u64) -> Result<GuestMemory, VmError> {
+        let fail = |reason: String| VmError::AddRam {
+            start,
+            mib: size >> 20,
+            reason,
+        };
+        let len = usize::try_from(size).map_err(|e| fail(e.to_string()))?;
+        let region = vm_memory::GuestRegionMmap::from_range(GuestAddress(start), len, None)
+            .map_err(|e| fail(e.to_string()))?;
+        let region = std::sync::Arc::new(region);
+        let memory = self
+            .memory
+            .insert_region(region.clone())
+            .map_err(|e| fail(e.to_string()))?;
+        register_slot(&self.fd, self.next_slot, &*region)?;
+        self.next_slot += 1;
+        self.memory = memory.clone();
+        Ok(memory)
+    }
+}
+
+fn register_slot<R: GuestMemoryRegion>(fd: &VmFd, slot: u32, region: &R) -> Result<(), VmError> {
+    let r = kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: region.start_addr().0,
+        memory_size: region.len(),
+        userspace_addr: region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::AddRam {
+                start: region.start_addr().0,
+                mib: region.len() >> 20,
+                reason: e.to_string(),
+            })? as u64,
+        flags: 0,
+    };
+    // SAFETY: the region is a live mapping held by `Vm::memory` (a field
+    // declared after `fd`, and every memory view the VM hands out keeps its
+    // regions alive), so it is unmapped only after the VM fd is closed; vCPU
+    // threads are joined before a `Vm` is dropped.
+    unsafe { fd.set_user_memory_region(r) }.map_err(VmError::MemorySlot)
 }
 
 /// GSI n -> IOAPIC pin n for every pin; no GSI reaches the legacy PIC.
