@@ -107,12 +107,6 @@ impl RuntimeBackend {
         let record = Record::new(obs.record.spec, obs.record.desired);
         Ok(Some(ObservedVm { record, live }))
     }
-
-    fn unsupported(what: &str) -> BackendError {
-        BackendError::new(format!(
-            "{what} is not supported by this runtime yet (the planner should not have planned it)"
-        ))
-    }
 }
 
 impl Backend for RuntimeBackend {
@@ -170,12 +164,12 @@ impl Backend for RuntimeBackend {
         self.rt()?.destroy(name, delete_external_disks).map_err(err)
     }
 
-    fn hot_add_cpu(&self, _name: &str, _cpus: u32) -> Result<(), BackendError> {
-        Err(Self::unsupported("CPU hot-add"))
+    fn hot_add_cpu(&self, name: &str, cpus: u32) -> Result<(), BackendError> {
+        self.rt()?.hot_add_cpu(name, cpus).map_err(err)
     }
 
-    fn hot_add_memory(&self, _name: &str, _memory_mib: u64) -> Result<(), BackendError> {
-        Err(Self::unsupported("memory hot-add"))
+    fn hot_add_memory(&self, name: &str, memory_mib: u64) -> Result<(), BackendError> {
+        self.rt()?.hot_add_memory(name, memory_mib).map_err(err)
     }
 
     fn resize_disk(&self, name: &str, disk: &str, size_bytes: u64) -> Result<(), BackendError> {

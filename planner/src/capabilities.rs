@@ -69,6 +69,9 @@ pub enum Condition {
     UpWithinMax,
     /// Increase past the hot-add max.
     UpBeyondMax,
+    /// Increase within the max, but not by whole hot-add blocks (Linux
+    /// onlines memory in 128 MiB blocks).
+    UpNotInSteps,
     Down,
     Changed,
     Grow,
@@ -89,6 +92,7 @@ impl Condition {
             Condition::CrashedShouldStop => "crashed, autostart=false",
             Condition::UpWithinMax => "up, within max",
             Condition::UpBeyondMax => "up, beyond max",
+            Condition::UpNotInSteps => "up, within max, not in 128 MiB steps",
             Condition::Down => "down",
             Condition::Changed => "changed",
             Condition::Grow => "grow",
@@ -140,6 +144,7 @@ pub enum ActionKind {
     Replace,
     Destroy,
     HotAddCpu,
+    HotRemoveCpu,
     HotAddMemory,
     ResizeDisk,
     SetCpuWeight,
@@ -156,6 +161,7 @@ impl ActionKind {
             ActionKind::Replace => "replace",
             ActionKind::Destroy => "destroy",
             ActionKind::HotAddCpu => "hot-add-cpu",
+            ActionKind::HotRemoveCpu => "hot-remove-cpu",
             ActionKind::HotAddMemory => "hot-add-memory",
             ActionKind::ResizeDisk => "resize-disk",
             ActionKind::SetCpuWeight => "set-cpu-weight",
@@ -167,6 +173,7 @@ impl ActionKind {
         matches!(
             self,
             ActionKind::HotAddCpu
+                | ActionKind::HotRemoveCpu
                 | ActionKind::HotAddMemory
                 | ActionKind::ResizeDisk
                 | ActionKind::SetCpuWeight
@@ -178,6 +185,7 @@ impl ActionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Capability {
     HotAddCpu,
+    HotRemoveCpu,
     HotAddMemory,
     LiveDiskResize,
     LiveCpuWeight,
@@ -188,6 +196,7 @@ impl Capability {
     pub fn label(self) -> &'static str {
         match self {
             Capability::HotAddCpu => "hot_add_cpu",
+            Capability::HotRemoveCpu => "hot_remove_cpu",
             Capability::HotAddMemory => "hot_add_memory",
             Capability::LiveDiskResize => "live_disk_resize",
             Capability::LiveCpuWeight => "live_cpu_weight",
@@ -198,6 +207,7 @@ impl Capability {
     pub fn supported_by(self, caps: &Capabilities) -> bool {
         match self {
             Capability::HotAddCpu => caps.hot_add_cpu,
+            Capability::HotRemoveCpu => caps.hot_remove_cpu,
             Capability::HotAddMemory => caps.hot_add_memory,
             Capability::LiveDiskResize => caps.live_disk_resize,
             Capability::LiveCpuWeight => caps.live_cpu_weight,
@@ -354,11 +364,15 @@ pub static TABLE: &[Row] = &[
     Row {
         attribute: Attribute::Cpus,
         condition: Condition::Down,
-        disruption: Disruption::Restart,
-        kind: ActionKind::Restart,
-        reason: "cpus {before} → {after}: vCPUs cannot be removed live: restart",
-        needs: None,
-        fallback: None,
+        disruption: Disruption::Live,
+        kind: ActionKind::HotRemoveCpu,
+        reason: "cpus {before} → {after}: the guest offlines and ejects the vCPUs: hot-remove",
+        needs: Some(Capability::HotRemoveCpu),
+        fallback: Some(Fallback {
+            disruption: Disruption::Restart,
+            kind: ActionKind::Restart,
+            reason: "cpus {before} → {after}: runtime cannot remove vCPUs live: restart",
+        }),
     },
     Row {
         attribute: Attribute::MaxCpus,
@@ -381,6 +395,15 @@ pub static TABLE: &[Row] = &[
             kind: ActionKind::Restart,
             reason: "memory {before} → {after}: runtime cannot hot-add memory: restart",
         }),
+    },
+    Row {
+        attribute: Attribute::Memory,
+        condition: Condition::UpNotInSteps,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Restart,
+        reason: "memory {before} → {after}: hot-add needs 128 MiB steps: restart",
+        needs: None,
+        fallback: None,
     },
     Row {
         attribute: Attribute::Memory,
@@ -594,6 +617,12 @@ mod tests {
             (
                 A::Cpus,
                 C::Down,
+                (D::Live, K::HotRemoveCpu),
+                (D::Restart, K::Restart),
+            ),
+            (
+                A::Memory,
+                C::UpNotInSteps,
                 (D::Restart, K::Restart),
                 (D::Restart, K::Restart),
             ),
@@ -706,6 +735,13 @@ mod tests {
                 Capability::HotAddCpu,
                 Capabilities {
                     hot_add_cpu: true,
+                    ..Capabilities::none()
+                },
+            ),
+            (
+                Capability::HotRemoveCpu,
+                Capabilities {
+                    hot_remove_cpu: true,
                     ..Capabilities::none()
                 },
             ),

@@ -167,11 +167,19 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
         );
     }
     if current.memory_mib != desired.memory_mib {
-        let cond = up_down(
+        let cond = match up_down(
             current.memory_mib,
             desired.memory_mib,
             current.max_memory_mib,
-        );
+        ) {
+            Condition::UpWithinMax
+                if !(desired.memory_mib - current.memory_mib)
+                    .is_multiple_of(vmctl_spec::units::HOT_ADD_BLOCK_MIB) =>
+            {
+                Condition::UpNotInSteps
+            }
+            c => c,
+        };
         cx.push(
             Attribute::Memory,
             cond,

@@ -373,7 +373,7 @@ pub fn already_done(a: &Action, o: Option<&ObservedVm>) -> bool {
         ActionKind::Start => o.is_some_and(|o| o.live.state.has_vmm()),
         ActionKind::Stop => o.is_none_or(|o| o.live.state == RunState::Stopped),
         ActionKind::Destroy => o.is_none(),
-        ActionKind::HotAddCpu => match (o, new) {
+        ActionKind::HotAddCpu | ActionKind::HotRemoveCpu => match (o, new) {
             (Some(o), Some(n)) => o.current().cpus == n.cpus,
             _ => false,
         },
@@ -455,7 +455,7 @@ fn execute(backend: &dyn Backend, a: &Action, opts: &Options) -> Result<(), Back
             backend.create(new()?)
         }
         ActionKind::Destroy => backend.destroy(&a.vm, opts.delete_external_disks),
-        ActionKind::HotAddCpu => backend.hot_add_cpu(&a.vm, new()?.cpus),
+        ActionKind::HotAddCpu | ActionKind::HotRemoveCpu => backend.hot_add_cpu(&a.vm, new()?.cpus),
         ActionKind::HotAddMemory => backend.hot_add_memory(&a.vm, new()?.memory_mib),
         ActionKind::SetCpuWeight => backend.set_cpu_weight(&a.vm, new()?.cpu_weight),
         ActionKind::ResizeDisk => {

@@ -153,6 +153,7 @@ impl Plan {
                 ActionKind::Replace => s.replace += 1,
                 ActionKind::Destroy => s.destroy += 1,
                 ActionKind::HotAddCpu
+                | ActionKind::HotRemoveCpu
                 | ActionKind::HotAddMemory
                 | ActionKind::ResizeDisk
                 | ActionKind::SetCpuWeight => s.update_live += 1,

@@ -223,6 +223,7 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
                 sim.remove(&a.vm).ok_or("destroy of a missing VM")?;
             }
             ActionKind::HotAddCpu
+            | ActionKind::HotRemoveCpu
             | ActionKind::HotAddMemory
             | ActionKind::ResizeDisk
             | ActionKind::SetCpuWeight => {
@@ -233,7 +234,7 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
                 }
                 let c = &a.changes[0];
                 match a.kind {
-                    ActionKind::HotAddCpu => {
+                    ActionKind::HotAddCpu | ActionKind::HotRemoveCpu => {
                         if n.cpus > v.0.max_cpus {
                             return Err(format!("{} beyond max", a.id));
                         }

@@ -82,6 +82,50 @@ fn hot_add_memory_within_max() {
 }
 
 #[test]
+fn cpus_down_within_max_is_a_live_hot_remove() {
+    let old = vmctl_spec::VmSpec {
+        cpus: 3,
+        ..debian("db")
+    };
+    let new = vmctl_spec::VmSpec {
+        cpus: 1,
+        ..old.clone()
+    };
+    let p = snap(
+        "cpus_hot_remove",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    assert_eq!(p.actions.len(), 1);
+    assert_eq!(p.actions[0].kind.label(), "hot-remove-cpu");
+}
+
+#[test]
+fn memory_up_not_in_128_mib_steps_restarts() {
+    let old = debian("db");
+    let new = vmctl_spec::VmSpec {
+        memory_mib: 1024 + 300,
+        ..old.clone()
+    };
+    let p = snap(
+        "memory_not_in_steps",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    assert!(
+        p.actions[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("hot-add needs 128 MiB steps: restart"),
+        "{:?}",
+        p.actions[0].reason
+    );
+}
+
+#[test]
 fn memory_beyond_max_restarts() {
     let old = debian("db");
     let new = vmctl_spec::VmSpec {

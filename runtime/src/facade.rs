@@ -42,6 +42,8 @@ pub enum RuntimeError {
         disk: String,
         message: String,
     },
+    #[error("VM {vm:?}: {message}")]
+    Hotplug { vm: String, message: String },
     #[error("this host has no writable cpu cgroup controller: cpu-weight cannot be changed live")]
     NoCpuController,
     #[error("VM {name:?} is {state}; refusing to {action}")]

@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod devices;
 pub mod diag;
 pub mod facade;
+pub mod hotplug;
 pub mod image;
 pub mod process;
 pub mod resolve;

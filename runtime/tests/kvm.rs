@@ -288,7 +288,8 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
         st.pid as i32,
         lab.rt.observe("w").unwrap().unwrap().pid.unwrap()
     );
-    assert!(!c.capabilities().unwrap().hot_add_cpu);
+    let caps = c.capabilities().unwrap();
+    assert!(caps.hot_add_cpu && caps.hot_remove_cpu && caps.hot_add_memory && !caps.copy);
     c.pause().unwrap();
     assert_eq!(c.status().unwrap().state, RunState::Paused);
     c.resume().unwrap();
@@ -354,6 +355,111 @@ fn irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set() {
     assert_eq!(st.irq_mode, "irqchip");
     assert!(c.shutdown(Duration::from_secs(30)).unwrap());
     assert!(lab.console("sti").contains("hello from testprog\n"));
+}
+
+/// Issue 11: live vCPU and memory hot-add and vCPU hot-remove on a running
+/// diag VM, in the same VMM process, proven by what the guest reports: CPUs
+/// it started and runs code on, memory it wrote and read back.
+fn diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu() {
+    let lab = Lab::new();
+    let mut spec = lab.diag("hp", 1, 256);
+    spec.max_cpus = 4;
+    spec.max_memory_mib = 1024;
+    lab.rt.create(&spec).unwrap();
+    let pid = lab.rt.observe("hp").unwrap().unwrap().pid.unwrap();
+    let c = lab.client("hp");
+    let guest = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        wait_for("the guest report", || {
+            c.status().ok()?.guest.filter(|g| want(g))
+        })
+    };
+    let g = guest(&|g| g["memory_verified_mib"] == 256);
+    assert_eq!(
+        (g["cpus"].as_u64(), g["max_cpus"].as_u64()),
+        (Some(1), Some(4)),
+        "{g}"
+    );
+
+    // Bad input changes nothing.
+    assert!(lab.rt.hot_add_cpu("hp", 5).is_err(), "beyond max");
+    assert!(lab.rt.hot_add_cpu("hp", 0).is_err(), "no vCPU at all");
+    assert!(lab.rt.hot_add_memory("hp", 2048).is_err(), "beyond max");
+    assert!(lab.rt.hot_add_memory("hp", 128).is_err(), "shrink");
+    assert!(
+        lab.rt.hot_add_memory("hp", 300).is_err(),
+        "not 128 MiB steps"
+    );
+    assert_eq!(c.status().unwrap().vcpus, 1);
+    assert_eq!(c.status().unwrap().memory_mib, 256);
+
+    lab.rt.hot_add_cpu("hp", 3).unwrap();
+    let g = guest(&|g| g["cpus"] == 3);
+    assert_eq!(g["cpus_online"], 3, "the new APs run diag code: {g}");
+    lab.rt.hot_add_memory("hp", 768).unwrap();
+    let g = guest(&|g| g["memory_mib"] == 768);
+    assert_eq!(
+        g["memory_verified_mib"], 768,
+        "every 2 MiB written and read back: {g}"
+    );
+    let st = c.status().unwrap();
+    assert_eq!((st.pid as i32, st.vcpus, st.memory_mib), (pid, 3, 768));
+    let rec = lab.rt.vm_dir("hp").read_record().unwrap();
+    assert_eq!(
+        (rec.spec.cpus, rec.spec.memory_mib),
+        (3, 768),
+        "recorded after the guest saw it"
+    );
+    // Asking for what is there is success.
+    lab.rt.hot_add_cpu("hp", 3).unwrap();
+    lab.rt.hot_add_memory("hp", 768).unwrap();
+
+    // Hot-remove: the guest parks the AP and ejects it.
+    lab.rt.hot_add_cpu("hp", 2).unwrap();
+    let g = guest(&|g| g["cpus"] == 2);
+    assert_eq!(g["cpus_online"], 2, "{g}");
+    assert_eq!(c.status().unwrap().pid as i32, pid, "same VMM process");
+    // ... and the ejected vCPU comes back on a later add.
+    lab.rt.hot_add_cpu("hp", 3).unwrap();
+    guest(&|g| g["cpus"] == 3 && g["cpus_online"] == 3);
+    lab.rt.hot_add_cpu("hp", 2).unwrap();
+    guest(&|g| g["cpus"] == 2);
+
+    // One change at a time: with the guest paused, the first cannot be
+    // acknowledged, so a second is refused while it is in flight.
+    c.pause().unwrap();
+    let api = lab.rt.vm_dir("hp").api_sock();
+    let first = std::thread::spawn(move || {
+        vmctl_runtime::api::ApiClient::new(api).hot_add_cpu(4, Duration::from_secs(60))
+    });
+    wait_for("the first hot-add to be in flight", || {
+        c.status()
+            .ok()?
+            .hotplug_in_flight
+            .filter(|w| w == "hot-add to 4 vCPUs")
+    });
+    let second = c.hot_add_memory(1024, Duration::from_secs(5)).unwrap_err();
+    assert!(
+        second
+            .to_string()
+            .contains("in flight (hot-add to 4 vCPUs)"),
+        "{second}"
+    );
+    assert_eq!(c.status().unwrap().memory_mib, 768, "nothing changed");
+    c.resume().unwrap();
+    assert_eq!(first.join().unwrap().unwrap().cpus, 4);
+    lab.rt.hot_add_cpu("hp", 2).unwrap();
+
+    // A stopped VM cannot be hot-added; a restart boots what was recorded.
+    lab.rt.stop("hp", Duration::from_secs(30)).unwrap();
+    assert!(lab.rt.hot_add_cpu("hp", 3).is_err());
+    lab.rt.start("hp").unwrap();
+    let g = guest(&|g| g["memory_verified_mib"] == 768 && !g["cpus_started"].is_null());
+    assert_eq!(
+        (g["cpus"].as_u64(), g["memory_mib"].as_u64()),
+        (Some(2), Some(768)),
+        "{g}"
+    );
+    lab.rt.stop("hp", Duration::from_secs(30)).unwrap();
 }
 
 /// A guest reset rebuilds the VM inside the same VMM process.
@@ -514,6 +620,8 @@ fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
         assert_eq!(report["cpus_started"], cpus, "every AP started: {report}");
     }
     assert_eq!(report["memory_mib"], memory_mib, "{report}");
+    // diag wrote and read back samples across every e820 RAM range.
+    assert_eq!(report["memory_verified_mib"], memory_mib, "{report}");
     assert_eq!(report["disks"][0]["id"], "root", "{report}");
     assert_eq!(report["disks"][0]["size_bytes"], 10u64 << 20, "{report}");
     let st = c.status().unwrap();
@@ -581,6 +689,10 @@ fn diag_pause_resume_and_console() {
 type Test = (&'static str, fn());
 
 const TESTS: &[Test] = &[
+    (
+        "diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu",
+        diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu,
+    ),
     (
         "irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set",
         irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set,

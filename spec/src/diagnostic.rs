@@ -209,6 +209,10 @@ pub const CODES: &[(&str, &str)] = &[
         "more boot vCPUs than the host has (warning)",
     ),
     (
+        "vmctl::spec::hot-add-steps",
+        "memory `max` whose headroom is not whole 128 MiB blocks (warning)",
+    ),
+    (
         "vmctl::spec::duplicate-disk",
         "two disks with the same name in one VM",
     ),

@@ -12,7 +12,7 @@ use miette::SourceSpan;
 use crate::diagnostic::{Diag, Sink};
 use crate::model::DiskFormat;
 use crate::suggest::did_you_mean;
-use crate::units::{self, MIB, SizeError};
+use crate::units::{self, HOT_ADD_BLOCK_MIB, MIB, SizeError};
 
 /// A value and where it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -629,6 +629,28 @@ impl Reader<'_> {
                 )),
             );
             return None;
+        }
+        let headroom = max.val - boot.val;
+        if !headroom.is_multiple_of(HOT_ADD_BLOCK_MIB) {
+            let down = boot.val + headroom / HOT_ADD_BLOCK_MIB * HOT_ADD_BLOCK_MIB;
+            let up = boot.val + headroom.div_ceil(HOT_ADD_BLOCK_MIB) * HOT_ADD_BLOCK_MIB;
+            self.sink.push(
+                Diag::warning(
+                    "vmctl::spec::hot-add-steps",
+                    format!(
+                        "hot-add headroom {} is not a whole number of {HOT_ADD_BLOCK_MIB} MiB blocks",
+                        units::format_mib(headroom)
+                    ),
+                )
+                .label(max.span, "max")
+                .label(boot.span, "boot memory")
+                .help(format!(
+                    "the guest onlines hot-added memory in {HOT_ADD_BLOCK_MIB} MiB blocks, so the last {} can never be hot-added; use max=\"{}\" or max=\"{}\"",
+                    units::format_mib(headroom % HOT_ADD_BLOCK_MIB),
+                    units::format_mib(down),
+                    units::format_mib(up)
+                )),
+            );
         }
         Some(Pair {
             boot: boot.val,

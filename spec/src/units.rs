@@ -6,6 +6,10 @@
 //! caller turns [`SizeError::MissingUnit`] into a diagnostic showing how to write it.
 
 /// Every unit accepted, with its multiplier, for parsing, docs and "did you mean".
+/// Linux onlines hot-added memory in blocks of this many MiB (x86-64 below
+/// 64 GiB), so memory can only be hot-added in whole blocks. The planner,
+/// the validator and the VMM's hotplug region all use this one number.
+pub const HOT_ADD_BLOCK_MIB: u64 = 128;
 pub const UNITS: &[(&str, u64)] = &[
     ("B", 1),
     ("KiB", 1 << 10),

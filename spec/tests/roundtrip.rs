@@ -143,7 +143,8 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
             cpus: d.cpus,
             max_cpus: (d.cpus + d.extra_cpus).min(254),
             memory_mib: d.memory_2mib * 2,
-            max_memory_mib: (d.memory_2mib + d.extra_2mib) * 2,
+            // Headroom in whole 128 MiB hot-add blocks (else a warning).
+            max_memory_mib: (d.memory_2mib + d.extra_2mib / 64 * 64) * 2,
             disks,
             depends_on,
             copy_from,

@@ -234,6 +234,22 @@ fn more_cpus_than_host_is_a_warning() {
 }
 
 #[test]
+fn memory_headroom_not_in_hot_add_blocks_is_a_warning() {
+    let loaded = parse(
+        "steps.kdl",
+        "vm \"a\" {\n    os \"diag\"\n    memory \"256MiB\" max=\"1000MiB\"\n}\n",
+    )
+    .unwrap();
+    assert_eq!(loaded.state.vms[0].max_memory_mib, 1000);
+    assert_eq!(loaded.warnings.len(), 1);
+    let d = loaded.warnings[0]
+        .downcast_ref::<vmctl_spec::SpecDiagnostic>()
+        .unwrap();
+    assert_eq!(d.code, "vmctl::spec::hot-add-steps");
+    snap!("diag_hot_add_steps_warning", render(&loaded.warnings[0]));
+}
+
+#[test]
 fn duplicate_disk_names() {
     check(
         "duplicate_disk",

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::protocol::{Capabilities, Request, Response, ShutdownResult, Status};
+use super::protocol::{Capabilities, HotplugResult, Request, Response, ShutdownResult, Status};
 
 /// Default time allowed for one request/response (shutdown adds its grace period).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,5 +121,20 @@ impl ApiClient {
             size_bytes,
         };
         self.call(&req, self.timeout)
+    }
+
+    /// Make `cpus` vCPUs present (hot-add or hot-remove); answered once the
+    /// guest acknowledged, so it may take up to `wait`.
+    pub fn hot_add_cpu(&self, cpus: u32, wait: Duration) -> Result<HotplugResult, ClientError> {
+        self.call(&Request::HotAddCpu { cpus }, wait + self.timeout)
+    }
+
+    /// Grow the RAM to `memory_mib`; answered once the guest acknowledged.
+    pub fn hot_add_memory(
+        &self,
+        memory_mib: u64,
+        wait: Duration,
+    ) -> Result<HotplugResult, ClientError> {
+        self.call(&Request::HotAddMemory { memory_mib }, wait + self.timeout)
     }
 }

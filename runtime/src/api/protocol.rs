@@ -99,6 +99,16 @@ pub struct Status {
     pub max_cpus: u32,
     #[serde(default)]
     pub max_memory_mib: u64,
+    /// A hot-add or hot-remove waiting for the guest, e.g. "hot-add to 3 vCPUs".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_in_flight: Option<String>,
+}
+
+/// The result of `hot_add_cpu` / `hot_add_memory`: what the VM has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotplugResult {
+    pub cpus: u32,
+    pub memory_mib: u64,
 }
 
 /// The `shutdown` result.

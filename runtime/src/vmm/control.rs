@@ -38,6 +38,7 @@ impl Vmm {
             irq_mode: self.cfg.irq_mode.as_str().into(),
             max_cpus: self.cfg.max_cpus,
             max_memory_mib: self.cfg.max_memory_mib,
+            hotplug_in_flight: self.in_flight_description(),
         }
     }
 

@@ -10,23 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::serve::Vmm;
-use crate::api::protocol::Response;
+use crate::api::protocol::{HotplugResult, Response};
 use crate::api::server::Pending;
 use crate::devices::legacy::GedDevice;
 use crate::devices::legacy::ged::{GED_CPU_HOTPLUG, GED_MEMORY_HOTPLUG};
 
 /// How long the guest has to acknowledge a hot-add or eject a vCPU.
 pub const GUEST_ACK_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The result of `hot_add_cpu` / `hot_add_memory`: what the VM has now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HotplugResult {
-    pub cpus: u32,
-    pub memory_mib: u64,
-}
 
 enum Op {
     AddCpus { indices: Vec<u32>, target: u32 },
@@ -56,6 +47,10 @@ impl Vmm {
             cpus: self.cfg.cpus,
             memory_mib: self.cfg.memory_mib,
         }
+    }
+
+    pub(super) fn in_flight_description(&self) -> Option<String> {
+        self.in_flight.as_ref().map(|f| f.op.describe())
     }
 
     /// Refuse `p` when a change is already waiting for the guest.

@@ -45,9 +45,9 @@ pub use setup::load_image;
 
 /// Capabilities of this VMM build.
 pub const CAPABILITIES: Capabilities = Capabilities {
-    hot_add_cpu: false,
-    hot_remove_cpu: false,
-    hot_add_memory: false,
+    hot_add_cpu: true,
+    hot_remove_cpu: true,
+    hot_add_memory: true,
     live_disk_resize: true,
     // A cgroup write, done by the control plane (facade), not the VMM.
     live_cpu_weight: false,

@@ -51,7 +51,7 @@ pub const MEMORY_HOTPLUG_SLOTS: usize = 8;
 /// Granularity of hot-added memory: the region's start and every hot-added
 /// range are multiples of it. 128 MiB is Linux's x86-64 memory block size
 /// for guests below 64 GiB of boot RAM.
-pub const MEMORY_HOTPLUG_ALIGN: u64 = 128 << 20;
+pub const MEMORY_HOTPLUG_ALIGN: u64 = vmctl_spec::units::HOT_ADD_BLOCK_MIB << 20;
 
 /// IOAPIC and local APIC, where KVM's in-kernel irqchip puts them.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
