@@ -159,11 +159,23 @@ fn vmm_pids_under(state: &Path) -> Vec<i32> {
 }
 
 fn lab_kdl(beta_memory: &str, with_gamma: bool) -> String {
+    lab_kdl_with_alpha(beta_memory, with_gamma, 1, 128)
+}
+
+/// The lab with alpha at `alpha_cpus` / `alpha_mib` within its hot-add
+/// headroom (max 2 vCPUs, 384 MiB): changing them is a live hot-add.
+fn lab_kdl_with_alpha(
+    beta_memory: &str,
+    with_gamma: bool,
+    alpha_cpus: u32,
+    alpha_mib: u64,
+) -> String {
     let mut s = format!(
         r#"
 vm "alpha" {{
     os "diag"
-    memory "128MiB"
+    cpus {alpha_cpus} max=2
+    memory "{alpha_mib}MiB" max="384MiB"
 }}
 vm "beta" {{
     os "diag"
@@ -373,13 +385,16 @@ fn apply_killed_at_random_points_is_completed_by_the_next_apply() {
     let names = ["alpha", "beta", "gamma"];
     for round in 0..8 {
         // Alternate between two desired states so each round has work:
-        // even rounds want beta at 256 MiB with gamma, odd at 384 without.
-        let (mem, gamma) = if round % 2 == 0 {
-            ("256MiB", true)
+        // even rounds want beta at 256 MiB with gamma and alpha at 1 vCPU /
+        // 128 MiB (a live hot-remove and a restart for its memory), odd
+        // rounds beta at 384 without gamma and alpha at 2 vCPUs / 256 MiB
+        // (live CPU and memory hot-add).
+        let (mem, gamma, alpha) = if round % 2 == 0 {
+            ("256MiB", true, (1, 128))
         } else {
-            ("384MiB", false)
+            ("384MiB", false, (2, 256))
         };
-        lab.write(&lab_kdl(mem, gamma));
+        lab.write(&lab_kdl_with_alpha(mem, gamma, alpha.0, alpha.1));
         let mut child = spawn_apply(&lab);
         let delay = rng.next() % 400;
         std::thread::sleep(Duration::from_millis(delay));
@@ -388,7 +403,7 @@ fn apply_killed_at_random_points_is_completed_by_the_next_apply() {
         // The next apply must finish the job.
         let out = lab.ok(&["apply", "--auto-approve"]);
         let want_mem = if gamma { 256 } else { 384 };
-        lab.wait_guest("alpha", 1, 128);
+        lab.wait_guest("alpha", u64::from(alpha.0), alpha.1);
         lab.wait_guest("beta", 2, want_mem);
         if gamma {
             lab.wait_guest("gamma", 1, 64);
@@ -613,4 +628,76 @@ fn a_disk_grows_live_and_the_guest_sees_it() {
         client.resize_disk("data", (128 << 20) + 1).is_err(),
         "whole sectors only"
     );
+}
+
+/// Issue 11 through the binary: editing `cpus` and `memory` within `max`
+/// plans live hot-add lines, apply keeps the VMM (same pid), status shows
+/// the guest's own new figures, and the next plan is empty; then a CPU
+/// hot-remove the same way.
+#[test]
+fn cpu_and_memory_hot_add_and_cpu_hot_remove_are_live() {
+    if !kvm_available() {
+        return;
+    }
+    let kdl = |cpus: u32, memory: &str| {
+        format!(
+            "vm \"h\" {{\n    os \"diag\"\n    cpus {cpus} max=4\n    memory \"{memory}\" max=\"1GiB\"\n}}\n"
+        )
+    };
+    let lab = Lab::new(&kdl(1, "256MiB"));
+    lab.ok(&["apply", "--auto-approve"]);
+    let before = lab.wait_guest("h", 1, 256);
+
+    lab.write(&kdl(3, "768MiB"));
+    let out = lab.run(&["plan", "--json"]);
+    assert!(out.status.success());
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --json parses");
+    let kinds: Vec<(String, String)> = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap_or("").to_string(),
+                a["disruption"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("hot-add-cpu".to_string(), "live".to_string()),
+            ("hot-add-memory".to_string(), "live".to_string())
+        ],
+        "{plan:#}"
+    );
+    let text = lab.ok(&["plan"]);
+    assert!(text.contains("~ h hot-add-cpu"), "{text}");
+    assert!(
+        text.contains("cpus 1 → 3 within hot-add max 4: hot-add"),
+        "{text}"
+    );
+    assert!(text.contains("~ h hot-add-memory"), "{text}");
+    lab.ok(&["apply", "--auto-approve"]);
+    let after = lab.wait_guest("h", 3, 768);
+    assert_eq!(after["pid"], before["pid"], "no restart");
+    assert_eq!(after["guest"]["cpus_online"], 3, "{after:#}");
+    assert_eq!(after["guest"]["memory_verified_mib"], 768, "{after:#}");
+    assert_eq!(
+        (after["cpus"].as_u64(), after["memory_mib"].as_u64()),
+        (Some(3), Some(768))
+    );
+    let again = lab.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0), "converged");
+
+    lab.write(&kdl(2, "768MiB"));
+    let text = lab.ok(&["plan"]);
+    assert!(text.contains("~ h hot-remove-cpu"), "{text}");
+    lab.ok(&["apply", "--auto-approve"]);
+    let removed = lab.wait_guest("h", 2, 768);
+    assert_eq!(removed["pid"], before["pid"], "no restart");
+    assert_eq!(removed["guest"]["cpus_online"], 2, "{removed:#}");
+    let again = lab.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0), "converged");
+    lab.ok(&["destroy", "--auto-approve"]);
 }
