@@ -154,67 +154,101 @@ fn cpu_controller() -> Vec<u8> {
     )
 }
 
+/// What the status, notify and scan methods of one controller need: its
+/// mutex and the fields of the selected CPU or slot. The CPU and memory
+/// controllers have the same protocol (select, read flags, notify, ack),
+/// so one builder makes each method for both.
+struct Protocol<'a> {
+    lock: &'a str,
+    select: Path,
+    enabled: Path,
+    inserting: Path,
+    removing: Path,
+    /// Name of the notify method (`CTFY` / `MTFY`).
+    notify: &'static str,
+}
+
+impl Protocol<'_> {
+    /// `NAME(i)`: 0xF if CPU/slot i is present, else 0.
+    fn status_method(&self, name: &str) -> Vec<u8> {
+        let acquire = Acquire::new(self.lock.into(), WAIT_FOREVER);
+        let release = Release::new(self.lock.into());
+        let sel_arg = Store::new(&self.select, &aml::Arg(0));
+        let zero_l0 = Store::new(&Local(0), &aml::ZERO);
+        let sta = Store::new(&Local(0), &STA_PRESENT);
+        let is_enabled = Equal::new(&self.enabled, &aml::ONE);
+        let if_enabled = If::new(&is_enabled, vec![&sta]);
+        let mut body = locked(&acquire, &release, vec![&sel_arg, &zero_l0, &if_enabled]);
+        let ret = Return::new(&Local(0));
+        body.push(&ret);
+        to_bytes(&Method::new(name.into(), 1, true, body))
+    }
+
+    /// `xTFY(i, event)`: Notify device `names[i]`. Notify needs a fixed
+    /// object, hence one If per device.
+    fn notify_method(&self, names: &[String]) -> Vec<u8> {
+        let paths: Vec<Path> = names.iter().map(|n| n.as_str().into()).collect();
+        let ids: Vec<u64> = (0..names.len() as u64).collect();
+        let notifies: Vec<Notify> = paths.iter().map(|n| Notify::new(n, &aml::Arg(1))).collect();
+        let conds: Vec<Equal> = ids.iter().map(|i| Equal::new(&aml::Arg(0), i)).collect();
+        let ifs: Vec<If> = conds
+            .iter()
+            .zip(&notifies)
+            .map(|(c, n)| If::new(c, vec![n]))
+            .collect();
+        let ifs: Vec<&dyn Aml> = ifs.iter().map(|i| i as &dyn Aml).collect();
+        to_bytes(&Method::new(self.notify.into(), 2, true, ifs))
+    }
+
+    /// `xSCN()`: for each of `count` CPUs/slots, notify and ack insertions
+    /// (device check) and removal requests (eject request).
+    fn scan_method(&self, name: &str, count: u32) -> Vec<u8> {
+        let acquire = Acquire::new(self.lock.into(), WAIT_FOREVER);
+        let release = Release::new(self.lock.into());
+        let zero_l0 = Store::new(&Local(0), &aml::ZERO);
+        let sel_l0 = Store::new(&self.select, &Local(0));
+        let inserting = Equal::new(&self.inserting, &aml::ONE);
+        let tfy_ins = MethodCall::new(self.notify.into(), vec![&Local(0), &NOTIFY_DEVICE_CHECK]);
+        let ack_ins = Store::new(&self.inserting, &aml::ONE);
+        let on_ins = If::new(&inserting, vec![&tfy_ins, &ack_ins]);
+        let removing = Equal::new(&self.removing, &aml::ONE);
+        let tfy_rmv = MethodCall::new(self.notify.into(), vec![&Local(0), &NOTIFY_EJECT_REQUEST]);
+        let ack_rmv = Store::new(&self.removing, &aml::ONE);
+        let on_rmv = If::new(&removing, vec![&tfy_rmv, &ack_rmv]);
+        let next = Add::new(&Local(0), &Local(0), &aml::ONE);
+        let max = u64::from(count);
+        let more = LessThan::new(&Local(0), &max);
+        let walk = While::new(&more, vec![&sel_l0, &on_ins, &on_rmv, &next]);
+        let body = locked(&acquire, &release, vec![&zero_l0, &walk]);
+        to_bytes(&Method::new(name.into(), 0, true, body))
+    }
+}
+
 /// The methods under `\_SB_.CPUS` that talk to the controller.
 fn cpu_methods(max_cpus: u32) -> Vec<u8> {
     let lock = "\\_SB_.PRES.CPLK";
-    let csel = Path::new("\\_SB_.PRES.CSEL");
-    let cpen = Path::new("\\_SB_.PRES.CPEN");
-    let cins = Path::new("\\_SB_.PRES.CINS");
-    let crmv = Path::new("\\_SB_.PRES.CRMV");
-    let cej0 = Path::new("\\_SB_.PRES.CEJ0");
-    let acquire = Acquire::new(lock.into(), WAIT_FOREVER);
-    let release = Release::new(lock.into());
-    let mut out = Vec::new();
-
-    // CSTA(i): 0xF if CPU i is present, else 0.
-    let sel_arg = Store::new(&csel, &aml::Arg(0));
-    let zero_l0 = Store::new(&Local(0), &aml::ZERO);
-    let sta = Store::new(&Local(0), &STA_PRESENT);
-    let is_enabled = Equal::new(&cpen, &aml::ONE);
-    let if_enabled = If::new(&is_enabled, vec![&sta]);
-    let mut body = locked(&acquire, &release, vec![&sel_arg, &zero_l0, &if_enabled]);
-    let ret = Return::new(&Local(0));
-    body.push(&ret);
-    out.extend(to_bytes(&Method::new("CSTA".into(), 1, true, body)));
-
-    // CTFY(i, event): Notify the processor device of CPU i. Notify needs a
-    // fixed object, hence one If per CPU.
-    let names: Vec<Path> = (0..max_cpus)
-        .map(|i| cpu_device_name(i).as_str().into())
-        .collect();
-    let ids: Vec<u64> = (0..max_cpus).map(u64::from).collect();
-    let notifies: Vec<Notify> = names.iter().map(|n| Notify::new(n, &aml::Arg(1))).collect();
-    let conds: Vec<Equal> = ids.iter().map(|i| Equal::new(&aml::Arg(0), i)).collect();
-    let ifs: Vec<If> = conds
-        .iter()
-        .zip(&notifies)
-        .map(|(c, n)| If::new(c, vec![n]))
-        .collect();
-    let ifs: Vec<&dyn Aml> = ifs.iter().map(|i| i as &dyn Aml).collect();
-    out.extend(to_bytes(&Method::new("CTFY".into(), 2, true, ifs)));
+    let p = Protocol {
+        lock,
+        select: Path::new("\\_SB_.PRES.CSEL"),
+        enabled: Path::new("\\_SB_.PRES.CPEN"),
+        inserting: Path::new("\\_SB_.PRES.CINS"),
+        removing: Path::new("\\_SB_.PRES.CRMV"),
+        notify: "CTFY",
+    };
+    let mut out = p.status_method("CSTA");
+    let names: Vec<String> = (0..max_cpus).map(cpu_device_name).collect();
+    out.extend(p.notify_method(&names));
 
     // CEJ0(i): eject CPU i (the device clears CPEN, the VMM parks the vCPU).
+    let acquire = Acquire::new(lock.into(), WAIT_FOREVER);
+    let release = Release::new(lock.into());
+    let sel_arg = Store::new(&p.select, &aml::Arg(0));
+    let cej0 = Path::new("\\_SB_.PRES.CEJ0");
     let set_ej = Store::new(&cej0, &aml::ONE);
     let body = locked(&acquire, &release, vec![&sel_arg, &set_ej]);
     out.extend(to_bytes(&Method::new("CEJ0".into(), 1, true, body)));
 
-    // CSCN(): for every possible CPU, notify and ack insertions (device
-    // check) and removal requests (eject request).
-    let sel_l0 = Store::new(&csel, &Local(0));
-    let inserting = Equal::new(&cins, &aml::ONE);
-    let tfy_ins = MethodCall::new("CTFY".into(), vec![&Local(0), &NOTIFY_DEVICE_CHECK]);
-    let ack_ins = Store::new(&cins, &aml::ONE);
-    let on_ins = If::new(&inserting, vec![&tfy_ins, &ack_ins]);
-    let removing = Equal::new(&crmv, &aml::ONE);
-    let tfy_rmv = MethodCall::new("CTFY".into(), vec![&Local(0), &NOTIFY_EJECT_REQUEST]);
-    let ack_rmv = Store::new(&crmv, &aml::ONE);
-    let on_rmv = If::new(&removing, vec![&tfy_rmv, &ack_rmv]);
-    let next = Add::new(&Local(0), &Local(0), &aml::ONE);
-    let max = u64::from(max_cpus);
-    let more = LessThan::new(&Local(0), &max);
-    let walk = While::new(&more, vec![&sel_l0, &on_ins, &on_rmv, &next]);
-    let body = locked(&acquire, &release, vec![&zero_l0, &walk]);
-    out.extend(to_bytes(&Method::new("CSCN".into(), 0, true, body)));
+    out.extend(p.scan_method("CSCN", max_cpus));
     out
 }
 
@@ -269,24 +303,18 @@ pub fn cpus(cfg: &AcpiConfig) -> Vec<u8> {
 /// The methods under `\_SB_.MHPC`.
 fn memory_methods(slots: u32) -> Vec<u8> {
     let lock = "\\_SB_.MHPC.MLCK";
-    let msel = Path::new("\\_SB_.MHPC.MSEL");
-    let men = Path::new("\\_SB_.MHPC.MEN_");
-    let mins = Path::new("\\_SB_.MHPC.MINS");
-    let mrmv = Path::new("\\_SB_.MHPC.MRMV");
+    let p = Protocol {
+        lock,
+        select: Path::new("\\_SB_.MHPC.MSEL"),
+        enabled: Path::new("\\_SB_.MHPC.MEN_"),
+        inserting: Path::new("\\_SB_.MHPC.MINS"),
+        removing: Path::new("\\_SB_.MHPC.MRMV"),
+        notify: "MTFY",
+    };
     let acquire = Acquire::new(lock.into(), WAIT_FOREVER);
     let release = Release::new(lock.into());
-    let mut out = Vec::new();
-
-    // MSTA(s): 0xF if slot s is populated, else 0.
-    let sel_arg = Store::new(&msel, &aml::Arg(0));
-    let zero_l0 = Store::new(&Local(0), &aml::ZERO);
-    let sta = Store::new(&Local(0), &STA_PRESENT);
-    let is_enabled = Equal::new(&men, &aml::ONE);
-    let if_enabled = If::new(&is_enabled, vec![&sta]);
-    let mut body = locked(&acquire, &release, vec![&sel_arg, &zero_l0, &if_enabled]);
-    let ret = Return::new(&Local(0));
-    body.push(&ret);
-    out.extend(to_bytes(&Method::new("MSTA".into(), 1, true, body)));
+    let sel_arg = Store::new(&p.select, &aml::Arg(0));
+    let mut out = p.status_method("MSTA");
 
     // MCRS(s): a QWordMemory descriptor for slot s, filled from the
     // registers with 64-bit arithmetic (DSDT revision 2).
@@ -330,37 +358,9 @@ fn memory_methods(slots: u32) -> Vec<u8> {
     body.push(&ret);
     out.extend(to_bytes(&Method::new("MCRS".into(), 1, true, body)));
 
-    // MTFY(s, event): Notify memory device s.
-    let names: Vec<Path> = (0..slots)
-        .map(|s| memory_device_name(s).as_str().into())
-        .collect();
-    let ids: Vec<u64> = (0..slots).map(u64::from).collect();
-    let notifies: Vec<Notify> = names.iter().map(|n| Notify::new(n, &aml::Arg(1))).collect();
-    let conds: Vec<Equal> = ids.iter().map(|i| Equal::new(&aml::Arg(0), i)).collect();
-    let ifs: Vec<If> = conds
-        .iter()
-        .zip(&notifies)
-        .map(|(c, n)| If::new(c, vec![n]))
-        .collect();
-    let ifs: Vec<&dyn Aml> = ifs.iter().map(|i| i as &dyn Aml).collect();
-    out.extend(to_bytes(&Method::new("MTFY".into(), 2, true, ifs)));
-
-    // MSCN(): notify and ack every inserting (and removing) slot.
-    let sel_l0 = Store::new(&msel, &Local(0));
-    let inserting = Equal::new(&mins, &aml::ONE);
-    let tfy_ins = MethodCall::new("MTFY".into(), vec![&Local(0), &NOTIFY_DEVICE_CHECK]);
-    let ack_ins = Store::new(&mins, &aml::ONE);
-    let on_ins = If::new(&inserting, vec![&tfy_ins, &ack_ins]);
-    let removing = Equal::new(&mrmv, &aml::ONE);
-    let tfy_rmv = MethodCall::new("MTFY".into(), vec![&Local(0), &NOTIFY_EJECT_REQUEST]);
-    let ack_rmv = Store::new(&mrmv, &aml::ONE);
-    let on_rmv = If::new(&removing, vec![&tfy_rmv, &ack_rmv]);
-    let next = Add::new(&Local(0), &Local(0), &aml::ONE);
-    let max = u64::from(slots);
-    let more = LessThan::new(&Local(0), &max);
-    let walk = While::new(&more, vec![&sel_l0, &on_ins, &on_rmv, &next]);
-    let body = locked(&acquire, &release, vec![&zero_l0, &walk]);
-    out.extend(to_bytes(&Method::new("MSCN".into(), 0, true, body)));
+    let names: Vec<String> = (0..slots).map(memory_device_name).collect();
+    out.extend(p.notify_method(&names));
+    out.extend(p.scan_method("MSCN", slots));
     out
 }
 
