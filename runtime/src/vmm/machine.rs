@@ -306,6 +306,12 @@ impl Machine {
                 len >> 20
             )));
         }
+        if self.memory_hotplug.populated().len() >= layout::MEMORY_HOTPLUG_SLOTS {
+            return Err(MachineError::NoRoom(format!(
+                "all {} memory slots are used; restart the VM to fold them into boot RAM",
+                layout::MEMORY_HOTPLUG_SLOTS
+            )));
+        }
         let mem = self.vm.add_ram(base, bytes)?;
         for d in &self.disks {
             if let Ok(mut t) = d.lock() {
