@@ -111,11 +111,15 @@ impl Runtime {
         self.state.vm(name)
     }
 
-    /// Every VM record, by name.
+    /// Every VM record, by name. A VM destroyed while we list (its
+    /// directory or `vm.json` gone between the directory listing and the
+    /// read) is simply not listed.
     pub fn list(&self) -> Result<Vec<Record>, RuntimeError> {
         let mut out = Vec::new();
         for name in self.state.vm_names()? {
-            out.push(self.state.vm(&name).read_record()?);
+            if let Some(rec) = self.state.vm(&name).read_record_if_exists()? {
+                out.push(rec);
+            }
         }
         Ok(out)
     }
@@ -123,10 +127,11 @@ impl Runtime {
     /// The VM's record, liveness and live status; None if it does not exist.
     pub fn observe(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
         let dir = self.state.vm(name);
-        if !dir.record().exists() {
+        // No record (or one that vanished just now: another action is
+        // destroying this VM) is no VM.
+        let Some(record) = dir.read_record_if_exists()? else {
             return Ok(None);
-        }
-        let record = dir.read_record()?;
+        };
         let mut pid = dir.read_pid();
         let mut alive = pid.is_some_and(process::is_vmm_alive);
         if !alive && process::vmm_lock_held(&dir.path) {
@@ -299,8 +304,10 @@ impl Runtime {
         if let Some(ctl) = &self.cpu {
             ctl.group(name, &dir.path).remove();
         }
-        std::fs::remove_dir_all(&dir.path).map_err(io(&dir.path))?;
-        Ok(())
+        match std::fs::remove_dir_all(&dir.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir.path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Grow one disk to `size_bytes` and record it: live through the VMM when
@@ -519,6 +526,50 @@ mod tests {
         assert!(!dir.pid_file().exists());
         assert_eq!(dir.read_record().unwrap().desired, Desired::Stopped);
         assert_eq!(live(&rt, "a"), RunState::Stopped);
+    }
+
+    /// Issue 15: listing or observing while another thread destroys a VM
+    /// (its `vm.json` and directory vanish between readdir and read) must
+    /// see the VM or not see it, never fail.
+    #[test]
+    fn list_and_observe_tolerate_a_vm_destroyed_meanwhile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (rt, stop) = (rt.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let s = VmSpec {
+                    autostart: false,
+                    ..VmSpec::diag("churn")
+                };
+                let mut cycles = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    rt.create(&s).unwrap();
+                    rt.destroy("churn", false).unwrap();
+                    cycles += 1;
+                }
+                cycles
+            })
+        };
+        let mut errors = Vec::new();
+        for _ in 0..20_000 {
+            if let Err(e) = rt.list() {
+                errors.push(format!("list: {e}"));
+            }
+            if let Err(e) = rt.observe("churn") {
+                errors.push(format!("observe: {e}"));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let cycles = churn.join().unwrap();
+        assert!(cycles > 0);
+        assert!(
+            errors.is_empty(),
+            "{} errors, first: {:?}",
+            errors.len(),
+            errors.first()
+        );
     }
 
     #[test]

@@ -104,11 +104,18 @@ fn try_vmm_lock(vm_dir: &Path) -> Result<Option<std::fs::File>, ProcessError> {
 }
 
 /// Whether a VMM (running, or still starting) holds the VM's lock.
+///
+/// Only looks: never creates the lock file (a VM being destroyed
+/// concurrently must not get a file put back into the directory that is
+/// being removed).
 pub fn vmm_lock_held(vm_dir: &Path) -> bool {
-    if !vm_dir.join(VMM_LOCK).exists() {
+    let Ok(file) = std::fs::File::open(vm_dir.join(VMM_LOCK)) else {
         return false;
-    }
-    matches!(try_vmm_lock(vm_dir), Ok(None))
+    };
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // Taken: nobody held it; it is released when `file` is dropped.
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 /// Wait (bounded) for the VMM that holds the lock to be ready; its pid, or
