@@ -133,7 +133,7 @@ impl Runtime {
             return Ok(None);
         };
         let mut pid = dir.read_pid();
-        let mut alive = pid.is_some_and(process::is_vmm_alive);
+        let mut alive = pid.is_some_and(|p| process::is_vmm_of(p, &dir.path));
         if !alive && process::vmm_lock_held(&dir.path) {
             // A VMM is starting (its pid file is not written yet): wait for it
             // rather than mistake it for a stopped or crashed VM.
@@ -262,9 +262,9 @@ impl Runtime {
             if let Err(e) = client.shutdown(timeout) {
                 tracing::warn!(vm = name, error = %e, "graceful shutdown failed; killing the VMM");
             }
-            if !process::wait_gone(pid, KILL_MARGIN) {
-                process::signal(pid, libc::SIGKILL);
-                process::wait_gone(pid, KILL_MARGIN);
+            if !process::wait_gone(pid, &dir.path, KILL_MARGIN) {
+                process::signal_vmm(pid, &dir.path, libc::SIGKILL);
+                process::wait_gone(pid, &dir.path, KILL_MARGIN);
             }
         }
         process::remove_stale_files(&dir);
@@ -287,9 +287,10 @@ impl Runtime {
         {
             tracing::warn!(vm = name, error = %e, "stop before destroy failed");
         }
-        if let Some(pid) = dir.read_pid().filter(|&p| process::is_vmm_alive(p)) {
-            process::signal(pid, libc::SIGKILL);
-            process::wait_gone(pid, KILL_MARGIN);
+        if let Some(pid) = dir.read_pid() {
+            // Only this VM's own VMM, never whatever else has that pid now.
+            process::signal_vmm(pid, &dir.path, libc::SIGKILL);
+            process::wait_gone(pid, &dir.path, KILL_MARGIN);
         }
         if delete_external_disks {
             for disk in record.iter().flat_map(|r| &r.spec.disks) {
@@ -570,6 +571,46 @@ mod tests {
             errors.len(),
             errors.first()
         );
+    }
+
+    /// Issue 15: a process whose command line says `__vmm` (even with this
+    /// VM's `--vm-dir`) and whose pid is in `vmm.pid` — a reused pid — is
+    /// not this VM's VMM unless it holds the VM's `vmm.lock`: observe calls
+    /// the VM crashed, and stop/destroy never signal it.
+    #[test]
+    fn a_stranger_with_vmm_in_its_cmdline_is_never_taken_for_the_vmm_or_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        rt.create(&spec("a", false)).unwrap();
+        let dir = rt.vm_dir("a");
+        let mut rec = dir.read_record().unwrap();
+        rec.desired = Desired::Running;
+        rt.write_record(&rec).unwrap();
+        let mut fake = std::process::Command::new("sh")
+            .args(["-c", "while :; do sleep 1; done", "__vmm", "--vm-dir"])
+            .arg(&dir.path)
+            .spawn()
+            .unwrap();
+        let pid = fake.id() as i32;
+        std::fs::write(dir.pid_file(), format!("{pid}\n")).unwrap();
+        // A lock file nobody holds, as a dead VMM leaves it.
+        std::fs::write(dir.path.join(process::VMM_LOCK), "").unwrap();
+        // Give sh the moment it needs to exec (its cmdline is set by then).
+        std::thread::sleep(Duration::from_millis(50));
+
+        let o = rt.observe("a").unwrap().unwrap();
+        let (live, seen) = (o.live, o.pid);
+        rt.stop("a", Duration::from_millis(10)).unwrap();
+        std::fs::write(dir.pid_file(), format!("{pid}\n")).unwrap();
+        rt.destroy("a", false).unwrap();
+        let survived = fake.try_wait().unwrap().is_none();
+        let _ = fake.kill();
+        let _ = fake.wait();
+        assert!(
+            survived,
+            "stop/destroy killed a process that was not the VMM"
+        );
+        assert_eq!((live, seen), (RunState::Crashed, None));
     }
 
     #[test]

@@ -209,12 +209,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for rec in self.rt.list().unwrap_or_default() {
             let dir = self.rt.vm_dir(&rec.spec.name);
-            if let Some(pid) = dir
-                .read_pid()
-                .filter(|&p| vmctl_runtime::process::is_vmm_alive(p))
+            if let Some(pid) = dir.read_pid()
+                && vmctl_runtime::process::signal_vmm(pid, &dir.path, libc::SIGKILL)
             {
-                vmctl_runtime::process::signal(pid, libc::SIGKILL);
-                vmctl_runtime::process::wait_gone(pid, Duration::from_secs(5));
+                vmctl_runtime::process::wait_gone(pid, &dir.path, Duration::from_secs(5));
             }
         }
     }
@@ -512,8 +510,9 @@ fn sigterm_shuts_down_gracefully() {
     wait_for("the guest report", || c.status().ok()?.guest);
     let pid = lab.rt.observe("t").unwrap().unwrap().pid.unwrap();
     unsafe { libc::kill(pid, libc::SIGTERM) };
+    let dir = lab.rt.vm_dir("t").path;
     wait_for("the VMM to exit", || {
-        (!vmctl_runtime::process::is_vmm_alive(pid)).then_some(())
+        (!vmctl_runtime::process::is_vmm_of(pid, &dir)).then_some(())
     });
     assert_eq!(
         lab.rt.observe("t").unwrap().unwrap().live,
@@ -564,7 +563,17 @@ fn killed_vmm_is_crashed_and_can_start_again() {
         "a disk with a user path survives destroy"
     );
     lab.rt.destroy("k", false).unwrap();
-    assert!(!vmctl_runtime::process::is_vmm_alive(pid2));
+    assert!(process_gone(pid2), "destroy left the VMM {pid2}");
+}
+
+/// No such process, or only a zombie waiting for its reaper.
+fn process_gone(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    matches!(
+        stat.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next()),
+        None | Some("Z") | Some("X")
+    )
 }
 
 fn errors_before_boot_are_clear_and_leave_no_process() {
