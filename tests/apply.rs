@@ -756,3 +756,16 @@ fn parallel_apply_and_destroy_of_many_vms_never_trips_over_each_other() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
+
+/// `vmctl logs` shows the whole kept console output across a rotation:
+/// `console.log.1` (older) first, then `console.log`.
+#[test]
+fn logs_shows_the_rotated_console_log_first() {
+    let lab = Lab::new("vm \"a\" {\n    os \"diag\"\n}\n");
+    let dir = lab.state().join("vms").join("a");
+    std::fs::create_dir_all(&dir).expect("vm dir");
+    std::fs::write(dir.join("console.log.1"), "older\n").expect("write");
+    std::fs::write(dir.join("console.log"), "newer\n").expect("write");
+    let out = lab.ok(&["logs", "a"]);
+    assert_eq!(out, "older\nnewer\n");
+}

@@ -82,6 +82,8 @@ pub struct Runtime {
     vmm: Option<VmmCommand>,
     /// The host's cpu cgroup controller, if vmctl can use it.
     cpu: Option<CpuController>,
+    /// Each VM's `console.log` is rotated when it would pass this.
+    console_log_max: u64,
 }
 
 impl Runtime {
@@ -94,7 +96,15 @@ impl Runtime {
             state,
             vmm: None,
             cpu: CpuController::usable(),
+            console_log_max: crate::devices::serial::CONSOLE_LOG_MAX,
         })
+    }
+
+    /// Rotate each VM's `console.log` at `bytes` instead of
+    /// [`crate::devices::serial::CONSOLE_LOG_MAX`] (for VMs started from now on).
+    pub fn with_console_log_max(mut self, bytes: u64) -> Self {
+        self.console_log_max = bytes.max(1);
+        self
     }
 
     /// Use `cmd` to start VMMs instead of re-executing this binary.
@@ -238,7 +248,12 @@ impl Runtime {
         }
         // The VMM's whole input, resolved from the record now (a restart
         // after a change boots the new config).
-        crate::resolve::write_machine_config(&self.state, &dir, &obs.record.spec)?;
+        crate::resolve::write_machine_config(
+            &self.state,
+            &dir,
+            &obs.record.spec,
+            self.console_log_max,
+        )?;
         // spawn() clears stale files itself, under the VM's lock.
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
         self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);

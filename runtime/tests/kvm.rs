@@ -105,6 +105,23 @@ const TESTPROG_RESET: &[u8] = &[
     0x0a,
 ];
 
+/// `testprog-flood`: a guest that floods COM1 — 200,000 `x`, then `END\n`,
+/// then powers off:
+/// ```text
+///     mov dx, 0x3f8 ; mov ecx, 200000 ; mov al, 'x'
+///  1: out dx, al ; dec ecx ; jnz 1b
+///     lea rsi, [rip+msg] ; mov ecx, 4
+///  2: lodsb ; out dx, al ; dec ecx ; jnz 2b
+///     mov dx, 0x600 ; mov al, 0x34 ; out dx, al ; 3: hlt ; jmp 3b
+/// msg: "END\n"
+/// ```
+const TESTPROG_FLOOD: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb9, 0x40, 0x0d, 0x03, 0x00, 0xb0, 0x78, 0xee, 0xff, 0xc9, 0x75, 0xfb,
+    0x48, 0x8d, 0x35, 0x15, 0x00, 0x00, 0x00, 0xb9, 0x04, 0x00, 0x00, 0x00, 0xac, 0xee, 0xff, 0xc9,
+    0x75, 0xfa, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd, b'E', b'N', b'D',
+    b'\n',
+];
+
 /// Where the test programs are linked and entered.
 const LOAD_ADDR: u64 = 0x20_0000;
 
@@ -259,6 +276,39 @@ fn testprog_boots_writes_both_ports_and_powers_off() {
     let note = lab.rt.vm_dir("off").read_exit_note().unwrap();
     assert_eq!(note.reason, "poweroff");
     assert_no_vmm_files(&lab, "off");
+}
+
+/// Issue 15: a guest printing in a loop must not fill the host disk.
+/// COM1 floods 200,000 bytes against a 16 KiB cap: `console.log` and
+/// `console.log.1` each stay under the cap, and together they end with the
+/// guest's newest bytes (`...xxxEND\n`).
+fn console_log_is_capped_and_rotated_under_a_flooding_guest() {
+    const CAP: u64 = 16 << 10;
+    let lab = Lab::new();
+    let rt = lab.rt.clone().with_console_log_max(CAP);
+    let k = lab.write("flood.elf", &elf(TESTPROG_FLOOD));
+    rt.create(&lab.spec("flood", &k)).unwrap();
+    wait_for("the flooding guest to power off", || {
+        let o = rt.observe("flood").unwrap().unwrap();
+        (o.live != RunState::Running).then_some(())
+    });
+    let log = rt.vm_dir("flood").console_log();
+    let cur = std::fs::read(&log).unwrap();
+    let old = std::fs::read(log.with_extension("log.1")).unwrap();
+    assert!(
+        cur.len() as u64 <= CAP && old.len() as u64 <= CAP,
+        "console.log {} bytes, console.log.1 {} bytes, cap {CAP}",
+        cur.len(),
+        old.len()
+    );
+    let both = [old, cur].concat();
+    assert!(both.ends_with(b"xxxxEND\n"), "the newest bytes are kept");
+    assert!(both.len() as u64 > CAP, "one rotated file is kept");
+    assert!(both.iter().rev().skip(4).all(|&b| b == b'x'));
+    assert_eq!(
+        rt.vm_dir("flood").read_exit_note().unwrap().reason,
+        "poweroff"
+    );
 }
 
 fn testprog_status_pause_resume_and_graceful_shutdown() {
@@ -698,6 +748,10 @@ fn diag_pause_resume_and_console() {
 type Test = (&'static str, fn());
 
 const TESTS: &[Test] = &[
+    (
+        "console_log_is_capped_and_rotated_under_a_flooding_guest",
+        console_log_is_capped_and_rotated_under_a_flooding_guest,
+    ),
     (
         "diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu",
         diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu,
