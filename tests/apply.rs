@@ -11,16 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Skips (or, with `VMCTL_REQUIRE_KVM=1`, fails) without `/dev/kvm`.
 fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        println!("skipped: /dev/kvm not available");
-    }
-    ok
+    vmctl_runtime::testing::kvm_or_skip()
 }
 
 /// A lab in a temporary directory with its own state directory.

@@ -1,5 +1,6 @@
 //! KVM tests: real VMM processes (this test binary re-executed as `__vmm`)
-//! booting real guests. Needs /dev/kvm; prints "skipped" without it.
+//! booting real guests. Needs /dev/kvm; prints "skipped" without it (a
+//! failure instead with VMCTL_REQUIRE_KVM=1).
 //!
 //! Until the diag guest is embedded, a hand-assembled 64-bit test program
 //! proves the boot path (ELF load, long mode, page tables), both serial ports,
@@ -806,8 +807,8 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__vmm") {
         vmm_main(&args);
     }
-    if !Path::new("/dev/kvm").exists() {
-        println!("skipped: /dev/kvm not available");
+    // Skips without /dev/kvm; fails instead with VMCTL_REQUIRE_KVM=1.
+    if !vmctl_runtime::testing::kvm_or_skip() {
         return;
     }
     if args.iter().any(|a| a == "--measure") {
