@@ -58,8 +58,9 @@ impl RuntimeBackend {
         }
     }
 
-    /// One VM as the planner models it.
-    pub fn observe_vm(rt: &Runtime, name: &str) -> Result<Option<ObservedVm>, BackendError> {
+    /// One VM as the planner models it; `None` when it does not exist (or
+    /// was destroyed while we looked).
+    pub fn observe_one(rt: &Runtime, name: &str) -> Result<Option<ObservedVm>, BackendError> {
         let Some(obs) = rt.observe(name).map_err(err)? else {
             return Ok(None);
         };
@@ -117,11 +118,23 @@ impl Backend for RuntimeBackend {
         };
         let names = rt.state_dir().vm_names().map_err(|e| err(e.into()))?;
         for name in names {
-            if let Some(vm) = Self::observe_vm(rt, &name)? {
+            // A VM destroyed between the listing and this read is gone, not
+            // an error.
+            if let Some(vm) = Self::observe_one(rt, &name)? {
                 state.insert(vm);
             }
         }
         Ok(state)
+    }
+
+    /// Only this VM: every action re-observes its own VM before it acts, and
+    /// must neither pay for nor trip over the others (the trait's default
+    /// lists them all).
+    fn observe_vm(&self, name: &str) -> Result<Option<ObservedVm>, BackendError> {
+        match self.rt_if_exists()? {
+            Some(rt) => Self::observe_one(rt, name),
+            None => Ok(None),
+        }
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -25,17 +25,9 @@ fn vmctl_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vmctl")
 }
 
+/// Skips (or, with `VMCTL_REQUIRE_KVM=1`, fails) without `/dev/kvm`.
 fn kvm_available() -> bool {
-    if fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        return true;
-    }
-    println!("skipped: /dev/kvm not available");
-    false
+    vmctl_runtime::testing::kvm_or_skip()
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock watch's `timing` lines use.

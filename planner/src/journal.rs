@@ -74,6 +74,10 @@ pub fn new_apply_id() -> String {
     format!("{}-{}", now_ms(), std::process::id())
 }
 
+/// A journal larger than this is compacted when the next apply (or destroy)
+/// opens it, so it holds about one apply's worth of lines plus this.
+pub const COMPACT_AT: u64 = 1 << 20;
+
 /// An open journal, appended to by every worker of one apply.
 #[derive(Debug)]
 pub struct Journal {
@@ -87,9 +91,20 @@ impl Journal {
         state_dir.join("journal.jsonl")
     }
 
-    /// Open (creating the state directory and the file if needed) for appending.
+    /// Open (creating the state directory and the file if needed) for
+    /// appending. A journal larger than [`COMPACT_AT`] is compacted first
+    /// ([`Journal::compact`]). Callers hold the state lock, so no other
+    /// apply writes the journal meanwhile.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        Self::open_with_limit(state_dir, COMPACT_AT)
+    }
+
+    /// [`Journal::open`], compacting above `limit` bytes.
+    pub fn open_with_limit(state_dir: &Path, limit: u64) -> Result<Self, JournalError> {
         let path = Self::path_in(state_dir);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > limit) {
+            Self::compact(state_dir)?;
+        }
         let open = || -> std::io::Result<File> {
             std::fs::create_dir_all(state_dir)?;
             OpenOptions::new().create(true).append(true).open(&path)
@@ -157,23 +172,71 @@ impl Journal {
         Ok(out)
     }
 
+    /// Rewrite the journal (atomically: temp file, fsync, rename) keeping
+    /// only what [`Journal::interrupted`] needs — the `started` line of
+    /// every action of the most recent apply that never finished, and the
+    /// last line (which names that apply). Entries of finished or failed
+    /// actions are dropped; what `interrupted` reports is unchanged.
+    pub fn compact(state_dir: &Path) -> Result<(), JournalError> {
+        let path = Self::path_in(state_dir);
+        let entries = Self::read(state_dir)?;
+        let open = Self::open_actions(&entries);
+        let mut keep: Vec<&JournalEntry> = open.iter().collect();
+        if let Some(last) = entries.last()
+            && !keep.contains(&last)
+        {
+            keep.push(last);
+        }
+        let mut text = String::new();
+        for e in keep {
+            let line = serde_json::to_string(e).map_err(|e| JournalError::Write {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let tmp = state_dir.join(".journal.jsonl.compact");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            File::open(state_dir)?.sync_all()
+        };
+        write().map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            JournalError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        tracing::info!(path = %path.display(), "journal compacted");
+        Ok(())
+    }
+
     /// The actions of the most recent apply that started and never ended:
     /// that apply was killed or crashed while they ran.
     pub fn interrupted(state_dir: &Path) -> Result<Vec<JournalEntry>, JournalError> {
-        let entries = Self::read(state_dir)?;
-        let Some(last) = entries.last().map(|e| e.apply_id.clone()) else {
-            return Ok(Vec::new());
+        Ok(Self::open_actions(&Self::read(state_dir)?))
+    }
+
+    /// The `started` entries of the last apply in `entries` that have no
+    /// `finished` or `failed` after them.
+    fn open_actions(entries: &[JournalEntry]) -> Vec<JournalEntry> {
+        let Some(last) = entries.last().map(|e| e.apply_id.as_str()) else {
+            return Vec::new();
         };
         let mut open: Vec<JournalEntry> = Vec::new();
-        for e in entries.into_iter().filter(|e| e.apply_id == last) {
+        for e in entries.iter().filter(|e| e.apply_id == last) {
             match e.event {
-                JournalEvent::Started => open.push(e),
+                JournalEvent::Started => open.push(e.clone()),
                 JournalEvent::Finished | JournalEvent::Failed => {
                     open.retain(|o| o.action != e.action);
                 }
             }
         }
-        Ok(open)
+        open
     }
 }
 
@@ -214,6 +277,58 @@ mod tests {
         assert!(text.starts_with(
             "{\"ts\":1,\"apply_id\":\"a\",\"action\":\"web:create\",\"vm\":\"web\",\"kind\":\"create\",\"event\":\"started\"}\n"
         ));
+    }
+
+    /// Issue 15: the journal was never rotated. Above the limit, opening
+    /// it compacts it to what crash recovery needs; the interrupted actions
+    /// it reports are exactly those reported before.
+    #[test]
+    fn a_large_journal_is_compacted_keeping_interrupted_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        for i in 0..2000 {
+            let apply = format!("old-{i}");
+            j.append(&entry(&apply, "web:create", JournalEvent::Started))
+                .unwrap();
+            j.append(&entry(&apply, "web:create", JournalEvent::Finished))
+                .unwrap();
+        }
+        // The latest apply was killed with two actions open.
+        j.append(&entry("last", "a:create", JournalEvent::Started))
+            .unwrap();
+        j.append(&entry("last", "b:create", JournalEvent::Started))
+            .unwrap();
+        j.append(&entry("last", "c:create", JournalEvent::Started))
+            .unwrap();
+        j.append(&entry("last", "a:create", JournalEvent::Failed))
+            .unwrap();
+        j.append(&entry("last", "c:create", JournalEvent::Finished))
+            .unwrap();
+        drop(j);
+        let before = Journal::interrupted(dir.path()).unwrap();
+        let big = std::fs::metadata(Journal::path_in(dir.path()))
+            .unwrap()
+            .len();
+        assert!(big > 100_000, "{big}");
+
+        let j = Journal::open_with_limit(dir.path(), 64 << 10).unwrap();
+        let small = std::fs::metadata(j.path()).unwrap().len();
+        assert!(small < 1_000, "compacted to {small} bytes");
+        let after = Journal::interrupted(dir.path()).unwrap();
+        assert_eq!(after, before);
+        assert_eq!(
+            after.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+            ["b:create"]
+        );
+        // Appending goes on after compaction.
+        j.append(&entry("next", "b:create", JournalEvent::Started))
+            .unwrap();
+        assert_eq!(Journal::read(dir.path()).unwrap().len(), 3);
+        // Below the limit nothing is rewritten.
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(Journal::read(dir.path()).unwrap().len(), 3);
+        drop(j);
     }
 
     #[test]

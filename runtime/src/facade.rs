@@ -82,6 +82,8 @@ pub struct Runtime {
     vmm: Option<VmmCommand>,
     /// The host's cpu cgroup controller, if vmctl can use it.
     cpu: Option<CpuController>,
+    /// Each VM's `console.log` is rotated when it would pass this.
+    console_log_max: u64,
 }
 
 impl Runtime {
@@ -94,7 +96,15 @@ impl Runtime {
             state,
             vmm: None,
             cpu: CpuController::usable(),
+            console_log_max: crate::devices::serial::CONSOLE_LOG_MAX,
         })
+    }
+
+    /// Rotate each VM's `console.log` at `bytes` instead of
+    /// [`crate::devices::serial::CONSOLE_LOG_MAX`] (for VMs started from now on).
+    pub fn with_console_log_max(mut self, bytes: u64) -> Self {
+        self.console_log_max = bytes.max(1);
+        self
     }
 
     /// Use `cmd` to start VMMs instead of re-executing this binary.
@@ -111,11 +121,15 @@ impl Runtime {
         self.state.vm(name)
     }
 
-    /// Every VM record, by name.
+    /// Every VM record, by name. A VM destroyed while we list (its
+    /// directory or `vm.json` gone between the directory listing and the
+    /// read) is simply not listed.
     pub fn list(&self) -> Result<Vec<Record>, RuntimeError> {
         let mut out = Vec::new();
         for name in self.state.vm_names()? {
-            out.push(self.state.vm(&name).read_record()?);
+            if let Some(rec) = self.state.vm(&name).read_record_if_exists()? {
+                out.push(rec);
+            }
         }
         Ok(out)
     }
@@ -123,12 +137,13 @@ impl Runtime {
     /// The VM's record, liveness and live status; None if it does not exist.
     pub fn observe(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
         let dir = self.state.vm(name);
-        if !dir.record().exists() {
+        // No record (or one that vanished just now: another action is
+        // destroying this VM) is no VM.
+        let Some(record) = dir.read_record_if_exists()? else {
             return Ok(None);
-        }
-        let record = dir.read_record()?;
+        };
         let mut pid = dir.read_pid();
-        let mut alive = pid.is_some_and(process::is_vmm_alive);
+        let mut alive = pid.is_some_and(|p| process::is_vmm_of(p, &dir.path));
         if !alive && process::vmm_lock_held(&dir.path) {
             // A VMM is starting (its pid file is not written yet): wait for it
             // rather than mistake it for a stopped or crashed VM.
@@ -233,7 +248,12 @@ impl Runtime {
         }
         // The VMM's whole input, resolved from the record now (a restart
         // after a change boots the new config).
-        crate::resolve::write_machine_config(&self.state, &dir, &obs.record.spec)?;
+        crate::resolve::write_machine_config(
+            &self.state,
+            &dir,
+            &obs.record.spec,
+            self.console_log_max,
+        )?;
         // spawn() clears stale files itself, under the VM's lock.
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
         self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);
@@ -257,9 +277,9 @@ impl Runtime {
             if let Err(e) = client.shutdown(timeout) {
                 tracing::warn!(vm = name, error = %e, "graceful shutdown failed; killing the VMM");
             }
-            if !process::wait_gone(pid, KILL_MARGIN) {
-                process::signal(pid, libc::SIGKILL);
-                process::wait_gone(pid, KILL_MARGIN);
+            if !process::wait_gone(pid, &dir.path, KILL_MARGIN) {
+                process::signal_vmm(pid, &dir.path, libc::SIGKILL);
+                process::wait_gone(pid, &dir.path, KILL_MARGIN);
             }
         }
         process::remove_stale_files(&dir);
@@ -282,9 +302,10 @@ impl Runtime {
         {
             tracing::warn!(vm = name, error = %e, "stop before destroy failed");
         }
-        if let Some(pid) = dir.read_pid().filter(|&p| process::is_vmm_alive(p)) {
-            process::signal(pid, libc::SIGKILL);
-            process::wait_gone(pid, KILL_MARGIN);
+        if let Some(pid) = dir.read_pid() {
+            // Only this VM's own VMM, never whatever else has that pid now.
+            process::signal_vmm(pid, &dir.path, libc::SIGKILL);
+            process::wait_gone(pid, &dir.path, KILL_MARGIN);
         }
         if delete_external_disks {
             for disk in record.iter().flat_map(|r| &r.spec.disks) {
@@ -299,8 +320,10 @@ impl Runtime {
         if let Some(ctl) = &self.cpu {
             ctl.group(name, &dir.path).remove();
         }
-        std::fs::remove_dir_all(&dir.path).map_err(io(&dir.path))?;
-        Ok(())
+        match std::fs::remove_dir_all(&dir.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir.path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Grow one disk to `size_bytes` and record it: live through the VMM when
@@ -519,6 +542,90 @@ mod tests {
         assert!(!dir.pid_file().exists());
         assert_eq!(dir.read_record().unwrap().desired, Desired::Stopped);
         assert_eq!(live(&rt, "a"), RunState::Stopped);
+    }
+
+    /// Issue 15: listing or observing while another thread destroys a VM
+    /// (its `vm.json` and directory vanish between readdir and read) must
+    /// see the VM or not see it, never fail.
+    #[test]
+    fn list_and_observe_tolerate_a_vm_destroyed_meanwhile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (rt, stop) = (rt.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let s = VmSpec {
+                    autostart: false,
+                    ..VmSpec::diag("churn")
+                };
+                let mut cycles = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    rt.create(&s).unwrap();
+                    rt.destroy("churn", false).unwrap();
+                    cycles += 1;
+                }
+                cycles
+            })
+        };
+        let mut errors = Vec::new();
+        for _ in 0..20_000 {
+            if let Err(e) = rt.list() {
+                errors.push(format!("list: {e}"));
+            }
+            if let Err(e) = rt.observe("churn") {
+                errors.push(format!("observe: {e}"));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let cycles = churn.join().unwrap();
+        assert!(cycles > 0);
+        assert!(
+            errors.is_empty(),
+            "{} errors, first: {:?}",
+            errors.len(),
+            errors.first()
+        );
+    }
+
+    /// Issue 15: a process whose command line says `__vmm` (even with this
+    /// VM's `--vm-dir`) and whose pid is in `vmm.pid` — a reused pid — is
+    /// not this VM's VMM unless it holds the VM's `vmm.lock`: observe calls
+    /// the VM crashed, and stop/destroy never signal it.
+    #[test]
+    fn a_stranger_with_vmm_in_its_cmdline_is_never_taken_for_the_vmm_or_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path()).unwrap();
+        rt.create(&spec("a", false)).unwrap();
+        let dir = rt.vm_dir("a");
+        let mut rec = dir.read_record().unwrap();
+        rec.desired = Desired::Running;
+        rt.write_record(&rec).unwrap();
+        let mut fake = std::process::Command::new("sh")
+            .args(["-c", "while :; do sleep 1; done", "__vmm", "--vm-dir"])
+            .arg(&dir.path)
+            .spawn()
+            .unwrap();
+        let pid = fake.id() as i32;
+        std::fs::write(dir.pid_file(), format!("{pid}\n")).unwrap();
+        // A lock file nobody holds, as a dead VMM leaves it.
+        std::fs::write(dir.path.join(process::VMM_LOCK), "").unwrap();
+        // Give sh the moment it needs to exec (its cmdline is set by then).
+        std::thread::sleep(Duration::from_millis(50));
+
+        let o = rt.observe("a").unwrap().unwrap();
+        let (live, seen) = (o.live, o.pid);
+        rt.stop("a", Duration::from_millis(10)).unwrap();
+        std::fs::write(dir.pid_file(), format!("{pid}\n")).unwrap();
+        rt.destroy("a", false).unwrap();
+        let survived = fake.try_wait().unwrap().is_none();
+        let _ = fake.kill();
+        let _ = fake.wait();
+        assert!(
+            survived,
+            "stop/destroy killed a process that was not the VMM"
+        );
+        assert_eq!((live, seen), (RunState::Crashed, None));
     }
 
     #[test]

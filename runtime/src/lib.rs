@@ -22,6 +22,7 @@ pub mod process;
 pub mod resolve;
 pub mod sparse;
 pub mod state;
+pub mod testing;
 pub mod vmm;
 pub mod vstate;
 

@@ -14,7 +14,8 @@
 //! VMM wrote its pid file.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,11 +105,18 @@ fn try_vmm_lock(vm_dir: &Path) -> Result<Option<std::fs::File>, ProcessError> {
 }
 
 /// Whether a VMM (running, or still starting) holds the VM's lock.
+///
+/// Only looks: never creates the lock file (a VM being destroyed
+/// concurrently must not get a file put back into the directory that is
+/// being removed).
 pub fn vmm_lock_held(vm_dir: &Path) -> bool {
-    if !vm_dir.join(VMM_LOCK).exists() {
+    let Ok(file) = std::fs::File::open(vm_dir.join(VMM_LOCK)) else {
         return false;
-    }
-    matches!(try_vmm_lock(vm_dir), Ok(None))
+    };
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // Taken: nobody held it; it is released when `file` is dropped.
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 /// Wait (bounded) for the VMM that holds the lock to be ready; its pid, or
@@ -118,7 +126,7 @@ pub fn wait_for_holder(vm_dir: &Path, timeout: Duration) -> Option<i32> {
     let client = ApiClient::new(dir.api_sock()).with_timeout(Duration::from_secs(2));
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(pid) = dir.read_pid().filter(|&p| is_vmm_alive(p))
+        if let Some(pid) = dir.read_pid().filter(|&p| is_vmm_of(p, vm_dir))
             && client.status().is_ok()
         {
             return Some(pid);
@@ -243,33 +251,112 @@ pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
     Ok(pid)
 }
 
-/// Is `pid` a live VMM process (not a zombie, and its command line says
-/// `__vmm`), so a reused pid is not mistaken for the VMM?
-pub fn is_vmm_alive(pid: i32) -> bool {
+/// Is `pid` the live VMM of the VM in `vm_dir`?
+///
+/// A pid alone proves nothing (pids are reused, and every VMM's command
+/// line says `__vmm`), so all of these must hold:
+/// - the process is alive (not a zombie);
+/// - its command line is `... __vmm --vm-dir DIR` with DIR, resolved
+///   against the process's own working directory and canonicalized, the
+///   same directory as `vm_dir`;
+/// - `vm_dir/vmm.lock` is locked, and this process has that very file
+///   (same device and inode) open: the lock a VMM holds for as long as it
+///   lives, which a stranger with a reused pid does not have.
+pub fn is_vmm_of(pid: i32, vm_dir: &Path) -> bool {
     if pid <= 0 {
         return false;
     }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
     if matches!(state, None | Some("Z") | Some("X")) {
         return false;
     }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    cmdline.split(|&b| b == 0).any(|arg| arg == b"__vmm")
+    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    if !args.contains(&b"__vmm".as_slice()) {
+        return false;
+    }
+    let Some(dir_arg) = args
+        .windows(2)
+        .find(|w| w[0] == b"--vm-dir")
+        .map(|w| PathBuf::from(std::ffi::OsStr::from_bytes(w[1])))
+    else {
+        return false;
+    };
+    let dir_arg = if dir_arg.is_absolute() {
+        dir_arg
+    } else {
+        match std::fs::read_link(proc.join("cwd")) {
+            Ok(cwd) => cwd.join(dir_arg),
+            Err(_) => return false,
+        }
+    };
+    match (dir_arg.canonicalize(), vm_dir.canonicalize()) {
+        (Ok(a), Ok(b)) if a == b => {}
+        _ => return false,
+    }
+    holds_vmm_lock(pid, vm_dir)
 }
 
-/// Send `signal` to `pid`.
-pub fn signal(pid: i32, signal: libc::c_int) -> bool {
-    // SAFETY: kill(2) with a positive pid only sends a signal.
-    pid > 0 && unsafe { libc::kill(pid, signal) } == 0
+/// Whether `vm_dir/vmm.lock` is locked and process `pid` has it open.
+fn holds_vmm_lock(pid: i32, vm_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(lock) = std::fs::metadata(vm_dir.join(VMM_LOCK)) else {
+        return false;
+    };
+    if !vmm_lock_held(vm_dir) {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == lock.dev() && m.ino() == lock.ino())
+    })
 }
 
-/// Wait until `pid` is gone (or `timeout` passes); true if gone.
-pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+/// Send `signal` to the VMM of `vm_dir` if `pid` is it (see [`is_vmm_of`]);
+/// false when it is not (or is gone). The process is pinned with a pidfd
+/// before it is checked, so the signal cannot reach a process that took
+/// over the pid after the check.
+pub fn signal_vmm(pid: i32, vm_dir: &Path, signal: libc::c_int) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: pidfd_open(2) takes a pid and flags, returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` was just returned to us and is owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    if !is_vmm_of(pid, vm_dir) {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal(2) on our pidfd with no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
+/// Wait until the VMM of `vm_dir` (`pid`) is gone (or `timeout` passes);
+/// true if gone.
+pub fn wait_gone(pid: i32, vm_dir: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    while is_vmm_alive(pid) {
+    while is_vmm_of(pid, vm_dir) {
         if Instant::now() >= deadline {
             return false;
         }

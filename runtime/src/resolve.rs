@@ -117,6 +117,7 @@ pub fn machine_config(
         disks,
         irq_mode,
         console_log: absolute(&dir.console_log())?,
+        console_log_max_bytes: crate::devices::serial::CONSOLE_LOG_MAX,
     })
 }
 
@@ -125,8 +126,10 @@ pub fn write_machine_config(
     state: &StateDir,
     dir: &VmDir,
     spec: &VmSpec,
+    console_log_max_bytes: u64,
 ) -> Result<MachineConfig, ResolveError> {
-    let cfg = machine_config(state, dir, spec)?;
+    let mut cfg = machine_config(state, dir, spec)?;
+    cfg.console_log_max_bytes = console_log_max_bytes;
     crate::state::write_atomic(&dir.machine_config(), &cfg.to_json())?;
     Ok(cfg)
 }

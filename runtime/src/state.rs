@@ -101,7 +101,25 @@ impl VmDir {
 
     pub fn read_record(&self) -> Result<Record, StateError> {
         let path = self.record();
-        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        match self.read_record_if_exists()? {
+            Some(rec) => Ok(rec),
+            None => Err(StateError::Io {
+                path,
+                source: io::Error::from(io::ErrorKind::NotFound),
+            }),
+        }
+    }
+
+    /// The record, or `None` when there is none — also when the VM is being
+    /// destroyed by someone else right now (its `vm.json` vanished after we
+    /// saw it): listing every VM must not fail because one of them went away.
+    pub fn read_record_if_exists(&self) -> Result<Option<Record>, StateError> {
+        let path = self.record();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
         let rec: Record = serde_json::from_str(&text).map_err(|source| StateError::Parse {
             path: path.clone(),
             source,
@@ -112,7 +130,7 @@ impl VmDir {
                 version: rec.format_version,
             });
         }
-        Ok(rec)
+        Ok(Some(rec))
     }
 
     pub fn write_record(&self, rec: &Record) -> Result<(), StateError> {

@@ -1,5 +1,6 @@
 //! KVM tests: real VMM processes (this test binary re-executed as `__vmm`)
-//! booting real guests. Needs /dev/kvm; prints "skipped" without it.
+//! booting real guests. Needs /dev/kvm; prints "skipped" without it (a
+//! failure instead with VMCTL_REQUIRE_KVM=1).
 //!
 //! Until the diag guest is embedded, a hand-assembled 64-bit test program
 //! proves the boot path (ELF load, long mode, page tables), both serial ports,
@@ -103,6 +104,23 @@ const TESTPROG_RESET: &[u8] = &[
     0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, 0x68, 0x65, 0x6c,
     0x6c, 0x6f, 0x20, 0x66, 0x72, 0x6f, 0x6d, 0x20, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67,
     0x0a,
+];
+
+/// `testprog-flood`: a guest that floods COM1 — 200,000 `x`, then `END\n`,
+/// then powers off:
+/// ```text
+///     mov dx, 0x3f8 ; mov ecx, 200000 ; mov al, 'x'
+///  1: out dx, al ; dec ecx ; jnz 1b
+///     lea rsi, [rip+msg] ; mov ecx, 4
+///  2: lodsb ; out dx, al ; dec ecx ; jnz 2b
+///     mov dx, 0x600 ; mov al, 0x34 ; out dx, al ; 3: hlt ; jmp 3b
+/// msg: "END\n"
+/// ```
+const TESTPROG_FLOOD: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb9, 0x40, 0x0d, 0x03, 0x00, 0xb0, 0x78, 0xee, 0xff, 0xc9, 0x75, 0xfb,
+    0x48, 0x8d, 0x35, 0x15, 0x00, 0x00, 0x00, 0xb9, 0x04, 0x00, 0x00, 0x00, 0xac, 0xee, 0xff, 0xc9,
+    0x75, 0xfa, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd, b'E', b'N', b'D',
+    b'\n',
 ];
 
 /// Where the test programs are linked and entered.
@@ -209,12 +227,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for rec in self.rt.list().unwrap_or_default() {
             let dir = self.rt.vm_dir(&rec.spec.name);
-            if let Some(pid) = dir
-                .read_pid()
-                .filter(|&p| vmctl_runtime::process::is_vmm_alive(p))
+            if let Some(pid) = dir.read_pid()
+                && vmctl_runtime::process::signal_vmm(pid, &dir.path, libc::SIGKILL)
             {
-                vmctl_runtime::process::signal(pid, libc::SIGKILL);
-                vmctl_runtime::process::wait_gone(pid, Duration::from_secs(5));
+                vmctl_runtime::process::wait_gone(pid, &dir.path, Duration::from_secs(5));
             }
         }
     }
@@ -261,6 +277,39 @@ fn testprog_boots_writes_both_ports_and_powers_off() {
     let note = lab.rt.vm_dir("off").read_exit_note().unwrap();
     assert_eq!(note.reason, "poweroff");
     assert_no_vmm_files(&lab, "off");
+}
+
+/// Issue 15: a guest printing in a loop must not fill the host disk.
+/// COM1 floods 200,000 bytes against a 16 KiB cap: `console.log` and
+/// `console.log.1` each stay under the cap, and together they end with the
+/// guest's newest bytes (`...xxxEND\n`).
+fn console_log_is_capped_and_rotated_under_a_flooding_guest() {
+    const CAP: u64 = 16 << 10;
+    let lab = Lab::new();
+    let rt = lab.rt.clone().with_console_log_max(CAP);
+    let k = lab.write("flood.elf", &elf(TESTPROG_FLOOD));
+    rt.create(&lab.spec("flood", &k)).unwrap();
+    wait_for("the flooding guest to power off", || {
+        let o = rt.observe("flood").unwrap().unwrap();
+        (o.live != RunState::Running).then_some(())
+    });
+    let log = rt.vm_dir("flood").console_log();
+    let cur = std::fs::read(&log).unwrap();
+    let old = std::fs::read(log.with_extension("log.1")).unwrap();
+    assert!(
+        cur.len() as u64 <= CAP && old.len() as u64 <= CAP,
+        "console.log {} bytes, console.log.1 {} bytes, cap {CAP}",
+        cur.len(),
+        old.len()
+    );
+    let both = [old, cur].concat();
+    assert!(both.ends_with(b"xxxxEND\n"), "the newest bytes are kept");
+    assert!(both.len() as u64 > CAP, "one rotated file is kept");
+    assert!(both.iter().rev().skip(4).all(|&b| b == b'x'));
+    assert_eq!(
+        rt.vm_dir("flood").read_exit_note().unwrap().reason,
+        "poweroff"
+    );
 }
 
 fn testprog_status_pause_resume_and_graceful_shutdown() {
@@ -512,8 +561,9 @@ fn sigterm_shuts_down_gracefully() {
     wait_for("the guest report", || c.status().ok()?.guest);
     let pid = lab.rt.observe("t").unwrap().unwrap().pid.unwrap();
     unsafe { libc::kill(pid, libc::SIGTERM) };
+    let dir = lab.rt.vm_dir("t").path;
     wait_for("the VMM to exit", || {
-        (!vmctl_runtime::process::is_vmm_alive(pid)).then_some(())
+        (!vmctl_runtime::process::is_vmm_of(pid, &dir)).then_some(())
     });
     assert_eq!(
         lab.rt.observe("t").unwrap().unwrap().live,
@@ -564,7 +614,17 @@ fn killed_vmm_is_crashed_and_can_start_again() {
         "a disk with a user path survives destroy"
     );
     lab.rt.destroy("k", false).unwrap();
-    assert!(!vmctl_runtime::process::is_vmm_alive(pid2));
+    assert!(process_gone(pid2), "destroy left the VMM {pid2}");
+}
+
+/// No such process, or only a zombie waiting for its reaper.
+fn process_gone(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    matches!(
+        stat.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next()),
+        None | Some("Z") | Some("X")
+    )
 }
 
 fn errors_before_boot_are_clear_and_leave_no_process() {
@@ -690,6 +750,10 @@ type Test = (&'static str, fn());
 
 const TESTS: &[Test] = &[
     (
+        "console_log_is_capped_and_rotated_under_a_flooding_guest",
+        console_log_is_capped_and_rotated_under_a_flooding_guest,
+    ),
+    (
         "diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu",
         diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu,
     ),
@@ -743,8 +807,8 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__vmm") {
         vmm_main(&args);
     }
-    if !Path::new("/dev/kvm").exists() {
-        println!("skipped: /dev/kvm not available");
+    // Skips without /dev/kvm; fails instead with VMCTL_REQUIRE_KVM=1.
+    if !vmctl_runtime::testing::kvm_or_skip() {
         return;
     }
     if args.iter().any(|a| a == "--measure") {

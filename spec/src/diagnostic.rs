@@ -169,6 +169,10 @@ pub const CODES: &[(&str, &str)] = &[
         "vmctl::spec::size-without-unit",
         "a size written as a bare number",
     ),
+    (
+        "vmctl::spec::bad-vm-name",
+        "a VM name that is not a DNS label (1-63 of a-z, 0-9, `-`)",
+    ),
     ("vmctl::spec::duplicate-vm", "two VMs with the same name"),
     (
         "vmctl::spec::duplicate-image",

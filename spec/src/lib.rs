@@ -9,6 +9,7 @@
 
 pub mod diagnostic;
 pub mod model;
+pub mod names;
 pub mod profiles;
 pub mod render;
 mod resolve;

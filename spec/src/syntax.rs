@@ -858,9 +858,33 @@ impl Reader<'_> {
         name.map(|_| disk)
     }
 
+    /// The name of `vm "name"`: a DNS label (crate::names). A bad name is
+    /// reported and still used, so references to it (`depends-on`) do not
+    /// cause follow-up errors.
+    fn vm_name_arg(&mut self, node: &KdlNode, args: &[&KdlEntry]) -> Option<Spanned<String>> {
+        let e = self.one_arg(node, args)?;
+        let s = self.string(e, node.name().value())?;
+        if let Some(why) = crate::names::vm_name_problem(&s.val) {
+            self.sink.push(
+                Diag::error(
+                    "vmctl::spec::bad-vm-name",
+                    format!("{:?} is not a valid VM name: {why}", s.val),
+                )
+                .label(s.span, "bad VM name")
+                .help(format!(
+                    "a VM name becomes a directory, cgroup and network interface name: \
+                     1-63 of a-z, 0-9 and `-`, starting with a letter or digit, not ending \
+                     with `-`; try `vm \"{}\"`",
+                    crate::names::suggest_vm_name(&s.val)
+                )),
+            );
+        }
+        Some(s)
+    }
+
     fn read_vm(&mut self, node: &KdlNode) -> Option<RawVm> {
         let (args, _) = self.split(node, &[]);
-        let name = self.name_arg(node, &args);
+        let name = self.vm_name_arg(node, &args);
         let mut vm = RawVm {
             name: Spanned {
                 val: String::new(),

@@ -10,6 +10,11 @@ fn name() -> impl Strategy<Value = String> {
     "[a-z][a-z0-9-]{0,8}"
 }
 
+/// A VM name: a DNS label (no `-` at the end).
+fn vm_name() -> impl Strategy<Value = String> {
+    "[a-z0-9]([a-z0-9-]{0,7}[a-z0-9])?"
+}
+
 fn abs_path() -> impl Strategy<Value = Option<PathBuf>> {
     proptest::option::of(
         "(/[a-z0-9_.-]{1,6}){1,3}".prop_filter("no dot segments", |p| {
@@ -170,7 +175,7 @@ fn state() -> impl Strategy<Value = DesiredState> {
             cmdline,
         },
     );
-    (proptest::collection::hash_set(name(), 0..6), image).prop_flat_map(|(names, image)| {
+    (proptest::collection::hash_set(vm_name(), 0..6), image).prop_flat_map(|(names, image)| {
         let names: Vec<String> = names.into_iter().collect();
         let n = names.len();
         (

@@ -407,6 +407,37 @@ fn unreadable_file() {
 }
 
 #[test]
+fn bad_vm_names_are_refused_with_a_valid_suggestion() {
+    check(
+        "bad_vm_name",
+        "vm \"My Web_Server\" {\n    os \"diag\"\n}\nvm \"ok\" {\n    os \"diag\"\n    depends-on \"My Web_Server\"\n}\nvm \"../etc\" {\n    os \"diag\"\n}\n",
+        &["vmctl::spec::bad-vm-name", "vmctl::spec::bad-vm-name"],
+    );
+}
+
+#[test]
+fn vm_name_length_and_dashes() {
+    let long = "a".repeat(64);
+    for (name, ok) in [
+        ("a".repeat(63), true),
+        (long, false),
+        ("-a".into(), false),
+        ("a-".into(), false),
+        ("0a-b".into(), true),
+        ("tab\there".into(), false),
+    ] {
+        let text = format!("vm {name:?} {{\n    os \"diag\"\n}}\n");
+        match parse("n.kdl", &text) {
+            Ok(_) => assert!(ok, "{name:?} accepted"),
+            Err(e) => {
+                assert!(!ok, "{name:?} refused: {}", common::render_all(&e));
+                assert_eq!(e.codes(), ["vmctl::spec::bad-vm-name"], "{name:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn docs_list_every_code() {
     let docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/kdl.md")).unwrap();
@@ -419,7 +450,7 @@ fn docs_list_every_code() {
 fn spans_are_right_after_non_ascii_text() {
     check(
         "non_ascii_before_error",
-        "// café → ünïcödé\nvm \"é\" {\n    os \"diag\"\n    memory \"1Gib\" // ☃\n}\n",
+        "// café → ünïcödé\nvm \"e\" { // é\n    os \"diag\"\n    memory \"1Gib\" // ☃\n}\n",
         &["vmctl::spec::bad-size"],
     );
 }

@@ -67,15 +67,98 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
     }
 }
 
+/// What COM1's log may hold before it is rotated (`console.log` →
+/// `console.log.1`, one old file kept): at most about twice this per VM,
+/// however much a guest prints.
+pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
+
+/// An append-only log with a size cap: a write that would take the file
+/// past `max_bytes` first renames it to `<name>.1` (replacing the previous
+/// one) and starts a new file, so the newest bytes are always kept and the
+/// two files together stay under about `2 * max_bytes`.
+#[derive(Debug)]
+pub struct RotatingLog {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    len: u64,
+    max_bytes: u64,
+}
+
+impl RotatingLog {
+    pub fn open(path: &std::path::Path, max_bytes: u64) -> io::Result<Self> {
+        let file = Self::open_file(path)?;
+        let len = file.metadata()?.len();
+        Ok(RotatingLog {
+            path: path.to_path_buf(),
+            file: Some(file),
+            len,
+            max_bytes: max_bytes.max(1),
+        })
+    }
+
+    fn open_file(path: &std::path::Path) -> io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    }
+
+    /// The rotated file: `console.log` → `console.log.1`.
+    pub fn rotated_path(path: &std::path::Path) -> std::path::PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".1");
+        p.into()
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        let renamed = std::fs::rename(&self.path, Self::rotated_path(&self.path));
+        let file = Self::open_file(&self.path)?;
+        if renamed.is_err() {
+            // Cannot keep an old file: start over rather than grow forever.
+            file.set_len(0)?;
+        }
+        self.len = file.metadata()?.len();
+        self.file = Some(file);
+        renamed
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.len > 0
+            && self.len.saturating_add(buf.len() as u64) > self.max_bytes
+            && let Err(e) = self.rotate()
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "console log rotation");
+        }
+        // Only the newest `max_bytes` of one oversized write are kept.
+        let keep = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        let tail = &buf[buf.len().saturating_sub(keep)..];
+        let Some(file) = &mut self.file else {
+            return Err(io::Error::other("the console log is not open"));
+        };
+        file.write_all(tail)?;
+        self.len += tail.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// COM1's output: `console.log` plus every attached console client.
 pub struct ConsoleOutput {
-    pub log: Option<std::fs::File>,
+    /// Shared by every boot of the VM (a reboot keeps the same log).
+    pub log: Option<Arc<Mutex<RotatingLog>>>,
     pub clients: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
 }
 
 impl Write for ConsoleOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(log) = &mut self.log {
+        if let Some(log) = &self.log {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
             log.write_all(buf)?;
         }
         if let Ok(mut clients) = self.clients.lock() {
@@ -155,6 +238,37 @@ impl Write for AgentChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_log_rotates_keeping_the_newest_bytes_under_the_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("console.log");
+        std::fs::write(&path, b"from an earlier boot\n").unwrap();
+        let mut log = RotatingLog::open(&path, 100).unwrap();
+        let mut all = b"from an earlier boot\n".to_vec();
+        for i in 0..1000u32 {
+            let line = format!("line {i}\n");
+            // Byte by byte, as the UART writes.
+            for b in line.bytes() {
+                log.write_all(&[b]).unwrap();
+            }
+            all.extend_from_slice(line.as_bytes());
+        }
+        let cur = std::fs::read(&path).unwrap();
+        let old = std::fs::read(RotatingLog::rotated_path(&path)).unwrap();
+        assert!(
+            cur.len() <= 100 && old.len() <= 100,
+            "{} {}",
+            cur.len(),
+            old.len()
+        );
+        let both = [old.clone(), cur.clone()].concat();
+        assert!(all.ends_with(&both), "old + current is the newest output");
+        assert!(both.len() > 100, "one full old file is kept");
+        // An oversized single write keeps its newest bytes.
+        log.write_all(&[b'x'; 500]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![b'x'; 100]);
+    }
 
     fn feed(bytes: &[u8]) -> Option<serde_json::Value> {
         let report = GuestReport::default();

@@ -39,6 +39,13 @@ pub struct MachineConfig {
     pub irq_mode: IrqMode,
     /// Where COM1's output is appended.
     pub console_log: PathBuf,
+    /// `console_log` is rotated to `<console_log>.1` when it would pass this.
+    #[serde(default = "default_console_log_max")]
+    pub console_log_max_bytes: u64,
+}
+
+fn default_console_log_max() -> u64 {
+    crate::devices::serial::CONSOLE_LOG_MAX
 }
 
 /// One disk file behind a virtio-blk device.
@@ -128,6 +135,7 @@ mod tests {
             }],
             irq_mode: IrqMode::Polled,
             console_log: "/vm/console.log".into(),
+            console_log_max_bytes: 1 << 20,
         }
     }
 

@@ -24,7 +24,9 @@ use crate::arch::x86_64::layout;
 use crate::devices::legacy::cpu_hotplug::{CpuHotplug, CpuHotplugError};
 use crate::devices::legacy::memory_hotplug::{MemoryHotplug, MemoryHotplugError};
 use crate::devices::legacy::{GedDevice, I8042Device, PowerDevice, ged::GedEvents, i8042, power};
-use crate::devices::serial::{AgentChannel, ConsoleOutput, GuestReport, SerialDevice, SerialIrq};
+use crate::devices::serial::{
+    AgentChannel, ConsoleOutput, GuestReport, RotatingLog, SerialDevice, SerialIrq,
+};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::io_thread::{IoThread, IoThreadError, Notifier, QueueHandler};
 use crate::devices::virtio::mmio::{MmioTransport, reg};
@@ -39,7 +41,7 @@ pub type BlockDevice = Arc<Mutex<MmioTransport<Block>>>;
 pub struct Persistent {
     pub report: GuestReport,
     pub console_clients: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
-    pub console_log: Option<Arc<std::fs::File>>,
+    pub console_log: Option<Arc<Mutex<RotatingLog>>>,
     pub ged: GedEvents,
 }
 
@@ -124,9 +126,8 @@ impl Machine {
         let mut mmio = Bus::new();
         let com1_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM1_IRQ)?);
         let com2_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM2_IRQ)?);
-        let log = keep.console_log.as_ref().and_then(|f| f.try_clone().ok());
         let console = ConsoleOutput {
-            log,
+            log: keep.console_log.clone(),
             clients: keep.console_clients.clone(),
         };
         let com1: Com1 = Arc::new(Mutex::new(SerialDevice::new(com1_irq, console)));

@@ -45,13 +45,11 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     host::check_memory(cfg.memory_mib)?;
     vcpu::install_kick_handler()?;
     signals::block();
-    let console_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&cfg.console_log)
-        .map_err(io("console.log"))?;
+    let console_log =
+        crate::devices::serial::RotatingLog::open(&cfg.console_log, cfg.console_log_max_bytes)
+            .map_err(io("console.log"))?;
     let keep = Persistent {
-        console_log: Some(Arc::new(console_log)),
+        console_log: Some(Arc::new(Mutex::new(console_log))),
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel();
