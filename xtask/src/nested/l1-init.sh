@@ -175,8 +175,75 @@ scenario_vmm_only() {
     say "@@NESTED step=no-vmm-left rc=$rc want=0 pids=$left"
 }
 
+# --boot-loop: boot one VM's kernel+initrd+cmdline BOOT_N times under each
+# VMM in BOOT_VMMS (interleaved), one boot at a time; each boot ends when the
+# guest agent reports (ok), the VMM exits first (crash), or BOOT_TIMEOUT.
+#   @@BOOT vmm=<vmctl|qemu> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>
+boot_vmctl() {
+    d=/lab/.vmctl/vms/$BOOT_VM
+    rm -f "$d/console.log" "$d/vmm.exit" "$d/vmm.log" "$d/vmm.pid" "$d/api.sock" "$d/console.sock"
+    setsid vmctl __vmm --vm-dir "$d" > "$d/vmm.log" 2>&1 &
+    boot_wait vmctl "$1" $! "$d"
+    detail=$(tr -d '\n' < "$d/vmm.exit" 2>/dev/null)
+}
+
+boot_qemu() {
+    d=/tmp/qemu-boot
+    rm -rf "$d"; mkdir -p "$d"
+    # shellcheck disable=SC2086
+    qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
+        -m "$BOOT_MIB" -smp "$BOOT_CPUS" -nodefaults -no-user-config \
+        -display none -monitor none -no-reboot \
+        -kernel "$BOOT_KERNEL" -initrd "$BOOT_INITRD" -append "$BOOT_CMDLINE" \
+        -serial "file:$d/console.log" $BOOT_QEMU_DISKS > "$d/qemu.out" 2>&1 &
+    boot_wait qemu "$1" $! "$d"
+    detail="qemu exit: $(tr '\n' ' ' < "$d/qemu.out" | cut -c1-300)"
+}
+
+# boot_wait VMM N PID DIR: sets result and secs.
+boot_wait() {
+    t=0; result=timeout
+    while [ "$t" -lt "$BOOT_TIMEOUT" ]; do
+        if grep -q '{"agent":"debian-12"' "$4/console.log" 2>/dev/null; then result=ok; break; fi
+        if ! kill -0 "$3" 2>/dev/null; then result=crash; break; fi
+        sleep 1; t=$((t + 1))
+    done
+    kill "$3" 2>/dev/null
+    wait "$3" 2>/dev/null
+    secs=$t
+    if [ "$result" != ok ]; then
+        tail -n 12 "$4/console.log" 2>/dev/null | tr -cd '[:print:]\n' | sed "s|^|@@LOG $1-$2 console.log: |"
+        [ -f "$4/vmm.log" ] && tail -n 5 "$4/vmm.log" | sed "s|^|@@LOG $1-$2 vmm.log: |"
+    fi
+}
+
+scenario_boot_loop() {
+    d=/lab/.vmctl/vms/$BOOT_VM
+    mkdir -p "$d/disks"
+    BOOT_QEMU_DISKS=""
+    i=0
+    while IFS='=' read -r name size; do
+        [ -n "$name" ] || continue
+        truncate -s "$size" "$d/disks/$name.raw"
+        BOOT_QEMU_DISKS="$BOOT_QEMU_DISKS -drive file=$d/disks/$name.raw,if=none,format=raw,id=d$i -device virtio-blk-device,drive=d$i"
+        i=$((i + 1))
+    done < "$d/disks.list"
+    n=1
+    while [ "$n" -le "$BOOT_N" ]; do
+        for vmm in $BOOT_VMMS; do
+            detail=""
+            "boot_$vmm" "$n"
+            say "@@BOOT vmm=$vmm n=$n result=$result secs=$secs detail=$detail"
+        done
+        n=$((n + 1))
+    done
+    say "@@NESTED step=boot-loop rc=0 want=0"
+}
+
 if [ "$rc" = 0 ] && [ "$MODE" = vmm-only ]; then
     scenario_vmm_only
+elif [ "$rc" = 0 ] && [ "$MODE" = boot-loop ]; then
+    scenario_boot_loop
 elif [ "$rc" = 0 ]; then
     scenario
     [ "$FAILED" = 0 ] && [ "$ALWAYS_DUMP" != 1 ] || LOG_LINES=400 dump_logs

@@ -5,9 +5,13 @@
 //! real KVM; inside it vmctl applies a lab of `debian-12` VMs with its own
 //! VMM (L2) and the guests report what they see. See docs/nested-lab.md.
 
+mod bootloop;
 mod check;
 mod l1;
 mod lab;
+mod trace;
+
+pub use bootloop::BootVmm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,25 +23,50 @@ use vmctl_runtime::image::{LockFile, apt, debian12};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub lab: Option<PathBuf>,
-    pub timeout_secs: u64,
+    /// L1 budget; None: 540 s, or enough for the `--boot-loop`.
+    pub timeout_secs: Option<u64>,
     pub release: bool,
     pub verbose: bool,
     /// Smoke run: start each VM's VMM directly (`vmctl __vmm`) with the
     /// image in its vm.json, wait for the guests' reports, no apply/status.
     pub vmm_only: bool,
+    /// Run L1's QEMU with `-d int,cpu_reset` and keep the records around
+    /// every triple fault (`qemu-trace.log`).
+    pub qemu_trace: bool,
+    /// Boot one VM this many times per VMM instead of the scenario.
+    pub boot_loop: Option<u32>,
+    /// The VMM(s) of the boot loop.
+    pub boot_vmm: BootVmm,
+    /// The VM of the lab the boot loop boots (default: the first).
+    pub boot_vm: Option<String>,
+    /// Extra guest kernel command-line words (boot loop and `--vmm-only`).
+    pub guest_append: Option<String>,
+    /// Run the scenario this many times (building once).
+    pub repeat: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             lab: None,
-            timeout_secs: 540,
+            timeout_secs: None,
             release: true,
             verbose: false,
             vmm_only: false,
+            qemu_trace: false,
+            boot_loop: None,
+            boot_vmm: BootVmm::Vmctl,
+            boot_vm: None,
+            guest_append: None,
+            repeat: 1,
         }
     }
 }
+
+/// The default L1 budget of the scenario.
+const DEFAULT_TIMEOUT_SECS: u64 = 540;
+/// One boot of the boot loop gives up after this long.
+const BOOT_TIMEOUT_SECS: u64 = 90;
 
 /// How long guests may take to report inside L1 (each wait).
 const GUEST_TIMEOUT_SECS: u64 = 60;
@@ -77,8 +106,87 @@ fn phase(name: &str, start: Instant) {
     eprintln!("nested-lab: {name} [{:.1}s]", start.elapsed().as_secs_f64());
 }
 
-/// Run the whole scenario; `Ok(true)` when every check passed.
+/// Everything a run of L1 needs, built once.
+struct Prepared {
+    work: PathBuf,
+    l1_kernel: PathBuf,
+    l1_initrd: PathBuf,
+    before: vmctl_spec::DesiredState,
+    after: vmctl_spec::DesiredState,
+    grown: Option<vmctl_spec::DesiredState>,
+    timeout: Duration,
+    start: Instant,
+}
+
+/// Run the whole scenario (or the boot loop); `Ok(true)` when every check passed.
 pub fn run(opts: &Options) -> Result<bool, String> {
+    let p = prepare(opts)?;
+    if let Some(n) = opts.boot_loop {
+        return boot_loop(&p, opts, n);
+    }
+    let runs = opts.repeat.max(1);
+    if runs == 1 {
+        return Ok(run_once(&p, opts, None)?.failure.is_none());
+    }
+    let mut outcomes = Vec::new();
+    for i in 1..=runs {
+        eprintln!("nested-lab: ===== run {i} of {runs} =====");
+        let o = run_once(&p, opts, Some(i))?;
+        eprintln!(
+            "nested-lab: run {i}: {}",
+            o.failure
+                .as_ref()
+                .map_or("PASSED".to_string(), |f| format!("FAILED: {f}"))
+        );
+        outcomes.push(o);
+    }
+    println!("\n{}", repeat_report(&outcomes));
+    Ok(outcomes.iter().all(|o| o.failure.is_none()))
+}
+
+/// The result of one L1 run of the scenario.
+struct Outcome {
+    /// The recognised L1 kernel panic that made the harness run L1 once more.
+    l1_retry: Option<String>,
+    failure: Option<check::Failure>,
+    l1_secs: f64,
+}
+
+fn repeat_report(outcomes: &[Outcome]) -> String {
+    let passed = outcomes.iter().filter(|o| o.failure.is_none()).count();
+    let retried = outcomes.iter().filter(|o| o.l1_retry.is_some()).count();
+    let mut longest = 0;
+    let mut streak = 0;
+    for o in outcomes {
+        streak = if o.failure.is_none() { streak + 1 } else { 0 };
+        longest = longest.max(streak);
+    }
+    let mut out = format!(
+        "nested-lab --repeat: {passed} of {} runs passed ({:.0} %), longest streak of passes {longest}; \
+         {retried} run(s) needed the one L1 re-run after a recognised L1 kernel panic\n",
+        outcomes.len(),
+        100.0 * passed as f64 / outcomes.len() as f64
+    );
+    for (i, o) in outcomes.iter().enumerate() {
+        let verdict = match &o.failure {
+            None => "passed".to_string(),
+            Some(f) => format!("FAILED: {f}"),
+        };
+        let retry = o
+            .l1_retry
+            .as_ref()
+            .map(|p| format!(" (after an L1 re-run: {p})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  run {:>2}: {verdict}{retry} [L1 {:.0} s]\n",
+            i + 1,
+            o.l1_secs
+        ));
+    }
+    out
+}
+
+fn prepare(opts: &Options) -> Result<Prepared, String> {
     let start = Instant::now();
     for tool in ["qemu-system-x86_64", "ldd"] {
         if !on_path(tool) {
@@ -195,12 +303,40 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let pkgs = l1::fetch(&work, &packages)?;
     let floor = check::memory_floor_mib(new_mib);
     let vms: Vec<&str> = before.vms.iter().map(|v| v.name.as_str()).collect();
-    if opts.vmm_only {
-        write_vm_records(&lab_dir, &before, pinned)?;
+    let cmdline = match &opts.guest_append {
+        Some(extra) => format!("{} {extra}", debian12::CMDLINE),
+        None => debian12::CMDLINE.to_string(),
+    };
+    if opts.vmm_only || opts.boot_loop.is_some() {
+        write_vm_records(&lab_dir, &before, pinned, &cmdline)?;
     }
+    let boot_vm = match &opts.boot_vm {
+        Some(name) => before
+            .vm(name)
+            .ok_or_else(|| format!("--boot-vm {name}: no such VM in the lab"))?,
+        None => &before.vms[0],
+    };
+    let image_dir = PathBuf::from("/lab/.vmctl/images").join(&pinned.image_id);
+    let boot_env = format!(
+        "BOOT_N={}\nBOOT_VMMS=\"{}\"\nBOOT_VM=\"{}\"\nBOOT_MIB={}\nBOOT_CPUS={}\nBOOT_TIMEOUT={BOOT_TIMEOUT_SECS}\nBOOT_KERNEL={}\nBOOT_INITRD={}\nBOOT_CMDLINE='{}'\n",
+        opts.boot_loop.unwrap_or(0),
+        opts.boot_vmm.names().join(" "),
+        boot_vm.name,
+        boot_vm.memory_mib,
+        boot_vm.cpus,
+        image_dir.join("vmlinuz").display(),
+        image_dir.join("initrd.img").display(),
+        cmdline,
+    );
+    let mode = if opts.boot_loop.is_some() {
+        "boot-loop"
+    } else if opts.vmm_only {
+        "vmm-only"
+    } else {
+        "full"
+    };
     let env = format!(
-        "MODE={}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\n",
-        if opts.vmm_only { "vmm-only" } else { "full" },
+        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\n{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
@@ -226,6 +362,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             packages: &pkgs,
             vmctl: &vmctl,
             lab_dir: &lab_dir,
+            with_qemu: opts.boot_loop.is_some() && opts.boot_vmm != BootVmm::Vmctl,
         },
         &l1_initrd,
     )?;
@@ -233,39 +370,95 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         "L1 initramfs assembled; booting L1 (QEMU TCG, -cpu EPYC,+svm)",
         start,
     );
+    let timeout = Duration::from_secs(opts.timeout_secs.unwrap_or_else(|| match opts.boot_loop {
+        // L1 boot, then every boot at its worst.
+        Some(n) => {
+            120 + u64::from(n) * opts.boot_vmm.names().len() as u64 * (BOOT_TIMEOUT_SECS + 5)
+        }
+        None => DEFAULT_TIMEOUT_SECS,
+    }));
+    Ok(Prepared {
+        work,
+        l1_kernel,
+        l1_initrd,
+        before,
+        after,
+        grown,
+        timeout,
+        start,
+    })
+}
 
-    // 5. Boot L1 and judge what it says.
-    let serial_log = work.join("l1-serial.log");
-    let mut res = l1::boot(
-        &l1_kernel,
-        &l1_initrd,
-        &serial_log,
-        Duration::from_secs(opts.timeout_secs),
-        opts.verbose,
-    )?;
+/// Boot L1 once (and once more after a recognised L1 kernel panic).
+/// `iteration`: the run's number under `--repeat` (its logs get it in their names).
+fn boot_l1(
+    p: &Prepared,
+    opts: &Options,
+    iteration: Option<u32>,
+) -> Result<(l1::RunResult, Option<String>, PathBuf), String> {
+    let name = |base: &str, ext: &str| match iteration {
+        Some(i) => p.work.join(format!("{base}.{i}.{ext}")),
+        None => p.work.join(format!("{base}.{ext}")),
+    };
+    let serial_log = name("l1-serial", "log");
+    let trace_log = name("qemu-trace", "log");
+    let boot = l1::Boot {
+        kernel: &p.l1_kernel,
+        initrd: &p.l1_initrd,
+        log_path: &serial_log,
+        timeout: p.timeout,
+        verbose: opts.verbose,
+        trace: opts.qemu_trace.then_some(trace_log.as_path()),
+    };
+    let mut res = l1::boot(&boot)?;
+    report_trace(&res, &trace_log);
+    let mut retry = None;
     if let Some(panic) = check::l1_kernel_panic(&res.serial) {
         // L1's own kernel died (QEMU TCG's emulated SVM occasionally corrupts
         // L1 state on a nested VM exit; measured ~1 run in 8): the
         // environment failed, not vmctl. Say so and run the scenario once more.
+        let kept = serial_log.with_extension("crashed.log");
         eprintln!(
             "nested-lab: L1's own kernel crashed ({panic}); this is the emulated-SVM environment, \
              not a vmctl check. Serial log kept as {}; running L1 once more.",
-            serial_log.with_extension("crashed.log").display()
+            kept.display()
         );
-        let _ = std::fs::rename(&serial_log, serial_log.with_extension("crashed.log"));
-        res = l1::boot(
-            &l1_kernel,
-            &l1_initrd,
-            &serial_log,
-            Duration::from_secs(opts.timeout_secs),
-            opts.verbose,
-        )?;
+        let _ = std::fs::rename(&serial_log, &kept);
+        if opts.qemu_trace {
+            let _ = std::fs::rename(&trace_log, trace_log.with_extension("crashed.log"));
+        }
+        retry = Some(panic);
+        res = l1::boot(&boot)?;
+        report_trace(&res, &trace_log);
     }
+    Ok((res, retry, serial_log))
+}
+
+fn report_trace(res: &l1::RunResult, kept: &Path) {
+    if let Some(t) = &res.trace {
+        eprint!("{}", trace::report(t));
+        if t.triple_faults.is_empty() {
+            let _ = std::fs::remove_file(kept);
+        } else {
+            eprintln!(
+                "qemu-trace: records around each triple fault kept in {}",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// One run of the scenario in L1, judged.
+fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outcome, String> {
+    let start = p.start;
+    let (before, after, grown) = (&p.before, &p.after, &p.grown);
+    // 5. Boot L1 and judge what it says.
+    let (res, l1_retry, serial_log) = boot_l1(p, opts, iteration)?;
     let log = check::parse(&res.serial);
-    let mut phases: Vec<(u32, &vmctl_spec::DesiredState)> = vec![(1, &before)];
+    let mut phases: Vec<(u32, &vmctl_spec::DesiredState)> = vec![(1, before)];
     if !opts.vmm_only {
-        phases.push((2, &after));
-        if let Some(g) = &grown {
+        phases.push((2, after));
+        if let Some(g) = grown {
             phases.push((3, g));
         }
     }
@@ -273,7 +466,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     if res.timed_out {
         verdict
             .problems
-            .push(format!("L1 timed out after {} s", opts.timeout_secs));
+            .push(format!("L1 timed out after {} s", p.timeout.as_secs()));
     }
     println!("\n{}", check::table(&verdict));
     println!(
@@ -289,11 +482,39 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             eprintln!("{l}");
         }
     }
+    let failure = check::classify(&res.serial, &log, &verdict, res.timed_out);
+    match &failure {
+        None => println!("nested-lab: PASSED"),
+        Some(f) => println!("nested-lab: FAILED ({f})"),
+    }
+    Ok(Outcome {
+        l1_retry,
+        failure,
+        l1_secs: res.elapsed.as_secs_f64(),
+    })
+}
+
+/// `--boot-loop N`: boot one VM N times per VMM in one L1; print crash rates.
+fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
+    let (res, _, serial_log) = boot_l1(p, opts, None)?;
+    let boots = bootloop::parse(&res.serial);
+    println!("\n{}", bootloop::report(&boots));
+    let finished = check::parse(&res.serial).done;
+    let want = n as usize * opts.boot_vmm.names().len();
     println!(
-        "nested-lab: {}",
-        if verdict.passed() { "PASSED" } else { "FAILED" }
+        "nested-lab: boot loop: {} of {want} boots reported{}; L1 ran {:.1} s; serial log: {}",
+        boots.len(),
+        if finished { "" } else { " (L1 did not finish)" },
+        res.elapsed.as_secs_f64(),
+        serial_log.display()
     );
-    Ok(verdict.passed())
+    if let Some(t) = &res.trace {
+        println!(
+            "nested-lab: qemu-trace saw {} triple fault(s)",
+            t.triple_faults.len()
+        );
+    }
+    Ok(finished && boots.len() == want && boots.iter().all(|b| b.result == "ok"))
 }
 
 /// `--vmm-only`: each VM's `vm.json` (with the debian-12 image's L1 paths as
@@ -302,6 +523,7 @@ fn write_vm_records(
     lab_dir: &Path,
     state: &vmctl_spec::DesiredState,
     pinned: &vmctl_runtime::image::LockedImage,
+    cmdline: &str,
 ) -> Result<(), String> {
     let image_dir = PathBuf::from("/lab/.vmctl/images").join(&pinned.image_id);
     for vm in &state.vms {
@@ -310,7 +532,7 @@ fn write_vm_records(
             name: debian12::NAME.into(),
             kernel: image_dir.join("vmlinuz"),
             initrd: Some(image_dir.join("initrd.img")),
-            cmdline: debian12::CMDLINE.into(),
+            cmdline: cmdline.into(),
         });
         let record = serde_json::json!({"format_version": "1", "spec": spec, "desired": "running"});
         let dir = lab_dir.join(".vmctl/vms").join(&vm.name);
