@@ -23,8 +23,9 @@ const USAGE: &str =
                        each failure's cause
   --qemu-trace         run L1's QEMU with -d int,cpu_reset; keep the records around every
                        triple fault (L1's or an L2 guest's) in target/nested-lab/qemu-trace.log
-  --boot-loop N        instead of the scenario: boot one VM (--boot-vm, default the first)
-                       N times per VMM inside one L1, one at a time; print crash rates
+  --boot-loop N        instead of the scenario: boot the lab's VMs (all at once, as apply
+                       does; or only --boot-vm NAME) N times per VMM inside one L1,
+                       one round at a time; print crash rates
   --vmm V              the boot loop's VMM: vmctl (default), qemu (-M microvm -accel kvm
                        inside L1) or both (interleaved)
   --guest-append W     extra guest kernel command-line words (boot loop, --vmm-only)";

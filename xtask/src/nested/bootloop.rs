@@ -1,7 +1,8 @@
 //! `--boot-loop N`: the same kernel, initrd and command line booted N times
 //! inside one L1 under vmctl's VMM and/or QEMU (`-M microvm -accel kvm`),
-//! one boot at a time, interleaved. L1's script prints one marker per boot:
-//! `@@BOOT vmm=<vmctl|qemu> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>`.
+//! one round at a time (every VM of the round boots at once), interleaved.
+//! L1's script prints one marker per VM and boot:
+//! `@@BOOT vmm=<vmctl|qemu> vm=<name> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>`.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,7 @@ impl BootVmm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Boot {
     pub vmm: String,
+    pub vm: String,
     pub n: u32,
     pub result: String,
     pub secs: u32,
@@ -61,6 +63,7 @@ pub fn parse(serial: &str) -> Vec<Boot> {
                 .unwrap_or_default();
             Some(Boot {
                 vmm: field(rest, "vmm")?.to_string(),
+                vm: field(rest, "vm").unwrap_or("-").to_string(),
                 n: field(rest, "n")?.parse().ok()?,
                 result: field(rest, "result")?.to_string(),
                 secs: field(rest, "secs")
@@ -72,11 +75,12 @@ pub fn parse(serial: &str) -> Vec<Boot> {
         .collect()
 }
 
-/// Per VMM: (boots, ok, crash, timeout).
+/// Per VMM and per `vmm/vm`: (boots, ok, crash, timeout).
 pub fn tally(boots: &[Boot]) -> BTreeMap<String, (u32, u32, u32, u32)> {
     let mut t: BTreeMap<String, (u32, u32, u32, u32)> = BTreeMap::new();
-    for b in boots {
-        let e = t.entry(b.vmm.clone()).or_default();
+    let keys = |b: &Boot| [b.vmm.clone(), format!("{}/{}", b.vmm, b.vm)];
+    for (b, key) in boots.iter().flat_map(|b| keys(b).map(|k| (b, k))) {
+        let e = t.entry(key).or_default();
         e.0 += 1;
         match b.result.as_str() {
             "ok" => e.1 += 1,
@@ -89,7 +93,8 @@ pub fn tally(boots: &[Boot]) -> BTreeMap<String, (u32, u32, u32, u32)> {
 
 /// The crash-rate table.
 pub fn report(boots: &[Boot]) -> String {
-    let mut out = String::from("boot loop: vmm     boots  ok  crash  timeout  crash rate\n");
+    let mut out =
+        String::from("boot loop: vmm[/vm]        boots  ok  crash  timeout  crash rate\n");
     for (vmm, (n, ok, crash, timeout)) in tally(boots) {
         let rate = if n == 0 {
             0.0
@@ -97,13 +102,13 @@ pub fn report(boots: &[Boot]) -> String {
             100.0 * f64::from(crash + timeout) / f64::from(n)
         };
         out.push_str(&format!(
-            "           {vmm:<7} {n:>5} {ok:>3} {crash:>6} {timeout:>8}  {rate:>5.1} %\n"
+            "           {vmm:<14} {n:>5} {ok:>3} {crash:>6} {timeout:>8}  {rate:>5.1} %\n"
         ));
     }
     for b in boots.iter().filter(|b| b.result != "ok") {
         out.push_str(&format!(
-            "  {} boot {}: {} after {} s: {}\n",
-            b.vmm, b.n, b.result, b.secs, b.detail
+            "  {} {} boot {}: {} after {} s: {}\n",
+            b.vmm, b.vm, b.n, b.result, b.secs, b.detail
         ));
     }
     out
@@ -116,11 +121,11 @@ mod tests {
     #[test]
     fn markers_parsed_and_tallied() {
         let serial = "noise\n\
-            @@BOOT vmm=vmctl n=1 result=ok secs=9 detail=\n\
-            @@BOOT vmm=qemu n=1 result=ok secs=8 detail=qemu exit: \r\n\
-            @@BOOT vmm=vmctl n=2 result=crash secs=2 detail={\"reason\":\"crash\",\"detail\":\"vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\"}\n\
+            @@BOOT vmm=vmctl vm=a n=1 result=ok secs=9 detail=\n\
+            @@BOOT vmm=qemu vm=a n=1 result=ok secs=8 detail=qemu exit: \r\n\
+            @@BOOT vmm=vmctl vm=a n=2 result=crash secs=2 detail={\"reason\":\"crash\",\"detail\":\"vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\"}\n\
             @@LOG vmctl-2 console.log: [    0.000000] Linux version 6.1\n\
-            @@BOOT vmm=qemu n=2 result=timeout secs=90 detail=qemu exit:\n";
+            @@BOOT vmm=qemu vm=a n=2 result=timeout secs=90 detail=qemu exit:\n";
         let boots = parse(serial);
         assert_eq!(boots.len(), 4);
         assert_eq!(boots[2].result, "crash");
@@ -128,9 +133,10 @@ mod tests {
         let t = tally(&boots);
         assert_eq!(t["vmctl"], (2, 1, 1, 0));
         assert_eq!(t["qemu"], (2, 1, 0, 1));
+        assert_eq!(t["vmctl/a"], (2, 1, 1, 0));
         let r = report(&boots);
         assert!(r.contains("50.0 %"), "{r}");
-        assert!(r.contains("vmctl boot 2: crash after 2 s"), "{r}");
+        assert!(r.contains("vmctl a boot 2: crash after 2 s"), "{r}");
         assert_eq!(BootVmm::parse("both").unwrap().names(), ["vmctl", "qemu"]);
         assert!(BootVmm::parse("firecracker").is_none());
     }

@@ -175,65 +175,102 @@ scenario_vmm_only() {
     say "@@NESTED step=no-vmm-left rc=$rc want=0 pids=$left"
 }
 
-# --boot-loop: boot one VM's kernel+initrd+cmdline BOOT_N times under each
-# VMM in BOOT_VMMS (interleaved), one boot at a time; each boot ends when the
-# guest agent reports (ok), the VMM exits first (crash), or BOOT_TIMEOUT.
-#   @@BOOT vmm=<vmctl|qemu> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>
-boot_vmctl() {
-    d=/lab/.vmctl/vms/$BOOT_VM
-    rm -f "$d/console.log" "$d/vmm.exit" "$d/vmm.log" "$d/vmm.pid" "$d/api.sock" "$d/console.sock"
-    setsid vmctl __vmm --vm-dir "$d" > "$d/vmm.log" 2>&1 &
-    boot_wait vmctl "$1" $! "$d"
-    detail=$(tr -d '\n' < "$d/vmm.exit" 2>/dev/null)
-}
+# --boot-loop: boot the VMs in BOOT_VMS (kernel + initrd + BOOT_CMDLINE of
+# the debian-12 image; several VMs boot at the same time, as after `apply`)
+# BOOT_N times under each VMM in BOOT_VMMS (interleaved), one round at a
+# time. A VM's boot ends when its guest agent reports (ok), its VMM exits
+# first (crash: a triple fault ends both vmctl's VMM and QEMU -no-reboot),
+# or after BOOT_TIMEOUT s (timeout). One marker per VM and boot:
+#   @@BOOT vmm=<vmctl|qemu> vm=<name> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>
 
-boot_qemu() {
-    d=/tmp/qemu-boot
-    rm -rf "$d"; mkdir -p "$d"
+# boot_start VMM VM: start it; echoes the run directory, sets the pid file.
+boot_start() {
+    vd=/lab/.vmctl/vms/$2
+    if [ "$1" = vmctl ]; then
+        rm -f "$vd/console.log" "$vd/vmm.exit" "$vd/vmm.log" "$vd/vmm.pid" "$vd/api.sock" "$vd/console.sock"
+        setsid vmctl __vmm --vm-dir "$vd" > "$vd/vmm.log" 2>&1 &
+        echo $! > "/tmp/boot-$2.pid"
+        return
+    fi
+    qd=/tmp/qemu-boot/$2
+    rm -rf "$qd"; mkdir -p "$qd"
+    . "$vd/boot.env"
+    disks=""
+    i=0
+    while IFS='=' read -r name size; do
+        [ -n "$name" ] || continue
+        disks="$disks -drive file=$vd/disks/$name.raw,if=none,format=raw,id=d$i -device virtio-blk-device,drive=d$i"
+        i=$((i + 1))
+    done < "$vd/disks.list"
     # shellcheck disable=SC2086
     qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
         -m "$BOOT_MIB" -smp "$BOOT_CPUS" -nodefaults -no-user-config \
         -display none -monitor none -no-reboot \
         -kernel "$BOOT_KERNEL" -initrd "$BOOT_INITRD" -append "$BOOT_CMDLINE" \
-        -serial "file:$d/console.log" $BOOT_QEMU_DISKS > "$d/qemu.out" 2>&1 &
-    boot_wait qemu "$1" $! "$d"
-    detail="qemu exit: $(tr '\n' ' ' < "$d/qemu.out" | cut -c1-300)"
+        -serial "file:$qd/console.log" $disks > "$qd/qemu.out" 2>&1 &
+    echo $! > "/tmp/boot-$2.pid"
 }
 
-# boot_wait VMM N PID DIR: sets result and secs.
-boot_wait() {
-    t=0; result=timeout
+boot_dir() {
+    if [ "$1" = vmctl ]; then echo "/lab/.vmctl/vms/$2"; else echo "/tmp/qemu-boot/$2"; fi
+}
+
+# boot_round VMM N: boot every VM of BOOT_VMS at once, wait, report each.
+boot_round() {
+    for vm in $BOOT_VMS; do
+        boot_start "$1" "$vm"
+        rm -f "/tmp/boot-$vm.result"
+    done
+    t=0
     while [ "$t" -lt "$BOOT_TIMEOUT" ]; do
-        if grep -q '{"agent":"debian-12"' "$4/console.log" 2>/dev/null; then result=ok; break; fi
-        if ! kill -0 "$3" 2>/dev/null; then result=crash; break; fi
+        pending=0
+        for vm in $BOOT_VMS; do
+            [ -f "/tmp/boot-$vm.result" ] && continue
+            d=$(boot_dir "$1" "$vm")
+            if grep -q '{"agent":"debian-12"' "$d/console.log" 2>/dev/null; then
+                echo "ok $t" > "/tmp/boot-$vm.result"
+            elif ! kill -0 "$(cat "/tmp/boot-$vm.pid")" 2>/dev/null; then
+                echo "crash $t" > "/tmp/boot-$vm.result"
+            else
+                pending=1
+            fi
+        done
+        [ "$pending" = 0 ] && break
         sleep 1; t=$((t + 1))
     done
-    kill "$3" 2>/dev/null
-    wait "$3" 2>/dev/null
-    secs=$t
-    if [ "$result" != ok ]; then
-        tail -n 12 "$4/console.log" 2>/dev/null | tr -cd '[:print:]\n' | sed "s|^|@@LOG $1-$2 console.log: |"
-        [ -f "$4/vmm.log" ] && tail -n 5 "$4/vmm.log" | sed "s|^|@@LOG $1-$2 vmm.log: |"
-    fi
+    for vm in $BOOT_VMS; do
+        pid=$(cat "/tmp/boot-$vm.pid")
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    for vm in $BOOT_VMS; do
+        d=$(boot_dir "$1" "$vm")
+        if [ -f "/tmp/boot-$vm.result" ]; then read -r result secs < "/tmp/boot-$vm.result"; else result=timeout; secs=$t; fi
+        if [ "$1" = vmctl ]; then
+            detail=$(tr -d '\n' < "$d/vmm.exit" 2>/dev/null)
+        else
+            detail="qemu: $(tr '\n' ' ' < "$d/qemu.out" | cut -c1-300)"
+        fi
+        if [ "$result" != ok ]; then
+            tail -n 12 "$d/console.log" 2>/dev/null | sed 's/[^[:print:]]//g' | sed "s|^|@@LOG $1-$vm-$2 console.log: |"
+            [ -f "$d/vmm.log" ] && tail -n 5 "$d/vmm.log" | sed "s|^|@@LOG $1-$vm-$2 vmm.log: |"
+        fi
+        say "@@BOOT vmm=$1 vm=$vm n=$2 result=$result secs=$secs detail=$detail"
+    done
 }
 
 scenario_boot_loop() {
-    d=/lab/.vmctl/vms/$BOOT_VM
-    mkdir -p "$d/disks"
-    BOOT_QEMU_DISKS=""
-    i=0
-    while IFS='=' read -r name size; do
-        [ -n "$name" ] || continue
-        truncate -s "$size" "$d/disks/$name.raw"
-        BOOT_QEMU_DISKS="$BOOT_QEMU_DISKS -drive file=$d/disks/$name.raw,if=none,format=raw,id=d$i -device virtio-blk-device,drive=d$i"
-        i=$((i + 1))
-    done < "$d/disks.list"
+    for vm in $BOOT_VMS; do
+        d=/lab/.vmctl/vms/$vm
+        mkdir -p "$d/disks"
+        while IFS='=' read -r name size; do
+            [ -n "$name" ] && truncate -s "$size" "$d/disks/$name.raw"
+        done < "$d/disks.list"
+    done
     n=1
     while [ "$n" -le "$BOOT_N" ]; do
         for vmm in $BOOT_VMMS; do
-            detail=""
-            "boot_$vmm" "$n"
-            say "@@BOOT vmm=$vmm n=$n result=$result secs=$secs detail=$detail"
+            boot_round "$vmm" "$n"
         done
         n=$((n + 1))
     done

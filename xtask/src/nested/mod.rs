@@ -37,7 +37,8 @@ pub struct Options {
     pub boot_loop: Option<u32>,
     /// The VMM(s) of the boot loop.
     pub boot_vmm: BootVmm,
-    /// The VM of the lab the boot loop boots (default: the first).
+    /// The VM of the lab the boot loop boots (default or `all`: every VM
+    /// of the lab at the same time, as `apply` starts them).
     pub boot_vm: Option<String>,
     /// Extra guest kernel command-line words (boot loop and `--vmm-only`).
     pub guest_append: Option<String>,
@@ -310,20 +311,22 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     if opts.vmm_only || opts.boot_loop.is_some() {
         write_vm_records(&lab_dir, &before, pinned, &cmdline)?;
     }
-    let boot_vm = match &opts.boot_vm {
-        Some(name) => before
-            .vm(name)
-            .ok_or_else(|| format!("--boot-vm {name}: no such VM in the lab"))?,
-        None => &before.vms[0],
+    let boot_vms: Vec<&str> = match opts.boot_vm.as_deref() {
+        None | Some("all") => vms.clone(),
+        Some(name) => vec![
+            before
+                .vm(name)
+                .ok_or_else(|| format!("--boot-vm {name}: no such VM in the lab"))?
+                .name
+                .as_str(),
+        ],
     };
     let image_dir = PathBuf::from("/lab/.vmctl/images").join(&pinned.image_id);
     let boot_env = format!(
-        "BOOT_N={}\nBOOT_VMMS=\"{}\"\nBOOT_VM=\"{}\"\nBOOT_MIB={}\nBOOT_CPUS={}\nBOOT_TIMEOUT={BOOT_TIMEOUT_SECS}\nBOOT_KERNEL={}\nBOOT_INITRD={}\nBOOT_CMDLINE='{}'\n",
+        "BOOT_N={}\nBOOT_VMMS=\"{}\"\nBOOT_VMS=\"{}\"\nBOOT_TIMEOUT={BOOT_TIMEOUT_SECS}\nBOOT_KERNEL={}\nBOOT_INITRD={}\nBOOT_CMDLINE='{}'\n",
         opts.boot_loop.unwrap_or(0),
         opts.boot_vmm.names().join(" "),
-        boot_vm.name,
-        boot_vm.memory_mib,
-        boot_vm.cpus,
+        boot_vms.join(" "),
         image_dir.join("vmlinuz").display(),
         image_dir.join("initrd.img").display(),
         cmdline,
@@ -500,7 +503,11 @@ fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
     let boots = bootloop::parse(&res.serial);
     println!("\n{}", bootloop::report(&boots));
     let finished = check::parse(&res.serial).done;
-    let want = n as usize * opts.boot_vmm.names().len();
+    let per_round = match opts.boot_vm.as_deref() {
+        None | Some("all") => p.before.vms.len(),
+        Some(_) => 1,
+    };
+    let want = n as usize * opts.boot_vmm.names().len() * per_round;
     println!(
         "nested-lab: boot loop: {} of {want} boots reported{}; L1 ran {:.1} s; serial log: {}",
         boots.len(),
@@ -546,6 +553,12 @@ fn write_vm_records(
             .collect();
         std::fs::write(dir.join("disks.list"), disks)
             .map_err(|e| format!("writing disks.list: {e}"))?;
+        // For the boot loop's QEMU runs (`-m`, `-smp`).
+        std::fs::write(
+            dir.join("boot.env"),
+            format!("BOOT_MIB={}\nBOOT_CPUS={}\n", vm.memory_mib, vm.cpus),
+        )
+        .map_err(|e| format!("writing boot.env: {e}"))?;
     }
     Ok(())
 }
