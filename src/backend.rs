@@ -13,7 +13,7 @@ use vmctl_planner::{
     Backend, BackendError, Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm,
     Record, RunState,
 };
-use vmctl_runtime::{Runtime, RuntimeError, state};
+use vmctl_runtime::{Runtime, RuntimeError};
 use vmctl_spec::VmSpec;
 
 /// How long a graceful shutdown may take before the VMM is killed.
@@ -36,20 +36,6 @@ pub fn open(state_dir: &Path) -> Result<RuntimeBackend, BackendError> {
 
 fn err(e: RuntimeError) -> BackendError {
     BackendError::new(e.to_string())
-}
-
-fn desired_of(d: state::Desired) -> Desired {
-    match d {
-        state::Desired::Running => Desired::Running,
-        state::Desired::Stopped => Desired::Stopped,
-    }
-}
-
-fn runtime_desired(d: Desired) -> state::Desired {
-    match d {
-        Desired::Running => state::Desired::Running,
-        Desired::Stopped => state::Desired::Stopped,
-    }
 }
 
 impl RuntimeBackend {
@@ -78,10 +64,10 @@ impl RuntimeBackend {
             return Ok(None);
         };
         let vm_dir = rt.vm_dir(name);
-        let state = match obs.live {
-            vmctl_runtime::Live::Running => RunState::Running,
-            vmctl_runtime::Live::Stopped => RunState::Stopped,
-            vmctl_runtime::Live::Crashed => RunState::Crashed,
+        // A VMM that answers says whether it is paused.
+        let state = match (&obs.status, obs.live) {
+            (Some(st), RunState::Running) => st.state,
+            (_, live) => live,
         };
         // Disk sizes: the VMM's view when it answers, else the files.
         let disks = match &obs.status {
@@ -118,7 +104,7 @@ impl RuntimeBackend {
             disks,
             guest: obs.status.as_ref().and_then(|s| s.guest.clone()),
         };
-        let record = Record::new(obs.record.spec, desired_of(obs.record.desired));
+        let record = Record::new(obs.record.spec, obs.record.desired);
         Ok(Some(ObservedVm { record, live }))
     }
 
@@ -148,6 +134,7 @@ impl Backend for RuntimeBackend {
         let c = vmctl_runtime::vmm::CAPABILITIES;
         Capabilities {
             hot_add_cpu: c.hot_add_cpu,
+            hot_remove_cpu: c.hot_remove_cpu,
             hot_add_memory: c.hot_add_memory,
             live_disk_resize: c.live_disk_resize,
             // The weight is a cgroup write done from vmctl's side, so it is
@@ -204,7 +191,7 @@ impl Backend for RuntimeBackend {
     }
 
     fn record(&self, spec: &VmSpec, desired: Desired) -> Result<(), BackendError> {
-        let rec = vmctl_runtime::VmRecord::new(spec.clone(), runtime_desired(desired));
+        let rec = Record::new(spec.clone(), desired);
         self.rt()?.write_record(&rec).map_err(err)
     }
 }

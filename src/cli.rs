@@ -56,4 +56,7 @@ pub enum Command {
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),
+    /// Print KVM's supported CPUID as JSON lines (internal: test fixtures).
+    #[command(name = "__kvm-cpuid", hide = true)]
+    KvmCpuid,
 }

@@ -24,6 +24,18 @@ pub struct Cpus {
     pub possible: u32,
     /// APIC IDs of the enabled CPUs, first `enabled.min(MAX_CPUS)` valid.
     pub apic_ids: [u32; MAX_CPUS],
+    /// Every possible CPU in MADT order, first `possible.min(MAX_CPUS)`
+    /// valid: its processor UID (the hotplug controllers' CPU index), APIC
+    /// ID and whether it was enabled at boot.
+    pub possible_cpus: [PossibleCpu; MAX_CPUS],
+}
+
+/// One enabled or online-capable MADT entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PossibleCpu {
+    pub uid: u32,
+    pub apic_id: u32,
+    pub enabled: bool,
 }
 
 impl Default for Cpus {
@@ -32,6 +44,7 @@ impl Default for Cpus {
             enabled: 0,
             possible: 0,
             apic_ids: [0; MAX_CPUS],
+            possible_cpus: [PossibleCpu::default(); MAX_CPUS],
         }
     }
 }
@@ -40,6 +53,26 @@ impl Cpus {
     pub fn enabled_ids(&self) -> &[u32] {
         let n = (self.enabled as usize).min(MAX_CPUS);
         self.apic_ids.get(..n).unwrap_or(&[])
+    }
+
+    pub fn possible_cpus(&self) -> &[PossibleCpu] {
+        let n = (self.possible as usize).min(MAX_CPUS);
+        self.possible_cpus.get(..n).unwrap_or(&[])
+    }
+
+    /// The MADT entry of hotplug CPU index `index` (= processor UID in the
+    /// contract), if the MADT lists it.
+    pub fn by_index(&self, index: u32) -> Option<PossibleCpu> {
+        self.possible_cpus()
+            .iter()
+            .find(|c| c.uid == index)
+            .copied()
+    }
+
+    /// The APIC ID to send INIT/SIPI to for hotplug CPU index `index`: the
+    /// MADT's answer, else the contract's "index = APIC ID".
+    pub fn apic_id_for_index(&self, index: u32) -> u32 {
+        self.by_index(index).map_or(index, |c| c.apic_id)
     }
 }
 
@@ -185,22 +218,42 @@ fn parse_madt(mem: &impl PhysMem, table: u64, len: u32) -> Cpus {
         if slen < 2 || at + slen > end {
             break;
         }
+        // (UID, APIC ID, flags)
         let entry = match (kind, slen) {
-            (0, 8..) => mem
-                .read_u8(at + 3)
-                .zip(mem.read_u32(at + 4))
-                .map(|(id, flags)| (u32::from(id), flags)),
-            (9, 16..) => mem.read_u32(at + 4).zip(mem.read_u32(at + 8)),
+            (0, 8..) => match (
+                mem.read_u8(at + 2),
+                mem.read_u8(at + 3),
+                mem.read_u32(at + 4),
+            ) {
+                (Some(uid), Some(id), Some(flags)) => Some((u32::from(uid), u32::from(id), flags)),
+                _ => None,
+            },
+            (9, 16..) => match (
+                mem.read_u32(at + 4),
+                mem.read_u32(at + 8),
+                mem.read_u32(at + 12),
+            ) {
+                (Some(id), Some(flags), Some(uid)) => Some((uid, id, flags)),
+                _ => None,
+            },
             _ => None,
         };
-        if let Some((apic_id, flags)) = entry {
-            if flags & LAPIC_ENABLED != 0 {
+        if let Some((uid, apic_id, flags)) = entry {
+            let enabled = flags & LAPIC_ENABLED != 0;
+            if enabled {
                 if let Some(slot) = cpus.apic_ids.get_mut(cpus.enabled as usize) {
                     *slot = apic_id;
                 }
                 cpus.enabled += 1;
             }
             if flags & (LAPIC_ENABLED | LAPIC_ONLINE_CAPABLE) != 0 {
+                if let Some(slot) = cpus.possible_cpus.get_mut(cpus.possible as usize) {
+                    *slot = PossibleCpu {
+                        uid,
+                        apic_id,
+                        enabled,
+                    };
+                }
                 cpus.possible += 1;
             }
         }
@@ -286,6 +339,31 @@ pub mod tests {
         assert_eq!(madt.cpus.enabled, 2);
         assert_eq!(madt.cpus.possible, 4);
         assert_eq!(madt.cpus.enabled_ids(), &[0, 1]);
+        let possible: Vec<_> = madt
+            .cpus
+            .possible_cpus()
+            .iter()
+            .map(|c| (c.uid, c.apic_id, c.enabled))
+            .collect();
+        assert_eq!(
+            possible,
+            [(0, 0, true), (1, 1, true), (2, 2, false), (3, 3, false)]
+        );
+        assert_eq!(madt.cpus.apic_id_for_index(3), 3);
+        assert_eq!(madt.cpus.by_index(4), None);
+        // Not in the MADT: the contract's index = APIC ID.
+        assert_eq!(madt.cpus.apic_id_for_index(9), 9);
+    }
+
+    #[test]
+    fn index_maps_through_the_uid() {
+        // UID 1 has APIC ID 6: the hotplug index is the UID.
+        let mut entries = lapic(0, 1);
+        entries.extend([0u8, 8, 1, 6, 2, 0, 0, 0]);
+        let m = acpi_memory(0xe0000, &entries);
+        let cpus = read_madt(&m).unwrap().cpus;
+        assert_eq!(cpus.apic_id_for_index(1), 6);
+        assert!(!cpus.by_index(1).unwrap().enabled);
     }
 
     #[test]
@@ -297,6 +375,8 @@ pub mod tests {
         let madt = read_madt(&m).unwrap();
         assert_eq!((madt.cpus.enabled, madt.cpus.possible), (2, 3));
         assert_eq!(madt.cpus.enabled_ids(), &[0, 300]);
+        assert_eq!(madt.cpus.apic_id_for_index(301), 301);
+        assert_eq!(madt.cpus.by_index(300).map(|c| c.enabled), Some(true));
     }
 
     #[test]

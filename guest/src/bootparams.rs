@@ -17,6 +17,9 @@ pub struct Memory {
     pub entries: u32,
     /// Number of RAM entries.
     pub ram_entries: u32,
+    /// End of the highest RAM entry (hot-added memory must start at or
+    /// above it; reserved entries, e.g. for device space, do not count).
+    pub end: u64,
 }
 
 impl Memory {
@@ -28,29 +31,44 @@ impl Memory {
     }
 }
 
-/// Sums the e820 RAM entries of the boot params at `zero_page`.
-pub fn read_e820(mem: &impl PhysMem, zero_page: u64) -> Memory {
-    let mut out = Memory::default();
+/// Calls `f(addr, size, kind)` for every e820 entry of the boot params at
+/// `zero_page` (the table's count capped at 128; stops at an unreadable
+/// entry). Returns the number of entries read.
+pub fn for_each_e820(mem: &impl PhysMem, zero_page: u64, mut f: impl FnMut(u64, u64, u32)) -> u32 {
     let Some(count) = mem.read_u8(zero_page + BP_E820_ENTRIES) else {
-        return out;
+        return 0;
     };
     let count = usize::from(count).min(E820_MAX_ENTRIES);
+    let mut read = 0;
     for i in 0..count {
         let entry = zero_page + BP_E820_TABLE + 20 * i as u64;
         let mut raw = [0u8; 20];
         if !mem.read(entry, &mut raw) {
             break;
         }
-        out.entries += 1;
+        read += 1;
+        let addr = u64::from_le_bytes([
+            raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+        ]);
         let size = u64::from_le_bytes([
             raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],
         ]);
         let kind = u32::from_le_bytes([raw[16], raw[17], raw[18], raw[19]]);
+        f(addr, size, kind);
+    }
+    read
+}
+
+/// Sums the e820 RAM entries of the boot params at `zero_page`.
+pub fn read_e820(mem: &impl PhysMem, zero_page: u64) -> Memory {
+    let mut out = Memory::default();
+    out.entries = for_each_e820(mem, zero_page, |addr, size, kind| {
         if kind == E820_RAM {
+            out.end = out.end.max(addr.saturating_add(size));
             out.ram_entries += 1;
             out.ram_bytes = out.ram_bytes.saturating_add(size);
         }
-    }
+    });
     out
 }
 
@@ -125,6 +143,13 @@ mod tests {
         assert_eq!(mem.ram_entries, 2);
         assert_eq!(mem.ram_bytes, 0x9fc00 + 127 * 1024 * 1024);
         assert_eq!(mem.mib(), 128);
+        assert_eq!(mem.end, 128 * 1024 * 1024);
+        // A reserved entry above RAM does not move the end of RAM.
+        let high = zero_page(&[(0x10_0000, 0x700_0000, 1), (0xfec0_0000, 0x1000, 2)]);
+        assert_eq!(read_e820(&high, ZP).end, 0x710_0000);
+        let mut seen = Vec::new();
+        for_each_e820(&m, ZP, |a, s, k| seen.push((a, s, k)));
+        assert_eq!(seen[1], (0x9fc00, 0x400, 2));
     }
 
     #[test]

@@ -51,6 +51,17 @@ pub fn mmio_write32(addr: u64, value: u32) {
     unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
 }
 
+/// 8-bit MMIO read (device registers inside the identity map).
+pub fn mmio_read8(addr: u64) -> u8 {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+pub fn mmio_write8(addr: u64, value: u8) {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, value) }
+}
+
 pub fn pause() {
     core::hint::spin_loop();
 }
@@ -69,6 +80,16 @@ pub fn read_cr3() -> u64 {
     // SAFETY: reading CR3 has no side effects.
     unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
     v
+}
+
+/// Reloads CR3 with its own value: flushes the (non-global) TLB after the
+/// page tables changed.
+pub fn reload_cr3() {
+    // SAFETY: the same page tables stay in force; only cached translations
+    // are dropped.
+    unsafe {
+        asm!("mov {t}, cr3", "mov cr3, {t}", t = out(reg) _, options(nostack, preserves_flags))
+    }
 }
 
 /// IA32_APIC_BASE: bit 8 says "this is the bootstrap processor".

@@ -9,11 +9,13 @@ use crate::bootparams::{self, Options};
 use crate::clock::{self, Deadline, idle_ms};
 use crate::cpu::{self, mmio_read32};
 use crate::fnv::fnv1a64;
-use crate::hotplug;
+use crate::hotplug::{self, Hotplug, MemError};
 use crate::layout::{
-    COM1_PORT, COM2_PORT, GED_BASE, GED_EVENT_POWER_BUTTON, VIRTIO_MMIO_MAX_DEVICES,
-    ZERO_PAGE_START,
+    COM1_PORT, COM2_PORT, E820_RAM, GED_BASE, GED_EVENT_CPU_HOTPLUG, GED_EVENT_MEMORY_HOTPLUG,
+    GED_EVENT_POWER_BUTTON, IDENTITY_MAP_END, VIRTIO_MMIO_MAX_DEVICES, ZERO_PAGE_START,
 };
+use crate::memtest::{self, Words};
+use crate::paging::{self, MAP_LIMIT};
 use crate::phys::IdentityMap;
 use crate::report::{Disk, JSON_CAPACITY, Report};
 use crate::serial::Serial;
@@ -58,6 +60,102 @@ struct Diag {
     init_failed: [bool; VIRTIO_MMIO_MAX_DEVICES],
     madt_error: Option<acpi::AcpiError>,
     cpus: Cpus,
+    /// e820 as last read.
+    e820: bootparams::Memory,
+    /// Boot RAM that passed its samples (checked once).
+    boot_verified: Option<u64>,
+    hotplug: Hotplug,
+    bsp: u32,
+}
+
+/// Low memory diag and the VMM's boot structures use (zero page, page
+/// tables, AP trampoline at 0x10000, command line at 0x20000..0x30000) and
+/// 1 MiB .. the end of diag's image (its code, data, stack, page-table pool,
+/// virtqueues): never written by the boot RAM check.
+const LOW_RESERVED_END: u64 = 0x30000;
+const HIMEM_START: u64 = 0x10_0000;
+
+unsafe extern "C" {
+    /// End of diag's image (.bss included), from the linker.
+    static _end: u8;
+}
+
+fn image_end() -> u64 {
+    let end = &raw const _end as u64;
+    end.saturating_add(memtest::PAGE - 1) & !(memtest::PAGE - 1)
+}
+
+/// Physical memory as 8-byte words, through the identity map.
+struct Ram;
+
+impl Words for Ram {
+    fn read(&mut self, addr: u64) -> u64 {
+        // SAFETY: callers only pass 8-byte aligned addresses of RAM they
+        // validated and mapped (paging::ensure_mapped), outside diag.
+        unsafe { core::ptr::read_volatile(addr as *const u64) }
+    }
+    fn write(&mut self, addr: u64, value: u64) {
+        // SAFETY: as for `read`.
+        unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
+    }
+}
+
+/// The real machine behind the hotplug logic.
+struct Guest;
+
+impl hotplug::Machine for Guest {
+    fn read8(&mut self, addr: u64) -> u8 {
+        cpu::mmio_read8(addr)
+    }
+    fn read32(&mut self, addr: u64) -> u32 {
+        mmio_read32(addr)
+    }
+    fn write8(&mut self, addr: u64, value: u8) {
+        cpu::mmio_write8(addr, value)
+    }
+    fn write32(&mut self, addr: u64, value: u32) {
+        cpu::mmio_write32(addr, value)
+    }
+    fn bsp_apic_id(&mut self) -> u32 {
+        smp::bsp_apic_id()
+    }
+    fn start_ap(&mut self, apic_id: u32) -> Result<(), &'static str> {
+        smp::start_ap(apic_id)
+    }
+    fn stop_ap(&mut self, apic_id: u32) -> &'static str {
+        match smp::stop_ap(apic_id) {
+            smp::ApStop::NotRunning => "it was not running diag code",
+            smp::ApStop::Parked => "the AP parked itself",
+            smp::ApStop::Inited => "the AP did not answer; stopped with INIT",
+            smp::ApStop::Lost => "the AP did not answer and INIT failed; forgotten",
+        }
+    }
+    fn map_and_check(&mut self, base: u64, len: u64) -> Result<(), MemError> {
+        if !paging::ensure_mapped(base, len) {
+            return Err(MemError::Unmappable);
+        }
+        memtest::check(&mut Ram, memtest::chunk_words(base, len), clock::rdtsc())
+            .map_err(MemError::Mismatch)
+    }
+    fn log(&mut self, line: &[u8]) {
+        COM1.write(line);
+        COM1.write(b"\n");
+    }
+}
+
+/// Samples one piece of boot RAM: saves the words, checks, restores.
+fn sample_boot_piece(start: u64, end: u64, salt: u64) -> Result<(), memtest::Mismatch> {
+    const MAX: usize = (memtest::BOOT_SAMPLE_PAGES as usize) * memtest::PAGE_OFFSETS.len();
+    let words = memtest::sample_words(start, end, memtest::BOOT_SAMPLE_PAGES);
+    let mut saved = [0u64; MAX];
+    for (slot, addr) in saved.iter_mut().zip(words.clone()) {
+        *slot = Ram.read(addr);
+    }
+    let result = memtest::check(&mut Ram, words.clone(), salt);
+    for (value, addr) in saved.iter().zip(words) {
+        Ram.write(addr, *value);
+    }
+    result
 }
 
 /// Entry from `_start` on the BSP, with the boot params address from RSI.
@@ -93,17 +191,28 @@ pub fn run(zero_page: u64) -> ! {
         init_failed: [false; VIRTIO_MMIO_MAX_DEVICES],
         madt_error: None,
         cpus: Cpus::default(),
+        e820: bootparams::Memory::default(),
+        boot_verified: None,
+        hotplug: Hotplug {
+            start_aps: options.start_aps,
+            ..Hotplug::default()
+        },
+        bsp: smp::bsp_apic_id(),
     };
     diag.scan_memory();
     diag.scan_cpus();
+    // Check-ins from before a reset that kept memory do not count.
+    smp::forget_aps_except(diag.cpus.enabled_ids());
     diag.scan_disks();
-    if diag.report.cpus <= 1 {
+    if diag.cpus.enabled <= 1 {
         // Nothing to start: the first report is already complete.
         diag.report.cpus_started = Some(1);
+        diag.update_counts();
     }
     diag.send_if_changed();
 
     diag.start_aps();
+    diag.scan_hotplug();
     diag.send_if_changed();
 
     diag.poll_forever()
@@ -115,13 +224,104 @@ impl Diag {
         if mem.ram_entries == 0 {
             log(&["diag: no RAM in the e820 map of the boot params"]);
         }
-        let extra = hotplug::poll();
-        self.report.memory_bytes = mem.ram_bytes.saturating_add(extra.added_memory_bytes);
-        self.report.memory_mib = bootparams::Memory {
-            ram_bytes: self.report.memory_bytes,
-            ..mem
+        self.e820 = mem;
+        if self.boot_verified.is_none() {
+            self.boot_verified = Some(self.verify_boot_ram());
         }
-        .mib();
+        self.update_counts();
+    }
+
+    /// Writes and reads back samples of every e820 RAM range (not what
+    /// diag or the boot structures occupy); returns the bytes of the ranges
+    /// whose samples all passed.
+    fn verify_boot_ram(&mut self) -> u64 {
+        let excluded = [(0, LOW_RESERVED_END), (HIMEM_START, image_end())];
+        let salt = clock::rdtsc();
+        let mut verified = 0u64;
+        let mut ranges = [(0u64, 0u64); 32];
+        let mut n = 0;
+        let mut more = false;
+        bootparams::for_each_e820(&IdentityMap, self.zero_page, |addr, size, kind| {
+            if kind != E820_RAM {
+                return;
+            }
+            match ranges.get_mut(n) {
+                Some(r) => {
+                    *r = (addr, size);
+                    n += 1;
+                }
+                None => more = true,
+            }
+        });
+        if more {
+            log(&["diag: more than 32 e820 RAM ranges; only the first 32 are verified"]);
+        }
+        for &(addr, size) in ranges.iter().take(n) {
+            let mut t = Text::<128>::new();
+            t.str("diag: boot RAM ")
+                .hex0x(addr)
+                .str(" +")
+                .dec(size >> 10)
+                .str(" KiB: ");
+            if !memtest::boot_range_ok(addr, size, MAP_LIMIT) {
+                t.str("not checked (outside what diag can map)");
+                log_text(&t);
+                continue;
+            }
+            let end = addr + size;
+            if end > IDENTITY_MAP_END && !paging::ensure_mapped(addr, size) {
+                t.str("not checked (cannot map it)");
+                log_text(&t);
+                continue;
+            }
+            let pieces: [Option<(u64, u64)>; 3] = memtest::testable_pieces(addr, end, &excluded);
+            let mut sampled = false;
+            let mut result = Ok(());
+            for &(a, b) in pieces.iter().flatten() {
+                if memtest::sample_words(a, b, 1).next().is_none() {
+                    continue;
+                }
+                sampled = true;
+                result = result.and(sample_boot_piece(a, b, salt));
+            }
+            match (sampled, result) {
+                (true, Ok(())) => verified = verified.saturating_add(size),
+                (false, _) => {
+                    t.str("not checked (no free page to sample)");
+                    log_text(&t);
+                }
+                (true, Err(e)) => {
+                    t.str("FAILED: read-back mismatch at ").hex0x(e.addr);
+                    log_text(&t);
+                }
+            }
+        }
+        verified
+    }
+
+    /// The hotplug controllers: one walk of each.
+    fn scan_hotplug(&mut self) {
+        self.hotplug.scan_cpus(&mut Guest, &self.cpus);
+        self.hotplug
+            .scan_memory(&mut Guest, self.e820.end, MAP_LIMIT);
+        self.update_counts();
+    }
+
+    /// Derives the report's CPU and memory numbers from what is known.
+    fn update_counts(&mut self) {
+        let hot = self.hotplug.verified_bytes();
+        self.report.memory_bytes = self.e820.ram_bytes.saturating_add(hot);
+        self.report.memory_mib = memtest::mib(self.report.memory_bytes);
+        self.report.memory_verified_mib =
+            memtest::mib(self.boot_verified.unwrap_or(0).saturating_add(hot));
+        self.report.cpus_online = smp::aps_online(self.bsp).saturating_add(1);
+        self.report.cpus = match self.report.cpus_started {
+            Some(_) => self.report.cpus_online,
+            None => match self.hotplug.present_cpus() {
+                Some(n) if n > 0 => n,
+                _ => self.cpus.enabled.max(1),
+            },
+        };
     }
 
     fn scan_cpus(&mut self) {
@@ -134,7 +334,6 @@ impl Diag {
                 }
                 self.madt_error = madt.warning;
                 self.cpus = madt.cpus;
-                self.report.cpus = madt.cpus.enabled;
                 self.report.max_cpus = madt.cpus.possible;
             }
             Err(e) => {
@@ -142,11 +341,15 @@ impl Diag {
                     log(&["diag: ACPI: ", e.describe(), "; assuming 1 CPU"]);
                 }
                 self.madt_error = Some(e);
-                self.report.cpus = 1;
+                self.cpus = Cpus {
+                    enabled: 1,
+                    possible: 1,
+                    ..Cpus::default()
+                };
                 self.report.max_cpus = 1;
             }
         }
-        self.report.cpus = self.report.cpus.saturating_add(hotplug::poll().added_cpus);
+        self.update_counts();
     }
 
     /// Probes every virtio-mmio slot: sets up new block devices, forgets
@@ -238,7 +441,7 @@ impl Diag {
     }
 
     fn start_aps(&mut self) {
-        if self.report.cpus <= 1 {
+        if self.cpus.enabled <= 1 {
             return;
         }
         if !self.options.start_aps {
@@ -251,9 +454,9 @@ impl Diag {
                 self.report.cpus_started = Some(n.saturating_add(1));
                 let mut t = Text::<96>::new();
                 t.str("diag: ").dec(u64::from(n)).str(" AP(s) checked in");
-                if n.saturating_add(1) < self.report.cpus {
+                if n.saturating_add(1) < self.cpus.enabled {
                     t.str(", fewer than the MADT's ")
-                        .dec(u64::from(self.report.cpus - 1));
+                        .dec(u64::from(self.cpus.enabled - 1));
                 }
                 log_text(&t);
             }
@@ -310,11 +513,19 @@ impl Diag {
         let mut rescan = Deadline::after_ms(RESCAN_MS);
         loop {
             idle_ms(POLL_MS, idles);
+            // Reading the GED clears it. Bits 0/1 (CPU/memory hotplug) are
+            // acted on at once with a walk of both controllers; the walk
+            // every RESCAN_MS catches anything else, so no bit is lost.
             let ged = mmio_read32(GED_BASE);
-            // All-ones is what a missing device may read as: not a press.
-            if ged != u32::MAX && ged & GED_EVENT_POWER_BUTTON != 0 {
+            // All-ones is what a missing device may read as: no event.
+            let ged = if ged == u32::MAX { 0 } else { ged };
+            if ged & GED_EVENT_POWER_BUTTON != 0 {
                 log(&["diag: power button, powering off"]);
                 cpu::power_off();
+            }
+            if ged & (GED_EVENT_CPU_HOTPLUG | GED_EVENT_MEMORY_HOTPLUG) != 0 {
+                self.scan_hotplug();
+                self.send_if_changed();
             }
             if COM2.try_read().is_some() {
                 // Drain (bounded), then answer once.
@@ -338,6 +549,7 @@ impl Diag {
                 rescan = Deadline::after_ms(RESCAN_MS);
                 self.scan_memory();
                 self.scan_cpus();
+                self.scan_hotplug();
                 self.scan_disks();
                 self.send_if_changed();
             }

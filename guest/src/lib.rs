@@ -16,6 +16,7 @@ pub mod acpi;
 pub mod bootparams;
 pub mod fnv;
 pub mod layout;
+pub mod memtest;
 pub mod phys;
 pub mod report;
 pub mod text;
@@ -24,6 +25,7 @@ pub mod text;
 pub mod clock;
 pub mod cpu;
 pub mod hotplug;
+pub mod paging;
 pub mod serial;
 pub mod virtio_blk;
 

@@ -41,13 +41,23 @@ impl Disk {
 /// Everything diag reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Report {
+    /// The CPUs online (`cpus_online`) once diag runs its APs; before that,
+    /// with `diag.nosmp`, or if no AP could be started at boot, the CPUs
+    /// present (MADT enabled, or the hotplug controller's CPEN bits).
     pub cpus: u32,
     pub max_cpus: u32,
-    /// CPUs running diag code (BSP + APs that checked in); `None` until APs
-    /// were started, or if they could not be.
+    /// CPUs running diag code after the boot start-up (BSP + APs that
+    /// checked in); `None` until APs were started, or if they could not be.
     pub cpus_started: Option<u32>,
+    /// CPUs running diag code now: the BSP + APs checked in and not
+    /// stopped by a hot-remove.
+    pub cpus_online: u32,
+    /// e820 RAM + verified hot-added memory.
     pub memory_bytes: u64,
     pub memory_mib: u64,
+    /// Boot RAM ranges whose samples all read back + hot-added memory that
+    /// verified, in MiB (rounded as `memory_mib`).
+    pub memory_verified_mib: u64,
     /// Indexed by virtio-mmio slot.
     pub disks: [Option<Disk>; VIRTIO_MMIO_MAX_DEVICES],
 }
@@ -70,8 +80,12 @@ impl Report {
             Some(n) => out.dec(u64::from(n)),
             None => out.str("null"),
         };
+        out.str(",\"cpus_online\":")
+            .dec(u64::from(self.cpus_online));
         out.str(",\"memory_mib\":").dec(self.memory_mib);
         out.str(",\"memory_bytes\":").dec(self.memory_bytes);
+        out.str(",\"memory_verified_mib\":")
+            .dec(self.memory_verified_mib);
         out.str(",\"disks\":[");
         for (n, disk) in self.disks.iter().flatten().enumerate() {
             if n > 0 {
@@ -101,7 +115,10 @@ impl Report {
         if let Some(n) = self.cpus_started {
             out.str(" cpus_started=").dec(u64::from(n));
         }
+        out.str(" cpus_online=").dec(u64::from(self.cpus_online));
         out.str(" memory_mib=").dec(self.memory_mib);
+        out.str(" memory_verified_mib=")
+            .dec(self.memory_verified_mib);
         out.str(" disks=").dec(self.disk_count() as u64);
     }
 
@@ -144,8 +161,10 @@ mod tests {
             cpus: 2,
             max_cpus: 4,
             cpus_started: None,
+            cpus_online: 1,
             memory_bytes: 0x9fc00 + (127 << 20),
             memory_mib: 128,
+            memory_verified_mib: 128,
             ..Report::default()
         };
         r.disks[0] = Some(disk);
@@ -159,7 +178,7 @@ mod tests {
         sample().write_json(7, &mut t);
         assert_eq!(
             text(&t),
-            r#"{"agent":"diag","seq":7,"cpus":2,"max_cpus":4,"cpus_started":null,"memory_mib":128,"memory_bytes":133823488,"disks":[{"index":0,"id":"root","size_bytes":10737418240,"sector0_fnv1a":"0123456789abcdef"},{"index":3,"id":"a\"b\\c\u0001\u00ffdefghijklmnop","size_bytes":512,"sector0_fnv1a":null}]}"#
+            r#"{"agent":"diag","seq":7,"cpus":2,"max_cpus":4,"cpus_started":null,"cpus_online":1,"memory_mib":128,"memory_bytes":133823488,"memory_verified_mib":128,"disks":[{"index":0,"id":"root","size_bytes":10737418240,"sector0_fnv1a":"0123456789abcdef"},{"index":3,"id":"a\"b\\c\u0001\u00ffdefghijklmnop","size_bytes":512,"sector0_fnv1a":null}]}"#
         );
     }
 
@@ -177,6 +196,12 @@ mod tests {
             *slot = Some(d);
         }
         r.cpus_started = Some(u32::MAX);
+        r.cpus = u32::MAX;
+        r.max_cpus = u32::MAX;
+        r.cpus_online = u32::MAX;
+        r.memory_bytes = u64::MAX;
+        r.memory_mib = u64::MAX;
+        r.memory_verified_mib = u64::MAX;
         let mut t = Text::<JSON_CAPACITY>::new();
         r.write_json(u64::MAX, &mut t);
         assert!(!t.overflowed());
@@ -187,11 +212,50 @@ mod tests {
     }
 
     #[test]
+    fn json_after_hot_add() {
+        // 2 boot CPUs + 1 hot-added, 128 MiB + 128 MiB hot-added.
+        let r = Report {
+            cpus: 3,
+            max_cpus: 4,
+            cpus_started: Some(2),
+            cpus_online: 3,
+            memory_bytes: 0x9fc00 + (127 << 20) + (128 << 20),
+            memory_mib: 256,
+            memory_verified_mib: 256,
+            ..Report::default()
+        };
+        let mut t = Text::<JSON_CAPACITY>::new();
+        r.write_json(3, &mut t);
+        assert_eq!(
+            text(&t),
+            r#"{"agent":"diag","seq":3,"cpus":3,"max_cpus":4,"cpus_started":2,"cpus_online":3,"memory_mib":256,"memory_bytes":268041216,"memory_verified_mib":256,"disks":[]}"#
+        );
+        // Any change is a different report (a new seq is sent).
+        assert_ne!(
+            r,
+            Report {
+                cpus_online: 2,
+                ..r
+            }
+        );
+        assert_ne!(
+            r,
+            Report {
+                memory_verified_mib: 128,
+                ..r
+            }
+        );
+    }
+
+    #[test]
     fn summary_lines() {
         let r = sample();
         let mut t = Text::<256>::new();
         r.write_summary(&mut t);
-        assert_eq!(text(&t), "diag: cpus=2 max_cpus=4 memory_mib=128 disks=2");
+        assert_eq!(
+            text(&t),
+            "diag: cpus=2 max_cpus=4 cpus_online=1 memory_mib=128 memory_verified_mib=128 disks=2"
+        );
         t.clear();
         Report::write_disk_line(r.disks[3].as_ref().unwrap(), &mut t);
         assert_eq!(

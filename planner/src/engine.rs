@@ -357,8 +357,7 @@ fn run_one(
 }
 
 fn runs_as_wanted(o: &ObservedVm, spec: &VmSpec) -> bool {
-    let running = o.live.state == RunState::Running;
-    running == spec.autostart && o.live.state != RunState::Crashed
+    o.live.state.has_vmm() == spec.autostart && o.live.state != RunState::Crashed
 }
 
 /// Whether the observed VM already shows the action's effect.
@@ -371,7 +370,7 @@ pub fn already_done(a: &Action, o: Option<&ObservedVm>) -> bool {
                 _ => false,
             }
         }
-        ActionKind::Start => o.is_some_and(|o| o.live.state == RunState::Running),
+        ActionKind::Start => o.is_some_and(|o| o.live.state.has_vmm()),
         ActionKind::Stop => o.is_none_or(|o| o.live.state == RunState::Stopped),
         ActionKind::Destroy => o.is_none(),
         ActionKind::HotAddCpu => match (o, new) {

@@ -9,52 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use vmctl_spec::VmSpec;
 
-/// Whether a VM should be running, as recorded in `vm.json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Desired {
-    Running,
-    Stopped,
-}
-
-impl Desired {
-    /// What a spec asks for: `autostart` keeps the VM running.
-    pub fn of(spec: &VmSpec) -> Self {
-        if spec.autostart {
-            Desired::Running
-        } else {
-            Desired::Stopped
-        }
-    }
-}
-
-/// The content of `<state>/vms/<name>/vm.json`: the configuration last applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub format_version: String,
-    pub spec: VmSpec,
-    pub desired: Desired,
-}
-
-impl Record {
-    pub fn new(spec: VmSpec, desired: Desired) -> Self {
-        Record {
-            format_version: vmctl_spec::FORMAT_VERSION.to_string(),
-            spec,
-            desired,
-        }
-    }
-}
-
-/// What the VM is doing right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Running,
-    Stopped,
-    /// The VMM is gone but the record says the VM should run (drift).
-    Crashed,
-}
+pub use vmctl_spec::state::{Capabilities, Desired, Record, RunState};
 
 /// One disk as seen on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +64,7 @@ impl ObservedVm {
     /// VM reports (a running VM's vCPU count, memory and disk sizes are truth).
     pub fn current(&self) -> VmSpec {
         let mut spec = self.record.spec.clone();
-        if self.live.state == RunState::Running {
+        if self.live.state.has_vmm() {
             if let Some(c) = self.live.cpus {
                 spec.cpus = c;
             }
@@ -144,35 +99,5 @@ impl ObservedState {
 
     pub fn get(&self, name: &str) -> Option<&ObservedVm> {
         self.vms.get(name)
-    }
-}
-
-/// What the runtime can do without restarting a VM. The planner never offers
-/// an action whose capability is `false`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub struct Capabilities {
-    pub hot_add_cpu: bool,
-    pub hot_add_memory: bool,
-    pub live_disk_resize: bool,
-    pub live_cpu_weight: bool,
-    /// Create a VM by copying another VM's disks.
-    pub copy: bool,
-}
-
-impl Capabilities {
-    /// A runtime that can do everything.
-    pub fn all() -> Self {
-        Capabilities {
-            hot_add_cpu: true,
-            hot_add_memory: true,
-            live_disk_resize: true,
-            live_cpu_weight: true,
-            copy: true,
-        }
-    }
-
-    /// A runtime that can only create, start, stop and destroy.
-    pub fn none() -> Self {
-        Capabilities::default()
     }
 }

@@ -221,11 +221,7 @@ fn action(vm: &str, kind: ActionKind, disruption: Disruption) -> Action {
 }
 
 fn state_change(before: RunState, after: RunState) -> Change {
-    let name = |s: RunState| match s {
-        RunState::Running => "running",
-        RunState::Stopped => "stopped",
-        RunState::Crashed => "crashed",
-    };
+    let name = |s: RunState| s.as_str();
     Change {
         attribute: Attribute::State,
         condition: Condition::Changed,
@@ -352,7 +348,11 @@ fn plan_new(
 fn plan_existing(b: &mut Builder, spec: &VmSpec, ovm: &ObservedVm, caps: &Capabilities) {
     let name = spec.name.as_str();
     let current = ovm.current();
-    let state = ovm.live.state;
+    // A paused VM (a copy in flight) has its VMM: plan it as running.
+    let state = match ovm.live.state {
+        RunState::Paused => RunState::Running,
+        s => s,
+    };
     let running = state == RunState::Running;
     let want_run = spec.autostart;
     let (refused, effective): (Vec<Change>, Vec<Change>) = diff_vm(&current, spec, caps)

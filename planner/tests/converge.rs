@@ -73,9 +73,11 @@ fn world() -> impl Strategy<Value = (DesiredState, ObservedState, Capabilities)>
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(a, b, c, d, e)| Capabilities {
+        .prop_map(|(a, b, c, d, e, f)| Capabilities {
             hot_add_cpu: a,
+            hot_remove_cpu: f,
             hot_add_memory: b,
             live_disk_resize: c,
             live_cpu_weight: d,

@@ -11,7 +11,7 @@ use vmctl_spec::model::VmSpec;
 use crate::api::{ApiClient, Status};
 use crate::cgroup::CpuController;
 use crate::process::{self, ProcessError, VmmCommand};
-use crate::state::{Desired, StateDir, StateError, VmDir, VmRecord};
+use crate::state::{Desired, Record, StateDir, StateError, VmDir};
 
 /// Extra time after a graceful shutdown's grace period before SIGKILL.
 const KILL_MARGIN: Duration = Duration::from_secs(5);
@@ -32,6 +32,8 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Resolve(#[from] crate::resolve::ResolveError),
     #[error("VM {vm:?} has no disk {disk:?}")]
     NoSuchDisk { vm: String, disk: String },
     #[error("cannot resize disk {disk:?} of VM {vm:?}: {message}")]
@@ -57,32 +59,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
     }
 }
 
-/// Whether a VMM is running the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Live {
-    Running,
-    Stopped,
-    /// `vm.json` says running, but no VMM is (it died, was killed, or its
-    /// pid file is stale).
-    Crashed,
-}
-
-impl Live {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Live::Running => "running",
-            Live::Stopped => "stopped",
-            Live::Crashed => "crashed",
-        }
-    }
-}
+pub use vmctl_spec::state::RunState;
 
 /// One VM as it really is.
 #[derive(Debug, Clone)]
 pub struct Observed {
-    pub record: VmRecord,
-    pub live: Live,
+    pub record: Record,
+    /// `running`, `stopped` or `crashed` (never `paused`: that is the
+    /// VMM's own status).
+    pub live: RunState,
     pub pid: Option<i32>,
     /// The VMM's own status, when it answered.
     pub status: Option<Status>,
@@ -125,7 +110,7 @@ impl Runtime {
     }
 
     /// Every VM record, by name.
-    pub fn list(&self) -> Result<Vec<VmRecord>, RuntimeError> {
+    pub fn list(&self) -> Result<Vec<Record>, RuntimeError> {
         let mut out = Vec::new();
         for name in self.state.vm_names()? {
             out.push(self.state.vm(&name).read_record()?);
@@ -151,16 +136,19 @@ impl Runtime {
             }
         }
         let (live, status) = if alive {
-            (Live::Running, ApiClient::new(dir.api_sock()).status().ok())
+            (
+                RunState::Running,
+                ApiClient::new(dir.api_sock()).status().ok(),
+            )
         } else if pid.is_some() {
-            (Live::Crashed, None)
+            (RunState::Crashed, None)
         } else if record.desired == Desired::Running {
             match dir.read_exit_note() {
-                Some(note) if note.is_clean() => (Live::Stopped, None),
-                _ => (Live::Crashed, None),
+                Some(note) if note.is_clean() => (RunState::Stopped, None),
+                _ => (RunState::Crashed, None),
             }
         } else {
-            (Live::Stopped, None)
+            (RunState::Stopped, None)
         };
         Ok(Some(Observed {
             record,
@@ -171,7 +159,7 @@ impl Runtime {
     }
 
     /// Write a VM's record (atomically).
-    pub fn write_record(&self, record: &VmRecord) -> Result<(), RuntimeError> {
+    pub fn write_record(&self, record: &Record) -> Result<(), RuntimeError> {
         let dir = self.state.vm(&record.spec.name);
         std::fs::create_dir_all(&dir.path).map_err(io(&dir.path))?;
         Ok(dir.write_record(record)?)
@@ -213,7 +201,7 @@ impl Runtime {
         } else {
             Desired::Stopped
         };
-        self.write_record(&VmRecord::new(spec.clone(), desired))?;
+        self.write_record(&Record::new(spec.clone(), desired))?;
         if spec.autostart {
             self.start(&spec.name)?;
         }
@@ -238,9 +226,12 @@ impl Runtime {
             rec.desired = Desired::Running;
             dir.write_record(&rec)?;
         }
-        if let (Live::Running, Some(pid)) = (obs.live, obs.pid) {
+        if let (RunState::Running, Some(pid)) = (obs.live, obs.pid) {
             return Ok(pid);
         }
+        // The VMM's whole input, resolved from the record now (a restart
+        // after a change boots the new config).
+        crate::resolve::write_machine_config(&self.state, &dir, &obs.record.spec)?;
         // spawn() clears stale files itself, under the VM's lock.
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
         self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);
@@ -325,7 +316,7 @@ impl Runtime {
                 disk: disk.into(),
             });
         };
-        if obs.live == Live::Running {
+        if obs.live == RunState::Running {
             ApiClient::new(dir.api_sock())
                 .resize_disk(disk, size_bytes)
                 .map_err(|e| RuntimeError::Resize {
@@ -359,7 +350,7 @@ impl Runtime {
         let Some(src) = self.observe(source)? else {
             return Err(RuntimeError::NoSuchVm(source.into()));
         };
-        if src.live == Live::Running {
+        if src.live == RunState::Running {
             return Err(RuntimeError::Busy {
                 name: source.into(),
                 state: "running",
@@ -411,7 +402,7 @@ impl Runtime {
             return Err(RuntimeError::NoSuchVm(name.into()));
         };
         let dir = self.state.vm(name);
-        if obs.live == Live::Running {
+        if obs.live == RunState::Running {
             let Some(ctl) = &self.cpu else {
                 return Err(RuntimeError::NoCpuController);
             };
@@ -450,7 +441,7 @@ mod tests {
         }
     }
 
-    fn live(rt: &Runtime, name: &str) -> Live {
+    fn live(rt: &Runtime, name: &str) -> RunState {
         rt.observe(name).unwrap().unwrap().live
     }
 
@@ -464,7 +455,7 @@ mod tests {
         assert_eq!(meta.len(), 8 << 30);
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() < 64, "sparse: {} blocks", meta.blocks());
-        assert_eq!(live(&rt, "a"), Live::Stopped);
+        assert_eq!(live(&rt, "a"), RunState::Stopped);
         assert_eq!(rt.list().unwrap().len(), 1);
         assert!(rt.observe("missing").unwrap().is_none());
     }
@@ -505,7 +496,7 @@ mod tests {
         rec.desired = Desired::Running;
         rt.write_record(&rec).unwrap();
         // desired running, no VMM, no exit note: it died.
-        assert_eq!(live(&rt, "a"), Live::Crashed);
+        assert_eq!(live(&rt, "a"), RunState::Crashed);
         // ... unless the guest powered off cleanly.
         let note = ExitNote {
             reason: "poweroff".into(),
@@ -513,19 +504,19 @@ mod tests {
             code: 0,
         };
         dir.write_exit_note(&note).unwrap();
-        assert_eq!(live(&rt, "a"), Live::Stopped);
+        assert_eq!(live(&rt, "a"), RunState::Stopped);
         // A pid file whose process is not a VMM (here: this test, a reused
         // pid) means the VMM is gone.
         std::fs::write(dir.pid_file(), format!("{}\n", std::process::id())).unwrap();
         let o = rt.observe("a").unwrap().unwrap();
-        assert_eq!((o.live, o.pid), (Live::Crashed, None));
+        assert_eq!((o.live, o.pid), (RunState::Crashed, None));
         std::fs::write(dir.pid_file(), "garbage").unwrap();
-        assert_eq!(live(&rt, "a"), Live::Stopped);
+        assert_eq!(live(&rt, "a"), RunState::Stopped);
         // stop on a dead VM cleans up and records desired=stopped.
         rt.stop("a", Duration::from_millis(10)).unwrap();
         assert!(!dir.pid_file().exists());
         assert_eq!(dir.read_record().unwrap().desired, Desired::Stopped);
-        assert_eq!(live(&rt, "a"), Live::Stopped);
+        assert_eq!(live(&rt, "a"), RunState::Stopped);
     }
 
     #[test]

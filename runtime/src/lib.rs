@@ -18,13 +18,14 @@ pub mod diag;
 pub mod facade;
 pub mod image;
 pub mod process;
+pub mod resolve;
 pub mod sparse;
 pub mod state;
 pub mod vmm;
 pub mod vstate;
 
-pub use facade::{Live, Observed, Runtime, RuntimeError};
-pub use state::{Desired, VmRecord};
+pub use facade::{Observed, RunState, Runtime, RuntimeError};
+pub use state::{Desired, Record};
 pub use vmm::run_vmm;
 
 /// Guest memory as every device sees it.

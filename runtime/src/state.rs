@@ -7,36 +7,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vmctl_spec::model::{DiskSpec, VmSpec};
+use vmctl_spec::model::DiskSpec;
 
-/// Version of the `vm.json` document.
-pub const RECORD_FORMAT_VERSION: &str = "1";
-
-/// Whether apply wants the VM running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Desired {
-    Running,
-    Stopped,
-}
-
-/// `vm.json`: `{"format_version":"1","spec":<VmSpec>,"desired":"running"|"stopped"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmRecord {
-    pub format_version: String,
-    pub spec: VmSpec,
-    pub desired: Desired,
-}
-
-impl VmRecord {
-    pub fn new(spec: VmSpec, desired: Desired) -> Self {
-        VmRecord {
-            format_version: RECORD_FORMAT_VERSION.to_string(),
-            spec,
-            desired,
-        }
-    }
-}
+pub use vmctl_spec::state::{Desired, RECORD_FORMAT_VERSION, Record};
 
 /// How the last VMM of a VM ended (`vmm.exit`), so a VM the guest powered
 /// off reads as stopped rather than crashed.
@@ -92,6 +65,10 @@ impl VmDir {
     pub fn record(&self) -> PathBuf {
         self.path.join("vm.json")
     }
+    /// The VMM's input, resolved by the control plane (vmm::config).
+    pub fn machine_config(&self) -> PathBuf {
+        self.path.join("machine.json")
+    }
     pub fn console_log(&self) -> PathBuf {
         self.path.join("console.log")
     }
@@ -122,10 +99,10 @@ impl VmDir {
         }
     }
 
-    pub fn read_record(&self) -> Result<VmRecord, StateError> {
+    pub fn read_record(&self) -> Result<Record, StateError> {
         let path = self.record();
         let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-        let rec: VmRecord = serde_json::from_str(&text).map_err(|source| StateError::Parse {
+        let rec: Record = serde_json::from_str(&text).map_err(|source| StateError::Parse {
             path: path.clone(),
             source,
         })?;
@@ -138,7 +115,7 @@ impl VmDir {
         Ok(rec)
     }
 
-    pub fn write_record(&self, rec: &VmRecord) -> Result<(), StateError> {
+    pub fn write_record(&self, rec: &Record) -> Result<(), StateError> {
         let mut bytes = serde_json::to_vec_pretty(rec).map_err(|e| StateError::Io {
             path: self.record(),
             source: io::Error::other(e),
@@ -175,7 +152,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per call, not just per process: threads of one apply write
+    // the same shared file (the diag kernel in the image cache) at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -231,7 +212,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmctl_spec::model::DiskFormat;
+    use vmctl_spec::model::{DiskFormat, VmSpec};
 
     pub(crate) fn spec(name: &str) -> VmSpec {
         VmSpec {
@@ -250,7 +231,7 @@ mod tests {
     fn record_round_trips_atomically() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = VmDir::new(tmp.path());
-        let rec = VmRecord::new(spec("a"), Desired::Running);
+        let rec = Record::new(spec("a"), Desired::Running);
         dir.write_record(&rec).unwrap();
         assert_eq!(dir.read_record().unwrap(), rec);
         let text = fs::read_to_string(dir.record()).unwrap();
@@ -266,7 +247,7 @@ mod tests {
     fn unknown_format_version_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = VmDir::new(tmp.path());
-        let mut rec = VmRecord::new(spec("a"), Desired::Stopped);
+        let mut rec = Record::new(spec("a"), Desired::Stopped);
         rec.format_version = "9".into();
         dir.write_record(&rec).unwrap();
         assert!(matches!(dir.read_record(), Err(StateError::Version { .. })));

@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use vmctl_runtime::Runtime;
 use vmctl_runtime::api::{ApiClient, RunState};
 use vmctl_runtime::process::VmmCommand;
-use vmctl_runtime::{Live, Runtime};
 use vmctl_spec::model::{ImageSpec, VmSpec};
 
 /// `testprog-wait`: writes "hello from testprog\n" to COM1 and a JSON line to
@@ -68,6 +68,32 @@ const TESTPROG_IER: &[u8] = &[
     0x0a, 0x7b, 0x22, 0x61, 0x67, 0x65, 0x6e, 0x74, 0x22, 0x3a, 0x22, 0x74, 0x65, 0x73, 0x74, 0x70,
     0x72, 0x6f, 0x67, 0x22, 0x2c, 0x22, 0x63, 0x70, 0x75, 0x73, 0x22, 0x3a, 0x31, 0x2c, 0x22, 0x73,
     0x65, 0x71, 0x22, 0x3a, 0x31, 0x7d, 0x0a,
+];
+
+/// `testprog-sti`: enables every UART interrupt (IER = 0x0f on COM1 and
+/// COM2) and then interrupts (`sti`) before touching any APIC, with an empty
+/// IDT — as a guest that never programs the legacy PIC does. Then it greets,
+/// spins a while, writes its COM2 line and waits for the power button like
+/// testprog-wait. Any interrupt delivered to it is a triple fault. Source:
+///
+/// ```text
+///     mov dx, 0x3f9 ; mov al, 0x0f ; out dx, al ; mov dx, 0x2f9 ; out dx, al
+///     sti
+///     (greeting on COM1; each byte raises IRQ 4)
+///     mov ecx, 0x200000 ; 2: pause ; dec ecx ; jnz 2b
+///     (COM2 line, GED poll, power off: as testprog-wait)
+/// ```
+const TESTPROG_STI: &[u8] = &[
+    0x66, 0xba, 0xf9, 0x03, 0xb0, 0x0f, 0xee, 0x66, 0xba, 0xf9, 0x02, 0xee, 0xfb, 0x66, 0xba, 0xf8,
+    0x03, 0x48, 0x8d, 0x35, 0x41, 0x00, 0x00, 0x00, 0xb9, 0x14, 0x00, 0x00, 0x00, 0xac, 0xee, 0xff,
+    0xc9, 0x75, 0xfa, 0xb9, 0x00, 0x00, 0x20, 0x00, 0xf3, 0x90, 0xff, 0xc9, 0x75, 0xfa, 0x66, 0xba,
+    0xf8, 0x02, 0x48, 0x8d, 0x35, 0x34, 0x00, 0x00, 0x00, 0xb9, 0x26, 0x00, 0x00, 0x00, 0xac, 0xee,
+    0xff, 0xc9, 0x75, 0xfa, 0xbb, 0x00, 0x00, 0x10, 0xd0, 0x8b, 0x03, 0xa8, 0x08, 0x74, 0xfa, 0x66,
+    0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x20, 0x66,
+    0x72, 0x6f, 0x6d, 0x20, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67, 0x0a, 0x7b, 0x22, 0x61,
+    0x67, 0x65, 0x6e, 0x74, 0x22, 0x3a, 0x22, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67, 0x22,
+    0x2c, 0x22, 0x63, 0x70, 0x75, 0x73, 0x22, 0x3a, 0x31, 0x2c, 0x22, 0x73, 0x65, 0x71, 0x22, 0x3a,
+    0x31, 0x7d, 0x0a,
 ];
 
 /// `testprog-reset`: greets on COM1, then pulses the i8042 reset line
@@ -219,10 +245,14 @@ fn testprog_boots_writes_both_ports_and_powers_off() {
     lab.rt.create(&lab.spec("off", &k)).unwrap();
     wait_for("the VMM to exit", || {
         let o = lab.rt.observe("off").unwrap().unwrap();
-        (o.live != Live::Running).then_some(())
+        (o.live != RunState::Running).then_some(())
     });
     let o = lab.rt.observe("off").unwrap().unwrap();
-    assert_eq!(o.live, Live::Stopped, "a guest power-off is a clean stop");
+    assert_eq!(
+        o.live,
+        RunState::Stopped,
+        "a guest power-off is a clean stop"
+    );
     assert!(
         lab.console("off").contains("hello from testprog\n"),
         "console: {:?}",
@@ -269,7 +299,7 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
     );
     let o = lab.rt.observe("w").unwrap().unwrap();
     wait_for("the VMM to exit", || {
-        (lab.rt.observe("w").unwrap().unwrap().live != Live::Running).then_some(())
+        (lab.rt.observe("w").unwrap().unwrap().live != RunState::Running).then_some(())
     });
     assert_eq!(
         lab.rt.vm_dir("w").read_exit_note().unwrap().reason,
@@ -278,7 +308,10 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
     drop(o);
     // stop through the facade is then a no-op that records desired=stopped.
     lab.rt.stop("w", Duration::from_secs(1)).unwrap();
-    assert_eq!(lab.rt.observe("w").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("w").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     assert_no_vmm_files(&lab, "w");
 }
 
@@ -299,6 +332,30 @@ fn irqchip_mode_lines_raised_while_the_guest_has_if_clear_are_harmless() {
     assert!(lab.console("ier").contains("hello from testprog\n"));
 }
 
+/// Defect (issue 10): KVM's in-kernel 8259 starts unmasked with vector base
+/// 0 and, with KVM's default routing, GSI 0-15 reach it as well as the
+/// IOAPIC, while the boot vCPU's LVT0 is ExtINT. A guest that enables
+/// interrupts before programming anything (Linux with a hardware-reduced
+/// FADT never programs the PIC) then gets COM1's IRQ 4 as vector 4 (#OF).
+/// With GSIs routed to the IOAPIC only (its pins start masked) nothing is
+/// delivered until the guest unmasks a pin.
+fn irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set() {
+    let lab = Lab::new();
+    let k = lab.write("sti.elf", &elf(TESTPROG_STI));
+    let _ = lab.rt.create(&lab.spec("sti", &k));
+    let c = lab.client("sti");
+    let st = wait_for("the guest report (or its crash)", || {
+        if lab.rt.observe("sti").unwrap().unwrap().live != RunState::Running {
+            let note = lab.rt.vm_dir("sti").read_exit_note();
+            panic!("the guest died: an interrupt reached it: {note:?}");
+        }
+        c.status().ok().filter(|s| s.guest.is_some())
+    });
+    assert_eq!(st.irq_mode, "irqchip");
+    assert!(c.shutdown(Duration::from_secs(30)).unwrap());
+    assert!(lab.console("sti").contains("hello from testprog\n"));
+}
+
 /// A guest reset rebuilds the VM inside the same VMM process.
 fn reset_reboots_in_the_same_process() {
     let lab = Lab::new();
@@ -314,7 +371,10 @@ fn reset_reboots_in_the_same_process() {
     assert_eq!(st.pid as i32, pid, "same VMM process");
     // The guest never powers off by itself: the stop is forced.
     lab.rt.stop("r", Duration::from_millis(100)).unwrap();
-    assert_eq!(lab.rt.observe("r").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("r").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     assert_no_vmm_files(&lab, "r");
 }
 
@@ -326,9 +386,12 @@ fn guest_triple_fault_is_a_crash() {
     // It may die before or after the spawner sees it ready.
     let _ = lab.rt.create(&lab.spec("tf", &k));
     wait_for("the VMM to exit", || {
-        (lab.rt.observe("tf").unwrap().unwrap().live != Live::Running).then_some(())
+        (lab.rt.observe("tf").unwrap().unwrap().live != RunState::Running).then_some(())
     });
-    assert_eq!(lab.rt.observe("tf").unwrap().unwrap().live, Live::Crashed);
+    assert_eq!(
+        lab.rt.observe("tf").unwrap().unwrap().live,
+        RunState::Crashed
+    );
     let note = lab.rt.vm_dir("tf").read_exit_note().unwrap();
     assert_eq!((note.reason.as_str(), note.code), ("crash", 2), "{note:?}");
     assert!(note.detail.contains("rip 0x20000"), "{note:?}");
@@ -346,7 +409,10 @@ fn sigterm_shuts_down_gracefully() {
     wait_for("the VMM to exit", || {
         (!vmctl_runtime::process::is_vmm_alive(pid)).then_some(())
     });
-    assert_eq!(lab.rt.observe("t").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("t").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     let note = lab.rt.vm_dir("t").read_exit_note().unwrap();
     assert_eq!(
         (note.reason.as_str(), note.code),
@@ -379,12 +445,12 @@ fn killed_vmm_is_crashed_and_can_start_again() {
     assert_eq!(lab.rt.start("k").unwrap(), pid);
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("the kill", || {
-        (lab.rt.observe("k").unwrap().unwrap().live == Live::Crashed).then_some(())
+        (lab.rt.observe("k").unwrap().unwrap().live == RunState::Crashed).then_some(())
     });
     let pid2 = lab.rt.start("k").unwrap();
     assert_ne!(pid, pid2);
     let o = lab.rt.observe("k").unwrap().unwrap();
-    assert_eq!(o.live, Live::Running);
+    assert_eq!(o.live, RunState::Running);
     lab.rt.destroy("k", false).unwrap();
     assert!(!lab.rt.vm_dir("k").path.exists());
     assert!(
@@ -405,7 +471,7 @@ fn errors_before_boot_are_clear_and_leave_no_process() {
     assert_no_vmm_files(&lab, "nokernel");
     assert_eq!(
         lab.rt.observe("nokernel").unwrap().unwrap().live,
-        Live::Crashed
+        RunState::Crashed
     );
 
     let mut bad_initrd = lab.spec("noinitrd", &k);
@@ -460,7 +526,7 @@ fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
         "diag powers off on the power button"
     );
     wait_for("the VMM to exit", || {
-        (lab.rt.observe(&name).unwrap().unwrap().live != Live::Running).then_some(())
+        (lab.rt.observe(&name).unwrap().unwrap().live != RunState::Running).then_some(())
     });
     assert_no_vmm_files(&lab, &name);
 }
@@ -505,13 +571,20 @@ fn diag_pause_resume_and_console() {
     c.resume().unwrap();
     assert_eq!(c.status().unwrap().state, RunState::Running);
     lab.rt.stop("pr", Duration::from_secs(30)).unwrap();
-    assert_eq!(lab.rt.observe("pr").unwrap().unwrap().live, Live::Stopped);
+    assert_eq!(
+        lab.rt.observe("pr").unwrap().unwrap().live,
+        RunState::Stopped
+    );
     assert_no_vmm_files(&lab, "pr");
 }
 
 type Test = (&'static str, fn());
 
 const TESTS: &[Test] = &[
+    (
+        "irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set",
+        irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set,
+    ),
     ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
     ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),

@@ -12,6 +12,7 @@ pub mod model;
 pub mod profiles;
 pub mod render;
 mod resolve;
+pub mod state;
 pub mod suggest;
 mod syntax;
 pub mod units;

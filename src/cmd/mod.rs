@@ -6,6 +6,7 @@ pub mod console;
 pub mod destroy;
 pub mod explain;
 pub mod image;
+pub mod kvm_cpuid;
 pub mod logs;
 pub mod plan;
 pub mod status;
@@ -93,5 +94,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(a) => explain::run(&g, a),
         Command::Image(a) => image::run(&g, a),
         Command::Vmm(a) => vmm::run(&g, a),
+        Command::KvmCpuid => kvm_cpuid::run(),
     }
 }

@@ -21,17 +21,13 @@ pub struct Args {
 }
 
 fn state_label(s: RunState) -> &'static str {
-    match s {
-        RunState::Running => "running",
-        RunState::Stopped => "stopped",
-        RunState::Crashed => "crashed",
-    }
+    s.as_str()
 }
 
 /// The `status --json` entry of one VM (design.md contract).
 pub fn vm_json(vm: &ObservedVm) -> Value {
     let spec = &vm.record.spec;
-    let running = vm.live.state == RunState::Running;
+    let running = vm.live.state.has_vmm();
     let disks: Vec<Value> = vm
         .live
         .disks

@@ -5,22 +5,25 @@
 //! \_SB_.COM1       PNP0501, IO 0x3f8/8, IRQ 4   (console)
 //! \_SB_.COM2       PNP0501, IO 0x2f8/8, IRQ 3   (guest agent channel)
 //! \_SB_.Vxxx       LNRO0005, Memory32Fixed base/size, Interrupt gsi  (virtio-mmio, xxx = index in hex)
+//! \_SB_.PRES       CPU hotplug controller            (max_cpus > boot_cpus)
+//! \_SB_.CPUS       ACPI0010, one ACPI0007 Cxxx per possible vCPU (see super::hotplug)
+//! \_SB_.MHPC       memory hotplug controller + PNP0C80 Mxxx slots (memory hot-add)
 //! \_SB_.PWRB       PNP0C0C power button
 //! \_SB_.GED_       ACPI0013, Interrupt ged_gsi, _EVT reads the event register
 //! ```
 //!
 //! The GED (cloud-hypervisor's design): the VMM sets a bit in the 32-bit event
 //! register at `layout::GED_BASE` (read clears) and raises `ged_gsi`; Linux's
-//! `acpi_ged` driver runs `_EVT`, which reads the register once and dispatches
-//! each bit. Bit 3 notifies the power button (`Notify 0x80`), which Linux turns
-//! into a KEY_POWER event (orderly shutdown). CPU (bit 0) and memory (bit 1)
-//! hotplug are the extension point: add their controller devices next to the
-//! GED and an `If` per bit in [`ged`].
+//! `acpi_ged` driver runs `_EVT`, which reads the register once into `Local0`
+//! and dispatches each bit from it: bit 0 runs `\_SB_.CPUS.CSCN` and bit 1
+//! `\_SB_.MHPC.MSCN` (each only when that hot-add is configured), bit 3
+//! notifies the power button (`Notify 0x80`), which Linux turns into a
+//! KEY_POWER event (orderly shutdown).
 
 use acpi_tables::aml::{
     self, And, Device, EISAName, Equal, FieldAccessType, FieldEntry, FieldLockRule,
-    FieldUpdateRule, IO, If, Interrupt, Local, Memory32Fixed, Method, Name, Notify, OpRegion,
-    OpRegionSpace, Package, Path, ResourceTemplate, Store,
+    FieldUpdateRule, IO, If, Interrupt, Local, Memory32Fixed, Method, MethodCall, Name, Notify,
+    OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Store,
 };
 use acpi_tables::{Aml, sdt::Sdt};
 
@@ -95,8 +98,8 @@ fn power_button() -> Vec<u8> {
     ))
 }
 
-fn ged(gsi: u32) -> Vec<u8> {
-    let int = Interrupt::new(true, true, false, false, gsi);
+fn ged(cfg: &AcpiConfig) -> Vec<u8> {
+    let int = Interrupt::new(true, true, false, false, cfg.ged_gsi);
     let crs = ResourceTemplate::new(vec![&int]);
     let base = layout::GED_BASE as usize;
     let size = super::GED_REGISTER_SIZE as usize;
@@ -108,17 +111,39 @@ fn ged(gsi: u32) -> Vec<u8> {
         FieldUpdateRule::WriteAsZeroes,
         vec![FieldEntry::Named(*b"GDAT", 32)],
     );
+    let gdat: Path = "GDAT".into();
+    // One read: the register clears on read, so every bit is dispatched
+    // from Local0 (Local1..3 hold the masked bits).
+    let read = Store::new(&Local(0), &gdat);
+
+    let cpu = GED_EVENT_CPU as usize;
+    let cpu_masked = And::new(&Local(1), &Local(0), &cpu);
+    let is_cpu = Equal::new(&Local(1), &cpu);
+    let cscn = MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]);
+    let on_cpu = If::new(&is_cpu, vec![&cscn]);
+
+    let mem = GED_EVENT_MEMORY as usize;
+    let mem_masked = And::new(&Local(2), &Local(0), &mem);
+    let is_mem = Equal::new(&Local(2), &mem);
+    let mscn = MethodCall::new("\\_SB_.MHPC.MSCN".into(), vec![]);
+    let on_mem = If::new(&is_mem, vec![&mscn]);
+
     let power = GED_EVENT_POWER_BUTTON as usize;
     let pwrb: Path = "\\_SB_.PWRB".into();
     let notify_power = Notify::new(&pwrb, &0x80usize);
-    let masked = And::new(&Local(1), &Local(0), &power);
-    let is_power = Equal::new(&Local(1), &power);
+    let power_masked = And::new(&Local(3), &Local(0), &power);
+    let is_power = Equal::new(&Local(3), &power);
     let on_power = If::new(&is_power, vec![&notify_power]);
-    let gdat: Path = "GDAT".into();
-    // One read: the register clears on read, so every bit must be
-    // dispatched from Local0. CPU / memory hotplug add their `If`s here.
-    let read = Store::new(&Local(0), &gdat);
-    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &masked, &on_power]);
+
+    let mut body: Vec<&dyn Aml> = vec![&read];
+    if cfg.cpu_hotplug() {
+        body.extend([&cpu_masked as &dyn Aml, &on_cpu]);
+    }
+    if cfg.memory_hotplug.is_some() {
+        body.extend([&mem_masked as &dyn Aml, &on_mem]);
+    }
+    body.extend([&power_masked as &dyn Aml, &on_power]);
+    let evt = Method::new("_EVT".into(), 1, true, body);
     to_bytes(&Device::new(
         "_SB_.GED_".into(),
         vec![
@@ -159,8 +184,12 @@ pub fn build(cfg: &AcpiConfig) -> Vec<u8> {
     for (i, d) in cfg.virtio_mmio.iter().enumerate().take(MAX_VIRTIO_DEVICES) {
         body.extend(virtio_mmio(i, d));
     }
+    body.extend(super::hotplug::cpus(cfg));
+    if let Some(m) = &cfg.memory_hotplug {
+        body.extend(super::hotplug::memory(m));
+    }
     body.extend(power_button());
-    body.extend(ged(cfg.ged_gsi));
+    body.extend(ged(cfg));
 
     let mut sdt = Sdt::new(
         *b"DSDT",
@@ -206,5 +235,60 @@ mod tests {
         }
         assert!(!contains(&b, b"V002"));
         assert_eq!(virtio_device_name(0x2a), "V02A");
+        // Processor devices always; no hotplug controllers without hot-add.
+        for n in [&b"CPUS"[..], b"ACPI0010", b"C000", b"ACPI0007", b"_MAT"] {
+            assert!(contains(&b, n), "{}", String::from_utf8_lossy(n));
+        }
+        for n in [
+            &b"C001"[..],
+            b"PRES",
+            b"CSCN",
+            b"_EJ0",
+            b"MHPC",
+            b"MSCN",
+            b"M000",
+        ] {
+            assert!(!contains(&b, n), "{}", String::from_utf8_lossy(n));
+        }
+    }
+
+    #[test]
+    fn hotplug_adds_the_controllers_and_the_evt_dispatch() {
+        let cfg = AcpiConfig::new(1, 4, 0).with_memory_hotplug(256 << 20, 1 << 30);
+        let b = build(&cfg);
+        for n in [
+            &b"PRES"[..],
+            b"CPLK",
+            b"CSEL",
+            b"CPEN",
+            b"CINS",
+            b"CRMV",
+            b"CEJ0",
+            b"CSCN",
+            b"CTFY",
+            b"C003",
+            b"_EJ0",
+            b"MHPC",
+            b"MLCK",
+            b"MHBL",
+            b"MSEL",
+            b"MEN_",
+            b"MINS",
+            b"MCRS",
+            b"MSCN",
+            b"M007",
+        ] {
+            assert!(contains(&b, n), "{}", String::from_utf8_lossy(n));
+        }
+        assert!(!contains(&b, b"C004"));
+        assert!(!contains(&b, b"M008"));
+        // Only CPU hot-add: no memory controller, no MSCN call.
+        let b = build(&AcpiConfig::new(1, 2, 0));
+        assert!(contains(&b, b"CSCN"));
+        assert!(!contains(&b, b"MHPC"));
+        // Only memory hot-add: static processors, no CPU controller.
+        let b = build(&AcpiConfig::new(2, 2, 0).with_memory_hotplug(1 << 30, 2 << 30));
+        assert!(contains(&b, b"MSCN") && contains(&b, b"C001"));
+        assert!(!contains(&b, b"PRES") && !contains(&b, b"CSCN"));
     }
 }

@@ -105,6 +105,9 @@ fn iasl_disassembles_every_table_without_errors() {
         AcpiConfig::new(1, 1, 0),
         AcpiConfig::new(2, 4, 3),
         AcpiConfig::new(4, 300, 16),
+        AcpiConfig::new(1, 4, 0).with_memory_hotplug(256 << 20, 1 << 30),
+        AcpiConfig::new(2, 2, 1).with_memory_hotplug(4 << 30, 16 << 30),
+        AcpiConfig::new(1, super::madt::MAX_CPUS, 16).with_memory_hotplug(1 << 30, 64 << 30),
     ] {
         let _ = disassemble(&cfg);
     }
@@ -117,16 +120,29 @@ fn iasl_disassembly_snapshots() {
         return;
     }
     let snapshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../snapshots/acpi");
-    for (name, dsl) in disassemble(&AcpiConfig::new(2, 4, 2)) {
-        if name == "RSDP" {
-            // Only newer iasl versions decode it; keep the snapshot set stable.
-            continue;
+    for (prefix, cfg) in [
+        ("boot2_max4_disks2", AcpiConfig::new(2, 4, 2)),
+        (
+            "boot1_max4_mem256m_max1g",
+            AcpiConfig::new(1, 4, 0).with_memory_hotplug(256 << 20, 1 << 30),
+        ),
+        ("boot1_max1_disks0", AcpiConfig::new(1, 1, 0)),
+    ] {
+        for (name, dsl) in disassemble(&cfg) {
+            if name == "RSDP" {
+                // Only newer iasl versions decode it; keep the snapshot set stable.
+                continue;
+            }
+            if prefix != "boot2_max4_disks2" && name != "DSDT" && name != "APIC" {
+                // FADT and XSDT do not depend on the configuration.
+                continue;
+            }
+            insta::with_settings!({
+                snapshot_path => &snapshots,
+                prepend_module_to_snapshot => false,
+            }, {
+                insta::assert_snapshot!(format!("{prefix}_{name}"), dsl);
+            });
         }
-        insta::with_settings!({
-            snapshot_path => &snapshots,
-            prepend_module_to_snapshot => false,
-        }, {
-            insta::assert_snapshot!(format!("boot2_max4_disks2_{name}"), dsl);
-        });
     }
 }

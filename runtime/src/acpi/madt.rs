@@ -22,7 +22,7 @@ pub const MADT_REVISION: u8 = 5;
 /// Most vCPUs the tables describe (KVM's usual `KVM_MAX_VCPUS`).
 pub const MAX_CPUS: u32 = 1024;
 /// Highest APIC id a (non-x2APIC) Processor Local APIC entry can carry.
-const MAX_XAPIC_ID: u32 = 254;
+pub(crate) const MAX_XAPIC_ID: u32 = 254;
 /// IOAPIC id when `max_cpus` would collide with 0xff (broadcast).
 const MAX_IOAPIC_ID: u8 = 0xfe;
 

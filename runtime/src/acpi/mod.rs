@@ -17,13 +17,14 @@
 //! instead of panicking. docs/acpi.md explains what Linux needs from each
 //! table.
 //!
-//! Extension point for hot-add: the CPU and memory hotplug controllers
-//! (cloud-hypervisor's design) go into [`dsdt`] as further devices, and the
-//! GED's `_EVT` method dispatches their bits (see [`dsdt::GED_EVENT_CPU`] and
-//! [`dsdt::GED_EVENT_MEMORY`]).
+//! Hot-add (cloud-hypervisor's design): [`hotplug`] adds the CPU and memory
+//! hotplug controllers and their processor / memory devices to the DSDT, and
+//! the GED's `_EVT` method dispatches their bits ([`dsdt::GED_EVENT_CPU`],
+//! [`dsdt::GED_EVENT_MEMORY`]) to their scan methods.
 
 pub mod dsdt;
 pub mod fadt;
+pub mod hotplug;
 pub mod madt;
 
 #[cfg(test)]
@@ -32,7 +33,7 @@ mod iasl_tests;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::GuestMemory;
-use crate::arch::x86_64::layout;
+use crate::arch::x86_64::{layout, memory};
 
 /// OEM id in every table header.
 pub const OEM_ID: [u8; 6] = *b"VMCTL ";
@@ -72,29 +73,73 @@ impl MmioDeviceInfo {
     }
 }
 
+/// Memory hot-add: the guest physical range reserved for it and the number
+/// of memory devices (slots) the DSDT lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryHotplugInfo {
+    /// Start of the reserved range (`memory::hotplug_region`). Not RAM at
+    /// boot and not in e820; no table names it today (the slots' `_CRS`
+    /// report each hot-added range at run time).
+    pub base: u64,
+    /// Length of the reserved range.
+    pub size: u64,
+    /// `PNP0C80` devices (normally `layout::MEMORY_HOTPLUG_SLOTS`).
+    pub slots: u32,
+}
+
+/// Most memory hotplug slots the DSDT can name (`M000`..`MFFF`).
+pub const MAX_MEMORY_SLOTS: u32 = 0x1000;
+
 /// What the tables describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiConfig {
     /// vCPUs online at boot (MADT entries with the Enabled flag).
     pub boot_cpus: u32,
     /// Possible vCPUs (`max`); the ones above `boot_cpus` are Online Capable.
+    /// `max_cpus > boot_cpus` also adds the CPU hotplug controller to the
+    /// DSDT (see [`hotplug`]).
     pub max_cpus: u32,
     /// virtio-mmio devices, listed in the DSDT as `LNRO0005`.
     pub virtio_mmio: Vec<MmioDeviceInfo>,
     /// GSI of the Generic Event Device (normally [`GED_GSI`]).
     pub ged_gsi: u32,
+    /// Memory hot-add, when `max` memory exceeds boot memory: adds the memory
+    /// hotplug controller and its slots to the DSDT.
+    pub memory_hotplug: Option<MemoryHotplugInfo>,
 }
 
 impl AcpiConfig {
     /// A configuration with `devices` virtio-mmio devices at their layout
-    /// addresses and the GED on [`GED_GSI`].
+    /// addresses, the GED on [`GED_GSI`] and no memory hot-add.
     pub fn new(boot_cpus: u32, max_cpus: u32, devices: u32) -> Self {
         Self {
             boot_cpus,
             max_cpus,
             virtio_mmio: (0..devices).map(MmioDeviceInfo::at_index).collect(),
             ged_gsi: GED_GSI,
+            memory_hotplug: None,
         }
+    }
+
+    /// Memory hot-add from `boot_ram_bytes` up to `max_ram_bytes`: the range
+    /// of [`memory::hotplug_region`] with `layout::MEMORY_HOTPLUG_SLOTS`
+    /// slots; none when `max <= boot`.
+    pub fn with_memory_hotplug(mut self, boot_ram_bytes: u64, max_ram_bytes: u64) -> Self {
+        self.memory_hotplug =
+            memory::hotplug_region(boot_ram_bytes, max_ram_bytes).map(|(base, size)| {
+                MemoryHotplugInfo {
+                    base,
+                    size,
+                    slots: layout::MEMORY_HOTPLUG_SLOTS as u32,
+                }
+            });
+        self
+    }
+
+    /// Whether vCPUs can be hot-added (`max_cpus > boot_cpus`): the DSDT then
+    /// has the CPU hotplug controller and the VMM must register its device.
+    pub fn cpu_hotplug(&self) -> bool {
+        self.max_cpus > self.boot_cpus
     }
 }
 
@@ -108,6 +153,10 @@ pub enum AcpiError {
     MmioOutOfRange { index: usize, base: u64, size: u64 },
     #[error("{0} virtio-mmio devices; the DSDT names at most 4096")]
     TooManyDevices(usize),
+    #[error(
+        "invalid memory hot-add: {slots} slots (need 1..={MAX_MEMORY_SLOTS}) over {base:#x}+{size:#x}"
+    )]
+    MemoryHotplug { base: u64, size: u64, slots: u32 },
     #[error(
         "ACPI tables need {needed:#x} bytes from {start:#x} but only {available:#x} are reserved"
     )]
@@ -168,6 +217,19 @@ fn validate(cfg: &AcpiConfig) -> Result<(), AcpiError> {
     }
     if cfg.virtio_mmio.len() > dsdt::MAX_VIRTIO_DEVICES {
         return Err(AcpiError::TooManyDevices(cfg.virtio_mmio.len()));
+    }
+    if let Some(m) = cfg.memory_hotplug {
+        let ok = m.slots > 0
+            && m.slots <= MAX_MEMORY_SLOTS
+            && m.size > 0
+            && m.base.checked_add(m.size).is_some();
+        if !ok {
+            return Err(AcpiError::MemoryHotplug {
+                base: m.base,
+                size: m.size,
+                slots: m.slots,
+            });
+        }
     }
     for (index, d) in cfg.virtio_mmio.iter().enumerate() {
         let fits = d.size > 0
@@ -263,6 +325,7 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<GuestAddress,
         boot_cpus = cfg.boot_cpus,
         max_cpus = cfg.max_cpus,
         virtio_mmio = cfg.virtio_mmio.len(),
+        memory_hotplug_slots = cfg.memory_hotplug.map_or(0, |m| m.slots),
         "ACPI tables written"
     );
     Ok(tables.rsdp.addr)
@@ -367,5 +430,52 @@ mod tests {
                 ..
             })
         ));
+    }
+}
+
+#[cfg(test)]
+mod hotplug_config_tests {
+    use super::*;
+
+    #[test]
+    fn memory_hotplug_config_from_boot_and_max() {
+        let cfg = AcpiConfig::new(1, 4, 0).with_memory_hotplug(256 << 20, 1 << 30);
+        assert_eq!(
+            cfg.memory_hotplug,
+            Some(MemoryHotplugInfo {
+                base: 256 << 20,
+                size: 768 << 20,
+                slots: 8
+            })
+        );
+        assert!(cfg.cpu_hotplug());
+        let cfg = AcpiConfig::new(2, 2, 0).with_memory_hotplug(1 << 30, 1 << 30);
+        assert_eq!(cfg.memory_hotplug, None);
+        assert!(!cfg.cpu_hotplug());
+    }
+
+    #[test]
+    fn rejects_bad_memory_hotplug() {
+        for (base, size, slots) in [(0, 1 << 30, 0), (0, 0, 8), (u64::MAX, 2, 8), (0, 1, 0x1001)] {
+            let mut cfg = AcpiConfig::new(1, 1, 0);
+            cfg.memory_hotplug = Some(MemoryHotplugInfo { base, size, slots });
+            assert_eq!(
+                build_tables(&cfg),
+                Err(AcpiError::MemoryHotplug { base, size, slots })
+            );
+        }
+    }
+
+    #[test]
+    fn the_largest_hotplug_config_fits() {
+        let cfg = AcpiConfig::new(1, madt::MAX_CPUS, 16).with_memory_hotplug(1 << 30, 64 << 30);
+        let t = build_tables(&cfg).unwrap();
+        assert!(t.end() <= layout::ACPI_TABLES_END, "{:#x}", t.end());
+        println!(
+            "1024 vCPUs, 16 disks, memory hot-add: tables end at {:#x}",
+            t.end()
+        );
+        let t = build_tables(&AcpiConfig::new(4, 4, 2)).unwrap();
+        println!("4 vCPUs, 2 disks: tables end at {:#x}", t.end());
     }
 }

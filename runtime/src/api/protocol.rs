@@ -24,6 +24,17 @@ pub enum Request {
         disk: String,
         size_bytes: u64,
     },
+    /// Make `cpus` vCPUs present while the VM runs: hot-add up to the max
+    /// fixed at boot, or hot-remove down to 1 (the guest offlines and ejects
+    /// them). Answered once the guest has acknowledged (docs/control-socket.md).
+    HotAddCpu {
+        cpus: u32,
+    },
+    /// Grow the RAM to `memory_mib` (up to the max fixed at boot, in 128 MiB
+    /// steps). Answered once the guest has acknowledged.
+    HotAddMemory {
+        memory_mib: u64,
+    },
 }
 
 /// Default grace period of `shutdown`.
@@ -56,12 +67,7 @@ impl Response {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Running,
-    Paused,
-}
+pub use vmctl_spec::state::{Capabilities, RunState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskStatus {
@@ -88,6 +94,11 @@ pub struct Status {
     /// `polled` (no interrupt injection) or `irqchip`.
     #[serde(default)]
     pub irq_mode: String,
+    /// Hot-add headroom fixed at boot.
+    #[serde(default)]
+    pub max_cpus: u32,
+    #[serde(default)]
+    pub max_memory_mib: u64,
 }
 
 /// The `shutdown` result.
@@ -95,15 +106,6 @@ pub struct Status {
 pub struct ShutdownResult {
     /// True when the guest powered off by itself within the timeout.
     pub graceful: bool,
-}
-
-/// The `capabilities` result: what this VMM can change while the VM runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    pub hot_add_cpu: bool,
-    pub hot_add_memory: bool,
-    pub live_disk_resize: bool,
-    pub live_cpu_weight: bool,
 }
 
 #[cfg(test)]

@@ -1,49 +1,36 @@
-//! One boot of a VM: the KVM VM with its memory, devices and vCPU threads.
-//! A guest reset tears a `Machine` down and builds a new one in the same VMM
-//! process; what must survive a reboot (the guest report, console clients,
-//! GED events) lives in [`Persistent`].
+//! One boot of a VM: the KVM VM with its memory, devices, I/O thread and
+//! vCPU threads. A guest reset tears a `Machine` down and builds a new one in
+//! the same VMM process; what must survive a reboot (the guest report,
+//! console clients, GED events) lives in [`Persistent`].
+//!
+//! Hot-add changes a running machine: [`Machine::add_vcpu`] creates and
+//! starts a vCPU, [`Machine::add_memory`] maps and registers RAM in the
+//! reserved hotplug region and hands every device the new memory view; the
+//! hotplug controllers (devices::legacy) tell the guest.
 
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use kvm_ioctls::IoEventAddress;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use super::boot::{self, BootError, BootImage};
-use super::irq::{self, IrqMode};
+use super::config::MachineConfig;
+use super::irq;
 use crate::arch::x86_64::layout;
+use crate::devices::legacy::cpu_hotplug::{CpuHotplug, CpuHotplugError};
+use crate::devices::legacy::memory_hotplug::{MemoryHotplug, MemoryHotplugError};
 use crate::devices::legacy::{GedDevice, I8042Device, PowerDevice, ged::GedEvents, i8042, power};
 use crate::devices::serial::{AgentChannel, ConsoleOutput, GuestReport, SerialDevice, SerialIrq};
 use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::io_thread::{IoThread, IoThreadError, Notifier, QueueHandler};
+use crate::devices::virtio::mmio::{MmioTransport, reg};
 use crate::devices::{Bus, BusError, Interrupt};
-use crate::vstate::vcpu::{self, ExitContext, Vcpu, VcpuControl, VcpuError, VmEvent};
+use crate::vstate::vcpu::{self, EventSink, ExitContext, Vcpu, VcpuControl, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
-
-/// What to build.
-#[derive(Debug, Clone)]
-pub struct MachineConfig {
-    pub cpus: u32,
-    pub max_cpus: u32,
-    pub memory_mib: u64,
-    pub irq_mode: IrqMode,
-    pub image: BootImage,
-    /// Whether to write ACPI tables (the diag guest and Linux read them).
-    pub acpi: bool,
-    /// virtio-blk disks, in declaration order (device `i` at
-    /// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`, GSI `VIRTIO_GSI_BASE + i`).
-    pub disks: Vec<DiskConfig>,
-}
-
-/// One disk file behind a virtio-blk device.
-#[derive(Debug, Clone)]
-pub struct DiskConfig {
-    /// The disk's name; also its virtio-blk serial (what the guest reports as `id`).
-    pub name: String,
-    pub path: std::path::PathBuf,
-}
 
 pub type BlockDevice = Arc<Mutex<MmioTransport<Block>>>;
 
@@ -76,6 +63,14 @@ pub enum MachineError {
     },
     #[error("{0} disks; at most {max} are supported", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
     TooManyDisks(usize),
+    #[error(transparent)]
+    IoThread(#[from] IoThreadError),
+    #[error(transparent)]
+    CpuHotplug(#[from] CpuHotplugError),
+    #[error(transparent)]
+    MemoryHotplug(#[from] MemoryHotplugError),
+    #[error("memory hot-add: {0}")]
+    NoRoom(String),
 }
 
 pub type Com1 = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
@@ -85,12 +80,20 @@ pub struct Machine {
     pub control: Arc<VcpuControl>,
     pub com1: Com1,
     pub ged_irq: Option<Arc<dyn Interrupt>>,
-    /// The virtio-blk devices, for live changes (resize).
+    /// The virtio-blk devices, for live changes (resize, new memory view).
     pub disks: Vec<BlockDevice>,
+    pub cpu_hotplug: CpuHotplug,
+    pub memory_hotplug: MemoryHotplug,
+    /// `(start, len)` of the RAM hot-add may fill; None without headroom.
+    hotplug_region: Option<(u64, u64)>,
+    /// Created but not yet started vCPUs (boot), by index.
     vcpus: Vec<Vcpu>,
-    threads: Vec<JoinHandle<()>>,
+    /// vCPU threads by index (boot and hot-added).
+    threads: Vec<(u32, JoinHandle<()>)>,
     ctx: ExitContext,
-    pub cpus: u32,
+    max_cpus: u32,
+    /// Dropped (stopped and joined) with the machine.
+    _io: Option<IoThread>,
 }
 
 impl Machine {
@@ -98,28 +101,24 @@ impl Machine {
     /// Nothing runs until [`Machine::start`].
     pub fn build(
         cfg: &MachineConfig,
+        image: &BootImage,
         keep: &Persistent,
-        events: Sender<VmEvent>,
+        events: EventSink,
     ) -> Result<Self, MachineError> {
         let ram_bytes = cfg.memory_mib << 20;
+        let max_ram_bytes = cfg.max_memory_mib.max(cfg.memory_mib) << 20;
         if cfg.disks.len() as u64 > layout::VIRTIO_MMIO_MAX_DEVICES {
             return Err(MachineError::TooManyDisks(cfg.disks.len()));
         }
         let vm = Vm::new(ram_bytes)?;
+        let max_cpus = cfg.max_cpus.max(cfg.cpus);
 
-        let rsdp = if cfg.acpi {
-            let acpi_cfg = crate::acpi::AcpiConfig::new(
-                cfg.cpus,
-                cfg.max_cpus.max(cfg.cpus),
-                cfg.disks.len() as u32,
-            );
-            let addr = crate::acpi::write_tables(&vm.memory, &acpi_cfg)
-                .map_err(|e| BootError::Acpi(e.to_string()))?;
-            Some(addr.0)
-        } else {
-            None
-        };
-        let entry = boot::load(&vm.memory, &cfg.image, ram_bytes, rsdp)?;
+        let acpi_cfg = crate::acpi::AcpiConfig::new(cfg.cpus, max_cpus, cfg.disks.len() as u32)
+            .with_memory_hotplug(ram_bytes, max_ram_bytes);
+        let hotplug_region = acpi_cfg.memory_hotplug.as_ref().map(|m| (m.base, m.size));
+        let rsdp = crate::acpi::write_tables(&vm.memory, &acpi_cfg)
+            .map_err(|e| BootError::Acpi(e.to_string()))?;
+        let entry = boot::load(&vm.memory, image, ram_bytes, Some(rsdp.0))?;
 
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
@@ -156,8 +155,24 @@ impl Machine {
             layout::GED_BASE,
             crate::acpi::GED_REGISTER_SIZE,
         )?;
+        // Both controllers are always there: the DSDT's processor devices
+        // read the CPU controller whenever max > boot, and a guest that
+        // polls (diag) finds them at fixed addresses.
+        let cpu_hotplug = CpuHotplug::new(cfg.cpus, max_cpus)?;
+        mmio.insert(
+            Arc::new(Mutex::new(cpu_hotplug.device())),
+            layout::CPU_HOTPLUG_BASE,
+            layout::CPU_HOTPLUG_SIZE,
+        )?;
+        let memory_hotplug = MemoryHotplug::new();
+        mmio.insert(
+            Arc::new(Mutex::new(memory_hotplug.device())),
+            layout::MEMORY_HOTPLUG_BASE,
+            layout::MEMORY_HOTPLUG_SIZE,
+        )?;
 
         let mut disks = Vec::new();
+        let mut notifiers = Vec::new();
         for (i, disk) in cfg.disks.iter().enumerate() {
             let block =
                 Block::new(&disk.path, false, &disk.name).map_err(|source| MachineError::Disk {
@@ -170,18 +185,23 @@ impl Machine {
                 vm.memory.clone(),
                 irq,
             )));
-            mmio.insert(
-                dev.clone(),
-                layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_SIZE,
-                layout::VIRTIO_MMIO_SIZE,
-            )?;
+            let base = layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_SIZE;
+            mmio.insert(dev.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
+            if let Some(n) = queue_notifier(&vm, base, dev.clone()) {
+                notifiers.push(n);
+            }
             disks.push(dev);
         }
+        let io = if notifiers.is_empty() {
+            None
+        } else {
+            Some(IoThread::spawn(notifiers)?)
+        };
 
         let mut vcpus = Vec::new();
         for index in 0..cfg.cpus {
             let entry = (index == 0).then_some(entry);
-            vcpus.push(Vcpu::new(&vm.kvm, &vm.fd, index, cfg.cpus, entry)?);
+            vcpus.push(Vcpu::new(&vm.kvm, &vm.fd, index, max_cpus, entry)?);
         }
         let control = Arc::new(VcpuControl::default());
         let ctx = ExitContext {
@@ -196,27 +216,113 @@ impl Machine {
             com1,
             ged_irq,
             disks,
+            cpu_hotplug,
+            memory_hotplug,
+            hotplug_region,
             vcpus,
             threads: Vec::new(),
             ctx,
-            cpus: cfg.cpus,
+            max_cpus,
+            _io: io,
         })
     }
 
-    /// Start one thread per vCPU.
+    /// Start one thread per boot vCPU.
     pub fn start(&mut self) -> Result<(), MachineError> {
-        for vcpu in self.vcpus.drain(..) {
-            let ctx = self.ctx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{}", vcpu.index))
-                .spawn(move || vcpu.run(ctx))?;
-            self.threads.push(handle);
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            self.spawn_vcpu(vcpu)?;
         }
         Ok(())
     }
 
+    fn spawn_vcpu(&mut self, vcpu: Vcpu) -> Result<(), MachineError> {
+        let ctx = self.ctx.clone();
+        let index = vcpu.index;
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu.run(ctx))?;
+        self.threads.push((index, handle));
+        Ok(())
+    }
+
+    /// vCPUs with a thread (present or parked after an eject).
+    pub fn vcpu_threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Make vCPU `index` runnable while the VM runs: create its fd and thread
+    /// the first time (same CPUID, MSRs, FPU and LAPIC setup as a boot AP; no
+    /// registers: KVM holds it in wait-for-SIPI), or release the parked
+    /// thread of a vCPU the guest ejected earlier. The caller then tells the
+    /// guest (CPU controller + GED).
+    pub fn add_vcpu(&mut self, index: u32) -> Result<(), MachineError> {
+        if index >= self.max_cpus {
+            return Err(CpuHotplugError::OutOfRange {
+                index,
+                max: self.max_cpus,
+            }
+            .into());
+        }
+        if self.threads.iter().any(|(i, _)| *i == index) {
+            self.control.set_ejected(index, false);
+            return Ok(());
+        }
+        let vcpu = Vcpu::new(&self.vm.kvm, &self.vm.fd, index, self.max_cpus, None)?;
+        self.spawn_vcpu(vcpu)
+    }
+
+    /// Park vCPU `index`'s thread after the guest ejected it.
+    pub fn park_vcpu(&self, index: u32) {
+        self.control.set_ejected(index, true);
+        if let Some((_, t)) = self.threads.iter().find(|(i, _)| *i == index) {
+            let _ = t.kill(vcpu::kick_signal());
+        }
+    }
+
+    /// Map `bytes` more RAM at the end of what was hot-added so far, register
+    /// it with KVM, hand every device the new memory view and fill the next
+    /// slot of the memory controller. Returns `(slot, base)`. The caller then
+    /// raises the GED.
+    pub fn add_memory(&mut self, bytes: u64) -> Result<(usize, u64), MachineError> {
+        let Some((start, len)) = self.hotplug_region else {
+            return Err(MachineError::NoRoom(
+                "this VM was booted without hot-add headroom (max memory = memory)".into(),
+            ));
+        };
+        let used = self.memory_hotplug.populated_bytes();
+        let base = start + used;
+        if bytes == 0 || !bytes.is_multiple_of(layout::MEMORY_HOTPLUG_ALIGN) {
+            return Err(MachineError::NoRoom(format!(
+                "{} MiB is not a whole number of {} MiB blocks",
+                bytes >> 20,
+                layout::MEMORY_HOTPLUG_ALIGN >> 20
+            )));
+        }
+        if used.saturating_add(bytes) > len {
+            return Err(MachineError::NoRoom(format!(
+                "{} MiB more does not fit: {} of {} MiB of headroom used",
+                bytes >> 20,
+                used >> 20,
+                len >> 20
+            )));
+        }
+        let mem = self.vm.add_ram(base, bytes)?;
+        for d in &self.disks {
+            if let Ok(mut t) = d.lock() {
+                t.set_memory(mem.clone());
+            }
+        }
+        let slot = self.memory_hotplug.insert(base, bytes)?;
+        Ok((slot, base))
+    }
+
+    /// RAM the guest has now: boot plus hot-added.
+    pub fn memory_bytes(&self) -> u64 {
+        self.vm.memory.iter().map(|r| r.len()).sum()
+    }
+
     fn kick_all(&self) {
-        for t in &self.threads {
+        for (_, t) in &self.threads {
             let _ = t.kill(vcpu::kick_signal());
         }
     }
@@ -269,12 +375,31 @@ impl Machine {
             s.stop = true;
         }
         self.control.cv.notify_all();
-        while self.threads.iter().any(|t| !t.is_finished()) {
+        while self.threads.iter().any(|(_, t)| !t.is_finished()) {
             self.kick_all();
             std::thread::sleep(Duration::from_millis(2));
         }
-        for t in self.threads.drain(..) {
+        for (_, t) in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// Back queue 0's `QueueNotify` of the device at `base` with an ioeventfd
+/// served by the I/O thread. None (the vCPU then handles the write itself)
+/// when KVM refuses it.
+fn queue_notifier(vm: &Vm, base: u64, handler: Arc<dyn QueueHandler>) -> Option<Notifier> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).ok()?;
+    let addr = IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY);
+    match vm.fd.register_ioevent(&fd, &addr, 0u32) {
+        Ok(()) => Some(Notifier {
+            fd,
+            queue: 0,
+            handler,
+        }),
+        Err(e) => {
+            tracing::warn!(base, error = %e, "no ioeventfd: virtio requests run on the vCPU");
+            None
         }
     }
 }

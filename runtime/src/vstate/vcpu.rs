@@ -38,6 +38,31 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     })
 }
 
+/// Where vCPUs and devices report [`VmEvent`]s. The VMM makes one per
+/// machine (one boot) that tags each event with that machine's generation on
+/// its way into the VMM's single event loop, so a late event from a machine
+/// already torn down (a reboot's old vCPUs) cannot act on its successor.
+#[derive(Clone)]
+pub struct EventSink(Arc<dyn Fn(VmEvent) + Send + Sync>);
+
+impl EventSink {
+    pub fn new(f: impl Fn(VmEvent) + Send + Sync + 'static) -> Self {
+        EventSink(Arc::new(f))
+    }
+
+    pub fn send(&self, event: VmEvent) {
+        (self.0)(event)
+    }
+}
+
+impl From<Sender<VmEvent>> for EventSink {
+    fn from(tx: Sender<VmEvent>) -> Self {
+        EventSink::new(move |ev| {
+            let _ = tx.send(ev);
+        })
+    }
+}
+
 /// Why the VM must stop running, as reported by a vCPU or a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEvent {
@@ -58,6 +83,14 @@ pub enum VcpuError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error(
+        "KVM accepted only {written} of {total} boot MSRs; the first refused is {first_refused:#x}"
+    )]
+    PartialMsrs {
+        written: usize,
+        total: usize,
+        first_refused: u32,
+    },
     #[error("vCPU setup failed ({what}): {source}")]
     Setup {
         what: &'static str,
@@ -66,36 +99,63 @@ pub enum VcpuError {
     },
 }
 
+/// `KVM_SET_MSRS` stops at the first MSR it refuses and returns how many it
+/// set. A vCPU missing some of its boot MSRs is not the machine we promised
+/// (Firecracker fails the boot too), so a partial write is an error naming
+/// the MSR.
+fn check_msrs_written(msrs: &kvm_bindings::Msrs, written: usize) -> Result<(), VcpuError> {
+    let entries = msrs.as_slice();
+    if written == entries.len() {
+        return Ok(());
+    }
+    Err(VcpuError::PartialMsrs {
+        written,
+        total: entries.len(),
+        first_refused: entries.get(written).map(|e| e.index).unwrap_or(0),
+    })
+}
+
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
     move |source| VcpuError::Setup { what, source }
 }
 
-/// Run state shared between the VMM and its vCPU threads.
+/// Pause / stop flags shared between the VMM and its vCPU threads (not a VM
+/// run state: that is `vmctl_spec::state::RunState`).
 #[derive(Default)]
-pub struct RunState {
+pub struct VcpuFlags {
     pub paused: bool,
     pub stop: bool,
-    /// How many threads are parked (paused and waiting).
+    /// vCPUs the guest ejected (CPU hot-remove): their threads stay parked
+    /// until the vCPU is hot-added again (a vCPU fd cannot be destroyed, so
+    /// it is reused).
+    pub ejected: std::collections::BTreeSet<u32>,
+    /// How many threads are parked (paused or ejected, and waiting).
     pub parked: usize,
+}
+
+impl VcpuFlags {
+    fn must_park(&self, index: u32) -> bool {
+        (self.paused || self.ejected.contains(&index)) && !self.stop
+    }
 }
 
 /// Pause / resume / stop for all vCPU threads of one VM.
 #[derive(Default)]
 pub struct VcpuControl {
-    pub state: Mutex<RunState>,
+    pub state: Mutex<VcpuFlags>,
     pub cv: Condvar,
 }
 
 impl VcpuControl {
-    /// Block while paused. Returns false when the thread must stop.
-    fn wait_runnable(&self) -> bool {
+    /// Block while paused or ejected. Returns false when the thread must stop.
+    fn wait_runnable(&self, index: u32) -> bool {
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
-        if s.paused && !s.stop {
+        if s.must_park(index) {
             s.parked += 1;
             self.cv.notify_all();
-            while s.paused && !s.stop {
+            while s.must_park(index) {
                 s = match self.cv.wait(s) {
                     Ok(s) => s,
                     Err(_) => return false,
@@ -107,12 +167,26 @@ impl VcpuControl {
     }
 
     /// Park this vCPU thread for up to `d` (the guest's idle port), waking
-    /// early when a pause or stop is requested.
-    fn idle(&self, d: Duration) {
+    /// early when a pause, an eject or a stop is requested.
+    fn idle(&self, index: u32, d: Duration) {
         let Ok(s) = self.state.lock() else {
             return;
         };
-        let _ = self.cv.wait_timeout_while(s, d, |s| !s.paused && !s.stop);
+        let _ = self
+            .cv
+            .wait_timeout_while(s, d, |s| !s.must_park(index) && !s.stop);
+    }
+
+    /// Park (`true`) or release (`false`) vCPU `index`'s thread.
+    pub fn set_ejected(&self, index: u32, ejected: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            if ejected {
+                s.ejected.insert(index);
+            } else {
+                s.ejected.remove(&index);
+            }
+        }
+        self.cv.notify_all();
     }
 
     /// Wait until `count` threads are parked, kicking `kick` meanwhile.
@@ -150,7 +224,7 @@ pub struct ExitContext {
     pub pio: Bus,
     pub mmio: Bus,
     pub control: Arc<VcpuControl>,
-    pub events: Sender<VmEvent>,
+    pub events: EventSink,
 }
 
 impl Vcpu {
@@ -167,19 +241,22 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
-        let mut cpuid: CpuId = kvm
+        let supported: CpuId = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(setup("supported CPUID"))?;
-        cpuid::normalize(cpuid.as_mut_slice(), index, count);
+        let mut entries = supported.as_slice().to_vec();
+        cpuid::normalize(&mut entries, index, count, cpuid::host_caps(kvm));
+        let cpuid = CpuId::from_entries(&entries).map_err(|_| VcpuError::Setup {
+            what: "CPUID table (too many entries)",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
         fd.set_cpuid2(&cpuid).map_err(setup("CPUID"))?;
         let msrs = msr::boot_msr_entries().map_err(|_| VcpuError::Setup {
             what: "MSR list",
             source: kvm_ioctls::Error::new(libc::EINVAL),
         })?;
         let written = fd.set_msrs(&msrs).map_err(setup("MSRs"))?;
-        if written != msrs.as_slice().len() {
-            tracing::warn!(index, written, "KVM accepted only some boot MSRs");
-        }
+        check_msrs_written(&msrs, written)?;
         fd.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
         let mut lapic = fd.get_lapic().map_err(setup("read LAPIC"))?;
         interrupts::set_lint(&mut lapic);
@@ -197,7 +274,7 @@ impl Vcpu {
     /// The vCPU thread body: run until stopped or until the VM must stop.
     pub fn run(mut self, ctx: ExitContext) {
         let index = self.index;
-        while ctx.control.wait_runnable() {
+        while ctx.control.wait_runnable(index) {
             match self.fd.run() {
                 Ok(exit) => {
                     if let Some(event) = handle_exit(index, exit, &ctx) {
@@ -212,7 +289,7 @@ impl Vcpu {
                             },
                             other => other,
                         };
-                        let _ = ctx.events.send(event);
+                        ctx.events.send(event);
                         // The VMM decides what happens next; this vCPU
                         // waits until it is stopped.
                         park_until_stopped(&ctx.control);
@@ -223,8 +300,7 @@ impl Vcpu {
                     self.fd.set_kvm_immediate_exit(0);
                 }
                 Err(e) => {
-                    let _ = ctx
-                        .events
+                    ctx.events
                         .send(VmEvent::Crash(format!("vCPU {index}: KVM_RUN failed: {e}")));
                     park_until_stopped(&ctx.control);
                     break;
@@ -272,7 +348,7 @@ fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &ExitContext) -> Option<VmEv
             let n = data.len().min(4);
             ms[..n].copy_from_slice(&data[..n]);
             let ms = u64::from(u32::from_le_bytes(ms)).min(layout::IDLE_MAX_MS);
-            ctx.control.idle(Duration::from_millis(ms));
+            ctx.control.idle(index, Duration::from_millis(ms));
             None
         }
         VcpuExit::IoOut(port, data) => {
@@ -315,5 +391,25 @@ fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &ExitContext) -> Option<VmEv
         other => Some(VmEvent::Crash(format!(
             "vCPU {index}: unexpected exit {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_msr_write_fails_the_vcpu_and_names_the_refused_msr() {
+        let msrs = msr::boot_msr_entries().unwrap();
+        let n = msrs.as_slice().len();
+        assert!(check_msrs_written(&msrs, n).is_ok());
+        let second = msrs.as_slice()[1].index;
+        let err = check_msrs_written(&msrs, 1).unwrap_err();
+        assert!(
+            matches!(err, VcpuError::PartialMsrs { written: 1, total, first_refused }
+                if total == n && first_refused == second),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("{second:#x}")));
     }
 }

@@ -36,11 +36,22 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_MAX_DEVICES: u64 = 16;
 pub const VIRTIO_GSI_BASE: u32 = 5;
 
-/// Reserved for hotplug devices to come (ACPI GED, CPU and memory hotplug
-/// controllers, cloud-hypervisor's register layout).
+/// Hotplug devices (cloud-hypervisor's register layout; the register contract
+/// is in docs/acpi.md): the ACPI GED event register, the CPU hotplug
+/// controller and the memory hotplug controller.
 pub const GED_BASE: u64 = 0xd010_0000;
 pub const CPU_HOTPLUG_BASE: u64 = 0xd010_1000;
+/// Bytes of MMIO space the CPU hotplug controller claims.
+pub const CPU_HOTPLUG_SIZE: u64 = 0xc;
 pub const MEMORY_HOTPLUG_BASE: u64 = 0xd010_2000;
+/// Bytes of MMIO space the memory hotplug controller claims.
+pub const MEMORY_HOTPLUG_SIZE: u64 = 0x18;
+/// Memory hotplug slots (DIMM-like `PNP0C80` devices); one per hot-add.
+pub const MEMORY_HOTPLUG_SLOTS: usize = 8;
+/// Granularity of hot-added memory: the region's start and every hot-added
+/// range are multiples of it. 128 MiB is Linux's x86-64 memory block size
+/// for guests below 64 GiB of boot RAM.
+pub const MEMORY_HOTPLUG_ALIGN: u64 = 128 << 20;
 
 /// IOAPIC and local APIC, where KVM's in-kernel irqchip puts them.
 pub const IOAPIC_START: u64 = 0xfec0_0000;

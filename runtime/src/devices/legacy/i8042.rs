@@ -2,10 +2,8 @@
 //! writing 0xFE to the command port (0x64) pulses the reset line. Status reads
 //! say "no data, input buffer empty", so guests probing it move on.
 
-use std::sync::mpsc::Sender;
-
 use crate::devices::BusDevice;
-use crate::vstate::vcpu::VmEvent;
+use crate::vstate::vcpu::{EventSink, VmEvent};
 
 /// The device covers ports 0x60..=0x64.
 pub const I8042_BASE: u16 = 0x60;
@@ -14,11 +12,11 @@ const COMMAND_OFFSET: u64 = 4;
 const CMD_RESET_CPU: u8 = 0xfe;
 
 pub struct I8042Device {
-    events: Sender<VmEvent>,
+    events: EventSink,
 }
 
 impl I8042Device {
-    pub fn new(events: Sender<VmEvent>) -> Self {
+    pub fn new(events: EventSink) -> Self {
         I8042Device { events }
     }
 }
@@ -30,7 +28,7 @@ impl BusDevice for I8042Device {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == COMMAND_OFFSET && data.first() == Some(&CMD_RESET_CPU) {
-            let _ = self.events.send(VmEvent::Reset);
+            self.events.send(VmEvent::Reset);
         }
     }
 }
@@ -42,7 +40,7 @@ mod tests {
     #[test]
     fn fe_on_the_command_port_resets() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut d = I8042Device::new(tx);
+        let mut d = I8042Device::new(tx.into());
         d.write(0, &[0xfe]);
         d.write(4, &[0xfe]);
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![VmEvent::Reset]);

@@ -2,10 +2,8 @@
 //! (cloud-hypervisor's layout): `1` resets the VM, `(5 << 2) | (1 << 5)` (S5 +
 //! SLP_EN) powers it off. The FADT names this port as both registers.
 
-use std::sync::mpsc::Sender;
-
 use crate::devices::BusDevice;
-use crate::vstate::vcpu::VmEvent;
+use crate::vstate::vcpu::{EventSink, VmEvent};
 
 pub const POWER_PORT: u16 = 0x600;
 /// Bytes of I/O space the device claims.
@@ -14,11 +12,11 @@ pub const RESET_VALUE: u8 = 1;
 pub const S5_SLP_EN: u8 = (5 << 2) | (1 << 5);
 
 pub struct PowerDevice {
-    events: Sender<VmEvent>,
+    events: EventSink,
 }
 
 impl PowerDevice {
-    pub fn new(events: Sender<VmEvent>) -> Self {
+    pub fn new(events: EventSink) -> Self {
         PowerDevice { events }
     }
 }
@@ -34,10 +32,10 @@ impl BusDevice for PowerDevice {
         }
         match data.first() {
             Some(&RESET_VALUE) => {
-                let _ = self.events.send(VmEvent::Reset);
+                self.events.send(VmEvent::Reset);
             }
             Some(&S5_SLP_EN) => {
-                let _ = self.events.send(VmEvent::PowerOff);
+                self.events.send(VmEvent::PowerOff);
             }
             _ => {}
         }
@@ -51,7 +49,7 @@ mod tests {
     #[test]
     fn s5_powers_off_and_1_resets() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut d = PowerDevice::new(tx);
+        let mut d = PowerDevice::new(tx.into());
         d.write(0, &[0x34]);
         d.write(0, &[1]);
         d.write(0, &[7]);

@@ -8,9 +8,11 @@
 //! addresses, descriptor chains — is validated; a misbehaving driver gets
 //! error statuses or an ignored write, never a VMM panic.
 //!
-//! Queues are processed synchronously inside the vCPU's `QueueNotify` MMIO
-//! write, so a guest that polls the used ring (the diag guest) sees the
-//! completion as soon as its write returns, and no I/O thread is needed.
+//! Queues are processed on the I/O thread ([`io_thread`]): each
+//! `QueueNotify` register is a KVM ioeventfd, so the guest's notify never
+//! leaves KVM and a slow disk delays only its own requests, not the vCPU.
+//! Where KVM refuses the ioeventfd, the transport processes the queue inside
+//! the vCPU's MMIO write as before.
 //!
 //! Wiring one disk (device `i` of `layout::VIRTIO_MMIO_BASE`):
 //!
@@ -27,6 +29,7 @@
 //! ```
 
 pub mod block;
+pub mod io_thread;
 pub mod mmio;
 
 use virtio_queue::Queue;

@@ -1,0 +1,208 @@
+//! From a VM's resolved spec to its VMM's machine config (crate::vmm::config).
+//!
+//! This is the control plane's side of the boundary: it knows OS names, the
+//! image cache and the state directory's layout, and turns them into plain
+//! files and numbers — the kernel to boot (the embedded diag guest written out
+//! into the cache, the debian-12 image, or the user's own image), the
+//! interrupt mode that guest needs, each disk's path. The VMM reads only the
+//! result.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use vmctl_spec::model::VmSpec;
+
+use crate::state::{StateDir, VmDir};
+use crate::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
+use crate::vmm::irq::IrqMode;
+
+/// Command line of the built-in diag guest.
+pub const DIAG_CMDLINE: &str = "console=ttyS0";
+/// Environment variable that overrides the interrupt mode (`polled`/`irqchip`)
+/// of every VM this vmctl starts (for experiments; docs/runtime.md).
+pub const IRQ_MODE_ENV: &str = "VMCTL_IRQ_MODE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("VM {vm:?}: os {os:?} has no boot image")]
+    NoImage { vm: String, os: String },
+    #[error("the diag guest is not built into this vmctl")]
+    NoDiag,
+    #[error("VM {vm:?}: debian-12 image: {source}")]
+    Debian {
+        vm: String,
+        #[source]
+        source: Box<crate::image::ImageError>,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ResolveError + '_ {
+    move |source| ResolveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ResolveError> {
+    std::path::absolute(p).map_err(io(p))
+}
+
+/// The machine config of `spec`, a VM of `state` whose files are in `dir`.
+pub fn machine_config(
+    state: &StateDir,
+    dir: &VmDir,
+    spec: &VmSpec,
+) -> Result<MachineConfig, ResolveError> {
+    let (kernel, initrd, cmdline, mode) = if let Some(img) = &spec.image {
+        (
+            img.kernel.clone(),
+            img.initrd.clone(),
+            img.cmdline.clone(),
+            IrqMode::Irqchip,
+        )
+    } else if spec.os == "diag" {
+        (
+            diag_kernel_file(state)?,
+            None,
+            DIAG_CMDLINE.to_string(),
+            IrqMode::Polled,
+        )
+    } else if spec.os == "debian-12" {
+        let img =
+            crate::image::debian12_for_vm(&state.root).map_err(|source| ResolveError::Debian {
+                vm: spec.name.clone(),
+                source: Box::new(source),
+            })?;
+        (img.kernel, Some(img.initrd), img.cmdline, IrqMode::Irqchip)
+    } else {
+        return Err(ResolveError::NoImage {
+            vm: spec.name.clone(),
+            os: spec.os.clone(),
+        });
+    };
+    let irq_mode = match std::env::var(IRQ_MODE_ENV).as_deref() {
+        Ok("polled") => IrqMode::Polled,
+        Ok("irqchip") => IrqMode::Irqchip,
+        _ => mode,
+    };
+    let disks = spec
+        .disks
+        .iter()
+        .map(|d| {
+            Ok(DiskConfig {
+                name: d.name.clone(),
+                path: absolute(&dir.disk_path(d))?,
+            })
+        })
+        .collect::<Result<Vec<_>, ResolveError>>()?;
+    let cpus = spec.cpus.max(1);
+    Ok(MachineConfig {
+        format_version: MACHINE_CONFIG_VERSION.into(),
+        name: spec.name.clone(),
+        kernel: absolute(&kernel)?,
+        initrd: initrd.as_deref().map(absolute).transpose()?,
+        cmdline,
+        cpus,
+        max_cpus: spec.max_cpus.max(cpus),
+        memory_mib: spec.memory_mib,
+        max_memory_mib: spec.max_memory_mib.max(spec.memory_mib),
+        disks,
+        irq_mode,
+        console_log: absolute(&dir.console_log())?,
+    })
+}
+
+/// Resolve and write `machine.json` for the VM in `dir`.
+pub fn write_machine_config(
+    state: &StateDir,
+    dir: &VmDir,
+    spec: &VmSpec,
+) -> Result<MachineConfig, ResolveError> {
+    let cfg = machine_config(state, dir, spec)?;
+    crate::state::write_atomic(&dir.machine_config(), &cfg.to_json())?;
+    Ok(cfg)
+}
+
+/// The embedded diag guest as a file of the image cache,
+/// `<state>/images/diag/<sha256>.elf`, written once (and again if the file
+/// there does not hold exactly these bytes).
+pub fn diag_kernel_file(state: &StateDir) -> Result<PathBuf, ResolveError> {
+    let bytes = crate::diag::KERNEL;
+    if bytes.is_empty() {
+        return Err(ResolveError::NoDiag);
+    }
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = state.root.join("images").join("diag");
+    let path = dir.join(format!("{hex}.elf"));
+    if std::fs::read(&path).is_ok_and(|b| b == bytes) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    crate::state::write_atomic(&path, bytes)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmctl_spec::model::ImageSpec;
+
+    #[test]
+    fn diag_is_polled_from_a_cached_copy_of_the_embedded_kernel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::new(tmp.path());
+        let dir = state.vm("a");
+        let mut spec = VmSpec::diag("a");
+        spec.cpus = 2;
+        spec.max_cpus = 4;
+        let cfg = machine_config(&state, &dir, &spec).unwrap();
+        assert_eq!(cfg.irq_mode, IrqMode::Polled);
+        assert_eq!((cfg.cpus, cfg.max_cpus), (2, 4));
+        assert_eq!(std::fs::read(&cfg.kernel).unwrap(), crate::diag::KERNEL);
+        assert!(cfg.kernel.starts_with(tmp.path().join("images/diag")));
+        assert!(cfg.console_log.is_absolute());
+        // A damaged cache copy is replaced.
+        std::fs::write(&cfg.kernel, b"junk").unwrap();
+        let again = machine_config(&state, &dir, &spec).unwrap();
+        assert_eq!(std::fs::read(&again.kernel).unwrap(), crate::diag::KERNEL);
+    }
+
+    #[test]
+    fn an_image_is_irqchip_with_its_own_files_and_an_unknown_os_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::new(tmp.path());
+        let dir = state.vm("b");
+        let spec = VmSpec {
+            os: "mine".into(),
+            image: Some(ImageSpec {
+                name: "mine".into(),
+                kernel: "/boot/k".into(),
+                initrd: Some("/boot/i".into()),
+                cmdline: "console=ttyS0 quiet".into(),
+            }),
+            ..VmSpec::diag("b")
+        };
+        let cfg = machine_config(&state, &dir, &spec).unwrap();
+        assert_eq!(cfg.irq_mode, IrqMode::Irqchip);
+        assert_eq!(cfg.kernel, PathBuf::from("/boot/k"));
+        assert_eq!(cfg.initrd, Some(PathBuf::from("/boot/i")));
+        assert_eq!(cfg.cmdline, "console=ttyS0 quiet");
+        let unknown = VmSpec {
+            os: "plan9".into(),
+            ..VmSpec::diag("c")
+        };
+        assert!(matches!(
+            machine_config(&state, &dir, &unknown),
+            Err(ResolveError::NoImage { .. })
+        ));
+    }
+}

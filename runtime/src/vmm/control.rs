@@ -1,0 +1,89 @@
+//! The control socket's requests (docs/control-socket.md), answered by the
+//! event loop.
+
+use std::time::Duration;
+
+use super::serve::Vmm;
+use super::{CAPABILITIES, Outcome};
+use crate::api::protocol::{
+    DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, Request, Response, RunState, ShutdownResult, Status,
+};
+use crate::api::server::Pending;
+
+impl Vmm {
+    pub(super) fn status(&self) -> Status {
+        let disks = self
+            .cfg
+            .disks
+            .iter()
+            .map(|d| DiskStatus {
+                name: d.name.clone(),
+                size_bytes: std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0),
+                path: d.path.display().to_string(),
+            })
+            .collect();
+        Status {
+            state: if self.machine.is_paused() {
+                RunState::Paused
+            } else {
+                RunState::Running
+            },
+            pid: std::process::id(),
+            vcpus: self.cfg.cpus,
+            memory_mib: self.cfg.memory_mib,
+            disks,
+            guest: self.keep.report.lock().ok().and_then(|r| r.clone()),
+            uptime_ms: self.booted.elapsed().as_millis() as u64,
+            boots: self.boots,
+            irq_mode: self.cfg.irq_mode.as_str().into(),
+            max_cpus: self.cfg.max_cpus,
+            max_memory_mib: self.cfg.max_memory_mib,
+        }
+    }
+
+    /// Answer one request; `Some` when the VMM must exit.
+    pub(super) fn on_request(&mut self, p: Pending) -> Option<Outcome> {
+        let response = match p.request {
+            Request::Status => Response::ok(self.status()),
+            Request::Capabilities => Response::ok(CAPABILITIES),
+            Request::Pause => {
+                if self.machine.pause() {
+                    Response::ok(RunState::Paused)
+                } else {
+                    Response::err("some vCPUs did not pause in time")
+                }
+            }
+            Request::Resume => {
+                self.machine.resume();
+                Response::ok(RunState::Running)
+            }
+            Request::ResizeDisk { disk, size_bytes } => match self.resize_disk(&disk, size_bytes) {
+                Ok(bytes) => Response::ok(bytes),
+                Err(e) => Response::err(e),
+            },
+            Request::HotAddCpu { cpus } => {
+                // Answered when the guest has acknowledged (or not).
+                self.start_cpu_change(cpus, p);
+                return None;
+            }
+            Request::HotAddMemory { memory_mib } => {
+                self.start_memory_add(memory_mib, p);
+                return None;
+            }
+            Request::Shutdown { timeout_ms } => {
+                let grace =
+                    Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS));
+                let outcome = self.shutdown(grace);
+                let graceful = outcome.reason == "poweroff";
+                let _ = p.reply.send(Response::ok(ShutdownResult { graceful }));
+                let _ = p.written.recv_timeout(Duration::from_secs(1));
+                return Some(Outcome {
+                    reason: if graceful { "shutdown" } else { outcome.reason },
+                    ..outcome
+                });
+            }
+        };
+        let _ = p.reply.send(response);
+        None
+    }
+}
