@@ -12,7 +12,7 @@ const USAGE: &str =
     "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
                              [--vmm-only] [--repeat N] [--qemu-trace]
                              [--boot-loop N [--vmm vmctl|qemu|both] [--boot-vm NAME]]
-                             [--guest-append WORDS]
+                             [--guest-append WORDS] [--l1-thp MODE]
 
   --lab FILE           lab of debian-12 VMs to run (default: xtask/labs/two-debian.kdl)
   --timeout SECS       give up on L1 after this long (default 540; boot loop: enough for it)
@@ -28,7 +28,8 @@ const USAGE: &str =
                        one round at a time; print crash rates
   --vmm V              the boot loop's VMM: vmctl (default), qemu (-M microvm -accel kvm
                        inside L1) or both (interleaved)
-  --guest-append W     extra guest kernel command-line words (boot loop, --vmm-only)";
+  --guest-append W     extra guest kernel command-line words (boot loop, --vmm-only)
+  --l1-thp MODE        L1's transparent hugepages: always (the kernel's default), madvise, never";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -72,6 +73,12 @@ fn main() -> ExitCode {
                         }
                     },
                     "--qemu-trace" => opts.qemu_trace = true,
+                    "--l1-thp" => match args.next() {
+                        Some(m) if ["always", "madvise", "never"].contains(&m.as_str()) => {
+                            opts.l1_thp = Some(m)
+                        }
+                        _ => return usage_error("--l1-thp needs always, madvise or never"),
+                    },
                     "--debug" => opts.release = false,
                     "--vmm-only" => opts.vmm_only = true,
                     "--verbose" | "-v" => opts.verbose = true,

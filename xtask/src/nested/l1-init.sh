@@ -25,10 +25,14 @@ ip link set lo up 2>/dev/null
 
 . /lab/scenario.env
 cd /lab
+if [ -n "$L1_THP" ]; then
+    echo "$L1_THP" > /sys/kernel/mm/transparent_hugepage/enabled
+    echo "$L1_THP" > /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null
+fi
+say() { echo "$*"; }
+say "@@L1 thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
 export VMCTL_LOG=${VMCTL_LOG:-info}
 FAILED=0
-
-say() { echo "$*"; }
 
 # step NAME WANT_RC CMD...: run, print the marker, remember failures.
 step() {

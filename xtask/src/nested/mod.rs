@@ -18,6 +18,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmctl_runtime::image::{LockFile, apt, debian12};
+use vmctl_runtime::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
+use vmctl_runtime::vmm::irq::IrqMode;
 
 /// Command-line options of `nested-lab`.
 #[derive(Debug, Clone)]
@@ -44,6 +46,9 @@ pub struct Options {
     pub guest_append: Option<String>,
     /// Run the scenario this many times (building once).
     pub repeat: u32,
+    /// L1's transparent-hugepage mode (`always`, `madvise`, `never`);
+    /// None: the kernel's default (`always` in Debian's cloud kernel).
+    pub l1_thp: Option<String>,
 }
 
 impl Default for Options {
@@ -60,6 +65,7 @@ impl Default for Options {
             boot_vm: None,
             guest_append: None,
             repeat: 1,
+            l1_thp: None,
         }
     }
 }
@@ -339,7 +345,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         "full"
     };
     let env = format!(
-        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\n{boot_env}",
+        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nL1_THP={}\n{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
@@ -347,7 +353,8 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
             .as_ref()
             .and_then(|g| g.vm(&changed.name))
             .map(disks_json)
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        opts.l1_thp.as_deref().unwrap_or("")
     );
     std::fs::write(lab_dir.join("scenario.env"), env)
         .map_err(|e| format!("writing scenario.env: {e}"))?;
@@ -392,13 +399,18 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     })
 }
 
+/// How L1 was booted for one run.
+struct L1Run {
+    res: l1::RunResult,
+    /// The recognised L1 kernel panic that made us boot L1 once more, and
+    /// that first L1's serial console.
+    retry: Option<(String, String)>,
+    serial_log: PathBuf,
+}
+
 /// Boot L1 once (and once more after a recognised L1 kernel panic).
 /// `iteration`: the run's number under `--repeat` (its logs get it in their names).
-fn boot_l1(
-    p: &Prepared,
-    opts: &Options,
-    iteration: Option<u32>,
-) -> Result<(l1::RunResult, Option<String>, PathBuf), String> {
+fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run, String> {
     let name = |base: &str, ext: &str| match iteration {
         Some(i) => p.work.join(format!("{base}.{i}.{ext}")),
         None => p.work.join(format!("{base}.{ext}")),
@@ -430,11 +442,15 @@ fn boot_l1(
         if opts.qemu_trace {
             let _ = std::fs::rename(&trace_log, trace_log.with_extension("crashed.log"));
         }
-        retry = Some(panic);
+        retry = Some((panic, std::mem::take(&mut res.serial)));
         res = l1::boot(&boot)?;
         report_trace(&res, &trace_log);
     }
-    Ok((res, retry, serial_log))
+    Ok(L1Run {
+        res,
+        retry,
+        serial_log,
+    })
 }
 
 fn report_trace(res: &l1::RunResult, kept: &Path) {
@@ -456,7 +472,12 @@ fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outc
     let start = p.start;
     let (before, after, grown) = (&p.before, &p.after, &p.grown);
     // 5. Boot L1 and judge what it says.
-    let (res, l1_retry, serial_log) = boot_l1(p, opts, iteration)?;
+    let L1Run {
+        res,
+        retry,
+        serial_log,
+    } = boot_l1(p, opts, iteration)?;
+    let l1_retry = retry.map(|(panic, _)| panic);
     let log = check::parse(&res.serial);
     let mut phases: Vec<(u32, &vmctl_spec::DesiredState)> = vec![(1, before)];
     if !opts.vmm_only {
@@ -499,8 +520,21 @@ fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outc
 
 /// `--boot-loop N`: boot one VM N times per VMM in one L1; print crash rates.
 fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
-    let (res, _, serial_log) = boot_l1(p, opts, None)?;
-    let boots = bootloop::parse(&res.serial);
+    let L1Run {
+        res,
+        retry,
+        serial_log,
+    } = boot_l1(p, opts, None)?;
+    // Boots L1 finished before its own kernel panicked count too.
+    let mut boots = Vec::new();
+    if let Some((panic, serial)) = &retry {
+        boots = bootloop::parse(serial);
+        println!(
+            "nested-lab: boot loop: {} boots before L1's kernel panicked ({panic}) are counted too",
+            boots.len()
+        );
+    }
+    boots.extend(bootloop::parse(&res.serial));
     println!("\n{}", bootloop::report(&boots));
     let finished = check::parse(&res.serial).done;
     let per_round = match opts.boot_vm.as_deref() {
@@ -508,9 +542,9 @@ fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
         Some(_) => 1,
     };
     let want = n as usize * opts.boot_vmm.names().len() * per_round;
+    let boots_now = bootloop::parse(&res.serial).len();
     println!(
-        "nested-lab: boot loop: {} of {want} boots reported{}; L1 ran {:.1} s; serial log: {}",
-        boots.len(),
+        "nested-lab: boot loop: {boots_now} of {want} boots reported by the last L1{}; L1 ran {:.1} s; serial log: {}",
         if finished { "" } else { " (L1 did not finish)" },
         res.elapsed.as_secs_f64(),
         serial_log.display()
@@ -521,11 +555,12 @@ fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
             t.triple_faults.len()
         );
     }
-    Ok(finished && boots.len() == want && boots.iter().all(|b| b.result == "ok"))
+    Ok(finished && boots_now == want && boots.iter().all(|b| b.result == "ok"))
 }
 
-/// `--vmm-only`: each VM's `vm.json` (with the debian-12 image's L1 paths as
-/// its boot image) and `disks.list` (`name=bytes` lines for the L1 script).
+/// `--vmm-only` and `--boot-loop`: each VM's `vm.json` and `machine.json`
+/// (with the debian-12 image's L1 paths as its boot image), `disks.list`
+/// (`name=bytes` lines for the L1 script) and `boot.env`.
 fn write_vm_records(
     lab_dir: &Path,
     state: &vmctl_spec::DesiredState,
@@ -546,6 +581,31 @@ fn write_vm_records(
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("vm.json"), text).map_err(|e| format!("writing vm.json: {e}"))?;
+        // The VMM's only input (`vmctl __vmm` reads nothing else), with L1 paths.
+        let l1_dir = PathBuf::from("/lab/.vmctl/vms").join(&vm.name);
+        let machine = MachineConfig {
+            format_version: MACHINE_CONFIG_VERSION.into(),
+            name: vm.name.clone(),
+            kernel: image_dir.join("vmlinuz"),
+            initrd: Some(image_dir.join("initrd.img")),
+            cmdline: cmdline.into(),
+            cpus: vm.cpus.max(1),
+            max_cpus: vm.max_cpus.max(vm.cpus.max(1)),
+            memory_mib: vm.memory_mib,
+            max_memory_mib: vm.max_memory_mib.max(vm.memory_mib),
+            disks: vm
+                .disks
+                .iter()
+                .map(|d| DiskConfig {
+                    name: d.name.clone(),
+                    path: l1_dir.join("disks").join(format!("{}.raw", d.name)),
+                })
+                .collect(),
+            irq_mode: IrqMode::Irqchip,
+            console_log: l1_dir.join("console.log"),
+        };
+        std::fs::write(dir.join("machine.json"), machine.to_json())
+            .map_err(|e| format!("writing machine.json: {e}"))?;
         let disks: String = vm
             .disks
             .iter()
