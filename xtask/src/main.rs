@@ -12,7 +12,7 @@ const USAGE: &str =
     "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
                              [--vmm-only] [--repeat N] [--qemu-trace]
                              [--boot-loop N [--vmm vmctl|qemu|both] [--boot-vm NAME]]
-                             [--guest-append WORDS] [--l1-thp MODE]
+                             [--guest-append WORDS] [--l1-thp MODE] [--kvm-amd-args A]
 
   --lab FILE           lab of debian-12 VMs to run (default: xtask/labs/two-debian.kdl)
   --timeout SECS       give up on L1 after this long (default 540; boot loop: enough for it)
@@ -29,7 +29,8 @@ const USAGE: &str =
   --vmm V              the boot loop's VMM: vmctl (default), qemu (-M microvm -accel kvm
                        inside L1) or both (interleaved)
   --guest-append W     extra guest kernel command-line words (boot loop, --vmm-only)
-  --l1-thp MODE        L1's transparent hugepages: always (the kernel's default), madvise, never";
+  --l1-thp MODE        L1's transparent hugepages: always (the kernel's default), madvise, never
+  --kvm-amd-args A     parameters for kvm-amd.ko in L1, e.g. \"npt=0\" (shadow paging)";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -73,6 +74,10 @@ fn main() -> ExitCode {
                         }
                     },
                     "--qemu-trace" => opts.qemu_trace = true,
+                    "--kvm-amd-args" => match args.next() {
+                        Some(a) => opts.kvm_amd_args = Some(a),
+                        None => return usage_error("--kvm-amd-args needs module parameters"),
+                    },
                     "--l1-thp" => match args.next() {
                         Some(m) if ["always", "madvise", "never"].contains(&m.as_str()) => {
                             opts.l1_thp = Some(m)

@@ -119,10 +119,13 @@ dump_logs() {
 
 say "@@NESTED step=l1-boot rc=0 want=0 kernel=$(uname -r) cpus=$(nproc)"
 for m in $(cat /etc/l1/modules); do
-    insmod "/lib/modules/$m" || say "insmod $m failed"
+    args=""
+    [ "$m" = kvm-amd.ko ] && args=$KVM_AMD_ARGS
+    # shellcheck disable=SC2086
+    insmod "/lib/modules/$m" $args || say "insmod $m $args failed"
 done
 if [ -c /dev/kvm ]; then rc=0; else rc=1; FAILED=1; fi
-say "@@NESTED step=kvm rc=$rc want=0 svm=$(grep -c -w svm /proc/cpuinfo)"
+say "@@NESTED step=kvm rc=$rc want=0 svm=$(grep -c -w svm /proc/cpuinfo) npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
 
 # The scenario proper; returns early when a step leaves nothing to check.
 scenario() {

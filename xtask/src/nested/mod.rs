@@ -49,6 +49,9 @@ pub struct Options {
     /// L1's transparent-hugepage mode (`always`, `madvise`, `never`);
     /// None: the kernel's default (`always` in Debian's cloud kernel).
     pub l1_thp: Option<String>,
+    /// Module parameters for kvm-amd.ko in L1 (e.g. `npt=0`: shadow paging,
+    /// so QEMU's emulated nested paging is not used).
+    pub kvm_amd_args: Option<String>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             guest_append: None,
             repeat: 1,
             l1_thp: None,
+            kvm_amd_args: None,
         }
     }
 }
@@ -345,7 +349,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         "full"
     };
     let env = format!(
-        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nL1_THP={}\n{boot_env}",
+        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
@@ -354,7 +358,8 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
             .and_then(|g| g.vm(&changed.name))
             .map(disks_json)
             .unwrap_or_default(),
-        opts.l1_thp.as_deref().unwrap_or("")
+        opts.l1_thp.as_deref().unwrap_or(""),
+        opts.kvm_amd_args.as_deref().unwrap_or("")
     );
     std::fs::write(lab_dir.join("scenario.env"), env)
         .map_err(|e| format!("writing scenario.env: {e}"))?;
