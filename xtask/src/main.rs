@@ -30,7 +30,8 @@ const USAGE: &str =
                        inside L1) or both (interleaved)
   --guest-append W     extra guest kernel command-line words (boot loop, --vmm-only)
   --l1-thp MODE        L1's transparent hugepages: always (the kernel's default), madvise, never
-  --kvm-amd-args A     parameters for kvm-amd.ko in L1, e.g. \"npt=0\" (shadow paging)";
+  --kvm-amd-args A     parameters for kvm-amd.ko in L1 (default \"npt=0\": shadow paging;
+                       \"npt=1\" uses QEMU's emulated nested paging, see docs/nested-lab.md)";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);

@@ -49,8 +49,7 @@ pub struct Options {
     /// L1's transparent-hugepage mode (`always`, `madvise`, `never`);
     /// None: the kernel's default (`always` in Debian's cloud kernel).
     pub l1_thp: Option<String>,
-    /// Module parameters for kvm-amd.ko in L1 (e.g. `npt=0`: shadow paging,
-    /// so QEMU's emulated nested paging is not used).
+    /// Module parameters for kvm-amd.ko in L1; None: [`DEFAULT_KVM_AMD_ARGS`].
     pub kvm_amd_args: Option<String>,
 }
 
@@ -73,6 +72,12 @@ impl Default for Options {
         }
     }
 }
+
+/// kvm-amd in L1 uses shadow paging (`npt=0`): with nested paging, QEMU
+/// 7.2's emulation of it now and then loses an L2 guest's mappings and the
+/// guest triple-faults (docs/nested-lab.md, "Known environment failures").
+/// `--kvm-amd-args npt=1` brings nested paging back.
+pub const DEFAULT_KVM_AMD_ARGS: &str = "npt=0";
 
 /// The default L1 budget of the scenario.
 const DEFAULT_TIMEOUT_SECS: u64 = 540;
@@ -359,7 +364,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
             .map(disks_json)
             .unwrap_or_default(),
         opts.l1_thp.as_deref().unwrap_or(""),
-        opts.kvm_amd_args.as_deref().unwrap_or("")
+        opts.kvm_amd_args.as_deref().unwrap_or(DEFAULT_KVM_AMD_ARGS)
     );
     std::fs::write(lab_dir.join("scenario.env"), env)
         .map_err(|e| format!("writing scenario.env: {e}"))?;
