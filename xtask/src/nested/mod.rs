@@ -650,3 +650,38 @@ fn disks_json(vm: &vmctl_spec::VmSpec) -> String {
         .collect();
     format!("[{}]", items.join(","))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeat_report_counts_passes_streaks_and_retries() {
+        let ok = |retry: Option<&str>| Outcome {
+            l1_retry: retry.map(String::from),
+            failure: None,
+            l1_secs: 40.0,
+        };
+        let bad = Outcome {
+            l1_retry: None,
+            failure: Some(check::Failure::L2Crash {
+                vm: "alpha".into(),
+                detail: "vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)".into(),
+            }),
+            l1_secs: 70.0,
+        };
+        let r = repeat_report(&[ok(None), bad, ok(Some("BUG: x")), ok(None), ok(None)]);
+        assert!(
+            r.starts_with("nested-lab --repeat: 4 of 5 runs passed (80 %), longest streak of passes 3; 1 run(s)"),
+            "{r}"
+        );
+        assert!(
+            r.contains("run  2: FAILED: L2 guest alpha crashed: vCPU 0: triple fault"),
+            "{r}"
+        );
+        assert!(
+            r.contains("run  3: passed (after an L1 re-run: BUG: x)"),
+            "{r}"
+        );
+    }
+}
