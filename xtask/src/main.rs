@@ -1,8 +1,7 @@
 //! `cargo xtask`: developer tasks that are not part of the vmctl binary.
 //!
-//! `cargo xtask nested-lab [--lab FILE] [--keep] [--timeout SECS]`: boot real
-//! Debian guests under vmctl's own VMM on a real KVM one level down (see
-//! docs/nested-lab.md).
+//! `cargo xtask nested-lab [options]`: boot real Debian guests under vmctl's
+//! own VMM on a real KVM one level down (see docs/nested-lab.md and `--help`).
 
 mod nested;
 
@@ -10,13 +9,29 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose] [--vmm-only]
+    "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
+                             [--vmm-only] [--repeat N] [--qemu-trace]
+                             [--boot-loop N [--vmm vmctl|qemu|both] [--boot-vm NAME]]
+                             [--guest-append WORDS] [--l1-thp MODE] [--kvm-amd-args A]
 
-  --lab FILE      lab of debian-12 VMs to run (default: xtask/labs/two-debian.kdl)
-  --timeout SECS  give up on L1 after this long (default 540)
-  --debug         put a debug build of vmctl into L1 (default: release)
-  --verbose       echo L1's whole serial console, not just the markers
-  --vmm-only      smoke run: start each VM with `vmctl __vmm` directly (no apply/status)";
+  --lab FILE           lab of debian-12 VMs to run (default: xtask/labs/two-debian.kdl)
+  --timeout SECS       give up on L1 after this long (default 540; boot loop: enough for it)
+  --debug              put a debug build of vmctl into L1 (default: release)
+  --verbose            echo L1's whole serial console, not just the markers
+  --vmm-only           smoke run: start each VM with `vmctl __vmm` directly (no apply/status)
+  --repeat N           run the scenario N times (built once); print the pass rate and
+                       each failure's cause
+  --qemu-trace         run L1's QEMU with -d int,cpu_reset; keep the records around every
+                       triple fault (L1's or an L2 guest's) in target/nested-lab/qemu-trace.log
+  --boot-loop N        instead of the scenario: boot the lab's VMs (all at once, as apply
+                       does; or only --boot-vm NAME) N times per VMM inside one L1,
+                       one round at a time; print crash rates
+  --vmm V              the boot loop's VMM: vmctl (default), qemu (-M microvm -accel kvm
+                       inside L1) or both (interleaved)
+  --guest-append W     extra guest kernel command-line words (boot loop, --vmm-only)
+  --l1-thp MODE        L1's transparent hugepages: always (the kernel's default), madvise, never
+  --kvm-amd-args A     parameters for kvm-amd.ko in L1 (default \"npt=0\": shadow paging;
+                       \"npt=1\" uses QEMU's emulated nested paging, see docs/nested-lab.md)";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -34,8 +49,41 @@ fn main() -> ExitCode {
                         None => return usage_error("--lab needs a file"),
                     },
                     "--timeout" => match args.next().and_then(|s| s.parse().ok()) {
-                        Some(t) => opts.timeout_secs = t,
+                        Some(t) => opts.timeout_secs = Some(t),
                         None => return usage_error("--timeout needs a number of seconds"),
+                    },
+                    "--repeat" => match args.next().and_then(|s| s.parse().ok()) {
+                        Some(n) if n >= 1 => opts.repeat = n,
+                        _ => return usage_error("--repeat needs a number of runs (>= 1)"),
+                    },
+                    "--boot-loop" => match args.next().and_then(|s| s.parse().ok()) {
+                        Some(n) if n >= 1 => opts.boot_loop = Some(n),
+                        _ => return usage_error("--boot-loop needs a number of boots (>= 1)"),
+                    },
+                    "--vmm" => match args.next().as_deref().and_then(nested::BootVmm::parse) {
+                        Some(v) => opts.boot_vmm = v,
+                        None => return usage_error("--vmm needs vmctl, qemu or both"),
+                    },
+                    "--boot-vm" => match args.next() {
+                        Some(v) => opts.boot_vm = Some(v),
+                        None => return usage_error("--boot-vm needs a VM name"),
+                    },
+                    "--guest-append" => match args.next() {
+                        Some(v) => opts.guest_append = Some(v),
+                        None => {
+                            return usage_error("--guest-append needs kernel command-line words");
+                        }
+                    },
+                    "--qemu-trace" => opts.qemu_trace = true,
+                    "--kvm-amd-args" => match args.next() {
+                        Some(a) => opts.kvm_amd_args = Some(a),
+                        None => return usage_error("--kvm-amd-args needs module parameters"),
+                    },
+                    "--l1-thp" => match args.next() {
+                        Some(m) if ["always", "madvise", "never"].contains(&m.as_str()) => {
+                            opts.l1_thp = Some(m)
+                        }
+                        _ => return usage_error("--l1-thp needs always, madvise or never"),
                     },
                     "--debug" => opts.release = false,
                     "--vmm-only" => opts.vmm_only = true,

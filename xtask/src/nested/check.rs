@@ -75,6 +75,86 @@ pub fn l1_kernel_panic(serial: &str) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
+/// Why a run failed, most specific cause first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// L1's own kernel died: the emulated-SVM environment, not vmctl.
+    L1Panic(String),
+    /// An L2 guest's VMM ended with a crash note (`vmm.exit`).
+    L2Crash { vm: String, detail: String },
+    /// A scenario step failed (the first one, by name).
+    Step(String),
+    /// L1 did not finish within `--timeout`.
+    Timeout,
+    /// Anything else the verdict names (the first problem).
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::L1Panic(l) => write!(f, "L1 kernel panic of the emulator: {l}"),
+            Failure::L2Crash { vm, detail } => write!(f, "L2 guest {vm} crashed: {detail}"),
+            Failure::Step(s) => write!(f, "step {s} failed"),
+            Failure::Timeout => write!(f, "L1 timed out"),
+            Failure::Other(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// The first L2 crash note in the `@@LOG <vm> vmm.exit: {json}` dumps:
+/// (vm, detail).
+pub fn l2_crash(serial: &str) -> Option<(String, String)> {
+    serial.lines().find_map(|raw| {
+        let line = raw.trim_end_matches('\r');
+        let rest = &line[line.find("@@LOG ")? + "@@LOG ".len()..];
+        let (vm, rest) = rest.split_once(' ')?;
+        let json = rest.strip_prefix("vmm.exit: ")?;
+        let v: Value = serde_json::from_str(json.trim()).ok()?;
+        (v.get("reason")?.as_str()? == "crash").then(|| {
+            (
+                vm.to_string(),
+                v.get("detail")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+    })
+}
+
+/// Classify a failed run (None when the verdict passed).
+pub fn classify(serial: &str, log: &Log, verdict: &Verdict, timed_out: bool) -> Option<Failure> {
+    if verdict.passed() && !timed_out {
+        return None;
+    }
+    if let Some(p) = l1_kernel_panic(serial) {
+        return Some(Failure::L1Panic(p));
+    }
+    if let Some((vm, detail)) = l2_crash(serial) {
+        return Some(Failure::L2Crash { vm, detail });
+    }
+    if timed_out {
+        return Some(Failure::Timeout);
+    }
+    if let Some(s) = log.steps.iter().find(|s| s.rc != s.want) {
+        return Some(Failure::Step(s.name.clone()));
+    }
+    let first = verdict
+        .problems
+        .first()
+        .cloned()
+        .or_else(|| {
+            verdict.rows.iter().find_map(|r| {
+                r.problems
+                    .first()
+                    .map(|p| format!("phase {} {}: {p}", r.phase, r.vm))
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Some(Failure::Other(first))
+}
+
 /// Parse the markers out of a serial log (other lines are ignored).
 pub fn parse(serial: &str) -> Log {
     let mut log = Log::default();
@@ -439,6 +519,48 @@ mod tests {
         assert_eq!(
             l1_kernel_panic(l1).as_deref(),
             Some("[ 45.7] BUG: TASK stack guard page was hit at 0")
+        );
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let state = DesiredState {
+            format_version: "1".into(),
+            vms: vec![spec("a", 1, 256, &[])],
+            images: vec![],
+        };
+        let crash = "@@NESTED step=apply rc=0 want=0\n@@NESTED step=guests-1 rc=1 want=0 missing= a\n\
+            @@LOG a vmm.exit: {\"reason\":\"crash\",\"detail\":\"vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\",\"code\":1}\n\
+            @@LOG a vmm.exit: {\"reason\":\"shutdown\",\"detail\":\"\",\"code\":0}\n";
+        let log = parse(crash);
+        let v = judge(&log, &[(1, &state)], false, false);
+        assert_eq!(
+            classify(crash, &log, &v, false),
+            Some(Failure::L2Crash {
+                vm: "a".into(),
+                detail: "vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)".into()
+            })
+        );
+        let step = "@@NESTED step=validate rc=1 want=0\n";
+        let log = parse(step);
+        let v = judge(&log, &[(1, &state)], false, false);
+        assert_eq!(
+            classify(step, &log, &v, false),
+            Some(Failure::Step("validate".into()))
+        );
+        assert_eq!(classify(step, &log, &v, true), Some(Failure::Timeout));
+        let panic = "[ 9.1] Kernel panic - not syncing: Fatal exception\n";
+        let log = parse(panic);
+        let v = judge(&log, &[(1, &state)], false, false);
+        let f = classify(panic, &log, &v, true).unwrap();
+        assert!(matches!(f, Failure::L1Panic(_)));
+        assert!(f.to_string().starts_with("L1 kernel panic of the emulator"));
+        let missing = "@@NESTED step=l1-boot rc=0 want=0\n";
+        let log = parse(missing);
+        let v = judge(&log, &[(1, &state)], false, false);
+        assert_eq!(
+            classify(missing, &log, &v, false),
+            Some(Failure::Other("step kvm: never reported".into()))
         );
     }
 

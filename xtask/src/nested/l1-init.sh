@@ -25,10 +25,14 @@ ip link set lo up 2>/dev/null
 
 . /lab/scenario.env
 cd /lab
+if [ -n "$L1_THP" ]; then
+    echo "$L1_THP" > /sys/kernel/mm/transparent_hugepage/enabled
+    echo "$L1_THP" > /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null
+fi
+say() { echo "$*"; }
+say "@@L1 thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
 export VMCTL_LOG=${VMCTL_LOG:-info}
 FAILED=0
-
-say() { echo "$*"; }
 
 # step NAME WANT_RC CMD...: run, print the marker, remember failures.
 step() {
@@ -115,10 +119,13 @@ dump_logs() {
 
 say "@@NESTED step=l1-boot rc=0 want=0 kernel=$(uname -r) cpus=$(nproc)"
 for m in $(cat /etc/l1/modules); do
-    insmod "/lib/modules/$m" || say "insmod $m failed"
+    args=""
+    [ "$m" = kvm-amd.ko ] && args=$KVM_AMD_ARGS
+    # shellcheck disable=SC2086
+    insmod "/lib/modules/$m" $args || say "insmod $m $args failed"
 done
 if [ -c /dev/kvm ]; then rc=0; else rc=1; FAILED=1; fi
-say "@@NESTED step=kvm rc=$rc want=0 svm=$(grep -c -w svm /proc/cpuinfo)"
+say "@@NESTED step=kvm rc=$rc want=0 svm=$(grep -c -w svm /proc/cpuinfo) npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
 
 # The scenario proper; returns early when a step leaves nothing to check.
 scenario() {
@@ -175,8 +182,112 @@ scenario_vmm_only() {
     say "@@NESTED step=no-vmm-left rc=$rc want=0 pids=$left"
 }
 
+# --boot-loop: boot the VMs in BOOT_VMS (kernel + initrd + BOOT_CMDLINE of
+# the debian-12 image; several VMs boot at the same time, as after `apply`)
+# BOOT_N times under each VMM in BOOT_VMMS (interleaved), one round at a
+# time. A VM's boot ends when its guest agent reports (ok), its VMM exits
+# first (crash: a triple fault ends both vmctl's VMM and QEMU -no-reboot),
+# or after BOOT_TIMEOUT s (timeout). One marker per VM and boot:
+#   @@BOOT vmm=<vmctl|qemu> vm=<name> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>
+
+# boot_start VMM VM: start it; echoes the run directory, sets the pid file.
+boot_start() {
+    vd=/lab/.vmctl/vms/$2
+    if [ "$1" = vmctl ]; then
+        rm -f "$vd/console.log" "$vd/vmm.exit" "$vd/vmm.log" "$vd/vmm.pid" "$vd/api.sock" "$vd/console.sock"
+        setsid vmctl __vmm --vm-dir "$vd" > "$vd/vmm.log" 2>&1 &
+        echo $! > "/tmp/boot-$2.pid"
+        return
+    fi
+    qd=/tmp/qemu-boot/$2
+    rm -rf "$qd"; mkdir -p "$qd"
+    . "$vd/boot.env"
+    disks=""
+    i=0
+    while IFS='=' read -r name size; do
+        [ -n "$name" ] || continue
+        disks="$disks -drive file=$vd/disks/$name.raw,if=none,format=raw,id=d$i -device virtio-blk-device,drive=d$i"
+        i=$((i + 1))
+    done < "$vd/disks.list"
+    # shellcheck disable=SC2086
+    qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
+        -m "$BOOT_MIB" -smp "$BOOT_CPUS" -nodefaults -no-user-config \
+        -display none -monitor none -no-reboot \
+        -kernel "$BOOT_KERNEL" -initrd "$BOOT_INITRD" -append "$BOOT_CMDLINE" \
+        -serial "file:$qd/console.log" $disks > "$qd/qemu.out" 2>&1 &
+    echo $! > "/tmp/boot-$2.pid"
+}
+
+boot_dir() {
+    if [ "$1" = vmctl ]; then echo "/lab/.vmctl/vms/$2"; else echo "/tmp/qemu-boot/$2"; fi
+}
+
+# boot_round VMM N: boot every VM of BOOT_VMS at once, wait, report each.
+boot_round() {
+    for vm in $BOOT_VMS; do
+        boot_start "$1" "$vm"
+        rm -f "/tmp/boot-$vm.result"
+    done
+    t=0
+    while [ "$t" -lt "$BOOT_TIMEOUT" ]; do
+        pending=0
+        for vm in $BOOT_VMS; do
+            [ -f "/tmp/boot-$vm.result" ] && continue
+            d=$(boot_dir "$1" "$vm")
+            if grep -q '{"agent":"debian-12"' "$d/console.log" 2>/dev/null; then
+                echo "ok $t" > "/tmp/boot-$vm.result"
+            elif ! kill -0 "$(cat "/tmp/boot-$vm.pid")" 2>/dev/null; then
+                echo "crash $t" > "/tmp/boot-$vm.result"
+            else
+                pending=1
+            fi
+        done
+        [ "$pending" = 0 ] && break
+        sleep 1; t=$((t + 1))
+    done
+    for vm in $BOOT_VMS; do
+        pid=$(cat "/tmp/boot-$vm.pid")
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    for vm in $BOOT_VMS; do
+        d=$(boot_dir "$1" "$vm")
+        if [ -f "/tmp/boot-$vm.result" ]; then read -r result secs < "/tmp/boot-$vm.result"; else result=timeout; secs=$t; fi
+        if [ "$1" = vmctl ]; then
+            detail=$(tr -d '\n' < "$d/vmm.exit" 2>/dev/null)
+        else
+            detail="qemu: $(tr '\n' ' ' < "$d/qemu.out" | cut -c1-300)"
+        fi
+        if [ "$result" != ok ]; then
+            tail -n 12 "$d/console.log" 2>/dev/null | sed 's/[^[:print:]]//g' | sed "s|^|@@LOG $1-$vm-$2 console.log: |"
+            [ -f "$d/vmm.log" ] && tail -n 5 "$d/vmm.log" | sed "s|^|@@LOG $1-$vm-$2 vmm.log: |"
+        fi
+        say "@@BOOT vmm=$1 vm=$vm n=$2 result=$result secs=$secs detail=$detail"
+    done
+}
+
+scenario_boot_loop() {
+    for vm in $BOOT_VMS; do
+        d=/lab/.vmctl/vms/$vm
+        mkdir -p "$d/disks"
+        while IFS='=' read -r name size; do
+            [ -n "$name" ] && truncate -s "$size" "$d/disks/$name.raw"
+        done < "$d/disks.list"
+    done
+    n=1
+    while [ "$n" -le "$BOOT_N" ]; do
+        for vmm in $BOOT_VMMS; do
+            boot_round "$vmm" "$n"
+        done
+        n=$((n + 1))
+    done
+    say "@@NESTED step=boot-loop rc=0 want=0"
+}
+
 if [ "$rc" = 0 ] && [ "$MODE" = vmm-only ]; then
     scenario_vmm_only
+elif [ "$rc" = 0 ] && [ "$MODE" = boot-loop ]; then
+    scenario_boot_loop
 elif [ "$rc" = 0 ]; then
     scenario
     [ "$FAILED" = 0 ] && [ "$ALWAYS_DUMP" != 1 ] || LOG_LINES=400 dump_logs

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use vmctl_runtime::image::cpio::Archive;
 use vmctl_runtime::image::{apt, debian12, kmod};
 
+use super::trace;
+
 pub const INIT_SCRIPT: &str = include_str!("l1-init.sh");
 /// kvm-amd pulls in kvm and irqbypass.
 pub const MODULES: &[&str] = &["kvm_amd"];
@@ -83,6 +85,63 @@ pub struct L1Contents<'a> {
     pub vmctl: &'a Path,
     /// Host directory copied to `/lab` (KDL files, lock, scenario.env, .vmctl/images).
     pub lab_dir: &'a Path,
+    /// Also put the host's QEMU into L1 (`--boot-loop --vmm qemu|both`):
+    /// `qemu-system-x86_64`, its shared libraries and the firmware files a
+    /// `-M microvm` guest needs, under `/usr/share/qemu`.
+    pub with_qemu: bool,
+}
+
+/// QEMU firmware a `-M microvm -kernel` guest needs (from `/usr/share/qemu`,
+/// symlinks followed).
+pub const QEMU_FIRMWARE: &[&str] = &[
+    "bios-microvm.bin",
+    "qboot.rom",
+    "linuxboot_dma.bin",
+    "linuxboot.bin",
+    "pvh.bin",
+    "multiboot_dma.bin",
+    "kvmvapic.bin",
+];
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|f| f.is_file())
+    })
+}
+
+fn add_binary(a: &mut Archive, binary: &Path, inside: &str) -> Result<(), String> {
+    let e = |e: vmctl_runtime::image::cpio::CpioError| e.to_string();
+    let data = std::fs::read(binary).map_err(err("reading a binary for L1"))?;
+    a.file(inside, 0o755, data).map_err(e)?;
+    for lib in shared_libs(binary)? {
+        let data = std::fs::read(&lib).map_err(err("reading a shared library"))?;
+        let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
+        if !a.contains(&inside) {
+            a.file(&inside, 0o755, data).map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_qemu(a: &mut Archive) -> Result<(), String> {
+    let e = |e: vmctl_runtime::image::cpio::CpioError| e.to_string();
+    let qemu = which("qemu-system-x86_64")
+        .ok_or("qemu-system-x86_64 is not on PATH (apt-get install qemu-system-x86)")?;
+    add_binary(a, &qemu, "usr/bin/qemu-system-x86_64")?;
+    for d in ["usr/share", "usr/share/qemu"] {
+        if !a.contains(d) {
+            a.dir(d, 0o755).map_err(e)?;
+        }
+    }
+    for f in QEMU_FIRMWARE {
+        let host = Path::new("/usr/share/qemu").join(f);
+        let data = std::fs::read(&host).map_err(err("reading QEMU firmware"))?;
+        a.file(&format!("usr/share/qemu/{f}"), 0o644, data)
+            .map_err(e)?;
+    }
+    Ok(())
 }
 
 fn add_tree(a: &mut Archive, host: &Path, inside: &str) -> Result<(), String> {
@@ -149,14 +208,9 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
     a.file("etc/l1/modules", 0o644, order.into_bytes())
         .map_err(e)?;
 
-    let vmctl = std::fs::read(c.vmctl).map_err(err("reading the vmctl binary"))?;
-    a.file("bin/vmctl", 0o755, vmctl).map_err(e)?;
-    for lib in shared_libs(c.vmctl)? {
-        let data = std::fs::read(&lib).map_err(err("reading a shared library"))?;
-        let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
-        if !a.contains(&inside) {
-            a.file(&inside, 0o755, data).map_err(e)?;
-        }
+    add_binary(&mut a, c.vmctl, "bin/vmctl")?;
+    if c.with_qemu {
+        add_qemu(&mut a)?;
     }
     add_tree(&mut a, c.lab_dir, "lab")?;
     let cpio = a.to_bytes().map_err(e)?;
@@ -176,17 +230,71 @@ pub struct RunResult {
     pub serial: String,
     pub timed_out: bool,
     pub elapsed: Duration,
+    /// `--qemu-trace`: what the `-d int,cpu_reset` filter saw.
+    pub trace: Option<trace::TraceSummary>,
+}
+
+/// One boot of L1.
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    /// L1's serial console is written here.
+    pub log_path: &'a Path,
+    pub timeout: Duration,
+    pub verbose: bool,
+    /// `--qemu-trace`: run QEMU with `-d int,cpu_reset` and keep the records
+    /// around every triple fault in this file (see [`trace`]).
+    pub trace: Option<&'a Path>,
+}
+
+/// The `-d int,cpu_reset` log goes through a FIFO into [`trace::filter_stream`].
+struct TraceReader {
+    fifo: PathBuf,
+    thread: std::thread::JoinHandle<Option<trace::TraceSummary>>,
+}
+
+impl TraceReader {
+    fn start(kept: &Path) -> Result<Self, String> {
+        let fifo = kept.with_extension("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let st = Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .map_err(err("running mkfifo"))?;
+        if !st.success() {
+            return Err(format!("mkfifo {} failed", fifo.display()));
+        }
+        let out = std::fs::File::create(kept).map_err(err("creating the QEMU trace log"))?;
+        let path = fifo.clone();
+        let thread = std::thread::spawn(move || {
+            let input = std::fs::File::open(&path).ok()?;
+            Some(trace::filter_stream(input, std::io::BufWriter::new(out)))
+        });
+        Ok(TraceReader { fifo, thread })
+    }
+
+    /// After QEMU exited: the summary (unblocks the reader if QEMU never
+    /// opened the FIFO).
+    fn finish(self) -> Option<trace::TraceSummary> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !self.thread.is_finished() {
+            // O_NONBLOCK: fails at once (ENXIO) if nobody reads any more.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(0o4000)
+                .open(&self.fifo);
+        }
+        let summary = self.thread.join().ok().flatten();
+        let _ = std::fs::remove_file(&self.fifo);
+        summary
+    }
 }
 
 /// Boot L1 and collect its serial console (also written to `log_path`).
 /// Marker lines are echoed as they arrive; everything with `verbose`.
-pub fn boot(
-    kernel: &Path,
-    initrd: &Path,
-    log_path: &Path,
-    timeout: Duration,
-    verbose: bool,
-) -> Result<RunResult, String> {
+pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
+    let (kernel, initrd, log_path, timeout, verbose) =
+        (b.kernel, b.initrd, b.log_path, b.timeout, b.verbose);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-M",
@@ -220,6 +328,14 @@ pub fn boot(
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    let tracer = match b.trace {
+        Some(kept) => {
+            let t = TraceReader::start(kept)?;
+            cmd.args(["-d", "int,cpu_reset", "-D"]).arg(&t.fifo);
+            Some(t)
+        }
+        None => None,
+    };
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(err(
         "starting qemu-system-x86_64 (apt-get install qemu-system-x86)",
@@ -287,10 +403,12 @@ pub fn boot(
     }
     let _ = child.wait();
     let _ = reader.join();
+    let trace = tracer.and_then(TraceReader::finish);
     Ok(RunResult {
         serial,
         timed_out,
         elapsed: start.elapsed(),
+        trace,
     })
 }
 

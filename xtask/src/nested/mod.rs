@@ -5,39 +5,84 @@
 //! real KVM; inside it vmctl applies a lab of `debian-12` VMs with its own
 //! VMM (L2) and the guests report what they see. See docs/nested-lab.md.
 
+mod bootloop;
 mod check;
 mod l1;
 mod lab;
+mod trace;
+
+pub use bootloop::BootVmm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmctl_runtime::image::{LockFile, apt, debian12};
+use vmctl_runtime::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
+use vmctl_runtime::vmm::irq::IrqMode;
 
 /// Command-line options of `nested-lab`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub lab: Option<PathBuf>,
-    pub timeout_secs: u64,
+    /// L1 budget; None: 540 s, or enough for the `--boot-loop`.
+    pub timeout_secs: Option<u64>,
     pub release: bool,
     pub verbose: bool,
     /// Smoke run: start each VM's VMM directly (`vmctl __vmm`) with the
     /// image in its vm.json, wait for the guests' reports, no apply/status.
     pub vmm_only: bool,
+    /// Run L1's QEMU with `-d int,cpu_reset` and keep the records around
+    /// every triple fault (`qemu-trace.log`).
+    pub qemu_trace: bool,
+    /// Boot one VM this many times per VMM instead of the scenario.
+    pub boot_loop: Option<u32>,
+    /// The VMM(s) of the boot loop.
+    pub boot_vmm: BootVmm,
+    /// The VM of the lab the boot loop boots (default or `all`: every VM
+    /// of the lab at the same time, as `apply` starts them).
+    pub boot_vm: Option<String>,
+    /// Extra guest kernel command-line words (boot loop and `--vmm-only`).
+    pub guest_append: Option<String>,
+    /// Run the scenario this many times (building once).
+    pub repeat: u32,
+    /// L1's transparent-hugepage mode (`always`, `madvise`, `never`);
+    /// None: the kernel's default (`always` in Debian's cloud kernel).
+    pub l1_thp: Option<String>,
+    /// Module parameters for kvm-amd.ko in L1; None: [`DEFAULT_KVM_AMD_ARGS`].
+    pub kvm_amd_args: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             lab: None,
-            timeout_secs: 540,
+            timeout_secs: None,
             release: true,
             verbose: false,
             vmm_only: false,
+            qemu_trace: false,
+            boot_loop: None,
+            boot_vmm: BootVmm::Vmctl,
+            boot_vm: None,
+            guest_append: None,
+            repeat: 1,
+            l1_thp: None,
+            kvm_amd_args: None,
         }
     }
 }
+
+/// kvm-amd in L1 uses shadow paging (`npt=0`): with nested paging, QEMU
+/// 7.2's emulation of it now and then loses an L2 guest's mappings and the
+/// guest triple-faults (docs/nested-lab.md, "Known environment failures").
+/// `--kvm-amd-args npt=1` brings nested paging back.
+pub const DEFAULT_KVM_AMD_ARGS: &str = "npt=0";
+
+/// The default L1 budget of the scenario.
+const DEFAULT_TIMEOUT_SECS: u64 = 540;
+/// One boot of the boot loop gives up after this long.
+const BOOT_TIMEOUT_SECS: u64 = 90;
 
 /// How long guests may take to report inside L1 (each wait).
 const GUEST_TIMEOUT_SECS: u64 = 60;
@@ -77,8 +122,87 @@ fn phase(name: &str, start: Instant) {
     eprintln!("nested-lab: {name} [{:.1}s]", start.elapsed().as_secs_f64());
 }
 
-/// Run the whole scenario; `Ok(true)` when every check passed.
+/// Everything a run of L1 needs, built once.
+struct Prepared {
+    work: PathBuf,
+    l1_kernel: PathBuf,
+    l1_initrd: PathBuf,
+    before: vmctl_spec::DesiredState,
+    after: vmctl_spec::DesiredState,
+    grown: Option<vmctl_spec::DesiredState>,
+    timeout: Duration,
+    start: Instant,
+}
+
+/// Run the whole scenario (or the boot loop); `Ok(true)` when every check passed.
 pub fn run(opts: &Options) -> Result<bool, String> {
+    let p = prepare(opts)?;
+    if let Some(n) = opts.boot_loop {
+        return boot_loop(&p, opts, n);
+    }
+    let runs = opts.repeat.max(1);
+    if runs == 1 {
+        return Ok(run_once(&p, opts, None)?.failure.is_none());
+    }
+    let mut outcomes = Vec::new();
+    for i in 1..=runs {
+        eprintln!("nested-lab: ===== run {i} of {runs} =====");
+        let o = run_once(&p, opts, Some(i))?;
+        eprintln!(
+            "nested-lab: run {i}: {}",
+            o.failure
+                .as_ref()
+                .map_or("PASSED".to_string(), |f| format!("FAILED: {f}"))
+        );
+        outcomes.push(o);
+    }
+    println!("\n{}", repeat_report(&outcomes));
+    Ok(outcomes.iter().all(|o| o.failure.is_none()))
+}
+
+/// The result of one L1 run of the scenario.
+struct Outcome {
+    /// The recognised L1 kernel panic that made the harness run L1 once more.
+    l1_retry: Option<String>,
+    failure: Option<check::Failure>,
+    l1_secs: f64,
+}
+
+fn repeat_report(outcomes: &[Outcome]) -> String {
+    let passed = outcomes.iter().filter(|o| o.failure.is_none()).count();
+    let retried = outcomes.iter().filter(|o| o.l1_retry.is_some()).count();
+    let mut longest = 0;
+    let mut streak = 0;
+    for o in outcomes {
+        streak = if o.failure.is_none() { streak + 1 } else { 0 };
+        longest = longest.max(streak);
+    }
+    let mut out = format!(
+        "nested-lab --repeat: {passed} of {} runs passed ({:.0} %), longest streak of passes {longest}; \
+         {retried} run(s) needed the one L1 re-run after a recognised L1 kernel panic\n",
+        outcomes.len(),
+        100.0 * passed as f64 / outcomes.len() as f64
+    );
+    for (i, o) in outcomes.iter().enumerate() {
+        let verdict = match &o.failure {
+            None => "passed".to_string(),
+            Some(f) => format!("FAILED: {f}"),
+        };
+        let retry = o
+            .l1_retry
+            .as_ref()
+            .map(|p| format!(" (after an L1 re-run: {p})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  run {:>2}: {verdict}{retry} [L1 {:.0} s]\n",
+            i + 1,
+            o.l1_secs
+        ));
+    }
+    out
+}
+
+fn prepare(opts: &Options) -> Result<Prepared, String> {
     let start = Instant::now();
     for tool in ["qemu-system-x86_64", "ldd"] {
         if !on_path(tool) {
@@ -195,12 +319,42 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let pkgs = l1::fetch(&work, &packages)?;
     let floor = check::memory_floor_mib(new_mib);
     let vms: Vec<&str> = before.vms.iter().map(|v| v.name.as_str()).collect();
-    if opts.vmm_only {
-        write_vm_records(&lab_dir, &before, pinned)?;
+    let cmdline = match &opts.guest_append {
+        Some(extra) => format!("{} {extra}", debian12::CMDLINE),
+        None => debian12::CMDLINE.to_string(),
+    };
+    if opts.vmm_only || opts.boot_loop.is_some() {
+        write_vm_records(&lab_dir, &before, pinned, &cmdline)?;
     }
+    let boot_vms: Vec<&str> = match opts.boot_vm.as_deref() {
+        None | Some("all") => vms.clone(),
+        Some(name) => vec![
+            before
+                .vm(name)
+                .ok_or_else(|| format!("--boot-vm {name}: no such VM in the lab"))?
+                .name
+                .as_str(),
+        ],
+    };
+    let image_dir = PathBuf::from("/lab/.vmctl/images").join(&pinned.image_id);
+    let boot_env = format!(
+        "BOOT_N={}\nBOOT_VMMS=\"{}\"\nBOOT_VMS=\"{}\"\nBOOT_TIMEOUT={BOOT_TIMEOUT_SECS}\nBOOT_KERNEL={}\nBOOT_INITRD={}\nBOOT_CMDLINE='{}'\n",
+        opts.boot_loop.unwrap_or(0),
+        opts.boot_vmm.names().join(" "),
+        boot_vms.join(" "),
+        image_dir.join("vmlinuz").display(),
+        image_dir.join("initrd.img").display(),
+        cmdline,
+    );
+    let mode = if opts.boot_loop.is_some() {
+        "boot-loop"
+    } else if opts.vmm_only {
+        "vmm-only"
+    } else {
+        "full"
+    };
     let env = format!(
-        "MODE={}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\n",
-        if opts.vmm_only { "vmm-only" } else { "full" },
+        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
@@ -208,7 +362,9 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             .as_ref()
             .and_then(|g| g.vm(&changed.name))
             .map(disks_json)
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        opts.l1_thp.as_deref().unwrap_or(""),
+        opts.kvm_amd_args.as_deref().unwrap_or(DEFAULT_KVM_AMD_ARGS)
     );
     std::fs::write(lab_dir.join("scenario.env"), env)
         .map_err(|e| format!("writing scenario.env: {e}"))?;
@@ -226,6 +382,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             packages: &pkgs,
             vmctl: &vmctl,
             lab_dir: &lab_dir,
+            with_qemu: opts.boot_loop.is_some() && opts.boot_vmm != BootVmm::Vmctl,
         },
         &l1_initrd,
     )?;
@@ -233,39 +390,109 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         "L1 initramfs assembled; booting L1 (QEMU TCG, -cpu EPYC,+svm)",
         start,
     );
+    let timeout = Duration::from_secs(opts.timeout_secs.unwrap_or_else(|| match opts.boot_loop {
+        // L1 boot, then every boot at its worst.
+        Some(n) => {
+            120 + u64::from(n) * opts.boot_vmm.names().len() as u64 * (BOOT_TIMEOUT_SECS + 5)
+        }
+        None => DEFAULT_TIMEOUT_SECS,
+    }));
+    Ok(Prepared {
+        work,
+        l1_kernel,
+        l1_initrd,
+        before,
+        after,
+        grown,
+        timeout,
+        start,
+    })
+}
 
-    // 5. Boot L1 and judge what it says.
-    let serial_log = work.join("l1-serial.log");
-    let mut res = l1::boot(
-        &l1_kernel,
-        &l1_initrd,
-        &serial_log,
-        Duration::from_secs(opts.timeout_secs),
-        opts.verbose,
-    )?;
+/// How L1 was booted for one run.
+struct L1Run {
+    res: l1::RunResult,
+    /// The recognised L1 kernel panic that made us boot L1 once more, and
+    /// that first L1's serial console.
+    retry: Option<(String, String)>,
+    serial_log: PathBuf,
+}
+
+/// Boot L1 once (and once more after a recognised L1 kernel panic).
+/// `iteration`: the run's number under `--repeat` (its logs get it in their names).
+fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run, String> {
+    let name = |base: &str, ext: &str| match iteration {
+        Some(i) => p.work.join(format!("{base}.{i}.{ext}")),
+        None => p.work.join(format!("{base}.{ext}")),
+    };
+    let serial_log = name("l1-serial", "log");
+    let trace_log = name("qemu-trace", "log");
+    let boot = l1::Boot {
+        kernel: &p.l1_kernel,
+        initrd: &p.l1_initrd,
+        log_path: &serial_log,
+        timeout: p.timeout,
+        verbose: opts.verbose,
+        trace: opts.qemu_trace.then_some(trace_log.as_path()),
+    };
+    let mut res = l1::boot(&boot)?;
+    report_trace(&res, &trace_log);
+    let mut retry = None;
     if let Some(panic) = check::l1_kernel_panic(&res.serial) {
         // L1's own kernel died (QEMU TCG's emulated SVM occasionally corrupts
         // L1 state on a nested VM exit; measured ~1 run in 8): the
         // environment failed, not vmctl. Say so and run the scenario once more.
+        let kept = serial_log.with_extension("crashed.log");
         eprintln!(
             "nested-lab: L1's own kernel crashed ({panic}); this is the emulated-SVM environment, \
              not a vmctl check. Serial log kept as {}; running L1 once more.",
-            serial_log.with_extension("crashed.log").display()
+            kept.display()
         );
-        let _ = std::fs::rename(&serial_log, serial_log.with_extension("crashed.log"));
-        res = l1::boot(
-            &l1_kernel,
-            &l1_initrd,
-            &serial_log,
-            Duration::from_secs(opts.timeout_secs),
-            opts.verbose,
-        )?;
+        let _ = std::fs::rename(&serial_log, &kept);
+        if opts.qemu_trace {
+            let _ = std::fs::rename(&trace_log, trace_log.with_extension("crashed.log"));
+        }
+        retry = Some((panic, std::mem::take(&mut res.serial)));
+        res = l1::boot(&boot)?;
+        report_trace(&res, &trace_log);
     }
+    Ok(L1Run {
+        res,
+        retry,
+        serial_log,
+    })
+}
+
+fn report_trace(res: &l1::RunResult, kept: &Path) {
+    if let Some(t) = &res.trace {
+        eprint!("{}", trace::report(t));
+        if t.triple_faults.is_empty() {
+            let _ = std::fs::remove_file(kept);
+        } else {
+            eprintln!(
+                "qemu-trace: records around each triple fault kept in {}",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// One run of the scenario in L1, judged.
+fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outcome, String> {
+    let start = p.start;
+    let (before, after, grown) = (&p.before, &p.after, &p.grown);
+    // 5. Boot L1 and judge what it says.
+    let L1Run {
+        res,
+        retry,
+        serial_log,
+    } = boot_l1(p, opts, iteration)?;
+    let l1_retry = retry.map(|(panic, _)| panic);
     let log = check::parse(&res.serial);
-    let mut phases: Vec<(u32, &vmctl_spec::DesiredState)> = vec![(1, &before)];
+    let mut phases: Vec<(u32, &vmctl_spec::DesiredState)> = vec![(1, before)];
     if !opts.vmm_only {
-        phases.push((2, &after));
-        if let Some(g) = &grown {
+        phases.push((2, after));
+        if let Some(g) = grown {
             phases.push((3, g));
         }
     }
@@ -273,7 +500,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     if res.timed_out {
         verdict
             .problems
-            .push(format!("L1 timed out after {} s", opts.timeout_secs));
+            .push(format!("L1 timed out after {} s", p.timeout.as_secs()));
     }
     println!("\n{}", check::table(&verdict));
     println!(
@@ -289,19 +516,66 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             eprintln!("{l}");
         }
     }
-    println!(
-        "nested-lab: {}",
-        if verdict.passed() { "PASSED" } else { "FAILED" }
-    );
-    Ok(verdict.passed())
+    let failure = check::classify(&res.serial, &log, &verdict, res.timed_out);
+    match &failure {
+        None => println!("nested-lab: PASSED"),
+        Some(f) => println!("nested-lab: FAILED ({f})"),
+    }
+    Ok(Outcome {
+        l1_retry,
+        failure,
+        l1_secs: res.elapsed.as_secs_f64(),
+    })
 }
 
-/// `--vmm-only`: each VM's `vm.json` (with the debian-12 image's L1 paths as
-/// its boot image) and `disks.list` (`name=bytes` lines for the L1 script).
+/// `--boot-loop N`: boot one VM N times per VMM in one L1; print crash rates.
+fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
+    let L1Run {
+        res,
+        retry,
+        serial_log,
+    } = boot_l1(p, opts, None)?;
+    // Boots L1 finished before its own kernel panicked count too.
+    let mut boots = Vec::new();
+    if let Some((panic, serial)) = &retry {
+        boots = bootloop::parse(serial);
+        println!(
+            "nested-lab: boot loop: {} boots before L1's kernel panicked ({panic}) are counted too",
+            boots.len()
+        );
+    }
+    boots.extend(bootloop::parse(&res.serial));
+    println!("\n{}", bootloop::report(&boots));
+    let finished = check::parse(&res.serial).done;
+    let per_round = match opts.boot_vm.as_deref() {
+        None | Some("all") => p.before.vms.len(),
+        Some(_) => 1,
+    };
+    let want = n as usize * opts.boot_vmm.names().len() * per_round;
+    let boots_now = bootloop::parse(&res.serial).len();
+    println!(
+        "nested-lab: boot loop: {boots_now} of {want} boots reported by the last L1{}; L1 ran {:.1} s; serial log: {}",
+        if finished { "" } else { " (L1 did not finish)" },
+        res.elapsed.as_secs_f64(),
+        serial_log.display()
+    );
+    if let Some(t) = &res.trace {
+        println!(
+            "nested-lab: qemu-trace saw {} triple fault(s)",
+            t.triple_faults.len()
+        );
+    }
+    Ok(finished && boots_now == want && boots.iter().all(|b| b.result == "ok"))
+}
+
+/// `--vmm-only` and `--boot-loop`: each VM's `vm.json` and `machine.json`
+/// (with the debian-12 image's L1 paths as its boot image), `disks.list`
+/// (`name=bytes` lines for the L1 script) and `boot.env`.
 fn write_vm_records(
     lab_dir: &Path,
     state: &vmctl_spec::DesiredState,
     pinned: &vmctl_runtime::image::LockedImage,
+    cmdline: &str,
 ) -> Result<(), String> {
     let image_dir = PathBuf::from("/lab/.vmctl/images").join(&pinned.image_id);
     for vm in &state.vms {
@@ -310,13 +584,38 @@ fn write_vm_records(
             name: debian12::NAME.into(),
             kernel: image_dir.join("vmlinuz"),
             initrd: Some(image_dir.join("initrd.img")),
-            cmdline: debian12::CMDLINE.into(),
+            cmdline: cmdline.into(),
         });
         let record = serde_json::json!({"format_version": "1", "spec": spec, "desired": "running"});
         let dir = lab_dir.join(".vmctl/vms").join(&vm.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("vm.json"), text).map_err(|e| format!("writing vm.json: {e}"))?;
+        // The VMM's only input (`vmctl __vmm` reads nothing else), with L1 paths.
+        let l1_dir = PathBuf::from("/lab/.vmctl/vms").join(&vm.name);
+        let machine = MachineConfig {
+            format_version: MACHINE_CONFIG_VERSION.into(),
+            name: vm.name.clone(),
+            kernel: image_dir.join("vmlinuz"),
+            initrd: Some(image_dir.join("initrd.img")),
+            cmdline: cmdline.into(),
+            cpus: vm.cpus.max(1),
+            max_cpus: vm.max_cpus.max(vm.cpus.max(1)),
+            memory_mib: vm.memory_mib,
+            max_memory_mib: vm.max_memory_mib.max(vm.memory_mib),
+            disks: vm
+                .disks
+                .iter()
+                .map(|d| DiskConfig {
+                    name: d.name.clone(),
+                    path: l1_dir.join("disks").join(format!("{}.raw", d.name)),
+                })
+                .collect(),
+            irq_mode: IrqMode::Irqchip,
+            console_log: l1_dir.join("console.log"),
+        };
+        std::fs::write(dir.join("machine.json"), machine.to_json())
+            .map_err(|e| format!("writing machine.json: {e}"))?;
         let disks: String = vm
             .disks
             .iter()
@@ -324,6 +623,12 @@ fn write_vm_records(
             .collect();
         std::fs::write(dir.join("disks.list"), disks)
             .map_err(|e| format!("writing disks.list: {e}"))?;
+        // For the boot loop's QEMU runs (`-m`, `-smp`).
+        std::fs::write(
+            dir.join("boot.env"),
+            format!("BOOT_MIB={}\nBOOT_CPUS={}\n", vm.memory_mib, vm.cpus),
+        )
+        .map_err(|e| format!("writing boot.env: {e}"))?;
     }
     Ok(())
 }
@@ -344,4 +649,39 @@ fn disks_json(vm: &vmctl_spec::VmSpec) -> String {
         })
         .collect();
     format!("[{}]", items.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeat_report_counts_passes_streaks_and_retries() {
+        let ok = |retry: Option<&str>| Outcome {
+            l1_retry: retry.map(String::from),
+            failure: None,
+            l1_secs: 40.0,
+        };
+        let bad = Outcome {
+            l1_retry: None,
+            failure: Some(check::Failure::L2Crash {
+                vm: "alpha".into(),
+                detail: "vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)".into(),
+            }),
+            l1_secs: 70.0,
+        };
+        let r = repeat_report(&[ok(None), bad, ok(Some("BUG: x")), ok(None), ok(None)]);
+        assert!(
+            r.starts_with("nested-lab --repeat: 4 of 5 runs passed (80 %), longest streak of passes 3; 1 run(s)"),
+            "{r}"
+        );
+        assert!(
+            r.contains("run  2: FAILED: L2 guest alpha crashed: vCPU 0: triple fault"),
+            "{r}"
+        );
+        assert!(
+            r.contains("run  3: passed (after an L1 re-run: BUG: x)"),
+            "{r}"
+        );
+    }
 }
