@@ -262,6 +262,24 @@ pub fn check_vm(
             if cpus != Some(u64::from(spec.cpus)) {
                 problems.push(format!("guest nproc {cpus:?}, declared {}", spec.cpus));
             }
+            // lscpu's view: one socket of `cpus` one-thread cores.
+            let topo = g.get("topology").filter(|t| !t.is_null());
+            let seen = topo.map(|t| {
+                (
+                    u(t.get("sockets")),
+                    u(t.get("cores_per_socket")),
+                    u(t.get("threads_per_core")),
+                )
+            });
+            let want = (Some(1), Some(u64::from(spec.cpus)), Some(1));
+            match seen {
+                Some(s) if s == want => {}
+                Some(s) => problems.push(format!(
+                    "guest topology (sockets, cores/socket, threads/core) {s:?}, declared (1, {}, 1)",
+                    spec.cpus
+                )),
+                None => problems.push("the guest reported no CPU topology".to_string()),
+            }
             let floor = memory_floor_mib(spec.memory_mib);
             match mib {
                 Some(m) if (floor..=spec.memory_mib).contains(&m) => {}
@@ -277,8 +295,17 @@ pub fn check_vm(
                     fmt_disks(&declared_disks)
                 ));
             }
+            let topo_text = match seen {
+                Some((s, c, t)) => format!(
+                    " ({}s×{}c×{}t)",
+                    s.map_or("?".into(), |v| v.to_string()),
+                    c.map_or("?".into(), |v| v.to_string()),
+                    t.map_or("?".into(), |v| v.to_string())
+                ),
+                None => String::new(),
+            };
             format!(
-                "{} cpu, {} MiB, {}",
+                "{} cpu{topo_text}, {} MiB, {}",
                 cpus.map_or("?".into(), |c| c.to_string()),
                 mib.map_or("?".into(), |m| m.to_string()),
                 fmt_disks(&disks)
@@ -361,6 +388,25 @@ pub const GROW_STEPS: &[&str] = &[
     "plan-noop-3",
 ];
 
+/// Steps of phases 4 and 5 (a VM's vCPUs and memory hot-added, then a vCPU
+/// hot-removed, all live: the VMM's pid must not change).
+pub const HOT_STEPS: &[&str] = &[
+    "plan-hot-add",
+    "plan-hot-add-live",
+    "apply-hot-add",
+    "hot-added-cpus",
+    "hot-added-memory",
+    "hot-add-same-pid",
+    "guests-4",
+    "plan-noop-4",
+    "plan-hot-remove",
+    "apply-hot-remove",
+    "hot-removed-cpus",
+    "hot-remove-same-pid",
+    "guests-5",
+    "plan-noop-5",
+];
+
 /// Steps of the `--vmm-only` smoke run (no apply/plan/status: VMMs started
 /// directly with `vmctl __vmm`).
 pub const VMM_ONLY_STEPS: &[&str] = &["l1-boot", "kvm", "guests-1", "no-vmm-left"];
@@ -372,6 +418,7 @@ pub fn judge(
     phases: &[(u32, &DesiredState)],
     vmm_only: bool,
     grow_phase: bool,
+    hot_phases: bool,
 ) -> Verdict {
     let mut v = Verdict::default();
     let mut required: Vec<&str> = if vmm_only {
@@ -381,6 +428,9 @@ pub fn judge(
     };
     if grow_phase && !vmm_only {
         required.extend_from_slice(GROW_STEPS);
+    }
+    if hot_phases && !vmm_only {
+        required.extend_from_slice(HOT_STEPS);
     }
     for name in &required {
         match log.steps.iter().find(|s| s.name == *name) {
@@ -533,7 +583,7 @@ mod tests {
             @@LOG a vmm.exit: {\"reason\":\"crash\",\"detail\":\"vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\",\"code\":1}\n\
             @@LOG a vmm.exit: {\"reason\":\"shutdown\",\"detail\":\"\",\"code\":0}\n";
         let log = parse(crash);
-        let v = judge(&log, &[(1, &state)], false, false);
+        let v = judge(&log, &[(1, &state)], false, false, false);
         assert_eq!(
             classify(crash, &log, &v, false),
             Some(Failure::L2Crash {
@@ -543,7 +593,7 @@ mod tests {
         );
         let step = "@@NESTED step=validate rc=1 want=0\n";
         let log = parse(step);
-        let v = judge(&log, &[(1, &state)], false, false);
+        let v = judge(&log, &[(1, &state)], false, false, false);
         assert_eq!(
             classify(step, &log, &v, false),
             Some(Failure::Step("validate".into()))
@@ -551,13 +601,13 @@ mod tests {
         assert_eq!(classify(step, &log, &v, true), Some(Failure::Timeout));
         let panic = "[ 9.1] Kernel panic - not syncing: Fatal exception\n";
         let log = parse(panic);
-        let v = judge(&log, &[(1, &state)], false, false);
+        let v = judge(&log, &[(1, &state)], false, false, false);
         let f = classify(panic, &log, &v, true).unwrap();
         assert!(matches!(f, Failure::L1Panic(_)));
         assert!(f.to_string().starts_with("L1 kernel panic of the emulator"));
         let missing = "@@NESTED step=l1-boot rc=0 want=0\n";
         let log = parse(missing);
-        let v = judge(&log, &[(1, &state)], false, false);
+        let v = judge(&log, &[(1, &state)], false, false, false);
         assert_eq!(
             classify(missing, &log, &v, false),
             Some(Failure::Other("step kvm: never reported".into()))
@@ -574,7 +624,7 @@ mod tests {
     #[test]
     fn parses_markers_amid_console_noise() {
         let serial = "[ 1.0] boot\r\n@@NESTED step=apply rc=0 want=0\n  | x\n\
-            @@GUEST phase=1 vm=a {\"agent\":\"debian-12\",\"cpus\":1,\"memory_mib\":217,\"disks\":[{\"name\":\"vda\",\"size_bytes\":67108864}]}\n\
+            @@GUEST phase=1 vm=a {\"agent\":\"debian-12\",\"cpus\":1,\"memory_mib\":217,\"topology\":{\"sockets\":1,\"cores_per_socket\":1,\"threads_per_core\":1},\"disks\":[{\"name\":\"vda\",\"size_bytes\":67108864}]}\n\
             @@GUEST phase=1 vm=b \n\
             @@STATUS phase=1 {\"format_version\":\"1\",\"vms\":[{\"name\":\"a\",\"state\":\"running\",\"cpus\":1,\"memory_mib\":256,\"guest\":{\"cpus\":1,\"memory_mib\":217}}]}\n\
             @@NESTED done failed=0\n";
@@ -588,7 +638,7 @@ mod tests {
             vms: vec![spec("a", 1, 256, &[64 << 20]), spec("b", 2, 512, &[])],
             images: vec![],
         };
-        let v = judge(&log, &[(1, &state)], false, false);
+        let v = judge(&log, &[(1, &state)], false, false, false);
         assert!(!v.passed());
         assert!(v.rows[0].problems.is_empty(), "{:?}", v.rows[0].problems);
         assert!(!v.rows[1].problems.is_empty());
@@ -609,5 +659,26 @@ mod tests {
         assert!(all.contains("MemTotal"), "{all}");
         assert!(all.contains("disks"), "{all}");
         assert!(all.contains("status"), "{all}");
+        assert!(all.contains("no CPU topology"), "{all}");
+    }
+
+    #[test]
+    fn topology_must_be_one_socket_of_one_thread_cores() {
+        let g = |s: u64, c: u64, t: u64| -> Value {
+            serde_json::json!({"cpus": 2, "memory_mib": 460,
+                "topology": {"sockets": s, "cores_per_socket": c, "threads_per_core": t},
+                "disks": []})
+        };
+        let spec = spec("a", 2, 512, &[]);
+        let ok = check_vm(1, &spec, Some(&g(1, 2, 1)), None, false);
+        assert!(ok.problems.is_empty(), "{:?}", ok.problems);
+        assert!(ok.guest.contains("(1s×2c×1t)"), "{}", ok.guest);
+        // What 6.1 KVM's CPUID gave before the fix: one core, two threads.
+        let bad = check_vm(1, &spec, Some(&g(1, 1, 2)), None, false);
+        assert!(
+            bad.problems.join("").contains("topology"),
+            "{:?}",
+            bad.problems
+        );
     }
 }

@@ -68,20 +68,47 @@ wait_agents() {
 }
 
 # wait_memory VM MIN MAX: until the VM's guest reports memory_mib in [MIN, MAX].
+# wait_memory VM MIN MAX [STEP]: until the VM's guest reports memory_mib in
+# [MIN, MAX]; reported as STEP (default memory-changed).
 wait_memory() {
     t=0
+    name=${4:-memory-changed}
     while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
         mib=$(last_agent_line "$1" | sed -n 's/.*"memory_mib":\([0-9]*\).*/\1/p')
         if [ -n "$mib" ] && [ "$mib" -ge "$2" ] && [ "$mib" -le "$3" ]; then
-            say "@@NESTED step=memory-changed rc=0 want=0 secs=$t memory_mib=$mib"
+            say "@@NESTED step=$name rc=0 want=0 secs=$t memory_mib=$mib"
             return 0
         fi
         sleep 2; t=$((t + 2))
     done
-    say "@@NESTED step=memory-changed rc=1 want=0 memory_mib=$mib"
+    say "@@NESTED step=$name rc=1 want=0 memory_mib=$mib"
     FAILED=1
     dump_logs
     return 1
+}
+
+# wait_cpus VM N STEP: until the VM's guest reports N CPUs online (nproc).
+wait_cpus() {
+    t=0
+    while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+        n=$(last_agent_line "$1" | sed -n 's/.*"cpus":\([0-9]*\).*/\1/p')
+        if [ "$n" = "$2" ]; then
+            say "@@NESTED step=$3 rc=0 want=0 secs=$t cpus=$n"
+            return 0
+        fi
+        sleep 2; t=$((t + 2))
+    done
+    say "@@NESTED step=$3 rc=1 want=0 cpus=$n"
+    FAILED=1
+    dump_logs
+    return 1
+}
+
+# same_pid VM PID STEP: the VM's VMM is still process PID (nothing restarted).
+same_pid() {
+    now=$(cat "/lab/.vmctl/vms/$1/vmm.pid" 2>/dev/null)
+    if [ "$now" = "$2" ]; then rc=0; else rc=1; FAILED=1; fi
+    say "@@NESTED step=$3 rc=$rc want=0 before=$2 after=$now"
 }
 
 # wait_disks VM JSON: until the VM's guest reports exactly these disks.
@@ -150,15 +177,45 @@ scenario() {
     wait_agents 2
     report 2
     step plan-noop-2 0 vmctl plan --detailed-exitcode
-    [ -n "$GROW_DISKS" ] || return
-    # Phase 3: the changed VM's last disk grows; the guest must see it.
-    cp /lab/vmctl-3.kdl /lab/vmctl.kdl
-    step plan-grow 2 vmctl plan --detailed-exitcode
-    step apply-grow 0 vmctl apply --auto-approve || return
-    wait_disks "$CHANGED_VM" "$GROW_DISKS"
-    wait_agents 3
-    report 3
-    step plan-noop-3 0 vmctl plan --detailed-exitcode
+    if [ -n "$GROW_DISKS" ]; then
+        # Phase 3: the changed VM's last disk grows; the guest must see it.
+        cp /lab/vmctl-3.kdl /lab/vmctl.kdl
+        step plan-grow 2 vmctl plan --detailed-exitcode
+        step apply-grow 0 vmctl apply --auto-approve || return
+        wait_disks "$CHANGED_VM" "$GROW_DISKS"
+        wait_agents 3
+        report 3
+        step plan-noop-3 0 vmctl plan --detailed-exitcode
+    fi
+    [ -n "$HOT_VM" ] || return
+    # Phase 4: HOT_VM gets vCPUs up to its max and 128 MiB more, live: the
+    # plan says hot-add (no restart), the VMM keeps its pid, the guest's
+    # nproc and MemTotal grow.
+    pid=$(cat "/lab/.vmctl/vms/$HOT_VM/vmm.pid" 2>/dev/null)
+    cp /lab/vmctl-4.kdl /lab/vmctl.kdl
+    step plan-hot-add 2 vmctl plan --detailed-exitcode
+    vmctl plan > /tmp/plan4.txt 2>&1
+    sed 's/^/  | /' /tmp/plan4.txt | tail -n 20
+    if grep -q "~ $HOT_VM hot-add-cpu" /tmp/plan4.txt && grep -q "~ $HOT_VM hot-add-memory" /tmp/plan4.txt \
+        && ! grep -q "~! $HOT_VM restart" /tmp/plan4.txt; then rc=0; else rc=1; FAILED=1; fi
+    say "@@NESTED step=plan-hot-add-live rc=$rc want=0"
+    step apply-hot-add 0 vmctl apply --auto-approve || return
+    wait_cpus "$HOT_VM" "$HOT_CPUS" hot-added-cpus
+    wait_memory "$HOT_VM" "$HOT_MIN_MIB" "$HOT_MAX_MIB" hot-added-memory
+    same_pid "$HOT_VM" "$pid" hot-add-same-pid
+    wait_agents 4
+    report 4
+    step plan-noop-4 0 vmctl plan --detailed-exitcode
+    # Phase 5: back to the boot vCPU count, live (the guest offlines and
+    # ejects the vCPU).
+    cp /lab/vmctl-5.kdl /lab/vmctl.kdl
+    step plan-hot-remove 2 vmctl plan --detailed-exitcode
+    step apply-hot-remove 0 vmctl apply --auto-approve || return
+    wait_cpus "$HOT_VM" "$HOT_BOOT_CPUS" hot-removed-cpus
+    same_pid "$HOT_VM" "$pid" hot-remove-same-pid
+    wait_agents 5
+    report 5
+    step plan-noop-5 0 vmctl plan --detailed-exitcode
 }
 
 # --vmm-only: each VM's VMM started directly from its vm.json.

@@ -115,6 +115,26 @@ pub fn with_disk_size(text: &str, vm: &str, disk: &str, bytes: u64) -> Result<St
     Ok(s)
 }
 
+/// The KDL text with `vm "NAME"`'s boot vCPUs set to `cpus` (the number
+/// after `cpus` replaced; `max=` kept). The VM must have a `cpus` line.
+pub fn with_cpus(text: &str, vm: &str, cpus: u32) -> Result<String, String> {
+    let (start, end) = vm_block(text, vm)?;
+    let mut out: Vec<String> = text.lines().map(str::to_string).collect();
+    let i = (start + 1..end)
+        .find(|&i| out[i].trim_start().starts_with("cpus "))
+        .ok_or_else(|| format!("vm \"{vm}\" has no `cpus` line to change"))?;
+    let line = out[i].clone();
+    let at = line.find("cpus ").ok_or("no cpus")? + "cpus ".len();
+    let digits = line[at..].chars().take_while(char::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("`{}` has no vCPU count", line.trim()));
+    }
+    out[i] = format!("{}{cpus}{}", &line[..at], &line[at + digits..]);
+    let mut s = out.join("\n");
+    s.push('\n');
+    Ok(s)
+}
+
 /// Line numbers of `vm "NAME" {` and of its closing brace.
 fn vm_block(text: &str, vm: &str) -> Result<(usize, usize), String> {
     let header = format!("vm \"{vm}\"");
@@ -156,6 +176,15 @@ mod tests {
         );
         assert!(with_memory("vm \"a\" {\n", "a", 1).is_err());
         assert!(with_memory("", "a", 1).is_err());
+    }
+
+    #[test]
+    fn cpus_replaced_keeping_max() {
+        let t = "vm \"a\" {\n    cpus 1 max=2\n}\nvm \"b\" {\n    cpus 1\n}\n";
+        let got = with_cpus(t, "a", 2).unwrap();
+        assert!(got.contains("    cpus 2 max=2\n"), "{got}");
+        assert!(got.contains("vm \"b\" {\n    cpus 1\n"), "{got}");
+        assert!(with_cpus("vm \"c\" {\n}\n", "c", 2).is_err());
     }
 
     #[test]

@@ -130,6 +130,9 @@ struct Prepared {
     before: vmctl_spec::DesiredState,
     after: vmctl_spec::DesiredState,
     grown: Option<vmctl_spec::DesiredState>,
+    /// Phases 4 (vCPU and memory hot-added) and 5 (the vCPU hot-removed),
+    /// when the lab has a VM with hot-add headroom.
+    hot: Option<(vmctl_spec::DesiredState, vmctl_spec::DesiredState)>,
     timeout: Duration,
     start: Instant,
 }
@@ -287,6 +290,43 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         }
         None => None,
     };
+    // Phases 4 and 5: the first VM with both vCPU and memory headroom gets
+    // its vCPUs raised to max and MEMORY_STEP_MIB more RAM live, then its
+    // vCPUs back to the boot count, live.
+    let last_text = if grown.is_some() { &kdl3 } else { &kdl2 };
+    let last_text = std::fs::read_to_string(last_text)
+        .map_err(|e| format!("reading {}: {e}", last_text.display()))?;
+    let hot_vm = before
+        .vms
+        .iter()
+        .find(|v| v.max_cpus > v.cpus && v.max_memory_mib >= v.memory_mib + MEMORY_STEP_MIB)
+        .cloned();
+    let hot = match &hot_vm {
+        None => None,
+        Some(v) => {
+            let kdl4 = lab_dir.join("vmctl-4.kdl");
+            let text4 = lab::with_memory(
+                &lab::with_cpus(&last_text, &v.name, v.max_cpus)?,
+                &v.name,
+                v.memory_mib + MEMORY_STEP_MIB,
+            )?;
+            std::fs::write(&kdl4, &text4)
+                .map_err(|e| format!("writing {}: {e}", kdl4.display()))?;
+            let kdl5 = lab_dir.join("vmctl-5.kdl");
+            std::fs::write(&kdl5, lab::with_cpus(&text4, &v.name, v.cpus)?)
+                .map_err(|e| format!("writing {}: {e}", kdl5.display()))?;
+            let added = lab::resolve(&vmctl, &kdl4)?;
+            let removed = lab::resolve(&vmctl, &kdl5)?;
+            let got = added.vm(&v.name).map(|x| (x.cpus, x.memory_mib));
+            if got != Some((v.max_cpus, v.memory_mib + MEMORY_STEP_MIB)) {
+                return Err(format!(
+                    "could not raise {}'s cpus and memory in the lab file",
+                    v.name
+                ));
+            }
+            Some((added, removed))
+        }
+    };
     if after.vm(&changed.name).map(|v| v.memory_mib) != Some(new_mib) {
         return Err(format!(
             "could not change {}'s memory to {new_mib} MiB in the lab file",
@@ -353,8 +393,21 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     } else {
         "full"
     };
+    let hot_env = match &hot_vm {
+        Some(v) => {
+            let mib = v.memory_mib + MEMORY_STEP_MIB;
+            format!(
+                "HOT_VM=\"{}\"\nHOT_CPUS={}\nHOT_BOOT_CPUS={}\nHOT_MIN_MIB={}\nHOT_MAX_MIB={mib}\n",
+                v.name,
+                v.max_cpus,
+                v.cpus,
+                check::memory_floor_mib(mib)
+            )
+        }
+        None => "HOT_VM=\"\"\n".to_string(),
+    };
     let env = format!(
-        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{boot_env}",
+        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
@@ -404,6 +457,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         before,
         after,
         grown,
+        hot,
         timeout,
         start,
     })
@@ -495,8 +549,18 @@ fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outc
         if let Some(g) = grown {
             phases.push((3, g));
         }
+        if let Some((added, removed)) = &p.hot {
+            phases.push((4, added));
+            phases.push((5, removed));
+        }
     }
-    let mut verdict = check::judge(&log, &phases, opts.vmm_only, grown.is_some());
+    let mut verdict = check::judge(
+        &log,
+        &phases,
+        opts.vmm_only,
+        grown.is_some(),
+        p.hot.is_some(),
+    );
     if res.timed_out {
         verdict
             .problems
@@ -613,6 +677,7 @@ fn write_vm_records(
                 .collect(),
             irq_mode: IrqMode::Irqchip,
             console_log: l1_dir.join("console.log"),
+            console_log_max_bytes: vmctl_runtime::devices::serial::CONSOLE_LOG_MAX,
         };
         std::fs::write(dir.join("machine.json"), machine.to_json())
             .map_err(|e| format!("writing machine.json: {e}"))?;
