@@ -82,6 +82,8 @@ pub enum Failure {
     L1Panic(String),
     /// An L2 guest's VMM ended with a crash note (`vmm.exit`).
     L2Crash { vm: String, detail: String },
+    /// Guests never reported and no VMM left a crash note: they hung.
+    L2Hang { vms: String, step: String },
     /// A scenario step failed (the first one, by name).
     Step(String),
     /// L1 did not finish within `--timeout`.
@@ -95,6 +97,10 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::L1Panic(l) => write!(f, "L1 kernel panic of the emulator: {l}"),
             Failure::L2Crash { vm, detail } => write!(f, "L2 guest {vm} crashed: {detail}"),
+            Failure::L2Hang { vms, step } => write!(
+                f,
+                "L2 guest(s) {vms} never reported in step {step} and did not crash (hung)"
+            ),
             Failure::Step(s) => write!(f, "step {s} failed"),
             Failure::Timeout => write!(f, "L1 timed out"),
             Failure::Other(p) => write!(f, "{p}"),
@@ -138,6 +144,18 @@ pub fn classify(serial: &str, log: &Log, verdict: &Verdict, timed_out: bool) -> 
         return Some(Failure::Timeout);
     }
     if let Some(s) = log.steps.iter().find(|s| s.rc != s.want) {
+        // `@@NESTED step=guests-1 rc=1 want=0 missing= beta`
+        let missing = s
+            .line
+            .split_once("missing=")
+            .map(|(_, m)| m.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|m| s.name.starts_with("guests-") && !m.is_empty());
+        if let Some(vms) = missing {
+            return Some(Failure::L2Hang {
+                vms,
+                step: s.name.clone(),
+            });
+        }
         return Some(Failure::Step(s.name.clone()));
     }
     let first = verdict
@@ -591,6 +609,19 @@ mod tests {
                 detail: "vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)".into()
             })
         );
+        let hang = "@@NESTED step=apply rc=0 want=0\n@@NESTED step=guests-1 rc=1 want=0 missing= beta\n\
+            @@LOG beta vmm.log: INFO VMM exits reason=\"shutdown\"\n";
+        let log = parse(hang);
+        let v = judge(&log, &[(1, &state)], false, false);
+        let f = classify(hang, &log, &v, false).unwrap();
+        assert_eq!(
+            f,
+            Failure::L2Hang {
+                vms: "beta".into(),
+                step: "guests-1".into()
+            }
+        );
+        assert!(f.to_string().contains("hung"), "{f}");
         let step = "@@NESTED step=validate rc=1 want=0\n";
         let log = parse(step);
         let v = judge(&log, &[(1, &state)], false, false, false);
