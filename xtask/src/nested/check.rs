@@ -612,7 +612,7 @@ mod tests {
         let hang = "@@NESTED step=apply rc=0 want=0\n@@NESTED step=guests-1 rc=1 want=0 missing= beta\n\
             @@LOG beta vmm.log: INFO VMM exits reason=\"shutdown\"\n";
         let log = parse(hang);
-        let v = judge(&log, &[(1, &state)], false, false);
+        let v = judge(&log, &[(1, &state)], false, false, false);
         let f = classify(hang, &log, &v, false).unwrap();
         assert_eq!(
             f,
