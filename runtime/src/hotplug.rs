@@ -69,7 +69,13 @@ fn memory_reached(report: &serde_json::Value, before: u64, added: u64) -> bool {
 }
 
 impl Runtime {
-    fn running_client(&self, name: &str, action: &'static str) -> Result<ApiClient, RuntimeError> {
+    /// A client for the running VM `name`, with the status observe just
+    /// fetched from it (None if it did not answer).
+    fn running_client(
+        &self,
+        name: &str,
+        action: &'static str,
+    ) -> Result<(ApiClient, Option<crate::api::Status>), RuntimeError> {
         let Some(obs) = self.observe(name)? else {
             return Err(RuntimeError::NoSuchVm(name.into()));
         };
@@ -80,14 +86,14 @@ impl Runtime {
                 action,
             });
         }
-        Ok(ApiClient::new(self.vm_dir(name).api_sock()))
+        Ok((ApiClient::new(self.vm_dir(name).api_sock()), obs.status))
     }
 
     /// Make `cpus` vCPUs present in the running VM `name` (hot-add, or
     /// hot-remove down to 1), wait until the guest reports that many online,
     /// and record it.
     pub fn hot_add_cpu(&self, name: &str, cpus: u32) -> Result<(), RuntimeError> {
-        let client = self.running_client(name, "hot-add vCPUs")?;
+        let (client, _) = self.running_client(name, "hot-add vCPUs")?;
         client
             .hot_add_cpu(cpus, GUEST_WAIT)
             .map_err(|e| fail(name, e.to_string()))?;
@@ -100,8 +106,13 @@ impl Runtime {
     /// Grow the running VM `name`'s RAM to `memory_mib`, wait until the
     /// guest reports it, and record it.
     pub fn hot_add_memory(&self, name: &str, memory_mib: u64) -> Result<(), RuntimeError> {
-        let client = self.running_client(name, "hot-add memory")?;
-        let status = client.status().map_err(|e| fail(name, e.to_string()))?;
+        let (client, status) = self.running_client(name, "hot-add memory")?;
+        // observe asked the VMM for its status already; ask again only if
+        // it did not answer then.
+        let status = match status {
+            Some(s) => s,
+            None => client.status().map_err(|e| fail(name, e.to_string()))?,
+        };
         let before_vmm = status.memory_mib;
         let before_guest = status
             .guest

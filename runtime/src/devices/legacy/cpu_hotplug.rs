@@ -96,6 +96,16 @@ struct State {
     notifier: Option<Sender<u32>>,
 }
 
+impl State {
+    /// The flags of vCPU `index`, or why there is none.
+    fn cpu_mut(&mut self, index: u32) -> Result<&mut CpuState, CpuHotplugError> {
+        let max = self.cpus.len() as u32;
+        self.cpus
+            .get_mut(index as usize)
+            .ok_or(CpuHotplugError::OutOfRange { index, max })
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
@@ -162,11 +172,7 @@ impl CpuHotplug {
     /// vCPU exists and waits for INIT/SIPI, then raise GED bit 0.
     pub fn insert(&self, index: u32) -> Result<(), CpuHotplugError> {
         let mut st = self.lock();
-        let max = st.cpus.len() as u32;
-        let cpu = st
-            .cpus
-            .get_mut(index as usize)
-            .ok_or(CpuHotplugError::OutOfRange { index, max })?;
+        let cpu = st.cpu_mut(index)?;
         if cpu.present {
             return Err(CpuHotplugError::AlreadyPresent(index));
         }
@@ -185,11 +191,7 @@ impl CpuHotplug {
             return Err(CpuHotplugError::BootCpu);
         }
         let mut st = self.lock();
-        let max = st.cpus.len() as u32;
-        let cpu = st
-            .cpus
-            .get_mut(index as usize)
-            .ok_or(CpuHotplugError::OutOfRange { index, max })?;
+        let cpu = st.cpu_mut(index)?;
         if !cpu.present {
             return Err(CpuHotplugError::NotPresent(index));
         }
