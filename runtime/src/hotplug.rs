@@ -57,6 +57,35 @@ fn wait_for_guest(
     ))
 }
 
+/// The VMM's status once no hot-add is in flight: an apply that was killed
+/// while its change waited for the guest left that change running, and the
+/// next apply must see where it ended before it asks for its own.
+fn settled_status(
+    vm: &str,
+    client: &ApiClient,
+    status: Option<crate::api::Status>,
+) -> Result<crate::api::Status, RuntimeError> {
+    let deadline = Instant::now() + GUEST_WAIT + Duration::from_secs(5);
+    let mut status = match status {
+        Some(s) => s,
+        None => client.status().map_err(|e| fail(vm, e.to_string()))?,
+    };
+    while let Some(what) = &status.hotplug_in_flight {
+        if Instant::now() >= deadline {
+            return Err(fail(
+                vm,
+                format!(
+                    "a change left by an earlier apply ({what}) is still waiting for the guest"
+                ),
+            ));
+        }
+        tracing::info!(vm, what, "waiting for the hot-add an earlier apply started");
+        std::thread::sleep(Duration::from_millis(50));
+        status = client.status().map_err(|e| fail(vm, e.to_string()))?;
+    }
+    Ok(status)
+}
+
 /// Memory a guest reports after `added` MiB were hot-added to `before`:
 /// Linux's MemTotal grows by the block minus its page structures (1/64),
 /// diag by exactly `added`. 1/16 of slack covers both.
@@ -93,7 +122,8 @@ impl Runtime {
     /// hot-remove down to 1), wait until the guest reports that many online,
     /// and record it.
     pub fn hot_add_cpu(&self, name: &str, cpus: u32) -> Result<(), RuntimeError> {
-        let (client, _) = self.running_client(name, "hot-add vCPUs")?;
+        let (client, status) = self.running_client(name, "hot-add vCPUs")?;
+        settled_status(name, &client, status)?;
         client
             .hot_add_cpu(cpus, GUEST_WAIT)
             .map_err(|e| fail(name, e.to_string()))?;
@@ -107,12 +137,7 @@ impl Runtime {
     /// guest reports it, and record it.
     pub fn hot_add_memory(&self, name: &str, memory_mib: u64) -> Result<(), RuntimeError> {
         let (client, status) = self.running_client(name, "hot-add memory")?;
-        // observe asked the VMM for its status already; ask again only if
-        // it did not answer then.
-        let status = match status {
-            Some(s) => s,
-            None => client.status().map_err(|e| fail(name, e.to_string()))?,
-        };
+        let status = settled_status(name, &client, status)?;
         let before_vmm = status.memory_mib;
         let before_guest = status
             .guest

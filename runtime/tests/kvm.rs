@@ -494,18 +494,34 @@ fn diag_hot_add_cpus_and_memory_then_hot_remove_a_cpu() {
         "{second}"
     );
     assert_eq!(c.status().unwrap().memory_mib, 768, "nothing changed");
-    c.resume().unwrap();
-    assert_eq!(first.join().unwrap().unwrap().cpus, 4);
+    // The same change asked again (an apply killed while its change waited
+    // for the guest, then run again) joins the one in flight: it waits for
+    // the guest's answer instead of being refused.
+    let again = c.hot_add_cpu(4, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        matches!(again, vmctl_runtime::api::ClientError::Io(_)),
+        "it waited for the guest, it was not refused: {again}"
+    );
+    std::thread::scope(|s| {
+        // The control plane waits for a change in flight to settle before
+        // it asks for its own.
+        let later = s.spawn(|| lab.rt.hot_add_memory("hp", 1024));
+        std::thread::sleep(Duration::from_millis(300));
+        c.resume().unwrap();
+        assert_eq!(first.join().unwrap().unwrap().cpus, 4);
+        later.join().unwrap().unwrap();
+    });
+    guest(&|g| g["memory_verified_mib"] == 1024 && g["cpus"] == 4);
     lab.rt.hot_add_cpu("hp", 2).unwrap();
 
     // A stopped VM cannot be hot-added; a restart boots what was recorded.
     lab.rt.stop("hp", Duration::from_secs(30)).unwrap();
     assert!(lab.rt.hot_add_cpu("hp", 3).is_err());
     lab.rt.start("hp").unwrap();
-    let g = guest(&|g| g["memory_verified_mib"] == 768 && !g["cpus_started"].is_null());
+    let g = guest(&|g| g["memory_verified_mib"] == 1024 && !g["cpus_started"].is_null());
     assert_eq!(
         (g["cpus"].as_u64(), g["memory_mib"].as_u64()),
-        (Some(2), Some(768)),
+        (Some(2), Some(1024)),
         "{g}"
     );
     lab.rt.stop("hp", Duration::from_secs(30)).unwrap();

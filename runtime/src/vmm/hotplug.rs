@@ -5,8 +5,10 @@
 //! the GED, and is answered only when the guest has acknowledged it through
 //! the hotplug controller — CINS / MINS acked, or the removed vCPU ejected —
 //! or with an error after a timeout. Meanwhile the event loop keeps serving
-//! (status, console, power); a second hot-add while one is in flight is
-//! refused. Asking for what the VM already has is success.
+//! (status, console, power). A request for the very change already in
+//! flight (same kind, same target: an apply that was killed and re-run)
+//! joins it and gets the same answer; any other change while one is in
+//! flight is refused. Asking for what the VM already has is success.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,17 @@ enum Op {
 }
 
 impl Op {
+    /// Whether a new request for `other` asks for exactly this change.
+    fn same_change(&self, other: &Want) -> bool {
+        match (self, other) {
+            (Op::AddCpus { target, .. } | Op::RemoveCpus { target, .. }, Want::Cpus(t)) => {
+                target == t
+            }
+            (Op::AddMemory { target_mib, .. }, Want::MemoryMib(t)) => target_mib == t,
+            _ => false,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Op::AddCpus { target, .. } => format!("hot-add to {target} vCPUs"),
@@ -35,9 +48,17 @@ impl Op {
     }
 }
 
+/// What a hot-add request asks for.
+enum Want {
+    Cpus(u32),
+    MemoryMib(u64),
+}
+
 pub(super) struct InFlight {
     op: Op,
-    reply: Pending,
+    /// Every client waiting for this change (the first requester, and any
+    /// later one that asked for the same change).
+    replies: Vec<Pending>,
     deadline: Instant,
 }
 
@@ -53,16 +74,26 @@ impl Vmm {
         self.in_flight.as_ref().map(|f| f.op.describe())
     }
 
-    /// Refuse `p` when a change is already waiting for the guest.
-    fn busy(&self, p: &Pending) -> bool {
-        if let Some(f) = &self.in_flight {
+    /// When a change is already waiting for the guest: join it if `p`
+    /// asks for the same change, refuse `p` otherwise. Returns `None` when
+    /// `p` was taken care of.
+    fn busy(&mut self, want: &Want, p: Pending) -> Option<Pending> {
+        let Some(f) = &mut self.in_flight else {
+            return Some(p);
+        };
+        if f.op.same_change(want) {
+            tracing::info!(
+                what = f.op.describe(),
+                "a second client joins the change in flight"
+            );
+            f.replies.push(p);
+        } else {
             let _ = p.reply.send(Response::err(format!(
                 "another hot-add is in flight ({}); try again when it has finished",
                 f.op.describe()
             )));
-            return true;
         }
-        false
+        None
     }
 
     fn raise(&self, bits: u32) {
@@ -71,9 +102,9 @@ impl Vmm {
 
     /// `hot_add_cpu {cpus}`: add or remove vCPUs until `target` are present.
     pub(super) fn start_cpu_change(&mut self, target: u32, p: Pending) {
-        if self.busy(&p) {
+        let Some(p) = self.busy(&Want::Cpus(target), p) else {
             return;
-        }
+        };
         let present = self.machine.cpu_hotplug.present_cpus();
         let have = present.len() as u32;
         if target == 0 || target > self.cfg.max_cpus {
@@ -134,16 +165,16 @@ impl Vmm {
         self.raise(GED_CPU_HOTPLUG);
         self.in_flight = Some(InFlight {
             op,
-            reply: p,
+            replies: vec![p],
             deadline: Instant::now() + GUEST_ACK_TIMEOUT,
         });
     }
 
     /// `hot_add_memory {memory_mib}`: grow the RAM to `target_mib`.
     pub(super) fn start_memory_add(&mut self, target_mib: u64, p: Pending) {
-        if self.busy(&p) {
+        let Some(p) = self.busy(&Want::MemoryMib(target_mib), p) else {
             return;
-        }
+        };
         let have = self.cfg.memory_mib;
         let refuse = |p: Pending, msg: String| {
             let _ = p.reply.send(Response::err(msg));
@@ -178,7 +209,7 @@ impl Vmm {
                 self.raise(GED_MEMORY_HOTPLUG);
                 self.in_flight = Some(InFlight {
                     op: Op::AddMemory { slot, target_mib },
-                    reply: p,
+                    replies: vec![p],
                     deadline: Instant::now() + GUEST_ACK_TIMEOUT,
                 });
             }
@@ -233,16 +264,18 @@ impl Vmm {
                 ),
             })
         };
-        let _ = f.reply.reply.send(response);
+        for p in &f.replies {
+            let _ = p.reply.send(response.clone());
+        }
     }
 
     /// Answer an in-flight change with an error (reset, shutdown).
     pub(super) fn fail_in_flight(&mut self, why: &str) {
         if let Some(f) = self.in_flight.take() {
-            let _ = f
-                .reply
-                .reply
-                .send(Response::err(format!("{}: {why}", f.op.describe())));
+            let response = Response::err(format!("{}: {why}", f.op.describe()));
+            for p in &f.replies {
+                let _ = p.reply.send(response.clone());
+            }
         }
     }
 }
