@@ -58,6 +58,60 @@ pub struct VmSpec {
     /// OSes (`diag`, `debian-12`), which the runtime knows how to boot.
     #[serde(default)]
     pub image: Option<ImageSpec>,
+    /// Extra Debian packages installed into this VM's image at build time
+    /// (`packages "nginx" ...`; built-in Linux OSes only), sorted, unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// First-boot configuration written into the VM's root disk
+    /// (`hostname`, `user`, `file`; built-in Linux OSes only).
+    #[serde(default, skip_serializing_if = "GuestConfig::is_empty")]
+    pub config: GuestConfig,
+}
+
+/// What vmctl configures inside a built-in Linux guest: applied at every
+/// boot by the guest's `vmctl-config` service from `/etc/vmctl/config.json`,
+/// which vmctl writes into the root disk at create and before a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    /// The guest's hostname; `None` means the VM name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSpec>,
+}
+
+impl GuestConfig {
+    pub fn is_empty(&self) -> bool {
+        self.hostname.is_none() && self.users.is_empty() && self.files.is_empty()
+    }
+}
+
+/// `user "alice" { ssh-key "..."; sudo #true }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    pub name: String,
+    /// OpenSSH public keys (one `authorized_keys` line each).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// Passwordless sudo.
+    #[serde(default)]
+    pub sudo: bool,
+}
+
+/// `file "/etc/motd" content="..."`: an absolute path in the guest and its
+/// whole content, written with mode `mode` (default 0644), owned by root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpec {
+    pub path: String,
+    pub content: String,
+    #[serde(default = "default_file_mode")]
+    pub mode: u32,
+}
+
+fn default_file_mode() -> u32 {
+    0o644
 }
 
 impl VmSpec {
@@ -78,6 +132,8 @@ impl VmSpec {
             cpu_weight: 100,
             autostart: true,
             image: None,
+            packages: Vec::new(),
+            config: GuestConfig::default(),
         }
     }
 }

@@ -510,6 +510,9 @@ fn resolve_vm(
         cpu_weight,
         autostart: vm.autostart.or(src.map(|s| s.autostart)).unwrap_or(true),
         image,
+        // Parsed from KDL by the guest-configuration nodes (issue 12).
+        packages: Vec::new(),
+        config: crate::model::GuestConfig::default(),
     }
 }
 
