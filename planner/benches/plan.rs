@@ -38,6 +38,7 @@ fn lab(n: usize) -> DesiredState {
             cpu_weight: 100,
             autostart: true,
             image: None,
+            ..VmSpec::diag("")
         })
         .collect();
     DesiredState {

@@ -156,6 +156,7 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
             cpu_weight: d.cpu_weight,
             autostart: d.autostart,
             image: img,
+            ..VmSpec::diag("")
         });
     }
     let uses_image = vms.iter().any(|v| v.image.is_some());

@@ -576,6 +576,7 @@ mod tests {
             cpu_weight: 100,
             autostart: true,
             image: None,
+            ..VmSpec::diag("")
         }
     }
 
