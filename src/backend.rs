@@ -44,7 +44,11 @@ impl RuntimeBackend {
         if let Some(rt) = self.runtime.get() {
             return Ok(rt);
         }
-        let rt = Runtime::open(&self.dir).map_err(err)?;
+        let rt = Runtime::open(&self.dir)
+            .map_err(err)?
+            .with_os_provider(std::sync::Arc::new(crate::builtin_os::BuiltinOs::new(
+                &self.dir,
+            )));
         Ok(self.runtime.get_or_init(|| rt))
     }
 

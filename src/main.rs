@@ -2,6 +2,7 @@
 //! turns their typed errors into miette reports.
 
 mod backend;
+mod builtin_os;
 mod cli;
 mod cmd;
 mod lock;

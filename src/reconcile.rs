@@ -78,9 +78,9 @@ pub enum PassError {
     EmptyDesired { count: usize, dir: String },
     #[error("cannot open the journal: {0}")]
     Journal(String),
-    #[error("cannot provide the debian-12 image: {message}")]
+    #[error("cannot provide the image {message}")]
     #[diagnostic(help(
-        "vmctl builds it from Debian packages with apt-get; without apt, declare an `image` with your own kernel and initrd"
+        "vmctl builds built-in images from Debian packages (apt-get, mmdebstrap, mke2fs); without them, declare an `image` with your own kernel and initrd"
     ))]
     Image { message: String },
 }
@@ -221,34 +221,40 @@ pub fn execute(
     Ok(out)
 }
 
-/// Build (or find in the cache) the debian-12 image before any action that
-/// boots a debian-12 VM, pinned by `vmctl.lock` beside the KDL file — so a
-/// first build happens here, in the open, not inside a VMM's start-up window.
+/// Build (or find in the cache) the image of every built-in Linux OS variant
+/// (OS + packages) an action is about to boot, pinned by `vmctl.lock` beside
+/// the KDL file — so a first build happens here, in the open, not inside a
+/// VMM's start-up window.
 fn ensure_images(p: &Prepared, reporter: &Reporter) -> miette::Result<()> {
-    let boots_debian = p.plan.executable().any(|a| {
-        p.desired
-            .vm(&a.vm)
-            .is_some_and(|s| s.os == "debian-12" && s.image.is_none())
-            && a.kind != vmctl_planner::ActionKind::Destroy
-            && a.kind != vmctl_planner::ActionKind::Stop
-    });
-    if !boots_debian {
-        return Ok(());
+    let mut variants = std::collections::BTreeSet::new();
+    for a in p.plan.executable() {
+        if a.kind == vmctl_planner::ActionKind::Destroy || a.kind == vmctl_planner::ActionKind::Stop
+        {
+            continue;
+        }
+        if let Some(s) = p.desired.vm(&a.vm)
+            && s.image.is_none()
+            && vmctl_image::Recipe::of(&s.os).is_some()
+        {
+            variants.insert(vmctl_image::Variant::new(&s.os, &s.packages));
+        }
     }
     let lock = crate::cmd::image::lock_path_for(&p.file);
-    let started = Instant::now();
-    let img = vmctl_runtime::image::ensure_debian12(&p.state_dir, &lock).map_err(|e| {
-        PassError::Image {
-            message: e.to_string(),
+    for variant in variants {
+        let started = Instant::now();
+        let img =
+            vmctl_image::ensure(&p.state_dir, &lock, &variant).map_err(|e| PassError::Image {
+                message: format!("{}: {e}", variant.key()),
+            })?;
+        if started.elapsed() > Duration::from_secs(1) {
+            reporter.line(&format!(
+                "built the {} image {} (kernel {}) in {:.1}s",
+                variant.key(),
+                &img.id[..12.min(img.id.len())],
+                img.kernel_version,
+                started.elapsed().as_secs_f64()
+            ));
         }
-    })?;
-    if started.elapsed() > Duration::from_secs(1) {
-        reporter.line(&format!(
-            "built the debian-12 image {} (kernel {}) in {:.1}s",
-            &img.id[..12.min(img.id.len())],
-            img.kernel_version,
-            started.elapsed().as_secs_f64()
-        ));
     }
     Ok(())
 }

@@ -44,6 +44,8 @@ pub enum RuntimeError {
     },
     #[error("VM {vm:?}: {message}")]
     Hotplug { vm: String, message: String },
+    #[error("VM {vm:?}: {message}")]
+    Os { vm: String, message: String },
     #[error("this host has no writable cpu cgroup controller: cpu-weight cannot be changed live")]
     NoCpuController,
     #[error("VM {name:?} is {state}; refusing to {action}")]
@@ -84,6 +86,8 @@ pub struct Runtime {
     cpu: Option<CpuController>,
     /// Each VM's `console.log` is rotated when it would pass this.
     console_log_max: u64,
+    /// Provides the built-in Linux OSes (images, root disks, configuration).
+    os: Option<std::sync::Arc<dyn crate::os::OsProvider>>,
 }
 
 impl Runtime {
@@ -97,7 +101,15 @@ impl Runtime {
             vmm: None,
             cpu: CpuController::usable(),
             console_log_max: crate::devices::serial::CONSOLE_LOG_MAX,
+            os: None,
         })
+    }
+
+    /// Boot the built-in Linux OSes through `provider` (the control plane's
+    /// image builder); without one, only `diag` and `image` VMs boot.
+    pub fn with_os_provider(mut self, provider: std::sync::Arc<dyn crate::os::OsProvider>) -> Self {
+        self.os = Some(provider);
+        self
     }
 
     /// Rotate each VM's `console.log` at `bytes` instead of
@@ -198,8 +210,37 @@ impl Runtime {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(io(parent))?;
                 }
-                if let Some(source) = &disk.source {
-                    crate::sparse::copy_sparse(source, &path).map_err(io(source))?;
+                let from = match (&disk.source, &self.os) {
+                    (Some(source), _) => Some(source.clone()),
+                    (None, Some(os)) => {
+                        os.disk_source(spec, disk)
+                            .map_err(|message| RuntimeError::Os {
+                                vm: spec.name.clone(),
+                                message,
+                            })?
+                    }
+                    (None, None) => None,
+                };
+                if let Some(from) = from {
+                    let len = std::fs::metadata(&from).map_err(io(&from))?.len();
+                    if len > disk.size_bytes {
+                        return Err(RuntimeError::Os {
+                            vm: spec.name.clone(),
+                            message: format!(
+                                "disk {:?} is declared {} MiB, smaller than {} ({} MiB) that it starts as; declare at least {} MiB",
+                                disk.name,
+                                disk.size_bytes >> 20,
+                                from.display(),
+                                len.div_ceil(1 << 20),
+                                len.div_ceil(1 << 20)
+                            ),
+                        });
+                    }
+                    // Copied beside it and renamed: a create killed halfway
+                    // leaves no half disk that the next apply would accept.
+                    let partial = path.with_extension("partial");
+                    crate::sparse::copy_sparse(&from, &partial).map_err(io(&from))?;
+                    std::fs::rename(&partial, &path).map_err(io(&path))?;
                 }
             }
             let f = std::fs::OpenOptions::new()
@@ -246,12 +287,28 @@ impl Runtime {
         if let (RunState::Running, Some(pid)) = (obs.live, obs.pid) {
             return Ok(pid);
         }
+        // What the guest reads at boot (its configuration), written while
+        // it is stopped.
+        if let Some(os) = &self.os {
+            let spec = &obs.record.spec;
+            let disks: Vec<_> = spec
+                .disks
+                .iter()
+                .map(|d| (d.clone(), dir.disk_path(d)))
+                .collect();
+            os.configure(spec, &disks)
+                .map_err(|message| RuntimeError::Os {
+                    vm: name.into(),
+                    message,
+                })?;
+        }
         // The VMM's whole input, resolved from the record now (a restart
         // after a change boots the new config).
         crate::resolve::write_machine_config(
             &self.state,
             &dir,
             &obs.record.spec,
+            self.os.as_deref(),
             self.console_log_max,
         )?;
         // spawn() clears stale files itself, under the VM's lock.

@@ -17,7 +17,7 @@ pub mod devices;
 pub mod diag;
 pub mod facade;
 pub mod hotplug;
-pub mod image;
+pub mod os;
 pub mod process;
 pub mod resolve;
 pub mod sparse;

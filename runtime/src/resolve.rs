@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use vmctl_spec::model::VmSpec;
 
+use crate::os::OsProvider;
 use crate::state::{StateDir, VmDir};
 use crate::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
 use crate::vmm::irq::IrqMode;
@@ -28,11 +29,11 @@ pub enum ResolveError {
     NoImage { vm: String, os: String },
     #[error("the diag guest is not built into this vmctl")]
     NoDiag,
-    #[error("VM {vm:?}: debian-12 image: {source}")]
-    Debian {
+    #[error("VM {vm:?}: os {os:?}: {message}")]
+    Os {
         vm: String,
-        #[source]
-        source: Box<crate::image::ImageError>,
+        os: String,
+        message: String,
     },
     #[error("{path}: {source}")]
     Io {
@@ -55,39 +56,45 @@ fn absolute(p: &Path) -> Result<PathBuf, ResolveError> {
     std::path::absolute(p).map_err(io(p))
 }
 
-/// The machine config of `spec`, a VM of `state` whose files are in `dir`.
+/// The machine config of `spec`, a VM of `state` whose files are in `dir`;
+/// `os` provides the built-in Linux OSes (see [`crate::os`]).
 pub fn machine_config(
     state: &StateDir,
     dir: &VmDir,
     spec: &VmSpec,
+    os: Option<&dyn OsProvider>,
 ) -> Result<MachineConfig, ResolveError> {
-    let (kernel, initrd, cmdline, mode) = if let Some(img) = &spec.image {
-        (
-            img.kernel.clone(),
-            img.initrd.clone(),
-            img.cmdline.clone(),
-            IrqMode::Irqchip,
-        )
-    } else if spec.os == "diag" {
-        (
-            diag_kernel_file(state)?,
-            None,
-            DIAG_CMDLINE.to_string(),
-            IrqMode::Polled,
-        )
-    } else if spec.os == "debian-12" {
-        let img =
-            crate::image::debian12_for_vm(&state.root).map_err(|source| ResolveError::Debian {
+    let provided = match (&spec.image, os) {
+        (None, Some(p)) if spec.os != "diag" => {
+            p.boot_image(spec).map_err(|message| ResolveError::Os {
                 vm: spec.name.clone(),
-                source: Box::new(source),
-            })?;
-        (img.kernel, Some(img.initrd), img.cmdline, IrqMode::Irqchip)
-    } else {
-        return Err(ResolveError::NoImage {
-            vm: spec.name.clone(),
-            os: spec.os.clone(),
-        });
+                os: spec.os.clone(),
+                message,
+            })?
+        }
+        _ => None,
     };
+    let (kernel, initrd, cmdline, mode) =
+        if let Some(img) = spec.image.as_ref().or(provided.as_ref()) {
+            (
+                img.kernel.clone(),
+                img.initrd.clone(),
+                img.cmdline.clone(),
+                IrqMode::Irqchip,
+            )
+        } else if spec.os == "diag" {
+            (
+                diag_kernel_file(state)?,
+                None,
+                DIAG_CMDLINE.to_string(),
+                IrqMode::Polled,
+            )
+        } else {
+            return Err(ResolveError::NoImage {
+                vm: spec.name.clone(),
+                os: spec.os.clone(),
+            });
+        };
     let irq_mode = match std::env::var(IRQ_MODE_ENV).as_deref() {
         Ok("polled") => IrqMode::Polled,
         Ok("irqchip") => IrqMode::Irqchip,
@@ -126,9 +133,10 @@ pub fn write_machine_config(
     state: &StateDir,
     dir: &VmDir,
     spec: &VmSpec,
+    os: Option<&dyn OsProvider>,
     console_log_max_bytes: u64,
 ) -> Result<MachineConfig, ResolveError> {
-    let mut cfg = machine_config(state, dir, spec)?;
+    let mut cfg = machine_config(state, dir, spec, os)?;
     cfg.console_log_max_bytes = console_log_max_bytes;
     crate::state::write_atomic(&dir.machine_config(), &cfg.to_json())?;
     Ok(cfg)
@@ -167,7 +175,7 @@ mod tests {
         let mut spec = VmSpec::diag("a");
         spec.cpus = 2;
         spec.max_cpus = 4;
-        let cfg = machine_config(&state, &dir, &spec).unwrap();
+        let cfg = machine_config(&state, &dir, &spec, None).unwrap();
         assert_eq!(cfg.irq_mode, IrqMode::Polled);
         assert_eq!((cfg.cpus, cfg.max_cpus), (2, 4));
         assert_eq!(std::fs::read(&cfg.kernel).unwrap(), crate::diag::KERNEL);
@@ -175,7 +183,7 @@ mod tests {
         assert!(cfg.console_log.is_absolute());
         // A damaged cache copy is replaced.
         std::fs::write(&cfg.kernel, b"junk").unwrap();
-        let again = machine_config(&state, &dir, &spec).unwrap();
+        let again = machine_config(&state, &dir, &spec, None).unwrap();
         assert_eq!(std::fs::read(&again.kernel).unwrap(), crate::diag::KERNEL);
     }
 
@@ -194,7 +202,7 @@ mod tests {
             }),
             ..VmSpec::diag("b")
         };
-        let cfg = machine_config(&state, &dir, &spec).unwrap();
+        let cfg = machine_config(&state, &dir, &spec, None).unwrap();
         assert_eq!(cfg.irq_mode, IrqMode::Irqchip);
         assert_eq!(cfg.kernel, PathBuf::from("/boot/k"));
         assert_eq!(cfg.initrd, Some(PathBuf::from("/boot/i")));
@@ -204,7 +212,7 @@ mod tests {
             ..VmSpec::diag("c")
         };
         assert!(matches!(
-            machine_config(&state, &dir, &unknown),
+            machine_config(&state, &dir, &unknown, None),
             Err(ResolveError::NoImage { .. })
         ));
     }

@@ -28,7 +28,14 @@ pub const BUILTIN: &[OsProfile] = &[
         memory_mib: 1024,
         cpus: 1,
         disks: &[("root", 8 << 30)],
-        description: "Debian 12 (bookworm) cloud kernel with a busybox initramfs",
+        description: "Debian 12 (bookworm): systemd, openssh-server and the guest agent on an ext4 root disk, built from Debian packages",
+    },
+    OsProfile {
+        name: "debian-12-minimal",
+        memory_mib: 256,
+        cpus: 1,
+        disks: &[],
+        description: "Debian 12's cloud kernel with a busybox initramfs as the whole guest (fast, tiny; no root filesystem)",
     },
 ];
 

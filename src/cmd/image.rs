@@ -1,14 +1,15 @@
 //! `vmctl image list | build | rm`: the boot-image cache of a state directory.
 //!
-//! `build` makes (or finds) the `debian-12` image and pins it in `vmctl.lock`
-//! beside the KDL file; `list` shows what is cached; `rm` removes an entry by
-//! id prefix. The cache itself lives in `vmctl_runtime::image`.
+//! `build` makes (or finds) a built-in OS image (`debian-12` with optional
+//! extra packages, or `debian-12-minimal`) and pins it in `vmctl.lock`
+//! beside the KDL file; `list` shows what is cached; `rm` removes an entry
+//! by id prefix. The cache itself lives in the `vmctl-image` crate.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use vmctl_runtime::image::{self, LockMode};
+use vmctl_image::{self as image, LockMode, Recipe, Variant};
 
 use crate::cli::FileArg;
 use crate::cmd::Global;
@@ -33,9 +34,14 @@ pub enum ImageCommand {
     Build {
         #[command(flatten)]
         file: FileArg,
-        /// The built-in OS to build.
-        #[arg(default_value = "debian-12")]
-        os: String,
+        /// The built-in OS to build (`debian-12`, `debian-12-minimal`).
+        /// Without it: every image the KDL file's VMs boot (or `debian-12`
+        /// when there is no file).
+        os: Option<String>,
+        /// An extra Debian package in the image (repeatable), as a VM's
+        /// `packages` node asks for.
+        #[arg(long = "package", value_name = "NAME")]
+        packages: Vec<String>,
         /// Ignore the lock's pins: build from the newest packages and re-pin.
         #[arg(long)]
         update: bool,
@@ -64,11 +70,43 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         ImageCommand::Build {
             file,
             os,
+            packages,
             update,
             json,
-        } => build(g, &file.file, &os, update, json),
+        } => {
+            let variants = match os {
+                Some(os) => vec![Variant::new(&os, &packages)],
+                None => declared_variants(&file.file)?,
+            };
+            for v in variants {
+                build(g, &file.file, &v, update, json)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ImageCommand::Rm { file, ids } => rm(g, &file.file, &ids),
     }
+}
+
+/// Every built-in image the KDL file's VMs boot (`debian-12` when the file
+/// does not exist or declares none).
+fn declared_variants(kdl: &Path) -> miette::Result<Vec<Variant>> {
+    if !kdl.exists() {
+        return Ok(vec![Variant::new("debian-12", &[])]);
+    }
+    let loaded = crate::cmd::load(kdl)?;
+    let mut out: Vec<Variant> = loaded
+        .state
+        .vms
+        .iter()
+        .filter(|v| v.image.is_none() && Recipe::of(&v.os).is_some())
+        .map(|v| Variant::new(&v.os, &v.packages))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        out.push(Variant::new("debian-12", &[]));
+    }
+    Ok(out)
 }
 
 fn list(g: &Global, kdl: &Path, json: bool) -> miette::Result<ExitCode> {
@@ -91,16 +129,16 @@ fn list(g: &Global, kdl: &Path, json: bool) -> miette::Result<ExitCode> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12}  {:<10}  {:<24}  {:>8}",
-        "ID", "OS", "KERNEL", "SIZE"
+        "{:<12}  {:<24}  {:<24}  {:>8}",
+        "ID", "VARIANT", "KERNEL", "SIZE"
     );
     for img in images {
         let m = &img.manifest;
         let _ = writeln!(
             out,
-            "{:<12}  {:<10}  {:<24}  {:>5} MiB",
+            "{:<12}  {:<24}  {:<24}  {:>5} MiB",
             &m.id[..12.min(m.id.len())],
-            m.name,
+            m.variant_key(),
             m.kernel_version,
             img.size_bytes.div_ceil(1 << 20)
         );
@@ -109,11 +147,24 @@ fn list(g: &Global, kdl: &Path, json: bool) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn build(g: &Global, kdl: &Path, os: &str, update: bool, json: bool) -> miette::Result<ExitCode> {
-    if os != "debian-12" {
+fn build(
+    g: &Global,
+    kdl: &Path,
+    variant: &Variant,
+    update: bool,
+    json: bool,
+) -> miette::Result<ExitCode> {
+    let os = &variant.os;
+    if Recipe::of(os).is_none() {
         return Err(miette::miette!(
             help = "declare your own kernel and initrd with an `image` node instead",
-            "{os:?} is not a built-in image vmctl can build (only \"debian-12\")"
+            "{os:?} is not a built-in image vmctl can build (\"debian-12\", \"debian-12-minimal\")"
+        ));
+    }
+    if Recipe::of(os) == Some(Recipe::Minimal) && !variant.packages.is_empty() {
+        return Err(miette::miette!(
+            help = "use os \"debian-12\" for a root filesystem with packages",
+            "{os} has no root filesystem to install packages into"
         ));
     }
     let state = g.state_dir_for(kdl);
@@ -123,12 +174,17 @@ fn build(g: &Global, kdl: &Path, os: &str, update: bool, json: bool) -> miette::
     } else {
         LockMode::Honour
     };
-    let img = image::build_debian12(&state, &lock, mode).map_err(|e| miette::miette!("{e}"))?;
+    let started = std::time::Instant::now();
+    let img = image::build(&state, &lock, variant, mode).map_err(|e| miette::miette!("{e}"))?;
+    let seconds = started.elapsed().as_secs_f64();
     if json {
         let doc = serde_json::json!({
             "format_version": "1",
             "name": img.name,
+            "variant": img.variant,
             "id": img.id,
+            "rootfs": img.rootfs,
+            "seconds": seconds,
             "kernel": img.kernel,
             "initrd": img.initrd,
             "cmdline": img.cmdline,
@@ -140,12 +196,16 @@ fn build(g: &Global, kdl: &Path, os: &str, update: bool, json: bool) -> miette::
         crate::cmd::print_stdout(&format!("{text}\n"))?;
     } else {
         crate::cmd::print_stdout(&format!(
-            "{} {} (kernel {})\n  kernel  {}\n  initrd  {}\n  cmdline {}\n  pinned in {}\n",
-            img.name,
+            "{} {} (kernel {}) in {seconds:.1}s\n  kernel  {}\n  initrd  {}\n  rootfs  {}\n  cmdline {}\n  pinned in {}\n",
+            img.variant,
             img.id,
             img.kernel_version,
             img.kernel.display(),
             img.initrd.display(),
+            img.rootfs
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none (the initramfs is the guest)".into()),
             img.cmdline,
             lock.display()
         ))?;

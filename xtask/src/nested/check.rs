@@ -250,6 +250,89 @@ fn fmt_disks(sizes: &[u64]) -> String {
         .join("+")
 }
 
+/// What a real `debian-12` guest must report beyond sizes: the OS, systemd
+/// up, the declared hostname, users, packages and files (as its own dpkg
+/// database and filesystem show them), and a root filesystem that fills
+/// its declared disk.
+pub fn check_debian_os(spec: &VmSpec, g: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let text = |k: &str| {
+        g.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if !text("os").starts_with("Debian GNU/Linux 12") {
+        problems.push(format!(
+            "guest os {:?}, want Debian GNU/Linux 12",
+            text("os")
+        ));
+    }
+    let systemd = text("systemd");
+    if systemd != "running" {
+        problems.push(format!(
+            "systemd is {systemd:?} (failed units: {})",
+            g.get("failed_units")
+                .map(Value::to_string)
+                .unwrap_or_default()
+        ));
+    }
+    let want_host = spec
+        .config
+        .hostname
+        .clone()
+        .unwrap_or_else(|| spec.name.clone());
+    if text("hostname") != want_host {
+        problems.push(format!(
+            "guest hostname {:?}, declared {want_host:?}",
+            text("hostname")
+        ));
+    }
+    for p in &spec.packages {
+        if g.pointer(&format!("/packages/{p}"))
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            problems.push(format!("package {p} is not installed in the guest"));
+        }
+    }
+    for f in &spec.config.files {
+        let want = vmctl_image::digest::sha256_hex(f.content.as_bytes());
+        let got = g
+            .get("files")
+            .and_then(|fs| fs.get(&f.path))
+            .and_then(Value::as_str);
+        if got != Some(want.as_str()) {
+            problems.push(format!(
+                "file {} in the guest: sha256 {got:?}, declared content {want}",
+                f.path
+            ));
+        }
+    }
+    let users: Vec<&str> = g
+        .get("users")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for u in &spec.config.users {
+        if !users.contains(&u.name.as_str()) {
+            problems.push(format!("user {} does not exist in the guest", u.name));
+        }
+    }
+    // `df /` against the declared root disk: ext4 keeps a few % for itself.
+    if let Some(root) = spec.disks.iter().find(|d| d.name == "root") {
+        let fs = u(g.get("root_fs_bytes")).unwrap_or(0);
+        if fs > root.size_bytes || fs < root.size_bytes / 100 * 92 {
+            problems.push(format!(
+                "guest df / is {} MiB, declared root disk {} MiB",
+                fs >> 20,
+                root.size_bytes >> 20
+            ));
+        }
+    }
+    problems
+}
+
 /// Compare one VM's declaration with its guest's report and its status entry.
 /// `status: None` with `with_status` false skips the status checks (the
 /// `--vmm-only` smoke run has no `vmctl status`).
@@ -312,6 +395,9 @@ pub fn check_vm(
                     fmt_disks(&disks),
                     fmt_disks(&declared_disks)
                 ));
+            }
+            if spec.os == "debian-12" {
+                problems.extend(check_debian_os(spec, g));
             }
             let topo_text = match seen {
                 Some((s, c, t)) => format!(

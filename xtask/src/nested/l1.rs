@@ -10,14 +10,16 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use vmctl_runtime::image::cpio::Archive;
-use vmctl_runtime::image::{apt, debian12, kmod};
+use vmctl_image::cpio::Archive;
+use vmctl_image::{apt, kmod, minimal};
 
 use super::trace;
 
 pub const INIT_SCRIPT: &str = include_str!("l1-init.sh");
 /// kvm-amd pulls in kvm and irqbypass.
 pub const MODULES: &[&str] = &["kvm_amd"];
+/// Modules for the lab disk (`/lab`, a virtio-pci disk on L1's q35).
+pub const DISK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
 
 fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
@@ -39,7 +41,7 @@ pub fn fetch(work: &Path, packages: &[(String, String)]) -> Result<L1Packages, S
             .map_err(|e| e.to_string())?;
         apt::extract(&deb, &root).map_err(|e| e.to_string())?;
     }
-    let kernel_version = debian12::single_kernel_version(&root).map_err(|e| e.to_string())?;
+    let kernel_version = minimal::single_kernel_version(&root).map_err(|e| e.to_string())?;
     Ok(L1Packages {
         root,
         kernel_version,
@@ -83,7 +85,8 @@ fn parse_ldd(text: &str) -> Vec<PathBuf> {
 pub struct L1Contents<'a> {
     pub packages: &'a L1Packages,
     pub vmctl: &'a Path,
-    /// Host directory copied to `/lab` (KDL files, lock, scenario.env, .vmctl/images).
+    /// Host directory whose `scenario.env` goes into the initramfs (the rest
+    /// of the lab reaches L1 as a disk: [`lab_disk`]).
     pub lab_dir: &'a Path,
     /// Also put the host's QEMU into L1 (`--boot-loop --vmm qemu|both`):
     /// `qemu-system-x86_64`, its shared libraries and the firmware files a
@@ -112,7 +115,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 fn add_binary(a: &mut Archive, binary: &Path, inside: &str) -> Result<(), String> {
-    let e = |e: vmctl_runtime::image::cpio::CpioError| e.to_string();
+    let e = |e: vmctl_image::cpio::CpioError| e.to_string();
     let data = std::fs::read(binary).map_err(err("reading a binary for L1"))?;
     a.file(inside, 0o755, data).map_err(e)?;
     for lib in shared_libs(binary)? {
@@ -126,7 +129,7 @@ fn add_binary(a: &mut Archive, binary: &Path, inside: &str) -> Result<(), String
 }
 
 fn add_qemu(a: &mut Archive) -> Result<(), String> {
-    let e = |e: vmctl_runtime::image::cpio::CpioError| e.to_string();
+    let e = |e: vmctl_image::cpio::CpioError| e.to_string();
     let qemu = which("qemu-system-x86_64")
         .ok_or("qemu-system-x86_64 is not on PATH (apt-get install qemu-system-x86)")?;
     add_binary(a, &qemu, "usr/bin/qemu-system-x86_64")?;
@@ -144,21 +147,47 @@ fn add_qemu(a: &mut Archive) -> Result<(), String> {
     Ok(())
 }
 
-fn add_tree(a: &mut Archive, host: &Path, inside: &str) -> Result<(), String> {
-    let rd = std::fs::read_dir(host).map_err(err("reading the lab directory"))?;
-    a.dir(inside, 0o755).map_err(|e| e.to_string())?;
-    for ent in rd {
-        let ent = ent.map_err(err("reading the lab directory"))?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let path = ent.path();
-        let dest = format!("{inside}/{name}");
-        let ft = ent.file_type().map_err(err("reading the lab directory"))?;
-        if ft.is_dir() {
-            add_tree(a, &path, &dest)?;
-        } else if ft.is_file() {
-            let data = std::fs::read(&path).map_err(err("reading a lab file"))?;
-            a.file(&dest, 0o644, data).map_err(|e| e.to_string())?;
-        }
+/// The lab directory (KDL files, lock, the image cache with its root
+/// filesystems) as an ext4 filesystem in the sparse file `out`, with room
+/// for the VMs' disks: L1 mounts it as `/lab`. A disk, not the initramfs:
+/// a debian-12 root filesystem is hundreds of MiB that L1 would otherwise
+/// unpack into RAM (and cpio has no holes).
+pub fn lab_disk(lab_dir: &Path, out: &Path) -> Result<(), String> {
+    let du = Command::new("du")
+        .args(["-s", "-B1", "--apparent-size"])
+        .arg(lab_dir)
+        .output()
+        .map_err(err("running du"))?;
+    let used: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or("du printed no size for the lab directory")?;
+    // The lab's files plus 6 GiB for VM disks (sparse: only what is written
+    // takes host space).
+    let size = (used + (6 << 30)).div_ceil(1 << 20) << 20;
+    let _ = std::fs::remove_file(out);
+    let f = std::fs::File::create(out).map_err(err("creating the lab disk"))?;
+    f.set_len(size).map_err(err("sizing the lab disk"))?;
+    drop(f);
+    let st = Command::new("mke2fs")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "lab",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(lab_dir)
+        .arg(out)
+        .status()
+        .map_err(err("running mke2fs (apt-get install e2fsprogs)"))?;
+    if !st.success() {
+        return Err(format!("mke2fs -d {} failed: {st}", lab_dir.display()));
     }
     Ok(())
 }
@@ -167,7 +196,7 @@ fn add_tree(a: &mut Archive, host: &Path, inside: &str) -> Result<(), String> {
 pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
     let root = &c.packages.root;
     let mut a = Archive::new();
-    let e = |e: vmctl_runtime::image::cpio::CpioError| e.to_string();
+    let e = |e: vmctl_image::cpio::CpioError| e.to_string();
     for d in [
         "bin",
         "sbin",
@@ -197,22 +226,31 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
         .join("kernel");
     let index = kmod::index(&mod_root).map_err(|e| e.to_string())?;
     let modules = kmod::resolve(&index, MODULES).map_err(|e| e.to_string())?;
-    let mut order = String::new();
-    for m in &modules {
-        let data = std::fs::read(&m.path).map_err(err("reading a kernel module"))?;
-        a.file(&format!("lib/modules/{}", m.file_name), 0o644, data)
-            .map_err(e)?;
-        order.push_str(&m.file_name);
-        order.push('\n');
+    let disk_modules = kmod::resolve(&index, DISK_MODULES).map_err(|e| e.to_string())?;
+    for (list, modules) in [
+        ("etc/l1/disk-modules", &disk_modules),
+        ("etc/l1/modules", &modules),
+    ] {
+        let mut order = String::new();
+        for m in modules {
+            let inside = format!("lib/modules/{}", m.file_name);
+            if !a.contains(&inside) {
+                let data = std::fs::read(&m.path).map_err(err("reading a kernel module"))?;
+                a.file(&inside, 0o644, data).map_err(e)?;
+            }
+            order.push_str(&m.file_name);
+            order.push('\n');
+        }
+        a.file(list, 0o644, order.into_bytes()).map_err(e)?;
     }
-    a.file("etc/l1/modules", 0o644, order.into_bytes())
-        .map_err(e)?;
 
     add_binary(&mut a, c.vmctl, "bin/vmctl")?;
     if c.with_qemu {
         add_qemu(&mut a)?;
     }
-    add_tree(&mut a, c.lab_dir, "lab")?;
+    let env = c.lab_dir.join("scenario.env");
+    let data = std::fs::read(&env).map_err(err("reading scenario.env"))?;
+    a.file("etc/l1/scenario.env", 0o644, data).map_err(e)?;
     let cpio = a.to_bytes().map_err(e)?;
     // Fast compression: L1's initramfs is rebuilt every run and holds a large
     // vmctl binary; reproducibility matters for the debian-12 image, not here.
@@ -238,6 +276,8 @@ pub struct RunResult {
 pub struct Boot<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
+    /// The pristine lab disk ([`lab_disk`]); each boot gets a fresh copy.
+    pub lab_disk: &'a Path,
     /// L1's serial console is written here.
     pub log_path: &'a Path,
     pub timeout: Duration,
@@ -295,6 +335,17 @@ impl TraceReader {
 pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
     let (kernel, initrd, log_path, timeout, verbose) =
         (b.kernel, b.initrd, b.log_path, b.timeout, b.verbose);
+    // Every run starts from the pristine lab (a sparse copy).
+    let run_disk = b.lab_disk.with_extension("run.ext4");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(b.lab_disk)
+        .arg(&run_disk)
+        .status()
+        .map_err(err("copying the lab disk"))?;
+    if !st.success() {
+        return Err(format!("cp {} failed: {st}", b.lab_disk.display()));
+    }
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-M",
@@ -312,6 +363,11 @@ pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
     .arg(kernel)
     .arg("-initrd")
     .arg(initrd)
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=virtio,format=raw,cache=unsafe",
+        run_disk.display()
+    ))
     .args([
         "-append",
         "console=ttyS0 panic=-1 loglevel=4",

@@ -25,7 +25,8 @@ pub fn resolve(vmctl: &Path, file: &Path) -> Result<DesiredState, String> {
         .map_err(|e| format!("vmctl validate --json printed something unexpected: {e}"))
 }
 
-/// Every VM must be a debian-12 guest: the agent is what reports back.
+/// Every VM must be a debian-12 or debian-12-minimal guest: their agents
+/// report back the same way.
 pub fn check_all_debian(state: &DesiredState) -> Result<(), String> {
     if state.vms.is_empty() {
         return Err("the lab declares no VMs".into());
@@ -33,14 +34,14 @@ pub fn check_all_debian(state: &DesiredState) -> Result<(), String> {
     let others: Vec<String> = state
         .vms
         .iter()
-        .filter(|v| v.os != "debian-12")
+        .filter(|v| v.os != "debian-12" && v.os != "debian-12-minimal")
         .map(|v| format!("{} (os {:?})", v.name, v.os))
         .collect();
     if others.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "the nested lab checks debian-12 guests only; not: {}",
+            "the nested lab checks debian-12 and debian-12-minimal guests only; not: {}",
             others.join(", ")
         ))
     }

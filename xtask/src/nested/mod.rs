@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmctl_runtime::image::{LockFile, apt, debian12};
+use vmctl_image::{LockFile, apt, minimal};
 use vmctl_runtime::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
 use vmctl_runtime::vmm::irq::IrqMode;
 
@@ -127,6 +127,8 @@ struct Prepared {
     work: PathBuf,
     l1_kernel: PathBuf,
     l1_initrd: PathBuf,
+    /// The lab directory as L1's `/lab` disk (pristine; copied per boot).
+    lab_disk: PathBuf,
     before: vmctl_spec::DesiredState,
     after: vmctl_spec::DesiredState,
     grown: Option<vmctl_spec::DesiredState>,
@@ -334,7 +336,9 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         ));
     }
 
-    // 3. The debian-12 image, built on the host (apt is not in L1).
+    // 3. The images, built on the host (apt is not in L1): every one the
+    // lab's VMs boot, and debian-12-minimal, whose pinned kernel and busybox
+    // L1 itself runs.
     run_checked(
         Command::new(&vmctl)
             .args(["image", "build", "-f"])
@@ -343,12 +347,20 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
             .arg(lab_dir.join(".vmctl")),
         "vmctl image build",
     )?;
-    phase("debian-12 image built", start);
+    run_checked(
+        Command::new(&vmctl)
+            .args(["image", "build", minimal::NAME, "-f"])
+            .arg(&kdl)
+            .arg("--state-dir")
+            .arg(lab_dir.join(".vmctl")),
+        "vmctl image build debian-12-minimal",
+    )?;
+    phase("images built", start);
     let lock = LockFile::read(&lab_dir.join("vmctl.lock")).map_err(|e| e.to_string())?;
     let pinned = lock
         .images
-        .get(debian12::NAME)
-        .ok_or("vmctl image build left no debian-12 entry in vmctl.lock")?;
+        .get(minimal::NAME)
+        .ok_or("vmctl image build left no debian-12-minimal entry in vmctl.lock")?;
 
     // 4. L1: the same kernel package as the image, busybox, vmctl, the lab.
     let packages: Vec<(String, String)> = pinned
@@ -360,8 +372,8 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     let floor = check::memory_floor_mib(new_mib);
     let vms: Vec<&str> = before.vms.iter().map(|v| v.name.as_str()).collect();
     let cmdline = match &opts.guest_append {
-        Some(extra) => format!("{} {extra}", debian12::CMDLINE),
-        None => debian12::CMDLINE.to_string(),
+        Some(extra) => format!("{} {extra}", minimal::CMDLINE),
+        None => minimal::CMDLINE.to_string(),
     };
     if opts.vmm_only || opts.boot_loop.is_some() {
         write_vm_records(&lab_dir, &before, pinned, &cmdline)?;
@@ -439,6 +451,8 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         },
         &l1_initrd,
     )?;
+    let lab_disk = work.join("lab.ext4");
+    l1::lab_disk(&lab_dir, &lab_disk)?;
     phase(
         "L1 initramfs assembled; booting L1 (QEMU TCG, -cpu EPYC,+svm)",
         start,
@@ -454,6 +468,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         work,
         l1_kernel,
         l1_initrd,
+        lab_disk,
         before,
         after,
         grown,
@@ -484,6 +499,7 @@ fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run
     let boot = l1::Boot {
         kernel: &p.l1_kernel,
         initrd: &p.l1_initrd,
+        lab_disk: &p.lab_disk,
         log_path: &serial_log,
         timeout: p.timeout,
         verbose: opts.verbose,
@@ -638,14 +654,14 @@ fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
 fn write_vm_records(
     lab_dir: &Path,
     state: &vmctl_spec::DesiredState,
-    pinned: &vmctl_runtime::image::LockedImage,
+    pinned: &vmctl_image::LockedImage,
     cmdline: &str,
 ) -> Result<(), String> {
     let image_dir = PathBuf::from("/lab/.vmctl/images").join(&pinned.image_id);
     for vm in &state.vms {
         let mut spec = vm.clone();
         spec.image = Some(vmctl_spec::ImageSpec {
-            name: debian12::NAME.into(),
+            name: minimal::NAME.into(),
             kernel: image_dir.join("vmlinuz"),
             initrd: Some(image_dir.join("initrd.img")),
             cmdline: cmdline.into(),

@@ -14,7 +14,7 @@ use super::ImageError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockFile {
     pub format_version: String,
-    /// Built-in image name (`debian-12`) → its pins.
+    /// Image variant (`debian-12`, `debian-12+nginx`) → its pins.
     #[serde(default)]
     pub images: BTreeMap<String, LockedImage>,
 }
@@ -38,6 +38,11 @@ pub struct LockedImage {
     pub initrd_sha256: String,
     /// The cache key: `<state-dir>/images/<image_id>/`.
     pub image_id: String,
+    /// The root filesystem built then (informational: a rebuild from the
+    /// same packages gives the same package set, not the same ext4 bytes —
+    /// docs/images.md says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_sha256: Option<String>,
 }
 
 /// One Debian package, exactly.
@@ -106,6 +111,7 @@ mod tests {
                 kernel_sha256: "k".into(),
                 initrd_sha256: "i".into(),
                 image_id: "id".into(),
+                rootfs_sha256: None,
             },
         );
         lock.write(&path).unwrap();

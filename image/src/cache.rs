@@ -1,8 +1,12 @@
-//! The image cache: `<state-dir>/images/<id>/{vmlinuz,initrd.img,manifest.json}`,
-//! content-addressed. `<id>` is the sha256 of the kernel and initrd digests,
-//! so two labs that pin the same image share one directory and a changed
-//! byte can never hide under an old name. Entries appear atomically (built in
-//! a temporary directory, then renamed); readers verify the digests.
+//! The image cache: `<state-dir>/images/<id>/{vmlinuz,initrd.img,rootfs.ext4,manifest.json}`,
+//! content-addressed. `<id>` is the sha256 of the kernel and initrd digests
+//! (and, for an image with a root filesystem, of its exact package set), so
+//! two labs that pin the same image share one directory and a changed byte
+//! can never hide under an old name. Entries appear atomically (built in a
+//! temporary directory, then renamed); readers verify the kernel and initrd
+//! digests, and the root filesystem's length (its full digest is checked
+//! when it is stored: hashing hundreds of MiB on every apply would cost
+//! seconds).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +18,7 @@ use super::{ImageError, digest};
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.img";
 pub const MANIFEST_FILE: &str = "manifest.json";
+pub const ROOTFS_FILE: &str = "rootfs.ext4";
 
 /// What `manifest.json` records about a cached image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +37,25 @@ pub struct Manifest {
     pub packages: Vec<LockedPackage>,
     /// Kernel modules in the initramfs, in load order.
     pub modules: Vec<String>,
+    /// The variant's lock key (`debian-12+nginx`); empty in manifests of
+    /// older vmctl, meaning `name`.
+    #[serde(default)]
+    pub variant: String,
+    /// The root filesystem's digest and length, for images that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_bytes: Option<u64>,
+}
+
+impl Manifest {
+    pub fn variant_key(&self) -> String {
+        if self.variant.is_empty() {
+            self.name.clone()
+        } else {
+            self.variant.clone()
+        }
+    }
 }
 
 /// A cached image as `vmctl image list` shows it.
@@ -46,6 +70,28 @@ pub struct CachedImage {
 /// The cache key of a kernel + initrd pair.
 pub fn image_id(kernel_sha256: &str, initrd_sha256: &str) -> String {
     digest::sha256_hex(format!("{kernel_sha256}\n{initrd_sha256}\n").as_bytes())
+}
+
+/// The cache key of an image with a root filesystem: its kernel, initrd and
+/// exact package set (name, version, `.deb` digest of each).
+pub fn image_id_with_packages(
+    kernel_sha256: &str,
+    initrd_sha256: &str,
+    packages: &[LockedPackage],
+) -> String {
+    let mut text = format!("{kernel_sha256}\n{initrd_sha256}\n");
+    for p in packages {
+        text.push_str(&format!("{} {} {}\n", p.name, p.version, p.sha256));
+    }
+    digest::sha256_hex(text.as_bytes())
+}
+
+/// Bytes a file really occupies (sparse files count their data only).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 pub fn images_dir(state_dir: &Path) -> PathBuf {
@@ -82,10 +128,9 @@ pub fn list(state_dir: &Path) -> Result<Vec<CachedImage>, ImageError> {
         let path = ent.path();
         match read_manifest(&path) {
             Ok(manifest) if manifest.id == name => {
-                let size_bytes = [KERNEL_FILE, INITRD_FILE, MANIFEST_FILE]
+                let size_bytes = [KERNEL_FILE, INITRD_FILE, MANIFEST_FILE, ROOTFS_FILE]
                     .iter()
-                    .filter_map(|f| std::fs::metadata(path.join(f)).ok())
-                    .map(|m| m.len())
+                    .map(|f| allocated(&path.join(f)))
                     .sum();
                 out.push(CachedImage {
                     manifest,
@@ -123,18 +168,24 @@ pub fn lookup(state_dir: &Path, id: &str) -> Result<Option<CachedImage>, ImageEr
     let manifest = read_manifest(&dir)?;
     let kernel = digest::sha256_file(&dir.join(KERNEL_FILE))?;
     let initrd = digest::sha256_file(&dir.join(INITRD_FILE))?;
-    if manifest.id != id || kernel != manifest.kernel_sha256 || initrd != manifest.initrd_sha256 {
+    let rootfs_ok = match manifest.rootfs_bytes {
+        Some(len) => std::fs::metadata(dir.join(ROOTFS_FILE)).is_ok_and(|m| m.len() == len),
+        None => true,
+    };
+    if manifest.id != id
+        || kernel != manifest.kernel_sha256
+        || initrd != manifest.initrd_sha256
+        || !rootfs_ok
+    {
         return Err(ImageError::BadCache {
             path: dir,
             detail: "its files do not match the digests in manifest.json; remove it with `vmctl image rm` and rebuild".into(),
         });
     }
-    let size_bytes = std::fs::metadata(dir.join(KERNEL_FILE))
-        .map(|m| m.len())
-        .unwrap_or(0)
-        + std::fs::metadata(dir.join(INITRD_FILE))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    let size_bytes = [KERNEL_FILE, INITRD_FILE, MANIFEST_FILE, ROOTFS_FILE]
+        .iter()
+        .map(|f| allocated(&dir.join(f)))
+        .sum();
     Ok(Some(CachedImage {
         manifest,
         dir,
@@ -215,6 +266,9 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             packages: vec![],
             modules: vec!["virtio.ko".into()],
+            variant: String::new(),
+            rootfs_sha256: None,
+            rootfs_bytes: None,
         };
         store(state, &build, &m).unwrap();
         m

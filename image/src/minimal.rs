@@ -1,22 +1,24 @@
-//! The `debian-12` image recipe: a stock Debian cloud kernel plus an
+//! The `debian-12-minimal` image recipe: a stock Debian cloud kernel plus an
 //! initramfs assembled here from Debian packages — busybox-static, the
 //! virtio/ACPI-button modules the cloud kernel builds as `.ko`, and vmctl's
-//! init + guest agent script (images/debian-12/). Nothing is installed on
+//! init + guest agent script (image/debian-12-minimal/). The initramfs is the
+//! whole guest: fast and tiny, for tests and labs that need no userland. Nothing is installed on
 //! the host: packages are fetched with `apt-get download` and unpacked with
 //! `dpkg-deb -x`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flate2::{Compression, GzBuilder};
 
+use super::Built;
 use super::cache::{self, Manifest};
 use super::cpio::Archive;
-use super::lock::{LockedImage, LockedPackage};
+use super::lock::LockedPackage;
 use super::{ImageError, apt, digest, kmod};
 
-/// The OS name in KDL (`os "debian-12"`).
-pub const NAME: &str = "debian-12";
+/// The OS name in KDL (`os "debian-12-minimal"`).
+pub const NAME: &str = "debian-12-minimal";
 /// Bump whenever the initramfs layout or the agent script changes: a lock
 /// made by another recipe cannot reproduce its digests.
 pub const RECIPE: u32 = 1;
@@ -32,28 +34,9 @@ pub const MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "button", "evdev"];
 pub const CMDLINE: &str = "console=ttyS0 memhp_default_state=online";
 
 /// The init + guest agent script (PID 1 of the guest).
-pub const INIT_SCRIPT: &str = include_str!("../../../images/debian-12/init");
+pub const INIT_SCRIPT: &str = include_str!("../debian-12-minimal/init");
 /// Run by busybox acpid on the power button.
-pub const POWER_BUTTON_SCRIPT: &str = include_str!("../../../images/debian-12/poweroff-on-button");
-
-/// A finished build: files in `dir`, described by `manifest`.
-#[derive(Debug)]
-pub struct Built {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-}
-
-impl Built {
-    pub fn locked(&self) -> LockedImage {
-        LockedImage {
-            recipe: self.manifest.recipe,
-            packages: self.manifest.packages.clone(),
-            kernel_sha256: self.manifest.kernel_sha256.clone(),
-            initrd_sha256: self.manifest.initrd_sha256.clone(),
-            image_id: self.manifest.id.clone(),
-        }
-    }
-}
+pub const POWER_BUTTON_SCRIPT: &str = include_str!("../debian-12-minimal/poweroff-on-button");
 
 /// The packages to build from: the lock's pins, or apt's current candidates.
 pub fn resolve_packages() -> Result<Vec<(String, String)>, ImageError> {
@@ -144,6 +127,9 @@ pub fn build(
         cmdline: CMDLINE.into(),
         packages: locked,
         modules: modules.iter().map(|m| m.file_name.clone()).collect(),
+        variant: NAME.into(),
+        rootfs_sha256: None,
+        rootfs_bytes: None,
     };
     Ok(Built { dir: out, manifest })
 }
