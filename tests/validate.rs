@@ -163,3 +163,28 @@ fn default_file_is_vmctl_kdl_in_the_current_directory() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("vmctl.kdl: 1 VM(s), valid"));
 }
+
+#[test]
+fn json_carries_packages_and_guest_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("guest.kdl");
+    std::fs::write(
+        &file,
+        "vm \"web\" {\n    os \"debian-12\"\n    hostname \"www\"\n    user \"alice\" { ssh-key \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop\"; sudo #true }\n    packages \"nginx\" \"curl\"\n    file \"/etc/motd\" content=\"lab 3\\n\" mode=\"0600\"\n}\nvm \"plain\" {\n    os \"debian-12\"\n}\n",
+    )
+    .expect("write");
+    let out = vmctl(&["validate", "-f", file.to_str().expect("utf-8"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let web = &v["vms"][0];
+    assert_eq!(web["packages"], serde_json::json!(["curl", "nginx"]));
+    assert_eq!(web["config"]["hostname"], "www");
+    assert_eq!(web["config"]["users"][0]["name"], "alice");
+    assert_eq!(web["config"]["users"][0]["sudo"], true);
+    assert_eq!(web["config"]["files"][0]["path"], "/etc/motd");
+    assert_eq!(web["config"]["files"][0]["content"], "lab 3\n");
+    assert_eq!(web["config"]["files"][0]["mode"], 0o600);
+    // Empty values are left out: a VM without them prints as before.
+    let plain = v["vms"][1].as_object().expect("object");
+    assert!(!plain.contains_key("packages") && !plain.contains_key("config"));
+}

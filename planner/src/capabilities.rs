@@ -28,6 +28,12 @@ pub enum Attribute {
     /// The contents of the boot image (kernel, initrd, cmdline) with the same `os`.
     Image,
     CpuWeight,
+    /// The extra Debian packages baked into the VM's image.
+    Packages,
+    /// Guest configuration applied at boot by the guest's `vmctl-config`.
+    Hostname,
+    Users,
+    Files,
 }
 
 impl Attribute {
@@ -44,6 +50,10 @@ impl Attribute {
             Attribute::Os => "os",
             Attribute::Image => "image",
             Attribute::CpuWeight => "cpu-weight",
+            Attribute::Packages => "packages",
+            Attribute::Hostname => "hostname",
+            Attribute::Users => "users",
+            Attribute::Files => "files",
         }
     }
 }
@@ -512,6 +522,42 @@ pub static TABLE: &[Row] = &[
             reason: "cpu-weight {before} → {after}: runtime cannot change cpu-weight live: restart",
         }),
     },
+    Row {
+        attribute: Attribute::Packages,
+        condition: Condition::Changed,
+        disruption: Disruption::Replace,
+        kind: ActionKind::Replace,
+        reason: "packages {delta}: the image is rebuilt, the root disk recreated (replace: destroys the VM's disks)",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Hostname,
+        condition: Condition::Changed,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Restart,
+        reason: "guest configuration changed (hostname): re-applied at boot",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Users,
+        condition: Condition::Changed,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Restart,
+        reason: "guest configuration changed (users): re-applied at boot",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Files,
+        condition: Condition::Changed,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Restart,
+        reason: "guest configuration changed (files): re-applied at boot",
+        needs: None,
+        fallback: None,
+    },
 ];
 
 /// The row for an attribute and condition.
@@ -690,6 +736,30 @@ mod tests {
                 A::CpuWeight,
                 C::Changed,
                 (D::Live, K::SetCpuWeight),
+                (D::Restart, K::Restart),
+            ),
+            (
+                A::Packages,
+                C::Changed,
+                (D::Replace, K::Replace),
+                (D::Replace, K::Replace),
+            ),
+            (
+                A::Hostname,
+                C::Changed,
+                (D::Restart, K::Restart),
+                (D::Restart, K::Restart),
+            ),
+            (
+                A::Users,
+                C::Changed,
+                (D::Restart, K::Restart),
+                (D::Restart, K::Restart),
+            ),
+            (
+                A::Files,
+                C::Changed,
+                (D::Restart, K::Restart),
                 (D::Restart, K::Restart),
             ),
             (A::Vm, C::New, (D::None, K::Create), (D::None, K::Create)),

@@ -2,7 +2,7 @@
 //! each difference classified by a row of the capability table.
 
 use serde_json::{Value, json};
-use vmctl_spec::{DiskSpec, VmSpec};
+use vmctl_spec::{DiskSpec, FileSpec, UserSpec, VmSpec};
 
 use crate::capabilities::{self, ActionKind, Attribute, Condition, Disruption};
 use crate::observed::Capabilities;
@@ -44,7 +44,7 @@ impl Ctx<'_> {
         key: String,
         (before, after): (Value, Value),
         (before_text, after_text): (String, String),
-        max_text: &str,
+        vars: &[(&str, &str)],
     ) {
         let Some(row) = capabilities::row(attribute, condition) else {
             // Every (attribute, condition) the diff produces has a row; the
@@ -53,16 +53,14 @@ impl Ctx<'_> {
             return;
         };
         let d = row.decide(self.caps);
-        let reason = capabilities::fill(
-            d.reason,
-            &[
-                ("vm", self.vm),
-                ("disk", disk.unwrap_or("")),
-                ("before", &before_text),
-                ("after", &after_text),
-                ("max", max_text),
-            ],
-        );
+        let mut all = vec![
+            ("vm", self.vm),
+            ("disk", disk.unwrap_or("")),
+            ("before", before_text.as_str()),
+            ("after", after_text.as_str()),
+        ];
+        all.extend_from_slice(vars);
+        let reason = capabilities::fill(d.reason, &all);
         self.out.push(Change {
             attribute,
             condition,
@@ -113,7 +111,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
             "os".into(),
             (json!(current.os), json!(desired.os)),
             (current.os.clone(), desired.os.clone()),
-            "",
+            &[],
         );
     } else if current.image != desired.image {
         cx.push(
@@ -123,7 +121,22 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
             "image".into(),
             (json!(current.image), json!(desired.image)),
             (current.os.clone(), desired.os.clone()),
-            "",
+            &[],
+        );
+    }
+    if current.packages != desired.packages {
+        let delta = package_delta(&current.packages, &desired.packages);
+        cx.push(
+            Attribute::Packages,
+            Condition::Changed,
+            None,
+            "packages".into(),
+            (json!(current.packages), json!(desired.packages)),
+            (
+                list_text(current.packages.iter().map(String::as_str)),
+                list_text(desired.packages.iter().map(String::as_str)),
+            ),
+            &[("delta", &delta)],
         );
     }
 
@@ -137,7 +150,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
             "max_cpus".into(),
             (json!(current.max_cpus), json!(desired.max_cpus)),
             (current.max_cpus.to_string(), desired.max_cpus.to_string()),
-            "",
+            &[],
         );
     }
     if current.cpus != desired.cpus {
@@ -149,7 +162,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
             "cpus".into(),
             (json!(current.cpus), json!(desired.cpus)),
             (current.cpus.to_string(), desired.cpus.to_string()),
-            &current.max_cpus.to_string(),
+            &[("max", &current.max_cpus.to_string())],
         );
     }
     if current.max_memory_mib != desired.max_memory_mib {
@@ -163,7 +176,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                 human_mib(current.max_memory_mib),
                 human_mib(desired.max_memory_mib),
             ),
-            "",
+            &[],
         );
     }
     if current.memory_mib != desired.memory_mib {
@@ -187,7 +200,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
             "memory_mib".into(),
             (json!(current.memory_mib), json!(desired.memory_mib)),
             (human_mib(current.memory_mib), human_mib(desired.memory_mib)),
-            &human_mib(current.max_memory_mib),
+            &[("max", &human_mib(current.max_memory_mib))],
         );
     }
 
@@ -200,7 +213,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                 format!("disks.{}", want.name),
                 (Value::Null, json!(want)),
                 ("(none)".into(), disk_text(want)),
-                "",
+                &[],
             ),
             Some(have) => {
                 if have.path != want.path || have.format != want.format {
@@ -211,7 +224,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                         format!("disks.{}", want.name),
                         (json!(have), json!(want)),
                         (disk_text(have), disk_text(want)),
-                        "",
+                        &[],
                     );
                 } else if have.size_bytes != want.size_bytes {
                     let cond = if want.size_bytes > have.size_bytes {
@@ -226,7 +239,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                         format!("disks.{}.size_bytes", want.name),
                         (json!(have.size_bytes), json!(want.size_bytes)),
                         (human_bytes(have.size_bytes), human_bytes(want.size_bytes)),
-                        "",
+                        &[],
                     );
                 }
             }
@@ -241,7 +254,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                 format!("disks.{}", have.name),
                 (json!(have), Value::Null),
                 (disk_text(have), "(none)".into()),
-                "",
+                &[],
             );
         }
     }
@@ -257,8 +270,135 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                 current.cpu_weight.to_string(),
                 desired.cpu_weight.to_string(),
             ),
-            "",
+            &[],
         );
     }
+    guest_config(&mut cx, current, desired);
     cx.out
+}
+
+/// `+ nginx − curl`: what a package change adds and removes.
+fn package_delta(before: &[String], after: &[String]) -> String {
+    let added = after
+        .iter()
+        .filter(|p| !before.contains(p))
+        .map(|p| format!("+ {p}"));
+    let removed = before
+        .iter()
+        .filter(|p| !after.contains(p))
+        .map(|p| format!("− {p}"));
+    added.chain(removed).collect::<Vec<_>>().join(" ")
+}
+
+fn list_text<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = items.collect();
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Names (of users, paths of files) as the plan shows them: the desired
+/// ones get ` (changed)` when an entry of that name differs.
+fn named_text<T: PartialEq>(items: &[T], other: &[T], name: fn(&T) -> &str, mark: bool) -> String {
+    let v: Vec<String> = items
+        .iter()
+        .map(|i| {
+            let changed = other.iter().any(|o| name(o) == name(i) && o != i);
+            if mark && changed {
+                format!("{} (changed)", name(i))
+            } else {
+                name(i).to_string()
+            }
+        })
+        .collect();
+    list_text(v.iter().map(String::as_str))
+}
+
+/// Hostname, users and files: written into the root disk and applied by the
+/// guest at boot, so each difference is one restart row.
+fn guest_config(cx: &mut Ctx<'_>, current: &VmSpec, desired: &VmSpec) {
+    let (have, want) = (&current.config, &desired.config);
+    if have.hostname != want.hostname {
+        let text = |h: &Option<String>| h.clone().unwrap_or_else(|| "(VM name)".into());
+        cx.push(
+            Attribute::Hostname,
+            Condition::Changed,
+            None,
+            "config.hostname".into(),
+            (json!(have.hostname), json!(want.hostname)),
+            (text(&have.hostname), text(&want.hostname)),
+            &[],
+        );
+    }
+    if have.users != want.users {
+        fn name(u: &UserSpec) -> &str {
+            &u.name
+        }
+        cx.push(
+            Attribute::Users,
+            Condition::Changed,
+            None,
+            "config.users".into(),
+            (json!(have.users), json!(want.users)),
+            (
+                named_text(&have.users, &want.users, name, false),
+                named_text(&want.users, &have.users, name, true),
+            ),
+            &[],
+        );
+    }
+    if have.files != want.files {
+        fn path(f: &FileSpec) -> &str {
+            &f.path
+        }
+        cx.push(
+            Attribute::Files,
+            Condition::Changed,
+            None,
+            "config.files".into(),
+            (json!(have.files), json!(want.files)),
+            (
+                named_text(&have.files, &want.files, path, false),
+                named_text(&want.files, &have.files, path, true),
+            ),
+            &[],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_delta_names_added_then_removed() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            package_delta(&s(&["curl", "vim"]), &s(&["nginx", "vim"])),
+            "+ nginx − curl"
+        );
+        assert_eq!(package_delta(&[], &s(&["a", "b"])), "+ a + b");
+    }
+
+    #[test]
+    fn named_text_marks_changed_entries() {
+        let u = |n: &str, sudo| UserSpec {
+            name: n.into(),
+            ssh_keys: vec![],
+            sudo,
+        };
+        let before = [u("alice", false), u("carol", false)];
+        let after = [u("alice", true), u("bob", false)];
+        fn name(x: &UserSpec) -> &str {
+            &x.name
+        }
+        assert_eq!(named_text(&before, &after, name, false), "alice, carol");
+        assert_eq!(
+            named_text(&after, &before, name, true),
+            "alice (changed), bob"
+        );
+        assert_eq!(named_text(&[], &after, name, true), "(none)");
+    }
 }

@@ -59,6 +59,21 @@ fn spec_lines(out: &mut String, s: &VmSpec) {
     if !s.autostart {
         let _ = writeln!(out, "      autostart: false");
     }
+    if !s.packages.is_empty() {
+        let _ = writeln!(out, "      packages: {}", s.packages.join(", "));
+    }
+    let c = &s.config;
+    if let Some(h) = &c.hostname {
+        let _ = writeln!(out, "      hostname: {h}");
+    }
+    if !c.users.is_empty() {
+        let names: Vec<&str> = c.users.iter().map(|u| u.name.as_str()).collect();
+        let _ = writeln!(out, "      users: {}", names.join(", "));
+    }
+    if !c.files.is_empty() {
+        let paths: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
+        let _ = writeln!(out, "      files: {}", paths.join(", "));
+    }
 }
 
 /// The summary sentence.

@@ -521,3 +521,119 @@ fn copy_that_needs_a_dependent_of_its_source_is_not_a_cycle() {
         ]
     );
 }
+
+fn with_guest(name: &str) -> vmctl_spec::VmSpec {
+    vmctl_spec::VmSpec {
+        packages: vec!["curl".into(), "vim".into()],
+        config: vmctl_spec::GuestConfig {
+            hostname: None,
+            users: vec![vmctl_spec::UserSpec {
+                name: "alice".into(),
+                ssh_keys: vec!["ssh-ed25519 AAAAC3Nz... alice@laptop".into()],
+                sudo: false,
+            }],
+            files: vec![vmctl_spec::FileSpec {
+                path: "/etc/motd".into(),
+                content: "lab 3\n".into(),
+                mode: 0o644,
+            }],
+        },
+        ..debian(name)
+    }
+}
+
+#[test]
+fn package_change_replaces_and_names_the_packages() {
+    let old = with_guest("web");
+    let new = vmctl_spec::VmSpec {
+        packages: vec!["nginx".into(), "vim".into()],
+        // A guest-configuration change rides along in the same replace.
+        config: vmctl_spec::GuestConfig {
+            hostname: Some("www".into()),
+            ..old.config.clone()
+        },
+        ..old.clone()
+    };
+    let p = snap(
+        "packages_replace",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    assert_eq!(p.actions.len(), 1);
+    assert_eq!(p.actions[0].kind, vmctl_planner::ActionKind::Replace);
+    let reason = p.actions[0].reason.as_deref().unwrap();
+    assert!(
+        reason
+            .starts_with("packages + nginx − curl: the image is rebuilt, the root disk recreated"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn guest_config_change_restarts() {
+    let old = with_guest("web");
+    let mut new = old.clone();
+    new.config.hostname = Some("www".into());
+    new.config.users[0].sudo = true;
+    new.config.users.push(vmctl_spec::UserSpec {
+        name: "bob".into(),
+        ssh_keys: vec![],
+        sudo: false,
+    });
+    new.config.files[0].mode = 0o600;
+    // A stopped VM only gets its new configuration written.
+    let stopped = vmctl_spec::VmSpec {
+        name: "db".into(),
+        config: vmctl_spec::GuestConfig {
+            files: vec![],
+            ..new.config.clone()
+        },
+        ..with_guest("db")
+    };
+    let p = snap(
+        "guest_config_restart",
+        &desired(vec![new, stopped]),
+        &observed(&[
+            (&old, RunState::Running),
+            (&with_guest("db"), RunState::Stopped),
+        ]),
+        all(),
+    );
+    let kinds: Vec<_> = p
+        .actions
+        .iter()
+        .map(|a| (a.id.as_str(), a.disruption))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("web:restart", vmctl_planner::Disruption::Restart),
+            ("db:restart", vmctl_planner::Disruption::None),
+        ]
+    );
+    assert_eq!(
+        p.actions[0].reason.as_deref(),
+        Some(
+            "guest configuration changed (hostname): re-applied at boot; \
+             guest configuration changed (users): re-applied at boot; \
+             guest configuration changed (files): re-applied at boot"
+        )
+    );
+}
+
+#[test]
+fn create_shows_packages_and_guest_config() {
+    snap(
+        "create_with_guest",
+        &desired(vec![vmctl_spec::VmSpec {
+            config: vmctl_spec::GuestConfig {
+                hostname: Some("www".into()),
+                ..with_guest("web").config
+            },
+            ..with_guest("web")
+        }]),
+        &ObservedState::new(),
+        all(),
+    );
+}

@@ -223,4 +223,56 @@ pub const CODES: &[(&str, &str)] = &[
     ("vmctl::spec::zero-disk", "a disk of size 0"),
     ("vmctl::spec::bad-format", "a disk format other than `raw`"),
     ("vmctl::spec::unreadable", "the file cannot be read"),
+    (
+        "vmctl::spec::guest-config-os",
+        "`hostname`, `user`, `packages` or `file` on an OS that takes no guest configuration",
+    ),
+    (
+        "vmctl::spec::bad-hostname",
+        "a hostname that is not RFC 1123",
+    ),
+    (
+        "vmctl::spec::bad-user-name",
+        "a user name that is not `[a-z_][a-z0-9_-]{0,31}`",
+    ),
+    (
+        "vmctl::spec::reserved-user",
+        "a user named like a system account of the image",
+    ),
+    (
+        "vmctl::spec::duplicate-user",
+        "two users with the same name in one VM",
+    ),
+    (
+        "vmctl::spec::bad-ssh-key",
+        "an `ssh-key` that is not a well-formed OpenSSH public key line",
+    ),
+    (
+        "vmctl::spec::bad-file-path",
+        "a `file` path that is not absolute and normalised",
+    ),
+    (
+        "vmctl::spec::reserved-path",
+        "a `file` under /proc, /sys, /dev, /run or /etc/vmctl",
+    ),
+    (
+        "vmctl::spec::duplicate-file",
+        "two `file`s with the same path in one VM",
+    ),
+    (
+        "vmctl::spec::bad-file-mode",
+        "a `mode` that is not octal up to 07777",
+    ),
+    (
+        "vmctl::spec::bad-package-name",
+        "a package name that is not Debian package-name syntax",
+    ),
+    (
+        "vmctl::spec::duplicate-package",
+        "a package listed twice (warning)",
+    ),
+    (
+        "vmctl::spec::copy-packages",
+        "a `copy-from` VM declaring packages other than its source's",
+    ),
 ];

@@ -5,9 +5,12 @@
 //!
 //! Layers: [`syntax`] reads nodes and checks each value on its own, `resolve`
 //! applies cross-VM rules and defaults, [`units`] reads sizes, [`profiles`]
-//! holds OS defaults, [`render`] writes a resolved state back as KDL.
+//! holds OS defaults, [`guest`] holds the rules for guest-configuration values
+//! (hostname, users, SSH keys, files, packages), [`render`] writes a resolved
+//! state back as KDL.
 
 pub mod diagnostic;
+pub mod guest;
 pub mod model;
 pub mod names;
 pub mod profiles;

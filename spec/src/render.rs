@@ -98,5 +98,40 @@ fn render_vm(out: &mut String, vm: &VmSpec) {
         "    autostart {}",
         if vm.autostart { "#true" } else { "#false" }
     );
+    render_guest(out, vm);
     out.push_str("}\n");
+}
+
+/// `packages`, `hostname`, `user` and `file` (only what is set: their
+/// defaults are "none").
+fn render_guest(out: &mut String, vm: &VmSpec) {
+    if !vm.packages.is_empty() {
+        let p: Vec<String> = vm.packages.iter().map(|p| quote(p)).collect();
+        let _ = writeln!(out, "    packages {}", p.join(" "));
+    }
+    let c = &vm.config;
+    if let Some(h) = &c.hostname {
+        let _ = writeln!(out, "    hostname {}", quote(h));
+    }
+    for u in &c.users {
+        let _ = writeln!(out, "    user {} {{", quote(&u.name));
+        for k in &u.ssh_keys {
+            let _ = writeln!(out, "        ssh-key {}", quote(k));
+        }
+        let _ = writeln!(
+            out,
+            "        sudo {}",
+            if u.sudo { "#true" } else { "#false" }
+        );
+        out.push_str("    }\n");
+    }
+    for f in &c.files {
+        let _ = writeln!(
+            out,
+            "    file {} content={} mode=\"{:04o}\"",
+            quote(&f.path),
+            quote(&f.content),
+            f.mode
+        );
+    }
 }

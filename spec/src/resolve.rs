@@ -10,7 +10,11 @@ use std::path::{Component, Path, PathBuf};
 use miette::SourceSpan;
 
 use crate::diagnostic::{Diag, Sink};
-use crate::model::{DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, ImageSpec, VmSpec};
+use crate::guest;
+use crate::model::{
+    DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, FileSpec, GuestConfig, ImageSpec, UserSpec,
+    VmSpec,
+};
 use crate::profiles::{self, DEFAULT_CMDLINE, DEFAULT_CPU_WEIGHT, IMAGE_PROFILE};
 use crate::suggest::did_you_mean;
 use crate::syntax::{RawFile, RawVm};
@@ -399,6 +403,7 @@ fn resolve_vm(
             None
         }
     };
+    let profile_found = profile.is_some();
     let profile = profile.unwrap_or(IMAGE_PROFILE);
     let d = &raw.defaults;
 
@@ -497,6 +502,8 @@ fn resolve_vm(
         vm.depends_on.iter().map(|d| d.val.clone()).collect()
     };
 
+    let (packages, config) = resolve_guest(vm, os.as_deref(), profile_found, src, sink);
+
     VmSpec {
         name: vm.name.val.clone(),
         os: os.unwrap_or_default(),
@@ -510,10 +517,111 @@ fn resolve_vm(
         cpu_weight,
         autostart: vm.autostart.or(src.map(|s| s.autostart)).unwrap_or(true),
         image,
-        // Parsed from KDL by the guest-configuration nodes (issue 12).
-        packages: Vec::new(),
-        config: crate::model::GuestConfig::default(),
+        packages,
+        config,
     }
+}
+
+/// Packages and guest configuration. Only an OS in
+/// [`guest::CONFIGURABLE_OSES`] takes them (elsewhere they are reported once
+/// per VM and dropped). A copy inherits its source's packages — its root disk
+/// is a copy — and may only repeat them; hostname, users and files are its own.
+fn resolve_guest(
+    vm: &RawVm,
+    os: Option<&str>,
+    os_known: bool,
+    src: Option<&VmSpec>,
+    sink: &mut Sink,
+) -> (Vec<String>, GuestConfig) {
+    let g = &vm.guest;
+    if !os.is_some_and(|o| os_known && guest::os_takes_config(o)) {
+        // An unknown or missing OS was reported already.
+        if let (Some(os), true, Some(first)) = (os, os_known, g.nodes.first()) {
+            let oses = guest::CONFIGURABLE_OSES
+                .iter()
+                .map(|o| format!("`os \"{o}\"`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut d = Diag::error(
+                "vmctl::spec::guest-config-os",
+                format!(
+                    "VM `{}` runs `{os}`, which takes no guest configuration",
+                    vm.name.val
+                ),
+            )
+            .label(*first, format!("needs {oses}"));
+            for span in &g.nodes[1..] {
+                d = d.label(*span, "this too");
+            }
+            d = match (&vm.os, &vm.copy_from) {
+                (Some(o), _) => d.label(o.span, "this OS"),
+                (None, Some(c)) => d.label(c.span, format!("`{os}` comes from this VM")),
+                (None, None) => d,
+            };
+            sink.push(d.help(format!(
+                "`hostname`, `user`, `packages` and `file` are applied by the guest image's \
+                 vmctl-config service, which only {oses} has: switch the VM to it, or remove them"
+            )));
+        }
+        return (Vec::new(), GuestConfig::default());
+    }
+
+    let mut own: Vec<String> = g.packages.iter().map(|p| p.val.clone()).collect();
+    own.sort();
+    own.dedup();
+    let packages = match src {
+        Some(s) => {
+            if !g.packages_nodes.is_empty() && !g.packages_reported && own != s.packages {
+                let theirs = if s.packages.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.packages.join(", ")
+                };
+                let mut d = Diag::error(
+                    "vmctl::spec::copy-packages",
+                    format!(
+                        "VM `{}` is a copy of `{}` and cannot have other packages",
+                        vm.name.val, s.name
+                    ),
+                );
+                for span in &g.packages_nodes {
+                    d = d.label(*span, format!("differs from `{}`'s packages", s.name));
+                }
+                if let Some(c) = &vm.copy_from {
+                    d = d.label(c.span, "copies its disks");
+                }
+                sink.push(d.help(format!(
+                    "a copy's root disk is a copy of its source's, so it has the same packages \
+                     ({theirs}): remove `packages` here, or change them on `{}`",
+                    s.name
+                )));
+            }
+            s.packages.clone()
+        }
+        None => own,
+    };
+    let config = GuestConfig {
+        hostname: g.hostname.as_ref().map(|h| h.val.clone()),
+        users: g
+            .users
+            .iter()
+            .map(|u| UserSpec {
+                name: u.name.val.clone(),
+                ssh_keys: u.ssh_keys.clone(),
+                sudo: u.sudo,
+            })
+            .collect(),
+        files: g
+            .files
+            .iter()
+            .map(|f| FileSpec {
+                path: f.path.val.clone(),
+                content: f.content.clone(),
+                mode: f.mode,
+            })
+            .collect(),
+    };
+    (packages, config)
 }
 
 #[cfg(test)]

@@ -14,6 +14,10 @@ use crate::model::DiskFormat;
 use crate::suggest::did_you_mean;
 use crate::units::{self, HOT_ADD_BLOCK_MIB, MIB, SizeError};
 
+mod guest_nodes;
+
+pub(crate) use guest_nodes::RawGuest;
+
 /// A value and where it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Spanned<T> {
@@ -71,6 +75,8 @@ pub(crate) struct RawVm {
     /// `os` was written (even if invalid).
     pub os_written: bool,
     pub autostart: Option<bool>,
+    /// `hostname`, `user`, `packages`, `file`.
+    pub guest: RawGuest,
 }
 
 #[derive(Debug, Default)]
@@ -90,7 +96,13 @@ pub(crate) const VM_NODES: &[&str] = &[
     "depends-on",
     "copy-from",
     "autostart",
+    "hostname",
+    "user",
+    "packages",
+    "file",
 ];
+/// Children of a `vm` that may appear more than once.
+const VM_REPEATABLE: &[&str] = &["disk", "depends-on", "user", "packages", "file"];
 pub(crate) const DEFAULTS_NODES: &[&str] = &["memory", "cpus", "cpu-weight"];
 pub(crate) const IMAGE_NODES: &[&str] = &["kernel", "initrd", "cmdline"];
 pub(crate) const DISK_PROPS: &[&str] = &["size", "format", "path", "source"];
@@ -900,10 +912,11 @@ impl Reader<'_> {
             copy_from_written: false,
             os_written: false,
             autostart: None,
+            guest: RawGuest::default(),
         };
         let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
         for child in node.iter_children() {
-            if !self.accept_child(child, "`vm`", VM_NODES, &["disk", "depends-on"], &mut seen) {
+            if !self.accept_child(child, "`vm`", VM_NODES, VM_REPEATABLE, &mut seen) {
                 continue;
             }
             match child.name().value() {
@@ -917,6 +930,9 @@ impl Reader<'_> {
                 "copy-from" => {
                     vm.copy_from_written = true;
                     vm.copy_from = self.string_node(child);
+                }
+                n if guest_nodes::GUEST_NODES.contains(&n) => {
+                    self.read_guest_node(child, &mut vm.guest);
                 }
                 "autostart" => {
                     self.no_children(child);
@@ -990,6 +1006,12 @@ pub(crate) fn example(node: &str) -> &'static str {
         "depends-on" => "depends-on \"db\"",
         "copy-from" => "copy-from \"web\"",
         "autostart" => "autostart #true",
+        "hostname" => "hostname \"web\"",
+        "user" => "user \"alice\" { ssh-key \"ssh-ed25519 AAAA... alice@laptop\"; sudo #true }",
+        "packages" => "packages \"nginx\" \"postgresql-client\"",
+        "file" => "file \"/etc/motd\" content=\"hello\\n\"",
+        "ssh-key" => "ssh-key \"ssh-ed25519 AAAA... alice@laptop\"",
+        "sudo" => "sudo #true",
         "kernel" => "kernel \"images/vmlinuz\"",
         "initrd" => "initrd \"images/initrd.img\"",
         "cmdline" => "cmdline \"console=ttyS0\"",

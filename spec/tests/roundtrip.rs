@@ -3,8 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use proptest::prelude::*;
-use vmctl_spec::{DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, ImageSpec, VmSpec};
+use vmctl_spec::{
+    DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, FileSpec, GuestConfig, ImageSpec, UserSpec,
+    VmSpec,
+};
 
 fn name() -> impl Strategy<Value = String> {
     "[a-z][a-z0-9-]{0,8}"
@@ -36,6 +40,83 @@ fn disk() -> impl Strategy<Value = DiskSpec> {
     )
 }
 
+/// A well-formed OpenSSH key line of a known type (random key material).
+fn ssh_key() -> impl Strategy<Value = String> {
+    (
+        proptest::sample::select(vmctl_spec::guest::SSH_KEY_TYPES),
+        proptest::collection::vec(any::<u8>(), 1..40),
+        proptest::option::of("[a-zA-Z0-9@. ]{0,12}"),
+    )
+        .prop_map(|(kind, data, comment)| {
+            let mut blob = (kind.len() as u32).to_be_bytes().to_vec();
+            blob.extend_from_slice(kind.as_bytes());
+            blob.extend_from_slice(&data);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
+            let line = match comment {
+                Some(c) => format!("{kind} {b64} {c}"),
+                None => format!("{kind} {b64}"),
+            };
+            line.trim().to_string()
+        })
+}
+
+fn user() -> impl Strategy<Value = UserSpec> {
+    (
+        "[a-z][a-z0-9_-]{0,10}".prop_filter("not a system account", |n| {
+            !vmctl_spec::guest::is_system_user(n)
+        }),
+        proptest::collection::vec(ssh_key(), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(name, mut ssh_keys, sudo)| {
+            ssh_keys.dedup();
+            UserSpec {
+                name,
+                ssh_keys,
+                sudo,
+            }
+        })
+}
+
+fn guest_file() -> impl Strategy<Value = FileSpec> {
+    (
+        "(/[a-z0-9_][a-z0-9_.-]{0,5}){1,3}".prop_filter("valid, not reserved", |p| {
+            vmctl_spec::guest::file_path_problem(p).is_none()
+        }),
+        any::<String>(),
+        0u32..=0o7777,
+    )
+        .prop_map(|(path, content, mode)| FileSpec {
+            path,
+            content,
+            mode,
+        })
+}
+
+/// Packages and guest configuration, all valid; names and paths unique.
+fn guest() -> impl Strategy<Value = (Vec<String>, GuestConfig)> {
+    (
+        proptest::collection::btree_set("[a-z0-9][a-z0-9+.-]{1,10}", 0..4),
+        proptest::option::of("[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?(\\.[a-z0-9]{1,5}){0,2}"),
+        proptest::collection::vec(user(), 0..3),
+        proptest::collection::vec(guest_file(), 0..3),
+    )
+        .prop_map(|(packages, hostname, mut users, mut files)| {
+            let mut names = std::collections::HashSet::new();
+            users.retain(|u| names.insert(u.name.clone()));
+            let mut paths = std::collections::HashSet::new();
+            files.retain(|f| paths.insert(f.path.clone()));
+            (
+                packages.into_iter().collect(),
+                GuestConfig {
+                    hostname,
+                    users,
+                    files,
+                },
+            )
+        })
+}
+
 /// One VM before cross-VM fix-ups; `os_pick` 0 = diag, 1 = debian-12, 2 = image.
 #[derive(Debug, Clone)]
 struct Draft {
@@ -49,6 +130,8 @@ struct Draft {
     autostart: bool,
     dep_picks: Vec<usize>,
     copy_pick: Option<usize>,
+    packages: Vec<String>,
+    config: GuestConfig,
 }
 
 fn draft() -> impl Strategy<Value = Draft> {
@@ -63,6 +146,7 @@ fn draft() -> impl Strategy<Value = Draft> {
         any::<bool>(),
         proptest::collection::vec(any::<usize>(), 0..3),
         proptest::option::of(any::<usize>()),
+        guest(),
     )
         .prop_map(
             |(
@@ -76,6 +160,7 @@ fn draft() -> impl Strategy<Value = Draft> {
                 autostart,
                 dep_picks,
                 copy_pick,
+                (packages, config),
             )| Draft {
                 os_pick,
                 cpus,
@@ -87,6 +172,8 @@ fn draft() -> impl Strategy<Value = Draft> {
                 autostart,
                 dep_picks,
                 copy_pick,
+                packages,
+                config,
             },
         )
 }
@@ -142,6 +229,13 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
                 depends_on = s.depends_on.clone();
             }
         }
+        // Only debian-12 takes guest configuration; a copy has its source's
+        // packages (its root disk is a copy) but its own configuration.
+        let (packages, config) = match &src {
+            _ if os != "debian-12" => (Vec::new(), GuestConfig::default()),
+            Some(s) => (s.packages.clone(), d.config),
+            None => (d.packages, d.config),
+        };
         vms.push(VmSpec {
             name,
             os,
@@ -156,7 +250,8 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
             cpu_weight: d.cpu_weight,
             autostart: d.autostart,
             image: img,
-            ..VmSpec::diag("")
+            packages,
+            config,
         });
     }
     let uses_image = vms.iter().any(|v| v.image.is_some());
