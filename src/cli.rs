@@ -51,7 +51,7 @@ pub enum Command {
     Watch(crate::cmd::watch::Args),
     /// Show which changes are live, which restart a VM, and why.
     Explain(crate::cmd::explain::Args),
-    /// Build, list and remove boot images (debian-12).
+    /// Build, list and remove the built-in OS images (debian-12, debian-12-minimal).
     Image(crate::cmd::image::Args),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]

@@ -248,7 +248,7 @@ fn ensure_images(p: &Prepared, reporter: &Reporter) -> miette::Result<()> {
             })?;
         if started.elapsed() > Duration::from_secs(1) {
             reporter.line(&format!(
-                "built the {} image {} (kernel {}) in {:.1}s",
+                "the {} image {} (kernel {}) is ready after {:.1}s",
                 variant.key(),
                 &img.id[..12.min(img.id.len())],
                 img.kernel_version,

@@ -245,6 +245,10 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
     }
 
     add_binary(&mut a, c.vmctl, "bin/vmctl")?;
+    // vmctl writes a debian-12 VM's configuration into its root disk with
+    // debugfs (e2fsprogs).
+    let debugfs = which("debugfs").ok_or("debugfs is not on PATH (apt-get install e2fsprogs)")?;
+    add_binary(&mut a, &debugfs, "usr/sbin/debugfs")?;
     if c.with_qemu {
         add_qemu(&mut a)?;
     }

@@ -85,7 +85,7 @@ const DEFAULT_TIMEOUT_SECS: u64 = 540;
 const BOOT_TIMEOUT_SECS: u64 = 90;
 
 /// How long guests may take to report inside L1 (each wait).
-const GUEST_TIMEOUT_SECS: u64 = 60;
+const GUEST_TIMEOUT_SECS: u64 = 240;
 /// The memory step: the changed VM gets this much more RAM.
 const MEMORY_STEP_MIB: u64 = 128;
 /// The disk step: the changed VM's last disk grows by this much.
@@ -262,10 +262,13 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     std::fs::write(&kdl2, lab::with_memory(&text, &changed.name, new_mib)?)
         .map_err(|e| format!("writing {}: {e}", kdl2.display()))?;
     let after = lab::resolve(&vmctl, &kdl2)?;
-    // Phase 3: grow the same VM's last disk by 64 MiB (when it has one).
+    // Phase 3: grow the same VM's last disk by 64 MiB (when it has one) —
+    // a debian-12 VM's root disk, whose filesystem the guest grows too.
     let grow = changed
         .disks
-        .last()
+        .iter()
+        .find(|d| changed.os == "debian-12" && d.name == "root")
+        .or(changed.disks.last())
         .map(|d| (d.name.clone(), d.size_bytes + DISK_STEP_BYTES));
     let text2 =
         std::fs::read_to_string(&kdl2).map_err(|e| format!("reading {}: {e}", kdl2.display()))?;
@@ -338,22 +341,35 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
 
     // 3. The images, built on the host (apt is not in L1): every one the
     // lab's VMs boot, and debian-12-minimal, whose pinned kernel and busybox
-    // L1 itself runs.
+    // L1 itself runs. They are built in a cache kept across runs
+    // (target/nested-lab-cache: its own vmctl.lock and image cache, so a
+    // second run reuses what the first pinned and built), then copied in.
+    let cache = target.join("nested-lab-cache");
+    std::fs::create_dir_all(&cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    let cache_kdl = cache.join("vmctl.kdl");
+    std::fs::copy(&kdl, &cache_kdl).map_err(|e| format!("writing {}: {e}", cache_kdl.display()))?;
+    if lab_dir.join("vmctl.lock").is_file() {
+        std::fs::copy(lab_dir.join("vmctl.lock"), cache.join("vmctl.lock"))
+            .map_err(|e| format!("copying the lab's vmctl.lock: {e}"))?;
+    }
+    for os in [None, Some(minimal::NAME)] {
+        let mut cmd = Command::new(&vmctl);
+        cmd.args(["image", "build"]);
+        cmd.args(os);
+        cmd.arg("-f").arg(&cache_kdl);
+        cmd.arg("--state-dir").arg(cache.join(".vmctl"));
+        run_checked(&mut cmd, "vmctl image build")?;
+    }
+    std::fs::copy(cache.join("vmctl.lock"), lab_dir.join("vmctl.lock"))
+        .map_err(|e| format!("copying vmctl.lock into the lab: {e}"))?;
+    std::fs::create_dir_all(lab_dir.join(".vmctl"))
+        .map_err(|e| format!("creating the lab's state directory: {e}"))?;
     run_checked(
-        Command::new(&vmctl)
-            .args(["image", "build", "-f"])
-            .arg(&kdl)
-            .arg("--state-dir")
-            .arg(lab_dir.join(".vmctl")),
-        "vmctl image build",
-    )?;
-    run_checked(
-        Command::new(&vmctl)
-            .args(["image", "build", minimal::NAME, "-f"])
-            .arg(&kdl)
-            .arg("--state-dir")
-            .arg(lab_dir.join(".vmctl")),
-        "vmctl image build debian-12-minimal",
+        Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(cache.join(".vmctl/images"))
+            .arg(lab_dir.join(".vmctl/")),
+        "copying the image cache into the lab",
     )?;
     phase("images built", start);
     let lock = LockFile::read(&lab_dir.join("vmctl.lock")).map_err(|e| e.to_string())?;
