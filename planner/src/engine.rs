@@ -103,6 +103,34 @@ struct Sched {
     blocked: Vec<Option<String>>,
 }
 
+/// For an apply whose plan has nothing to do: the actions a killed apply
+/// left open in the journal are done already (the fresh plan, made from the
+/// observed state, found nothing left of them). Each is passed to
+/// `on_settled` and closed in the journal with a `finished`, `skipped` line
+/// under `apply_id`, so that this apply, not the killed one, is the latest
+/// and no later apply reports them as interrupted again. Returns how many.
+pub fn settle_interrupted(
+    journal: &Journal,
+    apply_id: &str,
+    on_settled: &mut dyn FnMut(&JournalEntry),
+) -> Result<usize, crate::journal::JournalError> {
+    let open = journal.interrupted_before()?;
+    for entry in &open {
+        on_settled(entry);
+        journal.append(&JournalEntry {
+            ts: now_ms(),
+            apply_id: apply_id.to_string(),
+            action: entry.action.clone(),
+            vm: entry.vm.clone(),
+            kind: entry.kind,
+            event: JournalEvent::Finished,
+            skipped: true,
+            error: None,
+        })?;
+    }
+    Ok(open.len())
+}
+
 /// Carry out `plan`. `desired` is the state the plan was made for (used for
 /// the final record step); `journal` is `None` only in tests.
 pub fn apply(

@@ -490,3 +490,46 @@ fn a_failed_copy_still_restarts_its_source() {
     assert_eq!(out.finished, ["src:stop-for-copy", "src:start-after-copy"]);
     assert_eq!(fake.vms.lock().unwrap()["src"].1, RunState::Running);
 }
+
+/// Issue 15, found by `cargo xtask crash`: an apply killed after its action
+/// took effect but before `finished` was journaled left a plan with nothing
+/// to do. That no-op apply never looked at the journal, so the killed
+/// action stayed open and the next apply with real work, maybe much later,
+/// reported it as interrupted and "finishing it now". Settling closes it.
+#[test]
+fn a_plan_with_nothing_to_do_settles_the_actions_a_killed_apply_left_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(".vmctl");
+    let j = Journal::open(&state).unwrap();
+    j.append(&vmctl_planner::JournalEntry {
+        ts: 1,
+        apply_id: "killed".into(),
+        action: "a:start".into(),
+        vm: "a".into(),
+        kind: vmctl_planner::ActionKind::Start,
+        event: JournalEvent::Started,
+        skipped: false,
+        error: None,
+    })
+    .unwrap();
+
+    let mut settled = Vec::new();
+    let n =
+        engine::settle_interrupted(&j, "noop", &mut |e| settled.push(e.action.clone())).unwrap();
+    assert_eq!(
+        (n, settled.as_slice()),
+        (1, ["a:start".to_string()].as_slice())
+    );
+    assert!(Journal::interrupted(&state).unwrap().is_empty());
+    let last = Journal::read(&state).unwrap().pop().unwrap();
+    assert_eq!(
+        (last.apply_id.as_str(), last.event, last.skipped),
+        ("noop", JournalEvent::Finished, true)
+    );
+    // Nothing left: a second settle closes nothing and writes nothing.
+    assert_eq!(
+        engine::settle_interrupted(&j, "noop2", &mut |_| {}).unwrap(),
+        0
+    );
+    assert_eq!(Journal::read(&state).unwrap().len(), 2);
+}
