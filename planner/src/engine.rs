@@ -392,9 +392,13 @@ fn runs_as_wanted(o: &ObservedVm, spec: &VmSpec) -> bool {
 pub fn already_done(a: &Action, o: Option<&ObservedVm>) -> bool {
     let new = a.new.as_ref();
     match a.kind {
+        // What runs, not only the record: a hot-add killed between the VMM's
+        // change and the record's leaves the record behind what runs.
         ActionKind::Create | ActionKind::Copy | ActionKind::Restart | ActionKind::Replace => {
             match (o, new) {
-                (Some(o), Some(n)) => o.record.spec == *n && runs_as_wanted(o, n),
+                (Some(o), Some(n)) => {
+                    o.record.spec == *n && o.current() == *n && runs_as_wanted(o, n)
+                }
                 _ => false,
             }
         }

@@ -533,3 +533,32 @@ fn a_plan_with_nothing_to_do_settles_the_actions_a_killed_apply_left_open() {
     );
     assert_eq!(Journal::read(&state).unwrap().len(), 2);
 }
+
+/// Issue 15, found by `cargo xtask crash`: a hot-add killed after the VMM
+/// grew the memory but before the record was rewritten leaves the record
+/// at the old size and the VM running with the new one. A later change
+/// back down plans a restart (the diff reads what runs), but the restart's
+/// "already done" check compared the *record* with the new spec, found them
+/// equal, and skipped it — on every apply, so the VM never converged.
+#[test]
+fn a_restart_is_not_taken_for_done_when_only_the_stale_record_matches() {
+    let want = VmSpec {
+        memory_mib: 128,
+        max_memory_mib: 384,
+        ..vm("hot")
+    };
+    let mut obs = observed_vm(&want, RunState::Running);
+    obs.live.memory_mib = Some(384); // what the VMM runs after the hot-add
+    let mut observed = ObservedState::new();
+    observed.insert(obs.clone());
+    let p = plan(&desired(vec![want]), &observed, &Capabilities::all()).unwrap();
+    let restart = p
+        .actions
+        .iter()
+        .find(|a| a.kind == vmctl_planner::ActionKind::Restart)
+        .expect("memory 384 → 128 is a restart");
+    assert!(!engine::already_done(restart, Some(&obs)));
+    // Once the VM runs the new size, it is done.
+    obs.live.memory_mib = Some(128);
+    assert!(engine::already_done(restart, Some(&obs)));
+}
