@@ -161,6 +161,25 @@ fn split_unmanaged(
     Ok(gone)
 }
 
+/// For a plan with nothing to do: report the actions a killed apply left
+/// open as already done and close them in the journal
+/// ([`engine::settle_interrupted`]). Opens the journal only when it has
+/// something to close, so a no-op apply on a fresh state directory writes
+/// nothing.
+pub fn settle(p: &Prepared, reporter: &Reporter) -> miette::Result<usize> {
+    let open = vmctl_planner::Journal::interrupted(&p.state_dir)
+        .map_err(|e| PassError::Journal(e.to_string()))?;
+    if open.is_empty() {
+        return Ok(0);
+    }
+    let journal = vmctl_planner::Journal::open(&p.state_dir)
+        .map_err(|e| PassError::Journal(e.to_string()))?;
+    let apply_id = vmctl_planner::journal::new_apply_id();
+    let n = engine::settle_interrupted(&journal, &apply_id, &mut |e| reporter.settled(e))
+        .map_err(|e| PassError::Journal(e.to_string()))?;
+    Ok(n)
+}
+
 /// Apply a prepared plan, reporting through `reporter`.
 pub fn execute(
     p: &Prepared,
@@ -174,6 +193,7 @@ pub fn execute(
     };
     if !p.plan.summary().has_actions() {
         out.no_changes = true;
+        settle(p, reporter)?;
         return Ok(out);
     }
     ensure_images(p, reporter)?;

@@ -123,6 +123,19 @@ impl Reporter {
         }
     }
 
+    /// An action a killed apply left open that a plan with nothing to do
+    /// shows is done ([`crate::reconcile::settle`]).
+    pub fn settled(&self, entry: &vmctl_planner::JournalEntry) {
+        match self.mode {
+            Mode::Json => self.json_line(json!({"event":"interrupted","action":entry.action,"vm":entry.vm,"kind":entry.kind.label(),"already_done":true,"ts_ms":self.started.elapsed().as_millis() as u64})),
+            _ => self.line(&format!(
+                "{}: {} was interrupted by a killed apply; it is already done",
+                entry.vm,
+                entry.kind.label()
+            )),
+        }
+    }
+
     /// The engine's callback.
     pub fn event(&self, e: &Event<'_>) {
         let ts = self.started.elapsed().as_millis() as u64;

@@ -762,3 +762,29 @@ fn logs_shows_the_rotated_console_log_first() {
     let out = lab.ok(&["logs", "a"]);
     assert_eq!(out, "older\nnewer\n");
 }
+
+/// An apply with nothing to do still reports what a killed apply left open
+/// in the journal — as already done — and closes it, so the next apply with
+/// work does not report it again (found by `cargo xtask crash`).
+#[test]
+fn a_no_op_apply_settles_an_action_a_killed_apply_left_open() {
+    // autostart off: nothing boots, so this needs no KVM.
+    let lab = Lab::new("vm \"web\" {\n    os \"diag\"\n    autostart #false\n}\n");
+    lab.ok(&["apply", "--auto-approve"]);
+    // As a kill between the action's effect and its `finished` line leaves it.
+    let line = r#"{"ts":1,"apply_id":"1-1","action":"web:create","vm":"web","kind":"create","event":"started"}"#;
+    let journal = lab.state().join("journal.jsonl");
+    let mut text = std::fs::read_to_string(&journal).expect("journal");
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(&journal, text).expect("write journal");
+
+    let out = lab.ok(&["apply", "--auto-approve"]);
+    assert!(out.contains("No changes"), "{out}");
+    assert!(
+        out.contains("web: create was interrupted by a killed apply; it is already done"),
+        "{out}"
+    );
+    let out = lab.ok(&["apply", "--auto-approve", "--json"]);
+    assert!(!out.contains("interrupted"), "reported once only: {out}");
+}

@@ -103,6 +103,34 @@ struct Sched {
     blocked: Vec<Option<String>>,
 }
 
+/// For an apply whose plan has nothing to do: the actions a killed apply
+/// left open in the journal are done already (the fresh plan, made from the
+/// observed state, found nothing left of them). Each is passed to
+/// `on_settled` and closed in the journal with a `finished`, `skipped` line
+/// under `apply_id`, so that this apply, not the killed one, is the latest
+/// and no later apply reports them as interrupted again. Returns how many.
+pub fn settle_interrupted(
+    journal: &Journal,
+    apply_id: &str,
+    on_settled: &mut dyn FnMut(&JournalEntry),
+) -> Result<usize, crate::journal::JournalError> {
+    let open = journal.interrupted_before()?;
+    for entry in &open {
+        on_settled(entry);
+        journal.append(&JournalEntry {
+            ts: now_ms(),
+            apply_id: apply_id.to_string(),
+            action: entry.action.clone(),
+            vm: entry.vm.clone(),
+            kind: entry.kind,
+            event: JournalEvent::Finished,
+            skipped: true,
+            error: None,
+        })?;
+    }
+    Ok(open.len())
+}
+
 /// Carry out `plan`. `desired` is the state the plan was made for (used for
 /// the final record step); `journal` is `None` only in tests.
 pub fn apply(
@@ -364,9 +392,13 @@ fn runs_as_wanted(o: &ObservedVm, spec: &VmSpec) -> bool {
 pub fn already_done(a: &Action, o: Option<&ObservedVm>) -> bool {
     let new = a.new.as_ref();
     match a.kind {
+        // What runs, not only the record: a hot-add killed between the VMM's
+        // change and the record's leaves the record behind what runs.
         ActionKind::Create | ActionKind::Copy | ActionKind::Restart | ActionKind::Replace => {
             match (o, new) {
-                (Some(o), Some(n)) => o.record.spec == *n && runs_as_wanted(o, n),
+                (Some(o), Some(n)) => {
+                    o.record.spec == *n && o.current() == *n && runs_as_wanted(o, n)
+                }
                 _ => false,
             }
         }

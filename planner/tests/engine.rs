@@ -490,3 +490,75 @@ fn a_failed_copy_still_restarts_its_source() {
     assert_eq!(out.finished, ["src:stop-for-copy", "src:start-after-copy"]);
     assert_eq!(fake.vms.lock().unwrap()["src"].1, RunState::Running);
 }
+
+/// Issue 15, found by `cargo xtask crash`: an apply killed after its action
+/// took effect but before `finished` was journaled left a plan with nothing
+/// to do. That no-op apply never looked at the journal, so the killed
+/// action stayed open and the next apply with real work, maybe much later,
+/// reported it as interrupted and "finishing it now". Settling closes it.
+#[test]
+fn a_plan_with_nothing_to_do_settles_the_actions_a_killed_apply_left_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(".vmctl");
+    let j = Journal::open(&state).unwrap();
+    j.append(&vmctl_planner::JournalEntry {
+        ts: 1,
+        apply_id: "killed".into(),
+        action: "a:start".into(),
+        vm: "a".into(),
+        kind: vmctl_planner::ActionKind::Start,
+        event: JournalEvent::Started,
+        skipped: false,
+        error: None,
+    })
+    .unwrap();
+
+    let mut settled = Vec::new();
+    let n =
+        engine::settle_interrupted(&j, "noop", &mut |e| settled.push(e.action.clone())).unwrap();
+    assert_eq!(
+        (n, settled.as_slice()),
+        (1, ["a:start".to_string()].as_slice())
+    );
+    assert!(Journal::interrupted(&state).unwrap().is_empty());
+    let last = Journal::read(&state).unwrap().pop().unwrap();
+    assert_eq!(
+        (last.apply_id.as_str(), last.event, last.skipped),
+        ("noop", JournalEvent::Finished, true)
+    );
+    // Nothing left: a second settle closes nothing and writes nothing.
+    assert_eq!(
+        engine::settle_interrupted(&j, "noop2", &mut |_| {}).unwrap(),
+        0
+    );
+    assert_eq!(Journal::read(&state).unwrap().len(), 2);
+}
+
+/// Issue 15, found by `cargo xtask crash`: a hot-add killed after the VMM
+/// grew the memory but before the record was rewritten leaves the record
+/// at the old size and the VM running with the new one. A later change
+/// back down plans a restart (the diff reads what runs), but the restart's
+/// "already done" check compared the *record* with the new spec, found them
+/// equal, and skipped it — on every apply, so the VM never converged.
+#[test]
+fn a_restart_is_not_taken_for_done_when_only_the_stale_record_matches() {
+    let want = VmSpec {
+        memory_mib: 128,
+        max_memory_mib: 384,
+        ..vm("hot")
+    };
+    let mut obs = observed_vm(&want, RunState::Running);
+    obs.live.memory_mib = Some(384); // what the VMM runs after the hot-add
+    let mut observed = ObservedState::new();
+    observed.insert(obs.clone());
+    let p = plan(&desired(vec![want]), &observed, &Capabilities::all()).unwrap();
+    let restart = p
+        .actions
+        .iter()
+        .find(|a| a.kind == vmctl_planner::ActionKind::Restart)
+        .expect("memory 384 → 128 is a restart");
+    assert!(!engine::already_done(restart, Some(&obs)));
+    // Once the VM runs the new size, it is done.
+    obs.live.memory_mib = Some(128);
+    assert!(engine::already_done(restart, Some(&obs)));
+}

@@ -203,9 +203,10 @@ impl Runtime {
         std::fs::create_dir_all(&disks).map_err(io(&disks))?;
         for disk in &spec.disks {
             let path = dir.disk_path(disk);
-            // A new disk is made (imported from `source`, if any); an
-            // existing one keeps its data and is only grown when shorter than
-            // declared (a restart that grows a disk comes through here).
+            // A new disk is made (imported from `source`, if any, whole or
+            // not at all: see `copy_whole`); an existing one keeps its data
+            // and is only grown when shorter than declared (a restart that
+            // grows a disk comes through here).
             if !path.exists() {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -238,9 +239,7 @@ impl Runtime {
                     }
                     // Copied beside it and renamed: a create killed halfway
                     // leaves no half disk that the next apply would accept.
-                    let partial = path.with_extension("partial");
-                    crate::sparse::copy_sparse(&from, &partial).map_err(io(&from))?;
-                    std::fs::rename(&partial, &path).map_err(io(&path))?;
+                    copy_whole(&from, &path)?;
                 }
             }
             let f = std::fs::OpenOptions::new()
@@ -449,11 +448,7 @@ impl Runtime {
             };
             let from = src_dir.disk_path(from_disk);
             let to = dst_dir.disk_path(disk);
-            let mut partial = to.clone().into_os_string();
-            partial.push(".partial");
-            let partial = PathBuf::from(partial);
-            let copied = crate::sparse::copy_sparse(&from, &partial).map_err(io(&from))?;
-            std::fs::rename(&partial, &to).map_err(io(&to))?;
+            let copied = copy_whole(&from, &to)?;
             tracing::info!(from = %from.display(), to = %to.display(), copied, "disk copied");
         }
         self.create(new)
@@ -502,6 +497,20 @@ impl Runtime {
     }
 }
 
+/// Copy `from` to `to` (sparse) so that `to` only ever appears complete:
+/// the bytes go to `<to>.partial`, renamed over `to` at the end. `create`
+/// trusts an existing disk file (a restart keeps its data), so a copy or
+/// import killed halfway must not leave one behind: it leaves the
+/// `.partial`, which the next attempt truncates and redoes.
+fn copy_whole(from: &Path, to: &Path) -> Result<u64, RuntimeError> {
+    let mut partial = to.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let copied = crate::sparse::copy_sparse(from, &partial).map_err(io(from))?;
+    std::fs::rename(&partial, to).map_err(io(to))?;
+    Ok(copied)
+}
+
 #[cfg(test)]
 mod tests {
     use vmctl_spec::model::{DiskFormat, DiskSpec};
@@ -525,6 +534,35 @@ mod tests {
 
     fn live(rt: &Runtime, name: &str) -> RunState {
         rt.observe(name).unwrap().unwrap().live
+    }
+
+    /// Issue 15, found by `cargo xtask crash`: a `source=` import killed
+    /// after the disk file was created and sized, before its bytes were in,
+    /// left an all-zero disk under the real name, which the next create
+    /// kept (an existing disk file is trusted). Here the import dies by an
+    /// error instead of SIGKILL: a directory opens and has a length but
+    /// cannot be read.
+    #[test]
+    fn an_import_that_died_halfway_is_redone_by_the_next_create() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let source = tmp.path().join("seed.raw");
+        std::fs::create_dir(&source).unwrap();
+        let mut s = spec("a", false);
+        s.disks[0].size_bytes = 1 << 20;
+        s.disks[0].source = Some(source.clone());
+        assert!(rt.create(&s).is_err(), "the import fails halfway");
+        let disk = rt.vm_dir("a").disks_dir().join("root.raw");
+        assert!(!disk.exists(), "no half-imported disk under the real name");
+
+        std::fs::remove_dir(&source).unwrap();
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(64 << 10).collect();
+        std::fs::write(&source, &bytes).unwrap();
+        rt.create(&s).unwrap();
+        let got = std::fs::read(&disk).unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert!(got[..bytes.len()] == bytes[..], "the source was imported");
+        assert!(got[bytes.len()..].iter().all(|&b| b == 0));
     }
 
     #[test]

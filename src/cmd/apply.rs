@@ -83,6 +83,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         print!("{}", render::text(&prepared.plan));
     }
     if !summary.has_actions() {
+        reconcile::settle(&prepared, &reporter)?;
         if args.json {
             reporter.json_line(json!({"event": "summary", "no_changes": refused.is_empty(),
                 "succeeded": 0, "failed": 0, "refused": refused.len()}));

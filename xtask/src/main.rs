@@ -2,7 +2,12 @@
 //!
 //! `cargo xtask nested-lab [options]`: boot real Debian guests under vmctl's
 //! own VMM on a real KVM one level down (see docs/nested-lab.md and `--help`).
+//!
+//! `cargo xtask crash [options]`: SIGKILL `vmctl apply` inside its actions
+//! over many seeds and require the next apply to converge with nothing lost,
+//! duplicated or corrupted (see docs/testing.md and `--help`).
 
+mod crash;
 mod nested;
 
 use std::path::PathBuf;
@@ -31,7 +36,14 @@ const USAGE: &str =
   --guest-append W     extra guest kernel command-line words (boot loop, --vmm-only)
   --l1-thp MODE        L1's transparent hugepages: always (the kernel's default), madvise, never
   --kvm-amd-args A     parameters for kvm-amd.ko in L1 (default \"npt=0\": shadow paging;
-                       \"npt=1\" uses QEMU's emulated nested paging, see docs/nested-lab.md)";
+                       \"npt=1\" uses QEMU's emulated nested paging, see docs/nested-lab.md)
+
+       cargo xtask crash [--kills N] [--seeds S | --seed X] [--keep]
+
+  --kills N            kills that must land inside apply actions, over all seeds (default 100)
+  --seeds S            seeds (fresh labs) to spread them over (default 10)
+  --seed X             replay one seed (the state sequence; kill timing is the machine's)
+  --keep               keep the labs' directories; after a violation, its VMs keep running";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -100,6 +112,39 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("nested-lab: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        "crash" => {
+            let mut opts = crash::Options::default();
+            while let Some(a) = args.next() {
+                match a.as_str() {
+                    "--kills" => match args.next().and_then(|s| s.parse().ok()) {
+                        Some(n) if n >= 1 => opts.kills = n,
+                        _ => return usage_error("--kills needs a number of kills (>= 1)"),
+                    },
+                    "--seeds" => match args.next().and_then(|s| s.parse().ok()) {
+                        Some(n) if n >= 1 => opts.seeds = n,
+                        _ => return usage_error("--seeds needs a number of seeds (>= 1)"),
+                    },
+                    "--seed" => match args.next().and_then(|s| s.parse().ok()) {
+                        Some(x) => opts.seed = Some(x),
+                        None => return usage_error("--seed needs a number"),
+                    },
+                    "--keep" => opts.keep = true,
+                    "-h" | "--help" => {
+                        println!("{USAGE}");
+                        return ExitCode::SUCCESS;
+                    }
+                    other => return usage_error(&format!("unknown argument {other:?}")),
+                }
+            }
+            match crash::run(&opts) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("crash: error: {e}");
                     ExitCode::FAILURE
                 }
             }
