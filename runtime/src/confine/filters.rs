@@ -250,7 +250,7 @@ fn spawns_threads() -> Vec<Entry> {
     vec![
         any(
             sys!(SYS_clone3),
-            "std::thread::spawn (glibc pthread_create)",
+            "std::thread::spawn; answered ENOSYS by compile_no_clone3, so glibc uses clone",
         ),
         when(
             sys!(SYS_clone),
@@ -455,10 +455,7 @@ pub const SPAWNED_BY_CONFINED_MAIN: &[ThreadKind] = &[ThreadKind::Vcpu, ThreadKi
 /// The complete allow-list of `kind`.
 pub fn allow_list(kind: ThreadKind, ctx: &Context) -> Vec<Entry> {
     let mut list = base(ctx);
-    if matches!(
-        kind,
-        ThreadKind::Main | ThreadKind::Api | ThreadKind::Console
-    ) {
+    if creates_threads(kind) {
         list.extend(spawns_threads());
     }
     list.extend(own_entries(kind, ctx));
@@ -511,6 +508,31 @@ pub fn compile(kind: ThreadKind, ctx: &Context) -> Result<BpfProgram, ConfineErr
     )
     .map_err(|e| ConfineError::Compile(format!("{}: {e}", kind.name())))?;
     BpfProgram::try_from(filter).map_err(|e| ConfineError::Compile(format!("{}: {e}", kind.name())))
+}
+
+/// The second filter of threads that create threads: `clone3` fails with
+/// `ENOSYS` (everything else passes to the allow-list). `clone3`'s flags are
+/// in memory where seccomp cannot look, so allowing it would allow a fork;
+/// glibc then falls back to `clone`, whose flags the allow-list checks
+/// (`CLONE_THREAD` only). Stacked filters return the most restrictive
+/// result, so ERRNO beats the allow-list's ALLOW.
+pub fn compile_no_clone3() -> Result<BpfProgram, ConfineError> {
+    let filter = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| ConfineError::Compile(format!("clone3: {e}")))?;
+    BpfProgram::try_from(filter).map_err(|e| ConfineError::Compile(format!("clone3: {e}")))
+}
+
+/// Whether threads of `kind` create threads.
+pub fn creates_threads(kind: ThreadKind) -> bool {
+    matches!(
+        kind,
+        ThreadKind::Main | ThreadKind::Api | ThreadKind::Console
+    )
 }
 
 /// A name for system call `nr`, where one of the lists knows it.
@@ -661,6 +683,27 @@ mod tests {
         assert!(!allowed_anywhere(super::super::TEST_DENIED_SYSCALL));
         assert_eq!(syscall_name(libc::SYS_getppid), Some("getppid"));
         assert_eq!(syscall_name(libc::SYS_ioctl), Some("ioctl"));
+    }
+
+    /// The clone3 filter, installed in a scratch thread: clone3 fails with
+    /// ENOSYS and threads are still created (glibc falls back to clone).
+    #[test]
+    fn clone3_is_refused_and_threads_still_start() {
+        let prog = compile_no_clone3().unwrap();
+        std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            // SAFETY: clone3 with a null argument block; it must not run.
+            let rc = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+            assert_eq!(rc, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOSYS)
+            );
+            std::thread::spawn(|| 7).join().unwrap()
+        })
+        .join()
+        .map(|v| assert_eq!(v, 7))
+        .unwrap();
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub enum ConfineError {
 /// The compiled filters of this process, once confinement is on.
 struct Confinement {
     programs: Vec<BpfProgram>,
+    /// Stacked on the filter of threads that create threads.
+    no_clone3: BpfProgram,
     trip: Option<ThreadKind>,
 }
 
@@ -147,6 +149,7 @@ pub fn enable(dir: &VmDir) -> Result<(), ConfineError> {
         .iter()
         .map(|k| filters::compile(*k, &ctx))
         .collect::<Result<Vec<_>, _>>()?;
+    let no_clone3 = filters::compile_no_clone3()?;
     let trip = std::env::var(TEST_DENY_ENV)
         .ok()
         .and_then(|v| ThreadKind::from_name(&v));
@@ -157,7 +160,14 @@ pub fn enable(dir: &VmDir) -> Result<(), ConfineError> {
             kind.name()
         );
     }
-    if ACTIVE.set(Confinement { programs, trip }).is_err() {
+    if ACTIVE
+        .set(Confinement {
+            programs,
+            no_clone3,
+            trip,
+        })
+        .is_err()
+    {
         return Ok(());
     }
     sigsys::start(dir)
@@ -173,10 +183,14 @@ pub fn install(kind: ThreadKind) -> Result<(), ConfineError> {
         .programs
         .get(kind.index())
         .ok_or_else(|| ConfineError::Compile(format!("no filter for {}", kind.name())))?;
-    seccompiler::apply_filter(prog).map_err(|source| ConfineError::Install {
+    let fail = |source| ConfineError::Install {
         kind: kind.name(),
         source,
-    })?;
+    };
+    seccompiler::apply_filter(prog).map_err(fail)?;
+    if filters::creates_threads(kind) {
+        seccompiler::apply_filter(&c.no_clone3).map_err(fail)?;
+    }
     mark(kind);
     Ok(())
 }
