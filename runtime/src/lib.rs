@@ -6,13 +6,14 @@
 //! through), `vmm` (assembling and running one VM in the `__vmm` process),
 //! `api` (the control socket protocol, server and client), `state` (the state
 //! directory), `process` (spawning and finding VMM processes), `diag` (the
-//! embedded diagnostic guest), and the [`Runtime`] facade the apply engine
-//! drives.
+//! embedded diagnostic guest), `confine` (the VMM's seccomp filters and
+//! process limits), and the [`Runtime`] facade the apply engine drives.
 
 pub mod acpi;
 pub mod api;
 pub mod arch;
 pub mod cgroup;
+pub mod confine;
 pub mod devices;
 pub mod diag;
 pub mod facade;

@@ -53,6 +53,8 @@ pub struct VmmCommand {
     pub exe: PathBuf,
     /// Arguments placed before the VM directory (default `__vmm --vm-dir`).
     pub args: Vec<OsString>,
+    /// Extra environment for the VMM only (tests: `VMCTL_SECCOMP_TEST_DENY`).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl VmmCommand {
@@ -65,6 +67,7 @@ impl VmmCommand {
         Ok(VmmCommand {
             exe,
             args: vec!["__vmm".into(), "--vm-dir".into()],
+            env: Vec::new(),
         })
     }
 }
@@ -185,6 +188,7 @@ pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
     command
         .args(&cmd.args)
         .arg(vm_dir)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);

@@ -168,6 +168,11 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
+        Lab::with_vmm_env(&[])
+    }
+
+    /// A lab whose VMMs get `env` on top of this process's environment.
+    fn with_vmm_env(env: &[(&str, &str)]) -> Lab {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let exe = std::env::current_exe().unwrap();
@@ -176,6 +181,10 @@ impl Lab {
             .with_vmm_command(VmmCommand {
                 exe,
                 args: vec!["__vmm".into(), "--vm-dir".into()],
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
             });
         Lab {
             _tmp: tmp,
@@ -715,6 +724,48 @@ fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
     assert_no_vmm_files(&lab, &name);
 }
 
+/// Issue 15: a system call outside a thread's seccomp allow-list kills the
+/// VMM, and `vmm.exit` says so — reason `seccomp`, exit code 159, the
+/// thread and the call number — with no pid file or socket left behind, so
+/// the VM reads as crashed. Tried in a vCPU thread, the control-socket
+/// thread and the main thread (once the VM is up and serving). The trip is
+/// test-only (`VMCTL_SECCOMP_TEST_DENY=<kind>`): that thread calls getppid,
+/// which no filter allows; no filter changes. With `VMCTL_SECCOMP=off` the
+/// same trip is harmless, so it is the filter that kills.
+fn a_denied_syscall_kills_the_vmm_and_is_reported_in_vmm_exit() {
+    use vmctl_runtime::confine::{SECCOMP_ENV, TEST_DENY_ENV, sigsys};
+    for kind in ["vcpu", "api", "main"] {
+        let lab = Lab::with_vmm_env(&[(TEST_DENY_ENV, kind)]);
+        let name = format!("deny-{kind}");
+        // The VMM may die before or after it counts as started.
+        let _ = lab.rt.create(&lab.diag(&name, 1, 128));
+        wait_for("the VMM to die", || {
+            let o = lab.rt.observe(&name).unwrap().unwrap();
+            (o.live != RunState::Running).then_some(())
+        });
+        let o = lab.rt.observe(&name).unwrap().unwrap();
+        assert_eq!(o.live, RunState::Crashed, "{kind}");
+        let note = lab.rt.vm_dir(&name).read_exit_note().expect("vmm.exit");
+        assert_eq!(note.reason, sigsys::REASON, "{kind}: {note:?}");
+        assert_eq!(note.code, 159, "{kind}: {note:?}");
+        assert!(
+            note.detail.contains(&format!("(kind {kind}, tid"))
+                && note
+                    .detail
+                    .contains(&format!("made system call {} (getppid)", libc::SYS_getppid)),
+            "{kind}: {}",
+            note.detail
+        );
+        assert_no_vmm_files(&lab, &name);
+        assert!(!lab.rt.vm_dir(&name).console_sock().exists());
+    }
+    let lab = Lab::with_vmm_env(&[(TEST_DENY_ENV, "vcpu"), (SECCOMP_ENV, "off")]);
+    lab.rt.create(&lab.diag("off", 1, 128)).unwrap();
+    let c = lab.client("off");
+    wait_for("the guest report", || c.status().ok()?.guest);
+    assert!(c.shutdown(Duration::from_secs(30)).unwrap());
+}
+
 fn diag_1_cpu_128_mib() {
     diag_reports_what_was_declared(1, 128);
 }
@@ -776,6 +827,10 @@ const TESTS: &[Test] = &[
     (
         "irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set",
         irqchip_mode_legacy_pic_delivers_nothing_to_a_guest_with_if_set,
+    ),
+    (
+        "a_denied_syscall_kills_the_vmm_and_is_reported_in_vmm_exit",
+        a_denied_syscall_kills_the_vmm_and_is_reported_in_vmm_exit,
     ),
     ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),

@@ -2,10 +2,12 @@
 //! crashed), its VMM, the resources the VMM gave it, and what the guest itself
 //! reports over its agent channel.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
 use vmctl_planner::{Backend, ObservedVm, RunState};
+use vmctl_runtime::state::{ExitNote, StateDir};
 
 use crate::backend;
 use crate::cli::FileArg;
@@ -22,6 +24,24 @@ pub struct Args {
 
 fn state_label(s: RunState) -> &'static str {
     s.as_str()
+}
+
+/// How the VM's last VMM ended (`vmm.exit`), for a VM with no VMM: a crash,
+/// a VMM killed by its seccomp filter (`reason: "seccomp"`, naming the
+/// thread and system call), or a clean stop.
+fn last_exit(state_dir: &Path, vm: &ObservedVm) -> Option<ExitNote> {
+    if vm.live.state.has_vmm() {
+        return None;
+    }
+    StateDir::new(state_dir).vm(vm.name()).read_exit_note()
+}
+
+/// The `status --json` entry of one VM (design.md contract), with its
+/// `last_exit` (null while a VMM runs or when none was recorded).
+fn vm_json_with_exit(state_dir: &Path, vm: &ObservedVm) -> Value {
+    let mut v = vm_json(vm);
+    v["last_exit"] = json!(last_exit(state_dir, vm));
+    v
 }
 
 /// The `status --json` entry of one VM (design.md contract).
@@ -77,7 +97,11 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         .observe()
         .map_err(|e| miette::miette!("cannot observe the VMs in {}: {e}", state_dir.display()))?;
     let text = if args.json {
-        let vms: Vec<Value> = observed.vms.values().map(vm_json).collect();
+        let vms: Vec<Value> = observed
+            .vms
+            .values()
+            .map(|vm| vm_json_with_exit(&state_dir, vm))
+            .collect();
         let doc = json!({"format_version": vmctl_spec::FORMAT_VERSION, "vms": vms});
         format!(
             "{}\n",
@@ -106,6 +130,12 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
                 None => {}
             }
             if vm.live.state == RunState::Crashed {
+                if let Some(note) = last_exit(&state_dir, vm).filter(|n| !n.is_clean()) {
+                    text.push_str(&format!(
+                        "{:<16} last exit: {}: {}\n",
+                        "", note.reason, note.detail
+                    ));
+                }
                 text.push_str(&format!(
                     "{:<16} drift: the VMM is gone but the VM should run; `vmctl apply` starts it\n",
                     ""

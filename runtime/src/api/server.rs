@@ -45,17 +45,19 @@ pub fn spawn<E: Send + 'static>(
     to_main: Sender<E>,
     wrap: fn(Pending) -> E,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let to_main = to_main.clone();
-                let _ = std::thread::Builder::new()
-                    .name("api-conn".into())
-                    .spawn(move || serve(conn, &to_main, wrap));
-            }
-        })?;
+    crate::confine::spawn("api".into(), crate::confine::ThreadKind::Api, move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let to_main = to_main.clone();
+            // Runs under the api thread's filter, which it inherits.
+            let _ = std::thread::Builder::new()
+                .name("api-conn".into())
+                .spawn(move || {
+                    crate::confine::mark(crate::confine::ThreadKind::Api);
+                    serve(conn, &to_main, wrap)
+                });
+        }
+    })?;
     Ok(())
 }
 

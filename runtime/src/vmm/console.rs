@@ -14,9 +14,10 @@ pub(super) fn spawn(
     clients: Arc<Mutex<Vec<UnixStream>>>,
     com1: Arc<Mutex<Option<Com1>>>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("console".into())
-        .spawn(move || {
+    crate::confine::spawn(
+        "console".into(),
+        crate::confine::ThreadKind::Console,
+        move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let _ = conn.set_write_timeout(Some(Duration::from_millis(50)));
@@ -24,11 +25,16 @@ pub(super) fn spawn(
                     list.push(out);
                 }
                 let com1 = com1.clone();
+                // Runs under the console thread's filter, which it inherits.
                 let _ = std::thread::Builder::new()
                     .name("console-in".into())
-                    .spawn(move || type_into(conn, &com1));
+                    .spawn(move || {
+                        crate::confine::mark(crate::confine::ThreadKind::Console);
+                        type_into(conn, &com1)
+                    });
             }
-        })?;
+        },
+    )?;
     Ok(())
 }
 

@@ -239,9 +239,11 @@ impl Machine {
     fn spawn_vcpu(&mut self, vcpu: Vcpu) -> Result<(), MachineError> {
         let ctx = self.ctx.clone();
         let index = vcpu.index;
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || vcpu.run(ctx))?;
+        let handle = crate::confine::spawn(
+            format!("vcpu{index}"),
+            crate::confine::ThreadKind::Vcpu,
+            move || vcpu.run(ctx),
+        )?;
         self.threads.push((index, handle));
         Ok(())
     }

@@ -78,6 +78,8 @@ pub enum VmmError {
     Host(#[from] host::HostError),
     #[error(transparent)]
     Machine(#[from] machine::MachineError),
+    #[error(transparent)]
+    Confine(#[from] crate::confine::ConfineError),
     #[error("cannot set up {what}: {source}")]
     Io {
         what: &'static str,
@@ -111,7 +113,10 @@ pub fn run_vmm(vm_dir: &Path) -> Result<i32, VmmError> {
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe { libc::umask(0o077) };
     let dir = VmDir::new(vm_dir);
-    match setup::setup(&dir) {
+    let setup = crate::confine::limits::apply(vm_dir)
+        .map_err(VmmError::from)
+        .and_then(|()| setup::setup(&dir));
+    match setup {
         Err(e) => {
             cleanup(&dir);
             let _ = dir.write_exit_note(&ExitNote {
@@ -137,7 +142,7 @@ pub fn run_vmm(vm_dir: &Path) -> Result<i32, VmmError> {
 
 /// Remove the VMM's runtime files; the pid file last, because "no pid file"
 /// is what observers take as "this VMM is gone".
-fn cleanup(dir: &VmDir) {
+pub(crate) fn cleanup(dir: &VmDir) {
     let _ = std::fs::remove_file(dir.api_sock());
     let _ = std::fs::remove_file(dir.console_sock());
     let _ = std::fs::remove_file(dir.pid_file());

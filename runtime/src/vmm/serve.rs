@@ -38,6 +38,7 @@ pub(super) struct Vmm {
 
 impl Vmm {
     pub(super) fn serve(&mut self) -> Outcome {
+        crate::confine::trip_point(crate::confine::ThreadKind::Main);
         loop {
             let ev = if self.in_flight.is_some() {
                 match self.rx.recv_timeout(HOTPLUG_TICK) {

@@ -45,6 +45,11 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     host::check_memory(cfg.memory_mib)?;
     vcpu::install_kick_handler()?;
     signals::block();
+    // Confinement (crate::confine): from here on every thread installs its
+    // seccomp filter before it does its work.
+    let nofile = crate::confine::limits::limit_files(cfg.max_cpus.max(cfg.cpus), cfg.disks.len())?;
+    tracing::debug!(nofile, "RLIMIT_NOFILE set");
+    crate::confine::enable(dir)?;
     let console_log =
         crate::devices::serial::RotatingLog::open(&cfg.console_log, cfg.console_log_max_bytes)
             .map_err(io("console.log"))?;
@@ -66,6 +71,9 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     let console = server::bind(&dir.console_sock()).map_err(io("console.sock"))?;
     console::spawn(console, keep.console_clients.clone(), com1.clone())
         .map_err(io("the console thread"))?;
+    // Set-up is done: the main thread's filter goes on before the guest
+    // runs. vCPU threads it starts now run under it and their own.
+    crate::confine::install_main()?;
     crate::state::write_atomic(
         &dir.pid_file(),
         format!("{}\n", std::process::id()).as_bytes(),

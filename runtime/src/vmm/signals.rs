@@ -29,9 +29,10 @@ pub fn block() {
 
 /// Forward each stop signal as `make(signal)` to the main loop.
 pub fn forward<E: Send + 'static>(to_main: Sender<E>, make: fn(i32) -> E) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
+    crate::confine::spawn(
+        "signals".into(),
+        crate::confine::ThreadKind::Signals,
+        move || {
             let set = signal_set();
             loop {
                 let mut sig: libc::c_int = 0;
@@ -43,6 +44,7 @@ pub fn forward<E: Send + 'static>(to_main: Sender<E>, make: fn(i32) -> E) -> std
                     return;
                 }
             }
-        })?;
+        },
+    )?;
     Ok(())
 }

@@ -75,9 +75,11 @@ impl IoThread {
             )?;
         }
         let stop_fd = stop.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name("virtio-io".into())
-            .spawn(move || run(epoll, stop_fd, notifiers))?;
+        let handle = crate::confine::spawn(
+            "virtio-io".into(),
+            crate::confine::ThreadKind::VirtioIo,
+            move || run(epoll, stop_fd, notifiers),
+        )?;
         Ok(IoThread {
             stop,
             handle: Some(handle),
