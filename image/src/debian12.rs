@@ -19,7 +19,7 @@ use super::{Built, ImageError, Variant, digest, kmod, rootfs};
 /// The OS name in KDL (`os "debian-12"`).
 pub const NAME: &str = "debian-12";
 /// Bump whenever the layout, the guest files or the package list change.
-pub const RECIPE: u32 = 3;
+pub const RECIPE: u32 = 4;
 /// What every debian-12 image has, before the VM's own `packages`.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
@@ -136,6 +136,12 @@ pub fn customise(root: &Path) -> Result<(), ImageError> {
     // machine id (systemd makes one at first boot when the file is empty),
     // the hostname (vmctl-config), and nothing of the build host's.
     remove_matching(&root.join("etc/ssh"), |n| !n.starts_with("ssh_host_"))?;
+    write(
+        root,
+        "/etc/ssh/sshd_config.d/vmctl.conf",
+        0o644,
+        "# vmctl: one host key per VM, made at its first boot by vmctl-config.\nHostKey /etc/ssh/ssh_host_ed25519_key\n",
+    )?;
     write(root, "/etc/machine-id", 0o444, "")?;
     let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
     write(root, "/etc/hostname", 0o644, "debian\n")?;

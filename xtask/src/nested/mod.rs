@@ -80,7 +80,7 @@ impl Default for Options {
 pub const DEFAULT_KVM_AMD_ARGS: &str = "npt=0";
 
 /// The default L1 budget of the scenario.
-const DEFAULT_TIMEOUT_SECS: u64 = 540;
+const DEFAULT_TIMEOUT_SECS: u64 = 1500;
 /// One boot of the boot loop gives up after this long.
 const BOOT_TIMEOUT_SECS: u64 = 90;
 
