@@ -82,12 +82,57 @@ fn guest_summary(guest: &Value) -> String {
         .and_then(Value::as_array)
         .map(|d| d.len())
         .unwrap_or(0);
-    format!(
+    let mut line = format!(
         "guest sees cpus={} memory_mib={} disks={}",
         get("cpus"),
         get("memory_mib"),
         disks
-    )
+    );
+    // A debian-12 guest also says what it is (docs/images.md).
+    let text = |k: &str| guest.get(k).and_then(Value::as_str);
+    if let Some(os) = text("os") {
+        line.push_str(&format!("\n{:<16} os={os:?}", ""));
+        if let Some(h) = text("hostname") {
+            line.push_str(&format!(" hostname={h}"));
+        }
+        if let Some(s) = text("systemd") {
+            line.push_str(&format!(" systemd={s}"));
+        }
+        if let Some(b) = guest.get("root_fs_bytes").and_then(Value::as_u64) {
+            line.push_str(&format!(" root_fs={}MiB", b >> 20));
+        }
+        let failed: Vec<&str> = guest
+            .get("failed_units")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if !failed.is_empty() {
+            line.push_str(&format!(" failed_units={}", failed.join(",")));
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_debian_guest_says_what_it_is() {
+        let g = serde_json::json!({"cpus": 2, "memory_mib": 469, "disks": [{}],
+            "os": "Debian GNU/Linux 12 (bookworm)", "hostname": "web", "systemd": "degraded",
+            "root_fs_bytes": 1038462976u64, "failed_units": ["ssh.service"]});
+        assert_eq!(
+            guest_summary(&g),
+            format!(
+                "guest sees cpus=2 memory_mib=469 disks=1\n{:<16} os=\"Debian GNU/Linux 12 (bookworm)\" \
+                 hostname=web systemd=degraded root_fs=990MiB failed_units=ssh.service",
+                ""
+            )
+        );
+        let diag = serde_json::json!({"cpus": 1, "memory_mib": 128, "disks": []});
+        assert_eq!(guest_summary(&diag), "guest sees cpus=1 memory_mib=128 disks=0");
+    }
 }
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
