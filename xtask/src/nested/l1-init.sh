@@ -137,6 +137,23 @@ wait_disks() {
     return 1
 }
 
+# wait_root_fs VM MIN_BYTES: until the VM's guest reports df / >= MIN_BYTES.
+wait_root_fs() {
+    t=0
+    while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+        b=$(last_agent_line "$1" | sed -n 's/.*"root_fs_bytes":\([0-9]*\).*/\1/p')
+        if [ -n "$b" ] && [ "$b" -ge "$2" ]; then
+            say "@@NESTED step=root-fs-grown rc=0 want=0 secs=$t root_fs_bytes=$b"
+            return 0
+        fi
+        sleep 2; t=$((t + 2))
+    done
+    say "@@NESTED step=root-fs-grown rc=1 want=0 root_fs_bytes=$b"
+    FAILED=1
+    dump_logs
+    return 1
+}
+
 report() {
     for vm in $VMS; do
         say "@@GUEST phase=$1 vm=$vm $(last_agent_line "$vm")"
@@ -196,6 +213,8 @@ scenario() {
         step plan-grow 2 vmctl plan --detailed-exitcode
         step apply-grow 0 vmctl apply --auto-approve || return
         wait_disks "$CHANGED_VM" "$GROW_DISKS"
+        # A debian-12 guest grows its root filesystem after its disk.
+        [ "${GROW_ROOT_MIN:-0}" -gt 0 ] && wait_root_fs "$CHANGED_VM" "$GROW_ROOT_MIN"
         wait_agents 3
         report 3
         step plan-noop-3 0 vmctl plan --detailed-exitcode

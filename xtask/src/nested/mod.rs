@@ -434,8 +434,18 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         }
         None => "HOT_VM=\"\"\n".to_string(),
     };
+    // A debian-12 VM whose root disk grew must also grow its filesystem:
+    // phase 3 waits for `df /` to reach 92 % of the new size.
+    let grow_root_min = grown
+        .as_ref()
+        .and_then(|g| g.vm(&changed.name))
+        .filter(|v| v.os == "debian-12")
+        .and_then(|v| v.disks.iter().find(|d| d.name == "root"))
+        .filter(|_| grow.as_ref().is_some_and(|(d, _)| d == "root"))
+        .map(|d| d.size_bytes / 100 * 92)
+        .unwrap_or(0);
     let env = format!(
-        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
+        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nGROW_ROOT_MIN={grow_root_min}\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
