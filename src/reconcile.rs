@@ -80,7 +80,7 @@ pub enum PassError {
     Journal(String),
     #[error("cannot provide the image {message}")]
     #[diagnostic(help(
-        "vmctl builds built-in images from Debian packages (apt-get, mmdebstrap, mke2fs); without them, declare an `image` with your own kernel and initrd"
+        "vmctl builds its built-in OS images on this host from Debian packages (apt-get, mmdebstrap, mke2fs; docs/images.md); an `image` node boots your own kernel and initrd instead"
     ))]
     Image { message: String },
 }

@@ -113,28 +113,6 @@ fn guest_summary(guest: &Value) -> String {
     line
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_debian_guest_says_what_it_is() {
-        let g = serde_json::json!({"cpus": 2, "memory_mib": 469, "disks": [{}],
-            "os": "Debian GNU/Linux 12 (bookworm)", "hostname": "web", "systemd": "degraded",
-            "root_fs_bytes": 1038462976u64, "failed_units": ["ssh.service"]});
-        assert_eq!(
-            guest_summary(&g),
-            format!(
-                "guest sees cpus=2 memory_mib=469 disks=1\n{:<16} os=\"Debian GNU/Linux 12 (bookworm)\" \
-                 hostname=web systemd=degraded root_fs=990MiB failed_units=ssh.service",
-                ""
-            )
-        );
-        let diag = serde_json::json!({"cpus": 1, "memory_mib": 128, "disks": []});
-        assert_eq!(guest_summary(&diag), "guest sees cpus=1 memory_mib=128 disks=0");
-    }
-}
-
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let state_dir = g.state_dir_for(&args.file.file);
     let backend = backend::open(&state_dir).map_err(|e| miette::miette!("{e}"))?;
@@ -191,4 +169,29 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     };
     crate::cmd::print_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_debian_guest_says_what_it_is() {
+        let g = serde_json::json!({"cpus": 2, "memory_mib": 469, "disks": [{}],
+            "os": "Debian GNU/Linux 12 (bookworm)", "hostname": "web", "systemd": "degraded",
+            "root_fs_bytes": 1038462976u64, "failed_units": ["ssh.service"]});
+        assert_eq!(
+            guest_summary(&g),
+            format!(
+                "guest sees cpus=2 memory_mib=469 disks=1\n{:<16} os=\"Debian GNU/Linux 12 (bookworm)\" \
+                 hostname=web systemd=degraded root_fs=990MiB failed_units=ssh.service",
+                ""
+            )
+        );
+        let diag = serde_json::json!({"cpus": 1, "memory_mib": 128, "disks": []});
+        assert_eq!(
+            guest_summary(&diag),
+            "guest sees cpus=1 memory_mib=128 disks=0"
+        );
+    }
 }

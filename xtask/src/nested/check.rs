@@ -641,7 +641,7 @@ mod tests {
     fn spec(name: &str, cpus: u32, mib: u64, disks: &[u64]) -> VmSpec {
         VmSpec {
             name: name.into(),
-            os: "debian-12".into(),
+            os: "debian-12-minimal".into(),
             cpus,
             max_cpus: cpus,
             memory_mib: mib,
@@ -663,6 +663,39 @@ mod tests {
             autostart: true,
             image: None,
             ..VmSpec::diag("")
+        }
+    }
+
+    #[test]
+    fn a_debian_guest_must_show_its_os_configuration_and_root_size() {
+        let mut s = spec("web", 2, 512, &[1 << 30]);
+        s.os = "debian-12".into();
+        s.disks[0].name = "root".into();
+        s.packages = vec!["tree".into()];
+        s.config.hostname = Some("www".into());
+        s.config.files.push(vmctl_spec::model::FileSpec {
+            path: "/etc/motd".into(),
+            content: "lab 3\n".into(),
+            mode: 0o644,
+        });
+        let motd = vmctl_image::digest::sha256_hex(b"lab 3\n");
+        let good = serde_json::json!({"os": "Debian GNU/Linux 12 (bookworm)", "systemd": "running",
+            "hostname": "www", "packages": {"tree": "2.1.0-1"}, "files": {"/etc/motd": motd},
+            "users": [], "root_fs_bytes": 1038462976u64});
+        assert_eq!(check_debian_os(&s, &good), Vec::<String>::new());
+        let bad = serde_json::json!({"os": "Debian GNU/Linux 12 (bookworm)", "systemd": "degraded",
+            "failed_units": ["ssh.service"], "hostname": "web", "packages": {"tree": null},
+            "files": {"/etc/motd": null}, "users": [], "root_fs_bytes": 500u64 << 20});
+        let problems = check_debian_os(&s, &bad).join("\n");
+        for needle in [
+            "degraded",
+            "ssh.service",
+            "hostname",
+            "package tree",
+            "/etc/motd",
+            "df /",
+        ] {
+            assert!(problems.contains(needle), "{needle}: {problems}");
         }
     }
 
