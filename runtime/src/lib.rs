@@ -7,7 +7,7 @@
 //! `api` (the control socket protocol, server and client), `state` (the state
 //! directory), `process` (spawning and finding VMM processes), `diag` (the
 //! embedded diagnostic guest), and the [`Runtime`] facade the apply engine
-//! drives.
+//! drives. `fuzzing` (hidden) is what the fuzz targets in `fuzz/` reach.
 
 pub mod acpi;
 pub mod api;
@@ -16,6 +16,8 @@ pub mod cgroup;
 pub mod devices;
 pub mod diag;
 pub mod facade;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hotplug;
 pub mod image;
 pub mod process;
