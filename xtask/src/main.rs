@@ -2,14 +2,18 @@
 //!
 //! `cargo xtask nested-lab [options]`: boot real Debian guests under vmctl's
 //! own VMM on a real KVM one level down (see docs/nested-lab.md and `--help`).
+//!
+//! `cargo xtask fuzz --smoke | TARGET --time SECS`: build and run the
+//! libFuzzer targets in fuzz/ (see docs/fuzzing.md and `fuzz --help`).
 
+mod fuzz;
 mod nested;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
+const USAGE: &str = "usage: cargo xtask fuzz --smoke | TARGET [--time SECS] (see fuzz --help)
+       cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
                              [--vmm-only] [--repeat N] [--qemu-trace]
                              [--boot-loop N [--vmm vmctl|qemu|both] [--boot-vm NAME]]
                              [--guest-append WORDS] [--l1-thp MODE] [--kvm-amd-args A]
@@ -40,6 +44,25 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     match task.as_str() {
+        "fuzz" => {
+            let rest: Vec<String> = args.collect();
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", fuzz::USAGE);
+                return ExitCode::SUCCESS;
+            }
+            match fuzz::main(rest.into_iter()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(fuzz::FuzzError::Usage(m)) => {
+                    eprintln!("fuzz: {m}\n{}", fuzz::USAGE);
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("fuzz: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "nested-lab" => {
             let mut opts = nested::Options::default();
             while let Some(a) = args.next() {
