@@ -19,14 +19,16 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 pub const USAGE: &str = "usage: cargo xtask fuzz --smoke [--time SECS]
-       cargo xtask fuzz TARGET [--time SECS]
-       cargo xtask fuzz --list | --build
+       cargo xtask fuzz TARGET [--time SECS] [--asan]
+       cargo xtask fuzz --list | --build [--asan]
 
   --smoke        build, then run every target SECS (default 20) from its seeds; fail on any crash
   TARGET         a campaign on one target for SECS (default 600), corpus kept in
                  fuzz/target/corpus/TARGET; crash inputs in fuzz/artifacts/TARGET/
   --list         the targets (fuzz/fuzz_targets/*.rs)
-  --build        only build the instrumented targets";
+  --build        only build the instrumented targets
+  --asan         with AddressSanitizer: needs the nightly toolchain (rustup), builds
+                 into fuzz/target/asan; for campaigns, not for CI";
 
 /// The instrumentation cargo-fuzz passes (without a sanitizer), all stable.
 const RUSTFLAGS: &[&str] = &[
@@ -48,6 +50,8 @@ const STRIP_VARS: &[&str] = &[
     "CARGO_BUILD_RUSTFLAGS",
     "RUSTC_WRAPPER",
     "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC",
+    "RUSTUP_TOOLCHAIN",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -71,16 +75,25 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FuzzError {
 /// Which run: the smoke test of every target, or a campaign on one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    Smoke { secs: u64 },
-    Campaign { target: String, secs: u64 },
+    Smoke {
+        secs: u64,
+    },
+    Campaign {
+        target: String,
+        secs: u64,
+        asan: bool,
+    },
     List,
-    Build,
+    Build {
+        asan: bool,
+    },
 }
 
 pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, FuzzError> {
     let mut smoke = false;
     let mut list = false;
     let mut build = false;
+    let mut asan = false;
     let mut target = None;
     let mut secs = None;
     while let Some(a) = args.next() {
@@ -88,6 +101,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, FuzzEr
             "--smoke" => smoke = true,
             "--list" => list = true,
             "--build" => build = true,
+            "--asan" => asan = true,
             "--time" => match args.next().and_then(|s| s.parse::<u64>().ok()) {
                 Some(t) if t >= 1 => secs = Some(t),
                 _ => return Err(FuzzError::Usage("--time needs a number of seconds".into())),
@@ -97,14 +111,15 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, FuzzEr
         }
     }
     match (smoke, list, build, target) {
-        (true, false, false, None) => Ok(Mode::Smoke {
+        (true, false, false, None) if !asan => Ok(Mode::Smoke {
             secs: secs.unwrap_or(20),
         }),
         (false, true, false, None) => Ok(Mode::List),
-        (false, false, true, None) => Ok(Mode::Build),
+        (false, false, true, None) => Ok(Mode::Build { asan }),
         (false, false, false, Some(target)) => Ok(Mode::Campaign {
             target,
             secs: secs.unwrap_or(600),
+            asan,
         }),
         _ => Err(FuzzError::Usage(
             "give one of --smoke, --list, --build or a TARGET".into(),
@@ -150,17 +165,36 @@ fn host_triple() -> Result<String, FuzzError> {
 
 /// Build every target; returns the directory holding the binaries. An
 /// explicit `--target` keeps the flags off build scripts and proc macros.
-fn build(root: &Path) -> Result<PathBuf, FuzzError> {
+/// With `asan`, nightly's AddressSanitizer too, in its own target dir.
+fn build(root: &Path, asan: bool) -> Result<PathBuf, FuzzError> {
     let triple = host_triple()?;
     let started = Instant::now();
-    eprintln!("fuzz: building the targets (release, libFuzzer coverage, {triple})");
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut flags = RUSTFLAGS.to_vec();
+    let mut cmd = if asan {
+        flags.push("-Zsanitizer=address");
+        // The rustup proxy picks the toolchain from `+nightly`.
+        let mut c = Command::new("cargo");
+        c.arg("+nightly");
+        c
+    } else {
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    };
+    let target_dir = if asan {
+        root.join("fuzz/target/asan")
+    } else {
+        root.join("fuzz/target")
+    };
+    eprintln!(
+        "fuzz: building the targets (release, libFuzzer coverage{}, {triple})",
+        if asan { ", AddressSanitizer" } else { "" }
+    );
     for v in STRIP_VARS {
         cmd.env_remove(v);
     }
     let status = cmd
         .current_dir(root)
-        .env("CARGO_ENCODED_RUSTFLAGS", RUSTFLAGS.join("\x1f"))
+        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+        .env("CARGO_TARGET_DIR", &target_dir)
         .args(["build", "--release", "--bins", "--manifest-path"])
         .arg(root.join("fuzz/Cargo.toml"))
         .args(["--target", &triple])
@@ -175,7 +209,7 @@ fn build(root: &Path) -> Result<PathBuf, FuzzError> {
         "fuzz: built in {:.0} s",
         started.elapsed().as_secs_f64().ceil()
     );
-    Ok(root.join("fuzz/target").join(triple).join("release"))
+    Ok(target_dir.join(triple).join("release"))
 }
 
 /// What one run reported (libFuzzer's final stats and last status line).
@@ -300,10 +334,10 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<bool, FuzzError> {
             }
             Ok(true)
         }
-        Mode::Build => build(&root).map(|_| true),
+        Mode::Build { asan } => build(&root, asan).map(|_| true),
         Mode::Smoke { secs } => {
             let started = Instant::now();
-            let bin_dir = build(&root)?;
+            let bin_dir = build(&root, false)?;
             let mut ok = true;
             for t in &all {
                 // A scratch corpus: the smoke run starts from the seeds alone.
@@ -321,16 +355,17 @@ pub fn main(args: impl Iterator<Item = String>) -> Result<bool, FuzzError> {
             );
             Ok(ok)
         }
-        Mode::Campaign { target, secs } => {
+        Mode::Campaign { target, secs, asan } => {
             if !all.contains(&target) {
                 return Err(FuzzError::Usage(format!(
                     "no fuzz target {target:?} (there are: {})",
                     all.join(", ")
                 )));
             }
-            let bin_dir = build(&root)?;
+            let bin_dir = build(&root, asan)?;
             let corpus = root.join("fuzz/target/corpus").join(&target);
-            let f = run(&root, &bin_dir, &target, secs, &corpus, "campaign")?;
+            let kind = if asan { "campaign-asan" } else { "campaign" };
+            let f = run(&root, &bin_dir, &target, secs, &corpus, kind)?;
             println!("{}", figures_line(&target, &f));
             Ok(!f.crashed)
         }
@@ -362,9 +397,15 @@ mod tests {
             parse_args(args("kdl_resolve --time 900")).unwrap(),
             Mode::Campaign {
                 target: "kdl_resolve".into(),
-                secs: 900
+                secs: 900,
+                asan: false
             }
         );
+        assert_eq!(
+            parse_args(args("--build --asan")).unwrap(),
+            Mode::Build { asan: true }
+        );
+        assert!(parse_args(args("--smoke --asan")).is_err());
         assert!(parse_args(args("")).is_err());
         assert!(parse_args(args("--smoke kdl_resolve")).is_err());
         assert!(parse_args(args("--time 0 --smoke")).is_err());
