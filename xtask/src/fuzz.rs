@@ -22,7 +22,7 @@ pub const USAGE: &str = "usage: cargo xtask fuzz --smoke [--time SECS]
        cargo xtask fuzz TARGET [--time SECS] [--asan]
        cargo xtask fuzz --list | --build [--asan]
 
-  --smoke        build, then run every target SECS (default 20) from its seeds; fail on any crash
+  --smoke        build, then run every target SECS (default 15) from its seeds; fail on any crash
   TARGET         a campaign on one target for SECS (default 600), corpus kept in
                  fuzz/target/corpus/TARGET; crash inputs in fuzz/artifacts/TARGET/
   --list         the targets (fuzz/fuzz_targets/*.rs)
@@ -112,7 +112,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, FuzzEr
     }
     match (smoke, list, build, target) {
         (true, false, false, None) if !asan => Ok(Mode::Smoke {
-            secs: secs.unwrap_or(20),
+            secs: secs.unwrap_or(15),
         }),
         (false, true, false, None) => Ok(Mode::List),
         (false, false, true, None) => Ok(Mode::Build { asan }),
@@ -387,7 +387,7 @@ mod tests {
     fn arguments() {
         assert_eq!(
             parse_args(args("--smoke")).unwrap(),
-            Mode::Smoke { secs: 20 }
+            Mode::Smoke { secs: 15 }
         );
         assert_eq!(
             parse_args(args("--smoke --time 5")).unwrap(),
