@@ -8,6 +8,7 @@
 //! directory), `process` (spawning and finding VMM processes), `diag` (the
 //! embedded diagnostic guest), `confine` (the VMM's seccomp filters and
 //! process limits), and the [`Runtime`] facade the apply engine drives.
+//! `fuzzing` (hidden) is what the fuzz targets in `fuzz/` reach.
 
 pub mod acpi;
 pub mod api;
@@ -17,6 +18,8 @@ pub mod confine;
 pub mod devices;
 pub mod diag;
 pub mod facade;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hotplug;
 pub mod os;
 pub mod process;

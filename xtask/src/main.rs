@@ -6,21 +6,25 @@
 //! `cargo xtask crash [options]`: SIGKILL `vmctl apply` inside its actions
 //! over many seeds and require the next apply to converge with nothing lost,
 //! duplicated or corrupted (see docs/testing.md and `--help`).
+//!
+//! `cargo xtask fuzz --smoke | TARGET --time SECS`: build and run the
+//! libFuzzer targets in fuzz/ (see docs/fuzzing.md and `fuzz --help`).
 
 mod crash;
+mod fuzz;
 mod nested;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
+const USAGE: &str = "usage: cargo xtask fuzz --smoke | TARGET [--time SECS] (see fuzz --help)
+       cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
                              [--vmm-only] [--repeat N] [--qemu-trace]
                              [--boot-loop N [--vmm vmctl|qemu|both] [--boot-vm NAME]]
                              [--guest-append WORDS] [--l1-thp MODE] [--kvm-amd-args A]
 
   --lab FILE           lab of debian-12 VMs to run (default: xtask/labs/two-debian.kdl)
-  --timeout SECS       give up on L1 after this long (default 540; boot loop: enough for it)
+  --timeout SECS       give up on L1 after this long (default 1500; boot loop: enough for it)
   --debug              put a debug build of vmctl into L1 (default: release)
   --verbose            echo L1's whole serial console, not just the markers
   --vmm-only           smoke run: start each VM with `vmctl __vmm` directly (no apply/status)
@@ -52,6 +56,25 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     match task.as_str() {
+        "fuzz" => {
+            let rest: Vec<String> = args.collect();
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", fuzz::USAGE);
+                return ExitCode::SUCCESS;
+            }
+            match fuzz::main(rest.into_iter()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(fuzz::FuzzError::Usage(m)) => {
+                    eprintln!("fuzz: {m}\n{}", fuzz::USAGE);
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("fuzz: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "nested-lab" => {
             let mut opts = nested::Options::default();
             while let Some(a) = args.next() {

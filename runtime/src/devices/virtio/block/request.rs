@@ -42,7 +42,7 @@ pub const S_UNSUPP: u8 = 2;
 pub const HEADER_LEN: u64 = 16;
 
 /// Longest chain we look at (an indirect table may list 65535 descriptors).
-const MAX_DESCRIPTORS: usize = 1024;
+pub const MAX_DESCRIPTORS: usize = 1024;
 /// Bytes copied between the file and guest memory per step.
 const CHUNK: usize = 64 * 1024;
 
@@ -56,7 +56,7 @@ pub struct Disk<'a> {
 
 /// Why a request failed; becomes its status byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
+pub(crate) enum Failure {
     IoErr,
     Unsupported,
 }
@@ -72,9 +72,9 @@ impl Failure {
 
 /// A guest buffer: `len` bytes at `addr`, known to lie in guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seg {
-    addr: GuestAddress,
-    len: u64,
+pub(crate) struct Seg {
+    pub(crate) addr: GuestAddress,
+    pub(crate) len: u64,
 }
 
 fn total(segs: &[Seg]) -> u64 {
@@ -119,11 +119,10 @@ where
     M: Deref,
     M::Target: vm_memory::GuestMemory,
 {
-    let descs: Vec<Descriptor> = chain.take(MAX_DESCRIPTORS + 1).collect();
-    if descs.len() > MAX_DESCRIPTORS {
+    let Some(descs) = descriptors(chain) else {
         tracing::warn!("virtio-blk: descriptor chain too long, dropped");
         return 0;
-    }
+    };
     // The status is the last byte of the last descriptor, which must be
     // device-writable and in guest memory.
     let Some(last) = descs.iter().rev().find(|d| d.len() > 0) else {
@@ -145,8 +144,22 @@ where
     written.saturating_add(1)
 }
 
+/// Walk `chain`: its descriptors, or None when it is longer than
+/// [`MAX_DESCRIPTORS`] (the walk stops there, whatever the guest linked).
+pub(crate) fn descriptors<M>(chain: DescriptorChain<M>) -> Option<Vec<Descriptor>>
+where
+    M: Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let descs: Vec<Descriptor> = chain.take(MAX_DESCRIPTORS + 1).collect();
+    (descs.len() <= MAX_DESCRIPTORS).then_some(descs)
+}
+
 /// The readable bytes and the writable bytes minus the trailing status byte.
-fn parse(mem: &GuestMemory, descs: &[Descriptor]) -> Result<(Vec<Seg>, Vec<Seg>), Failure> {
+pub(crate) fn parse(
+    mem: &GuestMemory,
+    descs: &[Descriptor],
+) -> Result<(Vec<Seg>, Vec<Seg>), Failure> {
     let mut readable = Vec::new();
     let mut writable = Vec::new();
     for d in descs.iter().filter(|d| d.len() > 0) {
