@@ -148,9 +148,10 @@ impl Backend for RuntimeBackend {
             hot_remove_cpu: c.hot_remove_cpu,
             hot_add_memory: c.hot_add_memory,
             live_disk_resize: c.live_disk_resize,
-            // The weight is a cgroup write done from vmctl's side, so it is
-            // live wherever the host lets vmctl use the cpu controller.
-            live_cpu_weight: c.live_cpu_weight || Runtime::host_can_set_cpu_weight(),
+            // The weight is a cgroup write done from vmctl's side: the one
+            // source of truth is whether the host lets vmctl use the cpu
+            // controller (the VMM claims nothing about it).
+            live_cpu_weight: Runtime::host_can_set_cpu_weight(),
             copy: true,
         }
     }

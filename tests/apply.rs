@@ -572,6 +572,21 @@ fn cpu_weight_is_enforced_by_cgroup_and_changed_live() {
     assert_eq!(after["pid"], w["pid"], "no restart");
     assert_eq!(after["cpu_weight"], 50);
     assert_eq!(group.raw_weight(), Some(expect(50)));
+    assert_eq!(after["cpu_weight_enforced"], true, "{after}");
+
+    // status reads the truth from the host's cgroup: a weight changed
+    // behind vmctl's back is reported as not enforced.
+    group.set_weight(300).expect("write the cgroup");
+    let tampered = lab.vm("w");
+    assert_eq!(tampered["cpu_weight_enforced"], false, "{tampered}");
+    assert!(
+        tampered["cpu_weight_note"]
+            .as_str()
+            .is_some_and(|n| n.contains("weight")),
+        "{tampered}"
+    );
+    let text = lab.ok(&["status"]);
+    assert!(text.contains("cpu-weight 50 not enforced"), "{text}");
 
     lab.ok(&["destroy", "--auto-approve"]);
     assert!(!group.path.exists(), "the group is removed with the VM");

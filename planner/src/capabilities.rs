@@ -516,10 +516,11 @@ pub static TABLE: &[Row] = &[
         kind: ActionKind::SetCpuWeight,
         reason: "cpu-weight {before} → {after}: live",
         needs: Some(Capability::LiveCpuWeight),
+        // A restart could not enforce it either: record it and say so.
         fallback: Some(Fallback {
-            disruption: Disruption::Restart,
-            kind: ActionKind::Restart,
-            reason: "cpu-weight {before} → {after}: runtime cannot change cpu-weight live: restart",
+            disruption: Disruption::Live,
+            kind: ActionKind::SetCpuWeight,
+            reason: "cpu-weight {before} → {after}: recorded, NOT enforced: this host has no writable cpu cgroup controller (warning; nothing restarts for it)",
         }),
     },
     Row {
@@ -633,6 +634,13 @@ mod tests {
             if r.disruption == Disruption::Live {
                 let cap = r.needs.expect("live row without capability");
                 let fb = r.fallback.expect("live row without fallback");
+                if r.attribute == Attribute::CpuWeight {
+                    // The one exception: no controller means no restart
+                    // could enforce it either, so the fallback records it
+                    // and the plan warns instead.
+                    assert!(fb.reason.contains("NOT enforced"), "{}", fb.reason);
+                    continue;
+                }
                 assert_ne!(fb.disruption, Disruption::Live, "{cap:?}");
                 assert!(fb.reason.contains("runtime cannot"), "{}", fb.reason);
             }
@@ -736,7 +744,8 @@ mod tests {
                 A::CpuWeight,
                 C::Changed,
                 (D::Live, K::SetCpuWeight),
-                (D::Restart, K::Restart),
+                // A restart could not enforce it either (issue 15).
+                (D::Live, K::SetCpuWeight),
             ),
             (
                 A::Packages,

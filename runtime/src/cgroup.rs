@@ -160,13 +160,32 @@ impl VmGroup {
         Ok(())
     }
 
-    /// Set the VM's weight (1..=10000).
-    pub fn set_weight(&self, weight: u32) -> Result<(), CgroupError> {
-        let value = if self.v2 {
+    /// What the weight file holds for `weight` (1..=10000): the weight
+    /// itself on v2, its shares on v1.
+    pub fn file_value(&self, weight: u32) -> u64 {
+        if self.v2 {
             u64::from(weight.clamp(1, 10_000))
         } else {
             weight_to_shares(weight)
-        };
+        }
+    }
+
+    /// Whether process `pid` is in this group (its `/proc/PID/cgroup`).
+    pub fn holds(&self, pid: i32) -> bool {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        text.lines().any(|l| {
+            let rel = l
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('/');
+            !rel.is_empty() && self.path.ends_with(rel)
+        })
+    }
+
+    /// Set the VM's weight (1..=10000).
+    pub fn set_weight(&self, weight: u32) -> Result<(), CgroupError> {
+        let value = self.file_value(weight);
         let file = self.weight_file();
         std::fs::write(&file, value.to_string()).map_err(io(&file))
     }

@@ -46,8 +46,6 @@ pub enum RuntimeError {
     Hotplug { vm: String, message: String },
     #[error("VM {vm:?}: {message}")]
     Os { vm: String, message: String },
-    #[error("this host has no writable cpu cgroup controller: cpu-weight cannot be changed live")]
-    NoCpuController,
     #[error("VM {name:?} is {state}; refusing to {action}")]
     Busy {
         name: String,
@@ -460,8 +458,32 @@ impl Runtime {
         CpuController::usable().is_some()
     }
 
+    /// Whether `cpu-weight` is really enforced for the running VM `name`
+    /// whose VMM is `pid`: its VMM sits in the VM's cgroup and the group's
+    /// weight file holds `weight`. `Err` says why not (what `vmctl status`
+    /// shows). The one source of truth for the weight: the host's cgroup,
+    /// not what vmctl meant to write.
+    pub fn cpu_weight_enforced(&self, name: &str, pid: i32, weight: u32) -> Result<(), String> {
+        let Some(ctl) = &self.cpu else {
+            return Err("this host has no writable cpu cgroup controller".into());
+        };
+        let group = ctl.group(name, &self.state.vm(name).path);
+        if !group.holds(pid) {
+            return Err(format!(
+                "the VMM is not in its cgroup {}",
+                group.path.display()
+            ));
+        }
+        let want = group.file_value(weight);
+        match group.raw_weight() {
+            Some(w) if w == want => Ok(()),
+            other => Err(format!("its cgroup's weight is {other:?}, not {want}")),
+        }
+    }
+
     /// Put the VM's VMM in its cgroup with `weight`. A host that refuses is
-    /// logged, not fatal: the VM runs, unweighted.
+    /// logged, not fatal: the VM runs, unweighted, and `vmctl status` says
+    /// the weight is not enforced ([`Runtime::cpu_weight_enforced`]).
     fn enforce_cpu_weight(&self, name: &str, pid: u32, weight: u32) {
         let Some(ctl) = &self.cpu else {
             return;
@@ -479,10 +501,11 @@ impl Runtime {
             return Err(RuntimeError::NoSuchVm(name.into()));
         };
         let dir = self.state.vm(name);
-        if obs.live == RunState::Running {
-            let Some(ctl) = &self.cpu else {
-                return Err(RuntimeError::NoCpuController);
-            };
+        // Without a controller the plan said so ("recorded, not enforced"):
+        // the new weight is recorded and nothing restarts for it.
+        if obs.live == RunState::Running
+            && let Some(ctl) = &self.cpu
+        {
             let group = ctl.group(name, &dir.path);
             group.set_weight(weight)?;
             if let Some(pid) = obs.pid.and_then(|p| u32::try_from(p).ok()) {

@@ -41,7 +41,28 @@ fn last_exit(state_dir: &Path, vm: &ObservedVm) -> Option<ExitNote> {
 fn vm_json_with_exit(state_dir: &Path, vm: &ObservedVm) -> Value {
     let mut v = vm_json(vm);
     v["last_exit"] = json!(last_exit(state_dir, vm));
+    let weight = weight_not_enforced(state_dir, vm);
+    v["cpu_weight_enforced"] = match (&weight, vm.live.pid) {
+        (_, None) => Value::Null,
+        (None, Some(_)) => json!(true),
+        (Some(_), Some(_)) => json!(false),
+    };
+    v["cpu_weight_note"] = json!(weight);
     v
+}
+
+/// Why a running VM's `cpu-weight` is not enforced (None: it is, or the VM
+/// is not running) — read from the host's cgroup, not from what vmctl
+/// meant to write.
+fn weight_not_enforced(state_dir: &Path, vm: &ObservedVm) -> Option<String> {
+    let pid = vm.live.pid?;
+    let rt = vmctl_runtime::Runtime::open(state_dir).ok()?;
+    rt.cpu_weight_enforced(
+        vm.name(),
+        i32::try_from(pid).ok()?,
+        vm.record.spec.cpu_weight,
+    )
+    .err()
 }
 
 /// The `status --json` entry of one VM (design.md contract).
@@ -151,6 +172,12 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
                     text.push_str(&format!("{:<16} guest has not reported yet\n", ""))
                 }
                 None => {}
+            }
+            if let Some(why) = weight_not_enforced(&state_dir, vm) {
+                text.push_str(&format!(
+                    "{:<16} cpu-weight {} not enforced: {why}\n",
+                    "", vm.record.spec.cpu_weight
+                ));
             }
             if vm.live.state == RunState::Crashed {
                 if let Some(note) = last_exit(&state_dir, vm).filter(|n| !n.is_clean()) {
