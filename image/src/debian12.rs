@@ -13,7 +13,7 @@ use std::path::Path;
 use super::cache::{self, Manifest};
 use super::cpio::Archive;
 use super::lock::{LockedImage, LockedPackage};
-use super::minimal::{gzip, single_kernel_version};
+use super::minimal::{BootParts, boot_parts, write_initrd};
 use super::{Built, ImageError, Variant, digest, kmod, rootfs};
 
 /// The OS name in KDL (`os "debian-12"`).
@@ -268,25 +268,20 @@ pub fn build(
     }
     customise(&root)?;
 
-    let kernel_version = single_kernel_version(&root)?;
-    let vmlinuz = root.join("boot").join(format!("vmlinuz-{kernel_version}"));
-    let kernel_out = out.join(cache::KERNEL_FILE);
-    std::fs::copy(&vmlinuz, &kernel_out).map_err(|e| ImageError::io(&vmlinuz, e))?;
-    let mod_root = root
-        .join("lib/modules")
-        .join(&kernel_version)
-        .join("kernel");
-    let index = kmod::index(&mod_root)?;
-    let modules = kmod::resolve(&index, MODULES)?;
-    let busybox_path = root.join("bin/busybox");
-    let busybox = std::fs::read(&busybox_path).map_err(|e| ImageError::io(&busybox_path, e))?;
-    let initrd_out = out.join(cache::INITRD_FILE);
-    let cpio = initramfs(&busybox, &modules)?.to_bytes()?;
-    let gz = gzip(&cpio).map_err(|e| ImageError::io(&initrd_out, e))?;
-    std::fs::write(&initrd_out, gz).map_err(|e| ImageError::io(&initrd_out, e))?;
+    let BootParts {
+        kernel_version,
+        kernel_out,
+        modules,
+        busybox,
+    } = boot_parts(&root, &out, MODULES)?;
+    let initrd_out = write_initrd(&initramfs(&busybox, &modules)?, &out)?;
 
     let rootfs_out = out.join(cache::ROOTFS_FILE);
-    let rootfs_bytes = rootfs::mke2fs(&root, &rootfs_out)?;
+    // Content + 30 % (ext4 metadata, block rounding) + 256 MiB to boot in;
+    // each VM's copy is grown to its declared root size.
+    let used = rootfs::apparent_size(&root)?;
+    let rootfs_bytes = used + used * 3 / 10 + (256 << 20);
+    let rootfs_bytes = rootfs::ext4_from_dir(&root, &rootfs_out, rootfs::ROOT_LABEL, rootfs_bytes)?;
     let rootfs_sha256 = digest::sha256_file(&rootfs_out)?;
     let kernel_sha256 = digest::sha256_file(&kernel_out)?;
     let initrd_sha256 = digest::sha256_file(&initrd_out)?;

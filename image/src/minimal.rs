@@ -94,25 +94,14 @@ pub fn build(
         });
     }
 
-    let kernel_version = single_kernel_version(&root)?;
-    let vmlinuz = root.join("boot").join(format!("vmlinuz-{kernel_version}"));
-    let kernel_out = out.join(cache::KERNEL_FILE);
-    std::fs::copy(&vmlinuz, &kernel_out).map_err(|e| ImageError::io(&vmlinuz, e))?;
-
-    let mod_root = root
-        .join("lib/modules")
-        .join(&kernel_version)
-        .join("kernel");
-    let index = kmod::index(&mod_root)?;
-    let modules = kmod::resolve(&index, MODULES)?;
-    let busybox_path = root.join("bin/busybox");
-    let busybox = std::fs::read(&busybox_path).map_err(|e| ImageError::io(&busybox_path, e))?;
-
+    let BootParts {
+        kernel_version,
+        kernel_out,
+        modules,
+        busybox,
+    } = boot_parts(&root, &out, MODULES)?;
     let archive = initramfs(&busybox, &modules, &kernel_version)?;
-    let initrd_out = out.join(cache::INITRD_FILE);
-    let cpio = archive.to_bytes()?;
-    let gz = gzip(&cpio).map_err(|e| ImageError::io(&initrd_out, e))?;
-    std::fs::write(&initrd_out, gz).map_err(|e| ImageError::io(&initrd_out, e))?;
+    let initrd_out = write_initrd(&archive, &out)?;
 
     let kernel_sha256 = digest::sha256_file(&kernel_out)?;
     let initrd_sha256 = digest::sha256_file(&initrd_out)?;
@@ -132,6 +121,46 @@ pub fn build(
         rootfs_bytes: None,
     };
     Ok(Built { dir: out, manifest })
+}
+
+/// What both recipes take from an unpacked Debian tree (`root`): the
+/// kernel (copied to `out`), the modules `wanted` with their dependencies
+/// in load order, and busybox for the initramfs.
+pub struct BootParts {
+    pub kernel_version: String,
+    pub kernel_out: std::path::PathBuf,
+    pub modules: Vec<kmod::Module>,
+    pub busybox: Vec<u8>,
+}
+
+pub fn boot_parts(root: &Path, out: &Path, wanted: &[&str]) -> Result<BootParts, ImageError> {
+    let kernel_version = single_kernel_version(root)?;
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{kernel_version}"));
+    let kernel_out = out.join(cache::KERNEL_FILE);
+    std::fs::copy(&vmlinuz, &kernel_out).map_err(|e| ImageError::io(&vmlinuz, e))?;
+    let mod_root = root
+        .join("lib/modules")
+        .join(&kernel_version)
+        .join("kernel");
+    let index = kmod::index(&mod_root)?;
+    let modules = kmod::resolve(&index, wanted)?;
+    let busybox_path = root.join("bin/busybox");
+    let busybox = std::fs::read(&busybox_path).map_err(|e| ImageError::io(&busybox_path, e))?;
+    Ok(BootParts {
+        kernel_version,
+        kernel_out,
+        modules,
+        busybox,
+    })
+}
+
+/// Write `archive` gzip'd (reproducibly) as `out/initrd.img`.
+pub fn write_initrd(archive: &Archive, out: &Path) -> Result<std::path::PathBuf, ImageError> {
+    let initrd_out = out.join(cache::INITRD_FILE);
+    let cpio = archive.to_bytes()?;
+    let gz = gzip(&cpio).map_err(|e| ImageError::io(&initrd_out, e))?;
+    std::fs::write(&initrd_out, gz).map_err(|e| ImageError::io(&initrd_out, e))?;
+    Ok(initrd_out)
 }
 
 /// The one kernel version a kernel package ships modules for.

@@ -178,21 +178,23 @@ pub fn package_set(root: &Path) -> Result<Vec<LockedPackage>, ImageError> {
     Ok(set)
 }
 
-/// Write the directory tree `root` as an ext4 filesystem labelled
-/// [`ROOT_LABEL`] into the sparse file `out`, sized to its content plus
-/// room to boot (each VM's copy is grown to its declared root size).
-pub fn mke2fs(root: &Path, out: &Path) -> Result<u64, ImageError> {
+/// Bytes the files below `dir` hold (`du --apparent-size`).
+pub fn apparent_size(dir: &Path) -> Result<u64, ImageError> {
     let used = run(Command::new("du")
         .args(["-s", "-B1", "--apparent-size"])
-        .arg(root))?;
-    let used: u64 = used
-        .split_whitespace()
+        .arg(dir))?;
+    used.split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| ImageError::Recipe(format!("du of {}: {used}", root.display())))?;
-    // Content + 30 % (ext4 metadata, block rounding) + 256 MiB of free
-    // space, in whole MiB.
-    let size = (used + used * 3 / 10 + (256 << 20)).div_ceil(1 << 20) << 20;
+        .ok_or_else(|| ImageError::Recipe(format!("du of {}: {used}", dir.display())))
+}
+
+/// Write the directory tree `dir` as an ext4 filesystem labelled `label`
+/// into the sparse file `out` of `bytes` (rounded up to whole MiB), owned by
+/// root; returns its size. `mke2fs -d`: no mount, no loop device.
+pub fn ext4_from_dir(dir: &Path, out: &Path, label: &str, bytes: u64) -> Result<u64, ImageError> {
+    let size = bytes.div_ceil(1 << 20) << 20;
+    let _ = std::fs::remove_file(out);
     let f = std::fs::File::create(out).map_err(|e| ImageError::io(out, e))?;
     f.set_len(size).map_err(|e| ImageError::io(out, e))?;
     drop(f);
@@ -203,12 +205,12 @@ pub fn mke2fs(root: &Path, out: &Path) -> Result<u64, ImageError> {
             "-t",
             "ext4",
             "-L",
-            ROOT_LABEL,
+            label,
             "-E",
             "root_owner=0:0",
             "-d",
         ])
-        .arg(root)
+        .arg(dir)
         .arg(out))?;
     Ok(size)
 }

@@ -153,43 +153,12 @@ fn add_qemu(a: &mut Archive) -> Result<(), String> {
 /// a debian-12 root filesystem is hundreds of MiB that L1 would otherwise
 /// unpack into RAM (and cpio has no holes).
 pub fn lab_disk(lab_dir: &Path, out: &Path) -> Result<(), String> {
-    let du = Command::new("du")
-        .args(["-s", "-B1", "--apparent-size"])
-        .arg(lab_dir)
-        .output()
-        .map_err(err("running du"))?;
-    let used: u64 = String::from_utf8_lossy(&du.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or("du printed no size for the lab directory")?;
+    let used = vmctl_image::rootfs::apparent_size(lab_dir).map_err(|e| e.to_string())?;
     // The lab's files plus 6 GiB for VM disks (sparse: only what is written
     // takes host space).
-    let size = (used + (6 << 30)).div_ceil(1 << 20) << 20;
-    let _ = std::fs::remove_file(out);
-    let f = std::fs::File::create(out).map_err(err("creating the lab disk"))?;
-    f.set_len(size).map_err(err("sizing the lab disk"))?;
-    drop(f);
-    let st = Command::new("mke2fs")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-L",
-            "lab",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(lab_dir)
-        .arg(out)
-        .status()
-        .map_err(err("running mke2fs (apt-get install e2fsprogs)"))?;
-    if !st.success() {
-        return Err(format!("mke2fs -d {} failed: {st}", lab_dir.display()));
-    }
-    Ok(())
+    vmctl_image::rootfs::ext4_from_dir(lab_dir, out, "lab", used + (6 << 30))
+        .map(|_| ())
+        .map_err(|e| format!("the lab disk: {e}"))
 }
 
 /// Assemble L1's gzip'd initramfs at `out`.
