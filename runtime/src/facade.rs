@@ -549,6 +549,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 path: None,
                 source: None,
+                source_format: None,
             }],
             autostart,
             ..VmSpec::diag(name)

@@ -240,6 +240,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 path: None,
                 source: None,
+                source_format: None,
             }],
             ..VmSpec::diag(name)
         }
