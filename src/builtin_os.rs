@@ -2,13 +2,15 @@
 //! kernels and copies disk files, `vmctl-image` builds and caches images;
 //! this adapter (the only place both meet) tells the runtime which image a
 //! VM boots, what its root disk starts as, and writes the VM's first-boot
-//! configuration into that disk before each start.
+//! configuration into that disk before each start; and it reads `disk
+//! source=` images in other formats than raw (`vmctl_image::disk_format`).
 
 use std::path::{Path, PathBuf};
 
+use vmctl_image::disk_format;
 use vmctl_image::{Recipe, Variant};
-use vmctl_runtime::os::OsProvider;
-use vmctl_spec::model::{DiskSpec, ImageSpec, VmSpec};
+use vmctl_runtime::os::{OsProvider, SourceImage};
+use vmctl_spec::model::{DiskSpec, ImageSpec, SourceFormat, VmSpec};
 
 /// The disk a `debian-12` VM's root filesystem lives on (the OS profile's).
 pub const ROOT_DISK: &str = "root";
@@ -69,5 +71,25 @@ impl OsProvider for BuiltinOs {
         }
         vmctl_image::guest_config::write_into(path, &json)
             .map_err(|e| format!("writing its configuration into {}: {e}", path.display()))
+    }
+
+    fn inspect_source(
+        &self,
+        path: &Path,
+        declared: Option<SourceFormat>,
+    ) -> Result<SourceImage, String> {
+        let i = disk_format::inspect(path, declared).map_err(|e| e.to_string())?;
+        Ok(SourceImage {
+            format: i.format,
+            virtual_size: i.virtual_size,
+        })
+    }
+
+    fn convert_source(&self, path: &Path, image: &SourceImage, to: &Path) -> Result<(), String> {
+        let i = disk_format::Inspected {
+            format: image.format,
+            virtual_size: image.virtual_size,
+        };
+        disk_format::convert_to_raw(path, &i, to).map_err(|e| e.to_string())
     }
 }

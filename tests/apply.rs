@@ -803,3 +803,162 @@ fn a_no_op_apply_settles_an_action_a_killed_apply_left_open() {
     let out = lab.ok(&["apply", "--auto-approve", "--json"]);
     assert!(!out.contains("interrupted"), "reported once only: {out}");
 }
+
+/// qemu-img (Debian's qemu-utils, which CI installs) makes the foreign
+/// images: without it the import test skips, or fails when
+/// `VMCTL_REQUIRE_KVM=1` (CI, where it must run).
+fn qemu_img_available() -> bool {
+    let found = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("VMCTL_REQUIRE_KVM").as_deref() != Ok("1"),
+            "qemu-img not found (apt-get install qemu-utils) and VMCTL_REQUIRE_KVM=1"
+        );
+        eprintln!("skipping: qemu-img not found (apt-get install qemu-utils)");
+    }
+    found
+}
+
+/// FNV-1a 64, as the diag guest reports sector 0 (docs/diag-guest.md).
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 14: `source=` images in qcow2, vdi, vmdk, vhd (dynamic and fixed),
+/// vhdx and parallels are detected by their headers and converted to raw:
+/// the guest reads the original's sector 0, and the VM's raw disk file (read
+/// from the host: the diag guest checksums only sector 0) equals the
+/// original byte for byte, sparse, mode 0600. A truncated qcow2 or an image
+/// bigger than the declared disk fails apply naming the file, and nothing
+/// of that VM is created.
+#[test]
+fn foreign_disk_images_are_converted_on_import() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !kvm_available() || !qemu_img_available() {
+        return;
+    }
+    let lab = Lab::new("");
+    let dir = lab.dir.path();
+    const SIZE: usize = 8 << 20;
+    // A pattern in the first MiB, holes after.
+    let mut original: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    original.resize(SIZE, 0);
+    let raw = dir.join("original.raw");
+    std::fs::write(&raw, &original).expect("original");
+    let raw = raw.to_str().expect("utf-8 path");
+    // (disk name, file, qemu-img -O, -o options, source-format)
+    let images: [(&str, &str, &str, &str, Option<&str>); 8] = [
+        ("q", "d.qcow2", "qcow2", "", None),
+        ("vdi", "d.vdi", "vdi", "", None),
+        ("vmdk", "d.vmdk", "vmdk", "", None),
+        ("vhd", "d.vhd", "vpc", "force_size=on", None),
+        (
+            "vhd-fixed",
+            "f.vhd",
+            "vpc",
+            "force_size=on,subformat=fixed",
+            None,
+        ),
+        ("vhdx", "d.vhdx", "vhdx", "", None),
+        ("hds", "d.hds", "parallels", "", None),
+        ("declared", "declared.img", "qcow2", "", Some("qcow2")),
+    ];
+    let mut kdl = String::from("vm \"imp\" {\n    os \"diag\"\n    memory \"64MiB\"\n");
+    for (name, file, fmt, opts, declared) in images {
+        let out = dir.join(file);
+        let out = out.to_str().expect("utf-8 path");
+        if opts.is_empty() {
+            qemu_img(&["convert", "-f", "raw", "-O", fmt, raw, out]);
+        } else {
+            qemu_img(&["convert", "-f", "raw", "-O", fmt, "-o", opts, raw, out]);
+        }
+        kdl.push_str(&format!(
+            "    disk \"{name}\" size=\"8MiB\" source=\"{file}\"{}\n",
+            declared
+                .map(|f| format!(" source-format=\"{f}\""))
+                .unwrap_or_default()
+        ));
+    }
+    kdl.push_str("}\n");
+    lab.write(&kdl);
+    lab.ok(&["apply", "--auto-approve"]);
+
+    let want = fnv1a(&original[..512]);
+    let v = lab.wait_vm("imp", "reported all its disks", |v| {
+        v["guest"]["disks"]
+            .as_array()
+            .is_some_and(|d| d.len() == images.len())
+    });
+    for (i, (name, file, ..)) in images.iter().enumerate() {
+        let d = &v["guest"]["disks"][i];
+        assert_eq!(
+            d["sector0_fnv1a"],
+            want.as_str(),
+            "{file}: guest's sector 0"
+        );
+        assert_eq!(d["size_bytes"], SIZE as u64, "{file}");
+        let disk = lab.state().join(format!("vms/imp/disks/{name}.raw"));
+        let got = std::fs::read(&disk).expect("imported disk");
+        assert!(got == original, "{file}: the raw disk equals the original");
+        let meta = std::fs::metadata(&disk).expect("stat");
+        assert!(
+            meta.blocks() * 512 <= 2 << 20,
+            "{file}: sparse ({} bytes allocated of {SIZE})",
+            meta.blocks() * 512
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}: mode");
+    }
+
+    // A truncated qcow2, and an image bigger than its disk: apply fails
+    // naming the file and creates nothing of that VM.
+    let qcow2 = std::fs::read(dir.join("d.qcow2")).expect("qcow2");
+    std::fs::write(dir.join("cut.qcow2"), &qcow2[..100_000]).expect("cut");
+    for (vm, disk, file) in [
+        ("cut", "size=\"8MiB\"", "cut.qcow2"),
+        ("small", "size=\"4MiB\"", "d.vdi"),
+    ] {
+        lab.write(&format!(
+            "{kdl}vm \"{vm}\" {{\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"d\" {disk} source=\"{file}\"\n}}\n"
+        ));
+        let out = lab.run(&["apply", "--auto-approve"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{vm}: apply must fail:\n{text}");
+        assert!(text.contains(file), "{vm}: the error names {file}:\n{text}");
+        if vm == "small" {
+            assert!(
+                text.contains(&(4u64 << 20).to_string()) && text.contains(&SIZE.to_string()),
+                "both sizes named:\n{text}"
+            );
+        }
+        assert!(
+            !lab.state().join("vms").join(vm).exists(),
+            "{vm}: nothing created:\n{text}"
+        );
+    }
+}

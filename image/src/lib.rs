@@ -37,6 +37,7 @@ pub mod cache;
 pub mod cpio;
 pub mod debian12;
 pub mod digest;
+pub mod disk_format;
 pub mod guest_config;
 pub mod kmod;
 pub mod lock;

@@ -24,6 +24,7 @@ fn lab(n: usize) -> DesiredState {
                 format: DiskFormat::Raw,
                 path: None,
                 source: None,
+                source_format: None,
             }],
             depends_on: if i % 10 != 0 {
                 vec![format!("vm{}", i - 1)]

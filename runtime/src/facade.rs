@@ -3,13 +3,15 @@
 //! operation idempotent (start on a running VM and destroy of a missing VM
 //! are no-ops) and safe to repeat after a crash.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vmctl_spec::model::VmSpec;
+use vmctl_spec::model::{DiskSpec, SourceFormat, VmSpec};
 
 use crate::api::{ApiClient, Status};
 use crate::cgroup::CpuController;
+use crate::os::SourceImage;
 use crate::process::{self, ProcessError, VmmCommand};
 use crate::state::{Desired, Record, StateDir, StateError, VmDir};
 
@@ -197,53 +199,36 @@ impl Runtime {
     /// to the declared size when shorter.
     pub fn create(&self, spec: &VmSpec) -> Result<(), RuntimeError> {
         let dir = self.state.vm(&spec.name);
+        // What each new disk starts as, all checked before anything is
+        // created: an unreadable, corrupt or too big `source` leaves no VM
+        // directory behind. An existing disk keeps its data and is only
+        // grown when shorter than declared (a restart that grows a disk
+        // comes through here).
+        let mut starts = Vec::with_capacity(spec.disks.len());
+        for disk in &spec.disks {
+            let start = if dir.disk_path(disk).exists() {
+                None
+            } else {
+                self.disk_start(spec, disk)?
+            };
+            starts.push(start);
+        }
         let disks = dir.disks_dir();
         std::fs::create_dir_all(&disks).map_err(io(&disks))?;
-        for disk in &spec.disks {
+        for (disk, start) in spec.disks.iter().zip(&starts) {
             let path = dir.disk_path(disk);
-            // A new disk is made (imported from `source`, if any, whole or
-            // not at all: see `copy_whole`); an existing one keeps its data
-            // and is only grown when shorter than declared (a restart that
-            // grows a disk comes through here).
-            if !path.exists() {
+            if let Some(start) = start {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(io(parent))?;
                 }
-                let from = match (&disk.source, &self.os) {
-                    (Some(source), _) => Some(source.clone()),
-                    (None, Some(os)) => {
-                        os.disk_source(spec, disk)
-                            .map_err(|message| RuntimeError::Os {
-                                vm: spec.name.clone(),
-                                message,
-                            })?
-                    }
-                    (None, None) => None,
-                };
-                if let Some(from) = from {
-                    let len = std::fs::metadata(&from).map_err(io(&from))?.len();
-                    if len > disk.size_bytes {
-                        return Err(RuntimeError::Os {
-                            vm: spec.name.clone(),
-                            message: format!(
-                                "disk {:?} is declared {} MiB, smaller than {} ({} MiB) that it starts as; declare at least {} MiB",
-                                disk.name,
-                                disk.size_bytes >> 20,
-                                from.display(),
-                                len.div_ceil(1 << 20),
-                                len.div_ceil(1 << 20)
-                            ),
-                        });
-                    }
-                    // Copied beside it and renamed: a create killed halfway
-                    // leaves no half disk that the next apply would accept.
-                    copy_whole(&from, &path)?;
-                }
+                self.import(spec, start, &path)?;
             }
+            // Guest data: the disk is the VM owner's alone.
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .write(true)
                 .truncate(false)
+                .mode(0o600)
                 .open(&path)
                 .map_err(io(&path))?;
             let len = f.metadata().map_err(io(&path))?.len();
@@ -261,6 +246,96 @@ impl Runtime {
             self.start(&spec.name)?;
         }
         Ok(())
+    }
+
+    /// What a new disk starts as: its `source` (inspected by the OS
+    /// provider, which knows image formats; without one only raw), the OS
+    /// image's root filesystem, or nothing (empty). A start bigger than the
+    /// declared size is an error naming both.
+    fn disk_start(&self, spec: &VmSpec, disk: &DiskSpec) -> Result<Option<Start>, RuntimeError> {
+        let os_err = |message: String| RuntimeError::Os {
+            vm: spec.name.clone(),
+            message,
+        };
+        let (from, image) = match (&disk.source, &self.os) {
+            (Some(source), Some(os)) => {
+                let image = os
+                    .inspect_source(source, disk.source_format)
+                    .map_err(os_err)?;
+                (source.clone(), image)
+            }
+            (Some(source), None) => {
+                if let Some(f) = disk.source_format.filter(|f| *f != SourceFormat::Raw) {
+                    return Err(os_err(format!(
+                        "{}: cannot import a {f} image without the control plane's \
+                         image support (only raw)",
+                        source.display()
+                    )));
+                }
+                (source.clone(), raw_image(source)?)
+            }
+            (None, Some(os)) => match os.disk_source(spec, disk).map_err(os_err)? {
+                Some(from) => {
+                    let image = raw_image(&from)?;
+                    (from, image)
+                }
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        if image.virtual_size > disk.size_bytes {
+            let need = image.virtual_size.div_ceil(1 << 20);
+            let what = match image.format {
+                SourceFormat::Raw => String::new(),
+                f => format!(" a {f} image of"),
+            };
+            return Err(os_err(format!(
+                "disk {:?} is declared {} bytes ({} MiB), smaller than {} ({what} {} bytes) \
+                 that it starts as; declare at least {need} MiB",
+                disk.name,
+                disk.size_bytes,
+                disk.size_bytes >> 20,
+                from.display(),
+                image.virtual_size,
+            )));
+        }
+        Ok(Some(Start { from, image }))
+    }
+
+    /// Make `to` from `start`, whole or not at all (see `copy_whole`).
+    fn import(&self, spec: &VmSpec, start: &Start, to: &Path) -> Result<(), RuntimeError> {
+        let os = match (start.image.format, &self.os) {
+            (SourceFormat::Raw, _) => {
+                // Copied beside it and renamed: a create killed halfway
+                // leaves no half disk that the next apply would accept.
+                copy_whole(&start.from, to)?;
+                return Ok(());
+            }
+            (_, Some(os)) => os,
+            (f, None) => {
+                return Err(RuntimeError::Os {
+                    vm: spec.name.clone(),
+                    message: format!("{}: cannot import a {f} image", start.from.display()),
+                });
+            }
+        };
+        let partial = partial_path(to);
+        let done = os
+            .convert_source(&start.from, &start.image, &partial)
+            .map_err(|message| RuntimeError::Os {
+                vm: spec.name.clone(),
+                message,
+            })
+            .and_then(|()| {
+                std::fs::File::open(&partial)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&partial))?;
+                std::fs::rename(&partial, to).map_err(io(to))
+            });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        done
     }
 
     fn vmm_command(&self) -> Result<VmmCommand, RuntimeError> {
@@ -520,15 +595,48 @@ impl Runtime {
     }
 }
 
+/// What a new disk starts as a copy or conversion of.
+struct Start {
+    from: PathBuf,
+    image: SourceImage,
+}
+
+/// A raw file to copy: a regular file (symlinks followed), its length.
+fn raw_image(path: &Path) -> Result<SourceImage, RuntimeError> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(RuntimeError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                if meta.is_dir() {
+                    "is a directory, not a disk image"
+                } else {
+                    "not a regular file"
+                },
+            ),
+        });
+    }
+    Ok(SourceImage {
+        format: SourceFormat::Raw,
+        virtual_size: meta.len(),
+    })
+}
+
+/// Where a disk file is written before it is renamed into place.
+fn partial_path(to: &Path) -> PathBuf {
+    let mut partial = to.as_os_str().to_owned();
+    partial.push(".partial");
+    PathBuf::from(partial)
+}
+
 /// Copy `from` to `to` (sparse) so that `to` only ever appears complete:
 /// the bytes go to `<to>.partial`, renamed over `to` at the end. `create`
 /// trusts an existing disk file (a restart keeps its data), so a copy or
 /// import killed halfway must not leave one behind: it leaves the
 /// `.partial`, which the next attempt truncates and redoes.
 fn copy_whole(from: &Path, to: &Path) -> Result<u64, RuntimeError> {
-    let mut partial = to.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
+    let partial = partial_path(to);
     let copied = crate::sparse::copy_sparse(from, &partial).map_err(io(from))?;
     std::fs::rename(&partial, to).map_err(io(to))?;
     Ok(copied)
@@ -536,7 +644,7 @@ fn copy_whole(from: &Path, to: &Path) -> Result<u64, RuntimeError> {
 
 #[cfg(test)]
 mod tests {
-    use vmctl_spec::model::{DiskFormat, DiskSpec};
+    use vmctl_spec::model::DiskFormat;
 
     use super::*;
     use crate::state::ExitNote;
@@ -549,6 +657,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 path: None,
                 source: None,
+                source_format: None,
             }],
             autostart,
             ..VmSpec::diag(name)
@@ -563,8 +672,9 @@ mod tests {
     /// after the disk file was created and sized, before its bytes were in,
     /// left an all-zero disk under the real name, which the next create
     /// kept (an existing disk file is trusted). Here the import dies by an
-    /// error instead of SIGKILL: a directory opens and has a length but
-    /// cannot be read.
+    /// error instead of SIGKILL. (A directory, which once opened and then
+    /// failed to read, is now refused before anything is created; either
+    /// way no disk may be left under the real name.)
     #[test]
     fn an_import_that_died_halfway_is_redone_by_the_next_create() {
         let tmp = tempfile::tempdir().unwrap();
@@ -601,6 +711,61 @@ mod tests {
         assert_eq!(live(&rt, "a"), RunState::Stopped);
         assert_eq!(rt.list().unwrap().len(), 1);
         assert!(rt.observe("missing").unwrap().is_none());
+    }
+
+    /// Issue 14: disks and the record (guest `file` contents) are 0600,
+    /// whether made empty or imported.
+    #[test]
+    fn disks_and_records_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let seed = tmp.path().join("seed.raw");
+        std::fs::write(&seed, [1u8; 4096]).unwrap();
+        let mut s = spec("a", false);
+        s.disks[0].size_bytes = 1 << 20;
+        let mut imported = s.disks[0].clone();
+        imported.name = "imported".into();
+        imported.source = Some(seed);
+        s.disks.push(imported);
+        rt.create(&s).unwrap();
+        let dir = rt.vm_dir("a");
+        for f in [
+            dir.disks_dir().join("root.raw"),
+            dir.disks_dir().join("imported.raw"),
+            dir.record(),
+        ] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+    }
+
+    /// Without an OS provider (no image tools) only raw imports; a source
+    /// too big for its disk, a directory or a declared foreign format is an
+    /// error that creates nothing.
+    #[test]
+    fn without_a_provider_only_raw_imports_and_bad_sources_create_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let seed = tmp.path().join("seed.img");
+        std::fs::write(&seed, vec![1u8; 2 << 20]).unwrap();
+        let mut s = spec("a", false);
+        s.disks[0].size_bytes = 1 << 20;
+        s.disks[0].source = Some(seed.clone());
+        let err = rt.create(&s).unwrap_err().to_string();
+        assert!(err.contains("1048576") && err.contains("2097152"), "{err}");
+        assert!(err.contains(&seed.display().to_string()), "{err}");
+
+        s.disks[0].size_bytes = 4 << 20;
+        s.disks[0].source_format = Some(SourceFormat::Qcow2);
+        let err = rt.create(&s).unwrap_err().to_string();
+        assert!(err.contains("qcow2"), "{err}");
+
+        s.disks[0].source_format = None;
+        s.disks[0].source = Some(tmp.path().to_path_buf());
+        let err = rt.create(&s).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        assert!(!rt.vm_dir("a").path.exists(), "nothing of the VM created");
     }
 
     #[test]

@@ -1,13 +1,23 @@
 //! Built-in Linux OSes (`debian-12`, `debian-12-minimal`) are plugged in by
 //! the control plane, not known to the runtime: their images are built from
 //! Debian packages by `vmctl-image`, which the runtime (and so the VMM) must
-//! not link. The runtime asks an [`OsProvider`] three things — what to boot,
-//! what a new disk starts as, and what to write into the disks before each
-//! boot — and stays a plain "kernel + initrd + disk files" machine otherwise.
+//! not link. The runtime asks an [`OsProvider`] what to boot, what a new
+//! disk starts as, what to write into the disks before each boot, and how to
+//! read a `disk source=` image that is not raw (qcow2, vdi, ...: converted
+//! by qemu-img, which the runtime must not run either) — and stays a plain
+//! "kernel + initrd + raw disk files" machine otherwise.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use vmctl_spec::model::{DiskSpec, ImageSpec, VmSpec};
+use vmctl_spec::model::{DiskSpec, ImageSpec, SourceFormat, VmSpec};
+
+/// What a `disk source=` image is, as the provider found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceImage {
+    pub format: SourceFormat,
+    /// The size of the disk it holds: the raw file's size after import.
+    pub virtual_size: u64,
+}
 
 /// The control plane's answer for OSes the runtime does not know itself.
 pub trait OsProvider: Send + Sync + std::fmt::Debug {
@@ -24,4 +34,19 @@ pub trait OsProvider: Send + Sync + std::fmt::Debug {
     /// reads at boot (its first-boot configuration) up to date with `spec`.
     /// `disks` are the VM's disks with their files.
     fn configure(&self, spec: &VmSpec, disks: &[(DiskSpec, PathBuf)]) -> Result<(), String>;
+
+    /// What the image `path` (a disk's `source`) is: `declared` (its
+    /// `source-format`) or detected, and the size of the disk it holds. A
+    /// corrupt image is an error naming it. Called before anything of the
+    /// VM is created.
+    fn inspect_source(
+        &self,
+        path: &Path,
+        declared: Option<SourceFormat>,
+    ) -> Result<SourceImage, String>;
+
+    /// Write `image` (a non-raw one from `inspect_source`) as a sparse raw
+    /// file at `to` (mode 0600). The runtime fsyncs and renames it into
+    /// place, and removes it when this fails.
+    fn convert_source(&self, path: &Path, image: &SourceImage, to: &Path) -> Result<(), String>;
 }

@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Where the next data extent at or after `pos` starts and ends; `None` when
@@ -43,11 +43,15 @@ fn next_extent(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>
 pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {
     let src = File::open(from)?;
     let len = src.metadata()?.len();
+    // A disk holds guest data: the VM owner's alone (0600), also when an
+    // earlier attempt left `to` with another mode.
     let dst = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(to)?;
+    dst.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     dst.set_len(len)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;

@@ -139,7 +139,9 @@ impl VmDir {
             source: io::Error::other(e),
         })?;
         bytes.push(b'\n');
-        write_atomic(&self.record(), &bytes)
+        // The record holds the spec, and so the guest's `file` contents:
+        // the VM owner's alone, like its disks.
+        write_atomic_mode(&self.record(), &bytes, 0o600)
     }
 
     /// The pid in `vmm.pid`, if the file exists and holds one.
@@ -165,6 +167,12 @@ impl VmDir {
 /// Write `bytes` to `path` atomically: temp file in the same directory,
 /// fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] creating the file with `mode` (less the umask).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -176,7 +184,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -240,6 +253,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 path: None,
                 source: None,
+                source_format: None,
             }],
             ..VmSpec::diag(name)
         }

@@ -331,6 +331,7 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
         format: vmctl_spec::model::DiskFormat::Raw,
         path: None,
         source: None,
+        source_format: None,
     });
     lab.rt.create(&spec).unwrap();
     let c = lab.client("w");
@@ -618,6 +619,7 @@ fn killed_vmm_is_crashed_and_can_start_again() {
         format: vmctl_spec::model::DiskFormat::Raw,
         path: Some(external.clone()),
         source: None,
+        source_format: None,
     });
     lab.rt.create(&spec).unwrap();
     assert_eq!(std::fs::metadata(&external).unwrap().len(), 1 << 20);
@@ -691,6 +693,7 @@ fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
         format: vmctl_spec::model::DiskFormat::Raw,
         path: None,
         source: None,
+        source_format: None,
     });
     lab.rt.create(&spec).unwrap();
     let c = lab.client(&name);

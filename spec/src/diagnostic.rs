@@ -222,6 +222,10 @@ pub const CODES: &[(&str, &str)] = &[
     ),
     ("vmctl::spec::zero-disk", "a disk of size 0"),
     ("vmctl::spec::bad-format", "a disk format other than `raw`"),
+    (
+        "vmctl::spec::bad-source-format",
+        "a `source-format` that is not an importable image format",
+    ),
     ("vmctl::spec::unreadable", "the file cannot be read"),
     (
         "vmctl::spec::guest-config-os",

@@ -154,6 +154,70 @@ pub struct DiskSpec {
     /// An image to import on create (absolute path).
     #[serde(default)]
     pub source: Option<PathBuf>,
+    /// The format of `source` as declared (`source-format=`); `None`: the
+    /// control plane detects it from the file's first bytes (raw when no
+    /// known header matches). docs/disks.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_format: Option<SourceFormat>,
+}
+
+/// A disk image format `source=` can import. The VM's disk is always raw:
+/// an image in another format is converted when the disk is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    Raw,
+    Qcow2,
+    Vdi,
+    Vmdk,
+    /// Microsoft VHD (qemu calls it `vpc`).
+    Vhd,
+    Vhdx,
+    /// Parallels (`.hds`/`.hdd`).
+    Parallels,
+}
+
+impl SourceFormat {
+    pub const ALL: [SourceFormat; 7] = [
+        SourceFormat::Raw,
+        SourceFormat::Qcow2,
+        SourceFormat::Vdi,
+        SourceFormat::Vmdk,
+        SourceFormat::Vhd,
+        SourceFormat::Vhdx,
+        SourceFormat::Parallels,
+    ];
+
+    /// The name in KDL (`source-format="..."`) and in the state JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceFormat::Raw => "raw",
+            SourceFormat::Qcow2 => "qcow2",
+            SourceFormat::Vdi => "vdi",
+            SourceFormat::Vmdk => "vmdk",
+            SourceFormat::Vhd => "vhd",
+            SourceFormat::Vhdx => "vhdx",
+            SourceFormat::Parallels => "parallels",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SourceFormat> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// qemu-img's name for it (`-f`).
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            SourceFormat::Vhd => "vpc",
+            other => other.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -83,6 +83,9 @@ fn render_vm(out: &mut String, vm: &VmSpec) {
         if let Some(s) = &d.source {
             let _ = write!(out, " source={}", path(s));
         }
+        if let Some(f) = d.source_format {
+            let _ = write!(out, " source-format={}", quote(f.name()));
+        }
         out.push('\n');
     }
     let _ = writeln!(out, "    cpu-weight {}", vm.cpu_weight);

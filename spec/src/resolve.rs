@@ -435,6 +435,7 @@ fn resolve_vm(
             .map(|d| DiskSpec {
                 path: None,
                 source: None,
+                source_format: None,
                 ..d.clone()
             })
             .collect(),
@@ -447,6 +448,7 @@ fn resolve_vm(
                 format: DiskFormat::Raw,
                 path: None,
                 source: None,
+                source_format: None,
             })
             .collect(),
     };
@@ -465,6 +467,7 @@ fn resolve_vm(
             }
             if source.is_some() {
                 existing.source = source;
+                existing.source_format = rd.source_format;
             }
             continue;
         }
@@ -493,6 +496,7 @@ fn resolve_vm(
             format: rd.format.unwrap_or(DiskFormat::Raw),
             path,
             source,
+            source_format: rd.source_format,
         });
     }
 

@@ -10,7 +10,7 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use crate::diagnostic::{Diag, Sink};
-use crate::model::DiskFormat;
+use crate::model::{DiskFormat, SourceFormat};
 use crate::suggest::did_you_mean;
 use crate::units::{self, HOT_ADD_BLOCK_MIB, MIB, SizeError};
 
@@ -58,6 +58,7 @@ pub(crate) struct RawDisk {
     pub format: Option<DiskFormat>,
     pub path: Option<String>,
     pub source: Option<String>,
+    pub source_format: Option<SourceFormat>,
 }
 
 #[derive(Debug)]
@@ -105,7 +106,7 @@ pub(crate) const VM_NODES: &[&str] = &[
 const VM_REPEATABLE: &[&str] = &["disk", "depends-on", "user", "packages", "file"];
 pub(crate) const DEFAULTS_NODES: &[&str] = &["memory", "cpus", "cpu-weight"];
 pub(crate) const IMAGE_NODES: &[&str] = &["kernel", "initrd", "cmdline"];
-pub(crate) const DISK_PROPS: &[&str] = &["size", "format", "path", "source"];
+pub(crate) const DISK_PROPS: &[&str] = &["size", "format", "path", "source", "source-format"];
 
 /// Largest boot or max vCPU count accepted (x86 xAPIC IDs are 8 bits).
 pub(crate) const MAX_VCPUS: u32 = 254;
@@ -824,6 +825,7 @@ impl Reader<'_> {
             format: None,
             path: None,
             source: None,
+            source_format: None,
         };
         for (k, e) in props {
             match k {
@@ -855,10 +857,44 @@ impl Reader<'_> {
                                 )
                                 .label(f.span, "unknown format")
                                 .help(
-                                    "the only disk format is \"raw\"; to import another \
-                                     format, give it as source=\"...\"",
+                                    "the only disk format is \"raw\"; to import an image in \
+                                     another format (qcow2, vdi, vmdk, vhd, vhdx, parallels), \
+                                     give it as source=\"...\": it is converted to raw",
                                 ),
                             ),
+                        }
+                    }
+                }
+                "source-format" => {
+                    if let Some(f) = self.string(e, "source-format=") {
+                        match SourceFormat::from_name(&f.val) {
+                            Some(sf) => disk.source_format = Some(sf),
+                            None => {
+                                let names: Vec<&str> =
+                                    SourceFormat::ALL.iter().map(|f| f.name()).collect();
+                                // qemu's name for VHD is `vpc`, too far to be a typo.
+                                let near = if f.val.eq_ignore_ascii_case("vpc") {
+                                    Some("vhd")
+                                } else {
+                                    did_you_mean(&f.val, names.iter().copied())
+                                };
+                                let help = match near {
+                                    Some(s) => format!("did you mean \"{s}\"? "),
+                                    None => String::new(),
+                                };
+                                self.sink.push(
+                                    Diag::error(
+                                        "vmctl::spec::bad-source-format",
+                                        format!("unknown source image format `{}`", f.val),
+                                    )
+                                    .label(f.span, "unknown format")
+                                    .help(format!(
+                                        "{help}source-format is one of {}; without it the \
+                                         format is detected from the file",
+                                        names.join(", ")
+                                    )),
+                                );
+                            }
                         }
                     }
                 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use proptest::prelude::*;
 use vmctl_spec::{
-    DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, FileSpec, GuestConfig, ImageSpec, UserSpec,
-    VmSpec,
+    DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, FileSpec, GuestConfig, ImageSpec,
+    SourceFormat, UserSpec, VmSpec,
 };
 
 fn name() -> impl Strategy<Value = String> {
@@ -29,15 +29,22 @@ fn abs_path() -> impl Strategy<Value = Option<PathBuf>> {
 }
 
 fn disk() -> impl Strategy<Value = DiskSpec> {
-    (name(), 1u64..(1 << 42), abs_path(), abs_path()).prop_map(
-        |(name, size_bytes, path, source)| DiskSpec {
+    (
+        name(),
+        1u64..(1 << 42),
+        abs_path(),
+        abs_path(),
+        proptest::option::of(proptest::sample::select(SourceFormat::ALL.to_vec())),
+    )
+        .prop_map(|(name, size_bytes, path, source, source_format)| DiskSpec {
             name,
             size_bytes,
             format: DiskFormat::Raw,
             path,
+            // `source-format` only means something with a `source`.
+            source_format: source.as_ref().and(source_format),
             source,
-        },
-    )
+        })
 }
 
 /// A well-formed OpenSSH key line of a known type (random key material).
@@ -206,6 +213,7 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
                 format: DiskFormat::Raw,
                 path: None,
                 source: None,
+                source_format: None,
             }),
             None => {}
         }

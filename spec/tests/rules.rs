@@ -286,6 +286,18 @@ fn disk_bad_format() {
 }
 
 #[test]
+fn disk_bad_source_format_suggests() {
+    check(
+        "disk_source_format",
+        "vm \"a\" {\n    os \"diag\"\n    disk \"data\" size=\"1GiB\" source=\"x.img\" source-format=\"qcow\"\n    disk \"b\" size=\"1GiB\" source=\"y.img\" source-format=\"vpc\"\n}\n",
+        &[
+            "vmctl::spec::bad-source-format",
+            "vmctl::spec::bad-source-format",
+        ],
+    );
+}
+
+#[test]
 fn unknown_os_lists_known() {
     check(
         "unknown_os",

@@ -29,6 +29,7 @@ pub fn disk(name: &str, size: u64) -> DiskSpec {
         format: DiskFormat::Raw,
         path: None,
         source: None,
+        source_format: None,
     }
 }
 

@@ -655,6 +655,7 @@ mod tests {
                     format: DiskFormat::Raw,
                     path: None,
                     source: None,
+                    source_format: None,
                 })
                 .collect(),
             depends_on: vec![],
