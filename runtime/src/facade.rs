@@ -46,6 +46,31 @@ pub enum RuntimeError {
     Hotplug { vm: String, message: String },
     #[error("VM {vm:?}: {message}")]
     Os { vm: String, message: String },
+    #[error("VM {vm:?}, disk {disk:?}: {source}")]
+    DiskFile {
+        vm: String,
+        disk: String,
+        #[source]
+        source: crate::disk_file::DiskFileError,
+    },
+    #[error(
+        "VM {vm:?}, disk {disk:?}: disk file {path} is in use by VM {holder:?} (its VMM holds the file's lock); two VMs never share a disk"
+    )]
+    DiskInUse {
+        vm: String,
+        disk: String,
+        path: PathBuf,
+        holder: String,
+    },
+    #[error(
+        "VM {vm:?}, disk {disk:?}: cannot move the disk file {from} to {to}: {to} already exists (remove it, or choose another path)"
+    )]
+    MoveTargetExists {
+        vm: String,
+        disk: String,
+        from: PathBuf,
+        to: PathBuf,
+    },
     #[error("VM {name:?} is {state}; refusing to {action}")]
     Busy {
         name: String,
@@ -201,6 +226,11 @@ impl Runtime {
         std::fs::create_dir_all(&disks).map_err(io(&disks))?;
         for disk in &spec.disks {
             let path = dir.disk_path(disk);
+            crate::disk_file::check_path(&path).map_err(|source| RuntimeError::DiskFile {
+                vm: spec.name.clone(),
+                disk: disk.name.clone(),
+                source,
+            })?;
             // A new disk is made (imported from `source`, if any, whole or
             // not at all: see `copy_whole`); an existing one keeps its data
             // and is only grown when shorter than declared (a restart that
@@ -284,6 +314,7 @@ impl Runtime {
         if let (RunState::Running, Some(pid)) = (obs.live, obs.pid) {
             return Ok(pid);
         }
+        self.check_disks_free(&obs.record.spec)?;
         // What the guest reads at boot (its configuration), written while
         // it is stopped.
         if let Some(os) = &self.os {
@@ -312,6 +343,114 @@ impl Runtime {
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
         self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);
         Ok(pid as i32)
+    }
+
+    /// Refuse to start a VM whose disk files are not regular files or are
+    /// locked by another VMM, naming the holder when it is a VM of this
+    /// state directory. The VMM's own lock ([`crate::disk_file`]) is what
+    /// really keeps two writers apart (this check races with other starts);
+    /// this one only makes the message say who.
+    fn check_disks_free(&self, spec: &VmSpec) -> Result<(), RuntimeError> {
+        let dir = self.state.vm(&spec.name);
+        for disk in &spec.disks {
+            let path = dir.disk_path(disk);
+            let file_err = |source| RuntimeError::DiskFile {
+                vm: spec.name.clone(),
+                disk: disk.name.clone(),
+                source,
+            };
+            crate::disk_file::check_path(&path).map_err(file_err)?;
+            if !crate::disk_file::is_locked(&path).map_err(file_err)? {
+                continue;
+            }
+            return Err(match self.disk_holder(&spec.name, &path) {
+                Some(holder) => RuntimeError::DiskInUse {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    path,
+                    holder,
+                },
+                None => file_err(crate::disk_file::DiskFileError::Locked { path }),
+            });
+        }
+        Ok(())
+    }
+
+    /// The other VM of this state directory whose disks include `path`
+    /// (the same file: device and inode), if any.
+    fn disk_holder(&self, except: &str, path: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let want = std::fs::metadata(path).ok()?;
+        let same = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+        };
+        self.list().ok()?.into_iter().find_map(|rec| {
+            let name = rec.spec.name.clone();
+            let dir = self.state.vm(&name);
+            (name != except && rec.spec.disks.iter().any(|d| same(&dir.disk_path(d))))
+                .then_some(name)
+        })
+    }
+
+    /// Make the disk files of a stopped VM match `new` before it is
+    /// re-created with it (a restart): a disk whose file moved (its `path`
+    /// changed) has its file moved — the data follows, the target must not
+    /// exist; a disk no longer declared has its file deleted when it lives
+    /// in the state directory, and left in place (the plan warned) when it
+    /// is at a user-chosen `path`. Idempotent: a file already moved or
+    /// deleted is not touched again.
+    pub fn reconcile_disk_files(&self, old: &VmSpec, new: &VmSpec) -> Result<(), RuntimeError> {
+        let dir = self.state.vm(&new.name);
+        for have in &old.disks {
+            let from = dir.disk_path(have);
+            match new.disks.iter().find(|d| d.name == have.name) {
+                Some(want) => {
+                    let to = dir.disk_path(want);
+                    if to == from || !from.exists() {
+                        continue;
+                    }
+                    if to.exists() {
+                        return Err(RuntimeError::MoveTargetExists {
+                            vm: new.name.clone(),
+                            disk: have.name.clone(),
+                            from,
+                            to,
+                        });
+                    }
+                    crate::disk_file::check_path(&from).map_err(|source| {
+                        RuntimeError::DiskFile {
+                            vm: new.name.clone(),
+                            disk: have.name.clone(),
+                            source,
+                        }
+                    })?;
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).map_err(io(parent))?;
+                    }
+                    match std::fs::rename(&from, &to) {
+                        Ok(()) => {}
+                        // Another file system: copy whole, then drop the old.
+                        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                            copy_whole(&from, &to)?;
+                            std::fs::remove_file(&from).map_err(io(&from))?;
+                        }
+                        Err(e) => return Err(io(&to)(e)),
+                    }
+                    tracing::info!(vm = %new.name, disk = %have.name, from = %from.display(), to = %to.display(), "disk file moved");
+                }
+                None if have.path.is_none() => match std::fs::remove_file(&from) {
+                    Ok(()) => {
+                        tracing::info!(vm = %new.name, disk = %have.name, path = %from.display(), "removed disk's file deleted");
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&from)(e)),
+                },
+                None => {
+                    tracing::warn!(vm = %new.name, disk = %have.name, path = %from.display(), "removed disk's file is at a user-chosen path: left in place");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stop the VM: graceful shutdown within `timeout`, then forced. Records
