@@ -885,6 +885,94 @@ mod tests {
         assert_eq!((live, seen), (RunState::Crashed, None));
     }
 
+    /// Issue 14: starting a VM whose disk file another VMM has locked is
+    /// refused before a VMM is spawned, naming the VM of this state
+    /// directory that uses the file (here the lock is taken by the test,
+    /// as VM "a"'s VMM would).
+    #[test]
+    fn start_names_the_vm_whose_vmm_holds_a_disk_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let shared = tmp.path().join("shared.raw");
+        let with_shared = |name: &str| {
+            let mut s = spec(name, false);
+            s.disks[0].size_bytes = 1 << 20;
+            s.disks[0].path = Some(shared.clone());
+            s
+        };
+        rt.create(&with_shared("a")).unwrap();
+        rt.create(&with_shared("b")).unwrap();
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&shared)
+            .unwrap();
+        crate::disk_file::lock(&held, &shared, true).unwrap();
+        let e = rt.start("b").unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::DiskInUse { holder, .. } if holder == "a"),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&shared.display().to_string()), "{e}");
+        assert!(rt.vm_dir("b").read_pid().is_none(), "no VMM was spawned");
+    }
+
+    /// Issue 14: a directory where a disk file should be is refused at
+    /// create, with the path in the message.
+    #[test]
+    fn create_refuses_a_disk_path_that_is_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let mut s = spec("a", false);
+        s.disks[0].path = Some(tmp.path().to_path_buf());
+        let e = rt.create(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("is a directory") && e.contains(&tmp.path().display().to_string()),
+            "{e}"
+        );
+    }
+
+    /// Issue 14: a path change moves the file (refused onto an existing
+    /// file), a removed state-dir disk's file is deleted, an external one
+    /// kept; running it again changes nothing.
+    #[test]
+    fn reconcile_moves_deletes_and_keeps_disk_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let mut old = spec("a", false);
+        old.disks[0].size_bytes = 1 << 20;
+        let mut scratch = old.disks[0].clone();
+        scratch.name = "scratch".into();
+        let mut ext = old.disks[0].clone();
+        ext.name = "ext".into();
+        ext.path = Some(tmp.path().join("ext.raw"));
+        old.disks.extend([scratch, ext]);
+        rt.create(&old).unwrap();
+        let dir = rt.vm_dir("a");
+        let root = dir.disk_path(&old.disks[0]);
+        std::fs::write(&root, b"root data").unwrap();
+
+        let mut new = spec("a", false);
+        new.disks[0].size_bytes = 1 << 20;
+        new.disks[0].path = Some(tmp.path().join("moved/root.raw"));
+        let target = tmp.path().join("moved/root.raw");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, b"other").unwrap();
+        let e = rt.reconcile_disk_files(&old, &new).unwrap_err();
+        assert!(matches!(e, RuntimeError::MoveTargetExists { .. }), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"other");
+        assert!(root.exists());
+
+        std::fs::remove_file(&target).unwrap();
+        rt.reconcile_disk_files(&old, &new).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"root data");
+        assert!(!root.exists());
+        assert!(!dir.disks_dir().join("scratch.raw").exists(), "deleted");
+        assert!(tmp.path().join("ext.raw").exists(), "external: kept");
+        rt.reconcile_disk_files(&old, &new).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"root data");
+    }
+
     #[test]
     fn destroy_is_idempotent() {
         let tmp = tempfile::tempdir().unwrap();
