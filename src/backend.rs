@@ -173,8 +173,12 @@ impl Backend for RuntimeBackend {
         if rt.observe(&old.name).map_err(err)?.is_some() {
             rt.stop(&old.name, STOP_GRACE).map_err(err)?;
         }
-        // create() keeps existing disk files, grows short ones, adds new ones,
-        // rewrites the record and starts the VM when `autostart`.
+        // Moved disks' files follow their `path`, removed disks' files in
+        // the state directory are deleted (a disk re-added later starts
+        // empty); then create() keeps existing disk files, grows short ones,
+        // adds new ones, rewrites the record and starts the VM when
+        // `autostart`.
+        rt.reconcile_disk_files(old, new).map_err(err)?;
         rt.create(new).map_err(err)
     }
 

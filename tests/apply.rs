@@ -962,3 +962,181 @@ fn foreign_disk_images_are_converted_on_import() {
         );
     }
 }
+
+/// The FNV of an all-zero sector 0.
+const ZERO_SECTOR: &str = "7da144b97d054b25";
+
+/// A recognisable first sector written over `path`'s sector 0 (the file is
+/// created when missing); returns what diag will report for it.
+fn write_pattern(path: &Path) -> String {
+    use std::os::unix::fs::FileExt;
+    let sector: Vec<u8> = (0..512u32).map(|i| (i * 7 + 3) as u8).collect();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .expect("open disk file");
+    f.write_all_at(&sector, 0).expect("write sector 0");
+    fnv1a(&sector)
+}
+
+fn sector0(v: &Value, disk: usize) -> Value {
+    v["guest"]["disks"][disk]["sector0_fnv1a"].clone()
+}
+
+/// Issue 14: two VMs — here of two labs, so two state directories that
+/// know nothing of each other — pointing `path=` at one file. The first
+/// VM's VMM holds the file's lock; the second fails to start, naming the
+/// file, and the first keeps running.
+#[test]
+fn a_disk_file_in_use_by_one_vm_cannot_be_started_by_another() {
+    if !kvm_available() {
+        return;
+    }
+    let shared_dir = tempfile::tempdir().expect("tempdir");
+    let shared = shared_dir.path().join("shared.raw");
+    let kdl = |vm: &str| {
+        format!(
+            "vm \"{vm}\" {{\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"data\" size=\"16MiB\" path=\"{}\"\n}}\n",
+            shared.display()
+        )
+    };
+    let one = Lab::new(&kdl("one"));
+    one.ok(&["apply", "--auto-approve"]);
+    let first = one.wait_guest("one", 1, 64);
+
+    let two = Lab::new(&kdl("two"));
+    let out = two.run(&["apply", "--auto-approve"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "the second VM must not start:\n{text}"
+    );
+    assert!(
+        text.contains(&shared.display().to_string()) && text.contains("locked by another process"),
+        "the error names the file and says it is locked:\n{text}"
+    );
+    assert!(two.vmm_pids().is_empty(), "no VMM left for the second VM");
+
+    let still = one.wait_guest("one", 1, 64);
+    assert_eq!(still["pid"], first["pid"], "the first VM kept running");
+    assert_eq!(still["state"], "running");
+}
+
+/// Issue 14: changing a disk's `path` moves its file — the guest sees its
+/// old contents at the new place — and a move onto an existing file is
+/// refused, leaving both files alone.
+#[test]
+fn a_path_change_moves_the_disk_file_with_its_data() {
+    if !kvm_available() {
+        return;
+    }
+    let kdl = |path: &str| {
+        format!(
+            "vm \"d\" {{\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"data\" size=\"16MiB\" path=\"{path}\"\n}}\n"
+        )
+    };
+    let lab = Lab::new(&kdl("one.raw"));
+    let one = lab.dir.path().join("one.raw");
+    let two = lab.dir.path().join("two.raw");
+    let pattern = write_pattern(&one);
+    lab.ok(&["apply", "--auto-approve"]);
+    let before = lab.wait_vm("d", "reported its disk", |v| sector0(v, 0).is_string());
+    assert_eq!(
+        sector0(&before, 0),
+        pattern.as_str(),
+        "an existing file keeps its data"
+    );
+
+    lab.write(&kdl("two.raw"));
+    let plan = lab.ok(&["plan"]);
+    assert!(
+        plan.contains(&format!(
+            "move disk file {} → {}",
+            one.display(),
+            two.display()
+        )),
+        "{plan}"
+    );
+    lab.ok(&["apply", "--auto-approve"]);
+    let after = lab.wait_vm("d", "restarted on the moved disk", |v| {
+        v["pid"] != before["pid"] && sector0(v, 0).is_string()
+    });
+    assert_eq!(
+        sector0(&after, 0),
+        pattern.as_str(),
+        "the data followed the file"
+    );
+    assert!(!one.exists(), "moved, not copied");
+    assert!(two.exists());
+
+    // Onto a file that exists: refused, nothing overwritten.
+    let three = lab.dir.path().join("three.raw");
+    std::fs::write(&three, b"someone else's").expect("write");
+    lab.write(&kdl("three.raw"));
+    let out = lab.run(&["apply", "--auto-approve"]);
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "a move onto an existing file fails:\n{err}"
+    );
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&three).expect("read"), b"someone else's");
+    assert!(two.exists(), "the disk file was not touched");
+}
+
+/// Issue 14: a removed disk's file in the state directory is deleted, so a
+/// disk of that name added again is empty — the guest reads zeros, not the
+/// old data; a removed disk at a user-chosen path is left in place, with a
+/// warning in the plan.
+#[test]
+fn a_removed_disk_is_deleted_and_comes_back_empty() {
+    if !kvm_available() {
+        return;
+    }
+    let with = "vm \"d\" {\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"data\" size=\"16MiB\"\n    disk \"ext\" size=\"16MiB\" path=\"ext.raw\"\n}\n";
+    let without = "vm \"d\" {\n    os \"diag\"\n    memory \"64MiB\"\n}\n";
+    let lab = Lab::new(with);
+    lab.ok(&["apply", "--auto-approve"]);
+    lab.wait_vm("d", "reported its disks", |v| sector0(v, 1).is_string());
+    let file = lab.state().join("vms/d/disks/data.raw");
+    let ext = lab.dir.path().join("ext.raw");
+    let pattern = write_pattern(&file);
+    assert_ne!(pattern, ZERO_SECTOR);
+
+    lab.write(without);
+    let plan = lab.ok(&["plan"]);
+    assert!(
+        plan.contains("disk data removed: its file is deleted"),
+        "{plan}"
+    );
+    assert!(plan.contains("WARNING its file"), "{plan}");
+    lab.ok(&["apply", "--auto-approve"]);
+    assert!(!file.exists(), "the removed disk's file is deleted");
+    assert!(
+        ext.exists(),
+        "a disk at a user-chosen path is left in place"
+    );
+
+    lab.write(with);
+    lab.ok(&["apply", "--auto-approve"]);
+    let back = lab.wait_vm("d", "reported the re-added disk", |v| {
+        v["guest"]["disks"].as_array().is_some_and(|d| d.len() == 2) && sector0(v, 0).is_string()
+    });
+    assert_eq!(
+        sector0(&back, 0),
+        ZERO_SECTOR,
+        "an empty disk, not the old data"
+    );
+    let bytes = std::fs::read(&file).expect("the re-added disk's file");
+    assert!(bytes[..512].iter().all(|&b| b == 0));
+}

@@ -87,7 +87,12 @@ pub enum Condition {
     Grow,
     Shrink,
     Added,
+    /// A disk no longer declared whose file is in the state directory.
     Removed,
+    /// A disk no longer declared whose file is at a user-chosen `path`.
+    RemovedExternal,
+    /// A disk's file location (`path`) changed.
+    Moved,
 }
 
 impl Condition {
@@ -108,7 +113,9 @@ impl Condition {
             Condition::Grow => "grow",
             Condition::Shrink => "shrink",
             Condition::Added => "added",
-            Condition::Removed => "removed",
+            Condition::Removed => "removed (file in the state dir)",
+            Condition::RemovedExternal => "removed (file at a user-chosen path)",
+            Condition::Moved => "path changed",
         }
     }
 }
@@ -478,7 +485,25 @@ pub static TABLE: &[Row] = &[
         condition: Condition::Removed,
         disruption: Disruption::Restart,
         kind: ActionKind::Restart,
-        reason: "disk {disk} removed: restart",
+        reason: "disk {disk} removed: its file is deleted (re-adding the disk later gives an empty disk): restart",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Disk,
+        condition: Condition::RemovedExternal,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Restart,
+        reason: "disk {disk} removed: WARNING its file {before} is at a user-chosen path and is left in place (a disk declared there again reuses its data): restart",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Disk,
+        condition: Condition::Moved,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Restart,
+        reason: "disk {disk}: move disk file {before} → {after}, its data follows (refused at apply if {after} exists): restart",
         needs: None,
         fallback: None,
     },

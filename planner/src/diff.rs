@@ -94,6 +94,15 @@ fn disk_text(d: &DiskSpec) -> String {
     }
 }
 
+/// Where a disk's file is, as the plan says it: its `path`, or its place
+/// in the state directory (the planner does not know the directory).
+fn file_text(vm: &str, d: &DiskSpec) -> String {
+    match &d.path {
+        Some(p) => p.display().to_string(),
+        None => format!("<state-dir>/vms/{vm}/disks/{}.raw", d.name),
+    }
+}
+
 /// Every configuration difference from `current` (observed) to `desired`,
 /// in a fixed order. Run state is handled by the planner, not here.
 pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<Change> {
@@ -216,7 +225,36 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                 &[],
             ),
             Some(have) => {
-                if have.path != want.path || have.format != want.format {
+                if have.path != want.path {
+                    cx.push(
+                        Attribute::Disk,
+                        Condition::Moved,
+                        Some(&want.name),
+                        format!("disks.{}.path", want.name),
+                        (json!(have.path), json!(want.path)),
+                        (
+                            file_text(&desired.name, have),
+                            file_text(&desired.name, want),
+                        ),
+                        &[],
+                    );
+                    if have.size_bytes != want.size_bytes {
+                        let cond = if want.size_bytes > have.size_bytes {
+                            Condition::Grow
+                        } else {
+                            Condition::Shrink
+                        };
+                        cx.push(
+                            Attribute::DiskSize,
+                            cond,
+                            Some(&want.name),
+                            format!("disks.{}.size_bytes", want.name),
+                            (json!(have.size_bytes), json!(want.size_bytes)),
+                            (human_bytes(have.size_bytes), human_bytes(want.size_bytes)),
+                            &[],
+                        );
+                    }
+                } else if have.format != want.format {
                     cx.push(
                         Attribute::Disk,
                         Condition::Changed,
@@ -247,13 +285,18 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
     }
     for have in &current.disks {
         if !desired.disks.iter().any(|d| d.name == have.name) {
+            let cond = if have.path.is_some() {
+                Condition::RemovedExternal
+            } else {
+                Condition::Removed
+            };
             cx.push(
                 Attribute::Disk,
-                Condition::Removed,
+                cond,
                 Some(&have.name),
                 format!("disks.{}", have.name),
                 (json!(have), Value::Null),
-                (disk_text(have), "(none)".into()),
+                (file_text(&desired.name, have), "(none)".into()),
                 &[],
             );
         }

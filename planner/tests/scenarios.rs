@@ -637,3 +637,85 @@ fn create_shows_packages_and_guest_config() {
         all(),
     );
 }
+
+/// Issue 14: a disk whose `path` changes is planned as what apply does
+/// — its file moves and the data follows — not as a plain restart that
+/// silently gave the VM an empty disk at the new path.
+#[test]
+fn disk_path_changed_moves_the_file() {
+    let old = vmctl_spec::VmSpec {
+        disks: vec![
+            disk("root", 10 * GIB),
+            vmctl_spec::DiskSpec {
+                path: Some("/srv/old/data.raw".into()),
+                ..disk("data", 10 * GIB)
+            },
+            disk("logs", GIB),
+        ],
+        ..debian("db")
+    };
+    let new = vmctl_spec::VmSpec {
+        disks: vec![
+            vmctl_spec::DiskSpec {
+                path: Some("/srv/fast/root.raw".into()),
+                ..disk("root", 10 * GIB)
+            },
+            vmctl_spec::DiskSpec {
+                path: Some("/srv/new/data.raw".into()),
+                ..disk("data", 10 * GIB)
+            },
+            disk("logs", GIB),
+        ],
+        ..old.clone()
+    };
+    let p = snap(
+        "disk_path_moved",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    let text = render::text(&p);
+    assert!(
+        text.contains("move disk file /srv/old/data.raw → /srv/new/data.raw"),
+        "{text}"
+    );
+}
+
+/// Issue 14: a removed disk's file is deleted when it is in the state
+/// directory (so a disk re-added later is empty), left in place with a
+/// warning when it is at a user-chosen path.
+#[test]
+fn disk_removed_deletes_its_file_or_warns() {
+    let old = vmctl_spec::VmSpec {
+        disks: vec![
+            disk("root", 10 * GIB),
+            disk("scratch", GIB),
+            vmctl_spec::DiskSpec {
+                path: Some("/srv/keep/archive.raw".into()),
+                ..disk("archive", GIB)
+            },
+        ],
+        ..debian("db")
+    };
+    let new = vmctl_spec::VmSpec {
+        disks: vec![disk("root", 10 * GIB)],
+        ..old.clone()
+    };
+    let p = snap(
+        "disk_removed",
+        &desired(vec![new]),
+        &observed(&[(&old, RunState::Running)]),
+        all(),
+    );
+    let text = render::text(&p);
+    assert!(
+        text.contains("disk scratch removed: its file is deleted"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "WARNING its file /srv/keep/archive.raw is at a user-chosen path and is left in place"
+        ),
+        "{text}"
+    );
+}

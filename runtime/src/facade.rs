@@ -48,6 +48,31 @@ pub enum RuntimeError {
     Hotplug { vm: String, message: String },
     #[error("VM {vm:?}: {message}")]
     Os { vm: String, message: String },
+    #[error("VM {vm:?}, disk {disk:?}: {source}")]
+    DiskFile {
+        vm: String,
+        disk: String,
+        #[source]
+        source: crate::disk_file::DiskFileError,
+    },
+    #[error(
+        "VM {vm:?}, disk {disk:?}: disk file {path} is in use by VM {holder:?} (its VMM holds the file's lock); two VMs never share a disk"
+    )]
+    DiskInUse {
+        vm: String,
+        disk: String,
+        path: PathBuf,
+        holder: String,
+    },
+    #[error(
+        "VM {vm:?}, disk {disk:?}: cannot move the disk file {from} to {to}: {to} already exists (remove it, or choose another path)"
+    )]
+    MoveTargetExists {
+        vm: String,
+        disk: String,
+        from: PathBuf,
+        to: PathBuf,
+    },
     #[error("VM {name:?} is {state}; refusing to {action}")]
     Busy {
         name: String,
@@ -206,6 +231,14 @@ impl Runtime {
         // comes through here).
         let mut starts = Vec::with_capacity(spec.disks.len());
         for disk in &spec.disks {
+            // A regular file or nothing yet (not a device, directory, FIFO).
+            crate::disk_file::check_path(&dir.disk_path(disk)).map_err(|source| {
+                RuntimeError::DiskFile {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    source,
+                }
+            })?;
             let start = if dir.disk_path(disk).exists() {
                 None
             } else {
@@ -359,6 +392,7 @@ impl Runtime {
         if let (RunState::Running, Some(pid)) = (obs.live, obs.pid) {
             return Ok(pid);
         }
+        self.check_disks_free(&obs.record.spec)?;
         // What the guest reads at boot (its configuration), written while
         // it is stopped.
         if let Some(os) = &self.os {
@@ -387,6 +421,114 @@ impl Runtime {
         let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
         self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);
         Ok(pid as i32)
+    }
+
+    /// Refuse to start a VM whose disk files are not regular files or are
+    /// locked by another VMM, naming the holder when it is a VM of this
+    /// state directory. The VMM's own lock ([`crate::disk_file`]) is what
+    /// really keeps two writers apart (this check races with other starts);
+    /// this one only makes the message say who.
+    fn check_disks_free(&self, spec: &VmSpec) -> Result<(), RuntimeError> {
+        let dir = self.state.vm(&spec.name);
+        for disk in &spec.disks {
+            let path = dir.disk_path(disk);
+            let file_err = |source| RuntimeError::DiskFile {
+                vm: spec.name.clone(),
+                disk: disk.name.clone(),
+                source,
+            };
+            crate::disk_file::check_path(&path).map_err(file_err)?;
+            if !crate::disk_file::is_locked(&path).map_err(file_err)? {
+                continue;
+            }
+            return Err(match self.disk_holder(&spec.name, &path) {
+                Some(holder) => RuntimeError::DiskInUse {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    path,
+                    holder,
+                },
+                None => file_err(crate::disk_file::DiskFileError::Locked { path }),
+            });
+        }
+        Ok(())
+    }
+
+    /// The other VM of this state directory whose disks include `path`
+    /// (the same file: device and inode), if any.
+    fn disk_holder(&self, except: &str, path: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let want = std::fs::metadata(path).ok()?;
+        let same = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+        };
+        self.list().ok()?.into_iter().find_map(|rec| {
+            let name = rec.spec.name.clone();
+            let dir = self.state.vm(&name);
+            (name != except && rec.spec.disks.iter().any(|d| same(&dir.disk_path(d))))
+                .then_some(name)
+        })
+    }
+
+    /// Make the disk files of a stopped VM match `new` before it is
+    /// re-created with it (a restart): a disk whose file moved (its `path`
+    /// changed) has its file moved — the data follows, the target must not
+    /// exist; a disk no longer declared has its file deleted when it lives
+    /// in the state directory, and left in place (the plan warned) when it
+    /// is at a user-chosen `path`. Idempotent: a file already moved or
+    /// deleted is not touched again.
+    pub fn reconcile_disk_files(&self, old: &VmSpec, new: &VmSpec) -> Result<(), RuntimeError> {
+        let dir = self.state.vm(&new.name);
+        for have in &old.disks {
+            let from = dir.disk_path(have);
+            match new.disks.iter().find(|d| d.name == have.name) {
+                Some(want) => {
+                    let to = dir.disk_path(want);
+                    if to == from || !from.exists() {
+                        continue;
+                    }
+                    if to.exists() {
+                        return Err(RuntimeError::MoveTargetExists {
+                            vm: new.name.clone(),
+                            disk: have.name.clone(),
+                            from,
+                            to,
+                        });
+                    }
+                    crate::disk_file::check_path(&from).map_err(|source| {
+                        RuntimeError::DiskFile {
+                            vm: new.name.clone(),
+                            disk: have.name.clone(),
+                            source,
+                        }
+                    })?;
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).map_err(io(parent))?;
+                    }
+                    match std::fs::rename(&from, &to) {
+                        Ok(()) => {}
+                        // Another file system: copy whole, then drop the old.
+                        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                            copy_whole(&from, &to)?;
+                            std::fs::remove_file(&from).map_err(io(&from))?;
+                        }
+                        Err(e) => return Err(io(&to)(e)),
+                    }
+                    tracing::info!(vm = %new.name, disk = %have.name, from = %from.display(), to = %to.display(), "disk file moved");
+                }
+                None if have.path.is_none() => match std::fs::remove_file(&from) {
+                    Ok(()) => {
+                        tracing::info!(vm = %new.name, disk = %have.name, path = %from.display(), "removed disk's file deleted");
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&from)(e)),
+                },
+                None => {
+                    tracing::warn!(vm = %new.name, disk = %have.name, path = %from.display(), "removed disk's file is at a user-chosen path: left in place");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stop the VM: graceful shutdown within `timeout`, then forced. Records
@@ -909,6 +1051,94 @@ mod tests {
             "stop/destroy killed a process that was not the VMM"
         );
         assert_eq!((live, seen), (RunState::Crashed, None));
+    }
+
+    /// Issue 14: starting a VM whose disk file another VMM has locked is
+    /// refused before a VMM is spawned, naming the VM of this state
+    /// directory that uses the file (here the lock is taken by the test,
+    /// as VM "a"'s VMM would).
+    #[test]
+    fn start_names_the_vm_whose_vmm_holds_a_disk_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let shared = tmp.path().join("shared.raw");
+        let with_shared = |name: &str| {
+            let mut s = spec(name, false);
+            s.disks[0].size_bytes = 1 << 20;
+            s.disks[0].path = Some(shared.clone());
+            s
+        };
+        rt.create(&with_shared("a")).unwrap();
+        rt.create(&with_shared("b")).unwrap();
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&shared)
+            .unwrap();
+        crate::disk_file::lock(&held, &shared, true).unwrap();
+        let e = rt.start("b").unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::DiskInUse { holder, .. } if holder == "a"),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&shared.display().to_string()), "{e}");
+        assert!(rt.vm_dir("b").read_pid().is_none(), "no VMM was spawned");
+    }
+
+    /// Issue 14: a directory where a disk file should be is refused at
+    /// create, with the path in the message.
+    #[test]
+    fn create_refuses_a_disk_path_that_is_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let mut s = spec("a", false);
+        s.disks[0].path = Some(tmp.path().to_path_buf());
+        let e = rt.create(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("is a directory") && e.contains(&tmp.path().display().to_string()),
+            "{e}"
+        );
+    }
+
+    /// Issue 14: a path change moves the file (refused onto an existing
+    /// file), a removed state-dir disk's file is deleted, an external one
+    /// kept; running it again changes nothing.
+    #[test]
+    fn reconcile_moves_deletes_and_keeps_disk_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::open(tmp.path().join("state")).unwrap();
+        let mut old = spec("a", false);
+        old.disks[0].size_bytes = 1 << 20;
+        let mut scratch = old.disks[0].clone();
+        scratch.name = "scratch".into();
+        let mut ext = old.disks[0].clone();
+        ext.name = "ext".into();
+        ext.path = Some(tmp.path().join("ext.raw"));
+        old.disks.extend([scratch, ext]);
+        rt.create(&old).unwrap();
+        let dir = rt.vm_dir("a");
+        let root = dir.disk_path(&old.disks[0]);
+        std::fs::write(&root, b"root data").unwrap();
+
+        let mut new = spec("a", false);
+        new.disks[0].size_bytes = 1 << 20;
+        new.disks[0].path = Some(tmp.path().join("moved/root.raw"));
+        let target = tmp.path().join("moved/root.raw");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, b"other").unwrap();
+        let e = rt.reconcile_disk_files(&old, &new).unwrap_err();
+        assert!(matches!(e, RuntimeError::MoveTargetExists { .. }), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"other");
+        assert!(root.exists());
+
+        std::fs::remove_file(&target).unwrap();
+        rt.reconcile_disk_files(&old, &new).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"root data");
+        assert!(!root.exists());
+        assert!(!dir.disks_dir().join("scratch.raw").exists(), "deleted");
+        assert!(tmp.path().join("ext.raw").exists(), "external: kept");
+        rt.reconcile_disk_files(&old, &new).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"root data");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod devices;
 pub mod diag;
+pub mod disk_file;
 pub mod facade;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -221,6 +221,14 @@ pub const CODES: &[(&str, &str)] = &[
         "two disks with the same name in one VM",
     ),
     ("vmctl::spec::zero-disk", "a disk of size 0"),
+    (
+        "vmctl::spec::shared-disk-path",
+        "two disks (of one VM or two) with the same `path`",
+    ),
+    (
+        "vmctl::spec::disk-path-not-file",
+        "a disk `path` that exists and is not a regular file (a directory, device, FIFO...)",
+    ),
     ("vmctl::spec::bad-format", "a disk format other than `raw`"),
     (
         "vmctl::spec::bad-source-format",

@@ -146,10 +146,64 @@ pub(crate) fn resolve(raw: RawFile, base: &Path, sink: &mut Sink) -> DesiredStat
         }
     }
 
+    check_disk_paths(&vms, base, sink);
+
     DesiredState {
         format_version: FORMAT_VERSION.to_string(),
         vms: resolved.into_iter().flatten().collect(),
         images: images.into_iter().map(|(img, _)| img).collect(),
+    }
+}
+
+/// Disk `path`s (issue 14): one file is one disk of one VM — two disks
+/// naming the same path would have two VMMs (or one VM twice) write the same
+/// file — and a path that already exists must be a regular file (a
+/// directory, device, FIFO... is refused; the runtime checks again at apply,
+/// and locks the file while a VMM has it open).
+fn check_disk_paths(vms: &[&RawVm], base: &Path, sink: &mut Sink) {
+    let mut seen: Vec<(PathBuf, &str, &str, SourceSpan)> = Vec::new();
+    for vm in vms {
+        for d in &vm.disks {
+            let (Some(p), Some(span)) = (&d.path, d.path_span) else {
+                continue;
+            };
+            let path = absolute(base, p);
+            if let Some((_, other_vm, other_disk, first)) = seen.iter().find(|s| s.0 == path) {
+                sink.push(
+                    Diag::error(
+                        "vmctl::spec::shared-disk-path",
+                        format!(
+                            "disk `{}` of VM `{}` and disk `{other_disk}` of VM `{other_vm}` both use {}",
+                            d.name.val,
+                            vm.name.val,
+                            path.display()
+                        ),
+                    )
+                    .label(span, "used again here")
+                    .label(*first, "first used here")
+                    .help("a disk file belongs to one disk of one VM: give each disk its own path"),
+                );
+                continue;
+            }
+            seen.push((path.clone(), &vm.name.val, &d.name.val, span));
+            if let Ok(m) = std::fs::metadata(&path)
+                && !m.is_file()
+            {
+                let kind = if m.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file"
+                };
+                sink.push(
+                    Diag::error(
+                        "vmctl::spec::disk-path-not-file",
+                        format!("disk `{}` path {} is {kind}", d.name.val, path.display()),
+                    )
+                    .label(span, "this path")
+                    .help("a disk's path must be a regular file or not exist yet (vmctl creates it); block devices are not supported"),
+                );
+            }
+        }
     }
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct RawDisk {
     pub reported: bool,
     pub format: Option<DiskFormat>,
     pub path: Option<String>,
+    /// Where `path=` is written (for the path diagnostics).
+    pub path_span: Option<SourceSpan>,
     pub source: Option<String>,
     pub source_format: Option<SourceFormat>,
 }
@@ -824,6 +826,7 @@ impl Reader<'_> {
             reported: false,
             format: None,
             path: None,
+            path_span: None,
             source: None,
             source_format: None,
         };
@@ -898,7 +901,12 @@ impl Reader<'_> {
                         }
                     }
                 }
-                "path" => disk.path = self.string(e, "path=").map(|s| s.val),
+                "path" => {
+                    if let Some(s) = self.string(e, "path=") {
+                        disk.path_span = Some(s.span);
+                        disk.path = Some(s.val);
+                    }
+                }
                 _ => disk.source = self.string(e, "source=").map(|s| s.val),
             }
         }

@@ -206,7 +206,12 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
         };
         let mut disks: Vec<DiskSpec> = Vec::new();
         match &src {
-            Some(s) => disks.extend(s.disks.iter().cloned()),
+            // A copy's disks are fresh copies: never at the source's `path`
+            // (one file is one disk of one VM: shared-disk-path).
+            Some(s) => disks.extend(s.disks.iter().map(|d| DiskSpec {
+                path: None,
+                ..d.clone()
+            })),
             None if os == "debian-12" => disks.push(DiskSpec {
                 name: "root".into(),
                 size_bytes: 8 << 30,
@@ -217,8 +222,17 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
             }),
             None => {}
         }
-        for disk in d.disks {
+        for mut disk in d.disks {
             if !disks.iter().any(|x| x.name == disk.name) {
+                // Unique per VM and disk (shared-disk-path), and under a
+                // directory no host has (disk-path-not-file looks at it).
+                disk.path = disk.path.map(|p| {
+                    PathBuf::from(format!(
+                        "/nonexistent-vmctl-roundtrip/{i}-{}{}",
+                        disk.name,
+                        p.display()
+                    ))
+                });
                 disks.push(disk);
             }
         }

@@ -479,3 +479,24 @@ fn syntax_error_after_non_ascii_text() {
     );
     snap!("diag_syntax_non_ascii", rendered);
 }
+
+/// Issue 14: two VMs whose disks name the same file would both write it.
+#[test]
+fn two_vms_sharing_a_disk_path() {
+    check(
+        "shared_disk_path",
+        "vm \"a\" {\n    os \"diag\"\n    disk \"data\" size=\"1GiB\" path=\"/srv/vm/shared.raw\"\n}\nvm \"b\" {\n    os \"diag\"\n    disk \"data\" size=\"1GiB\" path=\"/srv/vm/shared.raw\"\n}\n",
+        &["vmctl::spec::shared-disk-path"],
+    );
+}
+
+/// Issue 14: a disk path that exists and is a directory is refused at
+/// validate (`/` is a directory on every host).
+#[test]
+fn disk_path_that_is_a_directory() {
+    check(
+        "disk_path_directory",
+        "vm \"a\" {\n    os \"diag\"\n    disk \"data\" size=\"1GiB\" path=\"/\"\n}\n",
+        &["vmctl::spec::disk-path-not-file"],
+    );
+}

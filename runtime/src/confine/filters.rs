@@ -415,7 +415,7 @@ fn own_entries(kind: ThreadKind, ctx: &Context) -> Vec<Entry> {
             ),
             any(
                 sys!(SYS_openat),
-                "reboot: /dev/kvm and the disk files; vmm.exit and vmm.pid",
+                "reboot: /dev/kvm; vmm.exit and vmm.pid (disk files are not reopened: a reboot dups the ones locked at set-up)",
             ),
             any(sys!(SYS_read), "eventfds"),
             any(sys!(SYS_statx), "disk sizes for status; std::fs metadata"),
@@ -431,7 +431,7 @@ fn own_entries(kind: ThreadKind, ctx: &Context) -> Vec<Entry> {
             when(
                 sys!(SYS_fcntl),
                 one_of(1, &[libc::F_DUPFD_CLOEXEC as u64]),
-                "EventFd::try_clone (the I/O thread's stop event)",
+                "EventFd::try_clone (the I/O thread's stop event); reboot: File::try_clone of the disk files locked at set-up (a dup shares their OFD lock)",
             ),
             when(
                 sys!(SYS_tgkill),
@@ -676,6 +676,44 @@ mod tests {
         assert!(allowed(ThreadKind::Api, libc::SYS_accept4));
         assert!(allowed(ThreadKind::Signals, libc::SYS_rt_sigtimedwait));
         assert!(allowed(ThreadKind::Reporter, libc::SYS_rename));
+    }
+
+    /// Disk locks (crate::disk_file) are taken by the first machine build,
+    /// before the main thread confines itself, and held until the VMM exits:
+    /// no confined thread may take, change or drop a file lock, so a
+    /// compromised VMM cannot unlock its disks for a second writer.
+    #[test]
+    fn no_confined_thread_may_take_or_drop_file_locks() {
+        let lock_ops = [
+            libc::F_SETLK,
+            libc::F_SETLKW,
+            libc::F_OFD_SETLK,
+            libc::F_OFD_SETLKW,
+        ];
+        for kind in ThreadKind::ALL {
+            for e in allow_list(*kind, &CTX) {
+                if e.nr == libc::SYS_flock {
+                    panic!("{}: flock is allowed", kind.name());
+                }
+                if e.nr != libc::SYS_fcntl {
+                    continue;
+                }
+                assert!(
+                    !e.when.is_empty(),
+                    "{}: fcntl with any command",
+                    kind.name()
+                );
+                for alt in &e.when {
+                    for &(arg, _, value) in alt {
+                        assert!(
+                            arg != 1 || !lock_ops.iter().any(|&op| op as u64 == value),
+                            "{}: fcntl command {value} (a lock operation) is allowed",
+                            kind.name()
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub const MALLOC_ARENAS: i32 = 4;
 /// `disks` disks. Per boot: `/dev/kvm`, the VM, one per vCPU, and per disk
 /// its file, ioeventfd and irqfd, plus the fixed interrupt lines, the I/O
 /// thread's epoll and stop events; a reboot holds two machines for a
-/// moment. Beyond that: stdio, `vmm.lock`, `console.log`, both listening
+/// moment. Beyond that: each disk's locked file, kept for the VMM's life
+/// (crate::disk_file; a machine's disk files are dups of it), stdio,
+/// `vmm.lock`, `console.log`, both listening
 /// sockets, the seccomp report pipe, and two descriptors per control or
 /// console connection (generous: 128 connections), and files written
 /// atomically (two at a time).
@@ -42,7 +44,7 @@ pub fn nofile_limit(max_cpus: u32, disks: usize) -> u64 {
     let per_boot = 2 + u64::from(max_cpus) + 3 * disks as u64 + 8;
     let fixed = 3 + 1 + 1 + 2 + 2 + 2;
     let connections = 2 * 128;
-    2 * per_boot + fixed + connections
+    2 * per_boot + disks as u64 + fixed + connections
 }
 
 /// Everything in this module, in order; `vm_dir` holds the `vmm.lock` to
@@ -146,7 +148,7 @@ mod tests {
         assert!(big > small);
         // A full machine's descriptors, twice (reboot), fit with the
         // connection allowance to spare.
-        assert!(big >= 2 * (64 + 3 * 8) + 256, "{big}");
+        assert!(big >= 2 * (64 + 3 * 8) + 8 + 256, "{big}");
         assert!(
             big < 1024,
             "{big}: still below the usual default soft limit"

@@ -8,6 +8,7 @@
 //! reserved hotplug region and hands every device the new memory view; the
 //! hotplug controllers (devices::legacy) tell the guest.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -43,6 +44,12 @@ pub struct Persistent {
     pub console_clients: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
     pub console_log: Option<Arc<Mutex<RotatingLog>>>,
     pub ged: GedEvents,
+    /// Every disk file, opened and locked once by the first build and kept
+    /// for the VMM's life: a reboot builds its devices on dups of these
+    /// (same open file description, same lock), so the lock is never
+    /// dropped while the VMM runs and the rebuilt machine does not conflict
+    /// with the old one, which still holds its files while it is built.
+    pub disk_files: Arc<Mutex<Vec<(PathBuf, std::fs::File)>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +183,7 @@ impl Machine {
         let mut notifiers = Vec::new();
         for (i, disk) in cfg.disks.iter().enumerate() {
             let block =
-                Block::new(&disk.path, false, &disk.name).map_err(|source| MachineError::Disk {
+                open_disk(keep, &disk.path, &disk.name).map_err(|source| MachineError::Disk {
                     name: disk.name.clone(),
                     source,
                 })?;
@@ -392,6 +399,28 @@ impl Machine {
             let _ = t.join();
         }
     }
+}
+
+/// The device for one disk: over a dup of the file this VMM already
+/// locked, or (first build) opened and locked now and remembered in `keep`.
+fn open_disk(keep: &Persistent, path: &Path, name: &str) -> Result<Block, BlockError> {
+    let open_err = |source| BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut files = keep
+        .disk_files
+        .lock()
+        .map_err(|_| open_err(std::io::Error::other("the disk file list is poisoned")))?;
+    if let Some((_, f)) = files.iter().find(|(p, _)| p == path) {
+        return Block::with_file(f.try_clone().map_err(open_err)?, path, false, name);
+    }
+    let block = Block::new(path, false, name)?;
+    files.push((
+        path.to_path_buf(),
+        block.try_clone_file().map_err(open_err)?,
+    ));
+    Ok(block)
 }
 
 /// Back queue 0's `QueueNotify` of the device at `base` with an ioeventfd

@@ -61,6 +61,10 @@ pub enum BlockError {
     },
     #[error("disk {path} is read-only and cannot be resized")]
     ReadOnly { path: PathBuf },
+    /// Not a regular file, or locked by another process
+    /// ([`crate::disk_file`]).
+    #[error(transparent)]
+    File(#[from] crate::disk_file::DiskFileError),
 }
 
 /// A virtio-blk device over one raw image file.
@@ -75,9 +79,11 @@ pub struct Block {
 }
 
 impl Block {
-    /// Open `path` (read-write unless `read_only`). `id` is what GET_ID
-    /// returns (truncated to 20 bytes, NUL padded) — vmctl passes the disk's
-    /// name.
+    /// Open `path` (read-write unless `read_only`), check it is a regular
+    /// file and take its lock ([`crate::disk_file::lock`]: exclusive for a
+    /// writer), so no other VMM can open it while this device lives. `id` is
+    /// what GET_ID returns (truncated to 20 bytes, NUL padded) — vmctl passes
+    /// the disk's name.
     pub fn new(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
         let file = OpenOptions::new()
             .read(true)
@@ -87,6 +93,19 @@ impl Block {
                 path: path.to_path_buf(),
                 source,
             })?;
+        crate::disk_file::check_open(&file, path)?;
+        crate::disk_file::lock(&file, path, !read_only)?;
+        Self::with_file(file, path, read_only, id)
+    }
+
+    /// A device over `file`, already opened (and locked) by [`Block::new`]
+    /// — the VMM reuses a dup of it after a reboot, which shares the lock.
+    pub fn with_file(
+        file: File,
+        path: &Path,
+        read_only: bool,
+        id: &str,
+    ) -> Result<Self, BlockError> {
         let capacity_bytes = file
             .metadata()
             .map_err(|source| BlockError::Metadata {
@@ -119,6 +138,11 @@ impl Block {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A second descriptor for the same open file (and so the same lock).
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
     }
 
     /// Change the capacity the guest sees (rounded down to whole sectors)
