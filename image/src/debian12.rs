@@ -13,7 +13,7 @@ use std::path::Path;
 use super::cache::{self, Manifest};
 use super::cpio::Archive;
 use super::lock::{LockedImage, LockedPackage};
-use super::minimal::{BootParts, boot_parts, write_initrd};
+use super::minimal::{BootParts, add_modules, boot_parts, write_initrd};
 use super::{Built, ImageError, Variant, digest, kmod, rootfs};
 
 /// The OS name in KDL (`os "debian-12"`).
@@ -184,14 +184,7 @@ pub fn initramfs(busybox: &[u8], modules: &[kmod::Module]) -> Result<Archive, Im
     a.file("bin/busybox", 0o755, busybox.to_vec())?;
     a.symlink("bin/sh", "busybox")?;
     a.file("init", 0o755, INIT.as_bytes().to_vec())?;
-    let mut order = String::new();
-    for m in modules {
-        let data = std::fs::read(&m.path).map_err(|e| ImageError::io(&m.path, e))?;
-        a.file(&format!("lib/modules/{}", m.file_name), 0o644, data)?;
-        order.push_str(&m.file_name);
-        order.push('\n');
-    }
-    a.file("etc/vmctl/modules", 0o644, order.into_bytes())?;
+    add_modules(&mut a, modules)?;
     Ok(a)
 }
 

@@ -154,6 +154,20 @@ pub fn boot_parts(root: &Path, out: &Path, wanted: &[&str]) -> Result<BootParts,
     })
 }
 
+/// The modules (in load order) as `lib/modules/<file>` and their order as
+/// `etc/vmctl/modules`, which both initramfs inits read.
+pub fn add_modules(a: &mut Archive, modules: &[kmod::Module]) -> Result<(), ImageError> {
+    let mut order = String::new();
+    for m in modules {
+        let data = std::fs::read(&m.path).map_err(|e| ImageError::io(&m.path, e))?;
+        a.file(&format!("lib/modules/{}", m.file_name), 0o644, data)?;
+        order.push_str(&m.file_name);
+        order.push('\n');
+    }
+    a.file("etc/vmctl/modules", 0o644, order.into_bytes())?;
+    Ok(())
+}
+
 /// Write `archive` gzip'd (reproducibly) as `out/initrd.img`.
 pub fn write_initrd(archive: &Archive, out: &Path) -> Result<std::path::PathBuf, ImageError> {
     let initrd_out = out.join(cache::INITRD_FILE);
@@ -219,14 +233,7 @@ pub fn initramfs(
         0o755,
         POWER_BUTTON_SCRIPT.as_bytes().to_vec(),
     )?;
-    let mut order = String::new();
-    for m in modules {
-        let data = std::fs::read(&m.path).map_err(|e| ImageError::io(&m.path, e))?;
-        a.file(&format!("lib/modules/{}", m.file_name), 0o644, data)?;
-        order.push_str(&m.file_name);
-        order.push('\n');
-    }
-    a.file("etc/vmctl/modules", 0o644, order.into_bytes())?;
+    add_modules(&mut a, modules)?;
     a.file(
         "etc/vmctl/kernel-version",
         0o644,
