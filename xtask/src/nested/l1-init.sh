@@ -35,6 +35,9 @@ mount -t ext4 /dev/vda /lab || echo "@@NESTED step=lab-disk rc=1 want=0"
 
 . /etc/l1/scenario.env
 cd /lab
+# A heartbeat for the harness: L1 silent for minutes means its kernel no
+# longer runs (an emulator stall, docs/nested-lab.md), not a slow step.
+( while true; do echo "~~HB $(cut -d' ' -f1 /proc/uptime)"; sleep 10; done ) &
 if [ -n "$L1_THP" ]; then
     echo "$L1_THP" > /sys/kernel/mm/transparent_hugepage/enabled
     echo "$L1_THP" > /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null

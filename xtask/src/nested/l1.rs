@@ -240,9 +240,29 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
 pub struct RunResult {
     pub serial: String,
     pub timed_out: bool,
+    /// L1 printed nothing, not even its 10-second heartbeat, for
+    /// [`STALL_SECS`] while QEMU kept running: L1 stalled (see
+    /// [`stall_reason`]).
+    pub stalled: bool,
     pub elapsed: Duration,
     /// `--qemu-trace`: what the `-d int,cpu_reset` filter saw.
     pub trace: Option<trace::TraceSummary>,
+}
+
+/// L1's init prints a heartbeat line every 10 s (`~~HB <uptime>`); this
+/// long without any line from L1 means its kernel no longer runs at all.
+pub const STALL_SECS: u64 = 180;
+
+/// Why a stalled L1 is the emulator's failure, not vmctl's: said when the
+/// harness gives up on a silent L1 (docs/nested-lab.md, "Known environment
+/// failures").
+pub fn stall_reason() -> String {
+    format!(
+        "L1 printed nothing, not even its heartbeat, for {STALL_SECS} s while QEMU's vCPU \
+         threads kept executing guest code: QEMU TCG's emulated SVM stopped delivering L1's \
+         own timer interrupts as VM exits while L1's CPUs ran L2 guests (on real hardware \
+         an L1 interrupt always exits L2)"
+    )
 }
 
 /// One boot of L1.
@@ -400,14 +420,21 @@ pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
     let mut log = std::fs::File::create(log_path).map_err(err("creating the serial log"))?;
     let mut serial = String::new();
     let mut timed_out = false;
+    let mut stalled = false;
+    let mut last_line = Instant::now();
     loop {
         let left = timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
             timed_out = true;
             break;
         }
+        if last_line.elapsed() >= Duration::from_secs(STALL_SECS) {
+            stalled = true;
+            break;
+        }
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
+                last_line = Instant::now();
                 let _ = log.write_all(line.as_bytes());
                 if verbose || line.contains("@@") {
                     eprint!("[{:>5.1}s] {line}", start.elapsed().as_secs_f64());
@@ -427,7 +454,7 @@ pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    if timed_out {
+    if timed_out || stalled {
         let _ = child.kill();
     }
     let _ = child.wait();
@@ -436,6 +463,7 @@ pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
     Ok(RunResult {
         serial,
         timed_out,
+        stalled,
         elapsed: start.elapsed(),
         trace,
     })

@@ -534,13 +534,19 @@ fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run
     let mut res = l1::boot(&boot)?;
     report_trace(&res, &trace_log);
     let mut retry = None;
-    if let Some(panic) = check::l1_kernel_panic(&res.serial) {
-        // L1's own kernel died (QEMU TCG's emulated SVM occasionally corrupts
-        // L1 state on a nested VM exit; measured ~1 run in 8): the
-        // environment failed, not vmctl. Say so and run the scenario once more.
+    let env_failure = match check::l1_kernel_panic(&res.serial) {
+        Some(panic) => Some(format!("L1's own kernel crashed ({panic})")),
+        None if res.stalled => Some(l1::stall_reason()),
+        None => None,
+    };
+    if let Some(panic) = env_failure {
+        // L1's own kernel died or stalled (QEMU TCG's emulated SVM
+        // occasionally corrupts L1 state on a nested VM exit, or stops
+        // delivering L1's interrupts while L2 runs): the environment
+        // failed, not vmctl. Say so and run the scenario once more — once.
         let kept = serial_log.with_extension("crashed.log");
         eprintln!(
-            "nested-lab: L1's own kernel crashed ({panic}); this is the emulated-SVM environment, \
+            "nested-lab: {panic}; this is the emulated-SVM environment, \
              not a vmctl check. Serial log kept as {}; running L1 once more.",
             kept.display()
         );
