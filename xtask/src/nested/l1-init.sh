@@ -192,6 +192,17 @@ scenario() {
     step apply 0 vmctl apply --auto-approve || return
     wait_agents 1
     report 1
+    # debian-12 guests: systemd's serial getty on ttyS0 gives `vmctl
+    # console` a login prompt.
+    for vm in $LOGIN_VMS; do
+        t=0; rc=1
+        while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+            grep -q " login: " "/lab/.vmctl/vms/$vm/console.log" && { rc=0; break; }
+            sleep 2; t=$((t + 2))
+        done
+        [ "$rc" = 0 ] || FAILED=1
+        say "@@NESTED step=console-login rc=$rc want=0 vm=$vm secs=$t"
+    done
     step plan-noop 0 vmctl plan --detailed-exitcode
     cp /lab/vmctl-2.kdl /lab/vmctl.kdl
     step plan-change 2 vmctl plan --detailed-exitcode

@@ -444,8 +444,15 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         .filter(|_| grow.as_ref().is_some_and(|(d, _)| d == "root"))
         .map(|d| d.size_bytes / 100 * 92)
         .unwrap_or(0);
+    let login_vms = before
+        .vms
+        .iter()
+        .filter(|v| v.os == "debian-12")
+        .map(|v| v.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
     let env = format!(
-        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nGROW_ROOT_MIN={grow_root_min}\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
+        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nGROW_ROOT_MIN={grow_root_min}\nLOGIN_VMS=\"{login_vms}\"\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
