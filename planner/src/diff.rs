@@ -375,40 +375,55 @@ fn guest_config(cx: &mut Ctx<'_>, current: &VmSpec, desired: &VmSpec) {
             &[],
         );
     }
-    if have.users != want.users {
-        fn name(u: &UserSpec) -> &str {
-            &u.name
-        }
-        cx.push(
-            Attribute::Users,
-            Condition::Changed,
-            None,
-            "config.users".into(),
-            (json!(have.users), json!(want.users)),
-            (
-                named_text(&have.users, &want.users, name, false),
-                named_text(&want.users, &have.users, name, true),
-            ),
-            &[],
-        );
+    fn name(u: &UserSpec) -> &str {
+        &u.name
     }
-    if have.files != want.files {
-        fn path(f: &FileSpec) -> &str {
-            &f.path
-        }
-        cx.push(
-            Attribute::Files,
-            Condition::Changed,
-            None,
-            "config.files".into(),
-            (json!(have.files), json!(want.files)),
-            (
-                named_text(&have.files, &want.files, path, false),
-                named_text(&want.files, &have.files, path, true),
-            ),
-            &[],
-        );
+    fn path(f: &FileSpec) -> &str {
+        &f.path
     }
+    named_list(
+        cx,
+        Attribute::Users,
+        "config.users",
+        &have.users,
+        &want.users,
+        name,
+    );
+    named_list(
+        cx,
+        Attribute::Files,
+        "config.files",
+        &have.files,
+        &want.files,
+        path,
+    );
+}
+
+/// One restart row for a list of named entries (users, files) that
+/// differs: the plan names them, marking the changed ones.
+fn named_list<T: PartialEq + serde::Serialize>(
+    cx: &mut Ctx<'_>,
+    attribute: Attribute,
+    key: &str,
+    have: &[T],
+    want: &[T],
+    name: fn(&T) -> &str,
+) {
+    if have == want {
+        return;
+    }
+    cx.push(
+        attribute,
+        Condition::Changed,
+        None,
+        key.into(),
+        (json!(have), json!(want)),
+        (
+            named_text(have, want, name, false),
+            named_text(want, have, name, true),
+        ),
+        &[],
+    );
 }
 
 #[cfg(test)]
