@@ -186,6 +186,14 @@ fn base(ctx: &Context) -> Vec<Entry> {
             "malloc heap growth, thread stack guards; never PROT_EXEC",
         ),
         any(sys!(SYS_munmap), "free, thread stacks, dropped guest RAM"),
+        any(
+            sys!(SYS_mremap),
+            "glibc realloc of a large (mmap'd) block; keeps its protection",
+        ),
+        any(
+            sys!(SYS_sched_yield),
+            "std's channels back off with sched_yield before they park (seen: api-conn under load)",
+        ),
         any(sys!(SYS_brk), "malloc's main heap"),
         when(
             sys!(SYS_madvise),
@@ -742,6 +750,42 @@ mod tests {
         .join()
         .map(|v| assert_eq!(v, 7))
         .unwrap();
+    }
+
+    /// Every kind of thread, under its real filter, may back off and use a
+    /// contended std channel: std's channels call `sched_yield` before they
+    /// park (a CI run under load once killed an `api-conn` thread on it).
+    /// A denied call traps, and with no handler here SIGSYS ends the test
+    /// binary, so this fails loudly if a list loses one.
+    #[test]
+    fn every_kind_may_yield_and_use_a_contended_channel() {
+        for kind in ThreadKind::ALL {
+            let prog = compile(*kind, &CTX).unwrap();
+            let (to_filtered, rx) = std::sync::mpsc::sync_channel::<u32>(0);
+            let (tx, from_filtered) = std::sync::mpsc::sync_channel::<u32>(0);
+            let filtered = std::thread::spawn(move || {
+                seccompiler::apply_filter(&prog).unwrap();
+                std::thread::yield_now();
+                let mut sum = 0u32;
+                while let Ok(v) = rx.recv() {
+                    sum = sum.wrapping_add(v);
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+                sum
+            });
+            for i in 0..2000u32 {
+                to_filtered.send(i).unwrap();
+                assert_eq!(from_filtered.recv().unwrap(), i);
+            }
+            drop(to_filtered);
+            assert_eq!(
+                filtered.join().unwrap(),
+                (0..2000u32).sum::<u32>(),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]
