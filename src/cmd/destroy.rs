@@ -65,6 +65,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         format_version: vmctl_spec::FORMAT_VERSION.to_string(),
         vms: keep,
         images: Vec::new(),
+        networks: Vec::new(),
     };
     let full = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
         .map_err(|e| miette::miette!("cannot plan: {e}"))?;

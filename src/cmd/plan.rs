@@ -91,6 +91,7 @@ mod tests {
             format_version: "1".into(),
             vms,
             images: vec![],
+            networks: vec![],
         }
     }
 

@@ -38,6 +38,7 @@ pub fn desired(vms: Vec<VmSpec>) -> DesiredState {
         format_version: "1".into(),
         vms,
         images: vec![],
+        networks: vec![],
     }
 }
 
