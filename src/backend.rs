@@ -206,6 +206,19 @@ impl Backend for RuntimeBackend {
         self.rt()?.copy(source, new).map_err(err)
     }
 
+    fn create_network(&self, net: &vmctl_spec::NetworkSpec) -> Result<(), BackendError> {
+        Err(BackendError::new(format!(
+            "network {}: host networking is not wired into this build yet",
+            net.name
+        )))
+    }
+
+    fn destroy_network(&self, name: &str) -> Result<(), BackendError> {
+        Err(BackendError::new(format!(
+            "network {name}: host networking is not wired into this build yet"
+        )))
+    }
+
     fn record(&self, spec: &VmSpec, desired: Desired) -> Result<(), BackendError> {
         let rec = Record::new(spec.clone(), desired);
         self.rt()?.write_record(&rec).map_err(err)

@@ -13,19 +13,41 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use serde_json::{Value, json};
-use vmctl_spec::{DesiredState, VmSpec};
+use vmctl_spec::{DesiredState, NetworkSpec, VmSpec};
 
 use crate::capabilities::{self, ActionKind, Attribute, Condition, Disruption};
 use crate::diff::{Change, diff_vm};
-use crate::observed::{Capabilities, ObservedState, ObservedVm, RunState};
+use crate::observed::{Capabilities, ObservedNetwork, ObservedState, ObservedVm, RunState};
+
+/// What an action is about. Serialized lowercase (`"resource"` in the JSON
+/// plan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    #[default]
+    Vm,
+    Network,
+}
+
+impl Resource {
+    pub fn label(self) -> &'static str {
+        match self {
+            Resource::Vm => "vm",
+            Resource::Network => "network",
+        }
+    }
+}
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Action {
     /// Unique and stable: `<vm>:<kind>` (`db:create`, `web:resize-disk:root`,
-    /// `web:stop-for-copy`, `web:resize-disk:root:refused`).
+    /// `web:stop-for-copy`, `web:resize-disk:root:refused`), and
+    /// `network:<name>:<kind>` for a network (`network:lab:create`).
     pub id: String,
+    /// The VM's name, or the network's for a network action.
     pub vm: String,
+    pub resource: Resource,
     pub kind: ActionKind,
     /// [`Disruption::Refused`] for a refused entry (never executed).
     pub disruption: Disruption,
@@ -41,6 +63,10 @@ pub struct Action {
     pub old: Option<VmSpec>,
     /// The VM copied from (copy only).
     pub source: Option<String>,
+    /// A network action's configuration to apply (create, replace).
+    pub network: Option<NetworkSpec>,
+    /// A network action's observed configuration (replace, destroy).
+    pub network_old: Option<NetworkSpec>,
 }
 
 impl Action {
@@ -48,35 +74,47 @@ impl Action {
         self.disruption == Disruption::Refused
     }
 
+    pub fn is_network(&self) -> bool {
+        self.resource == Resource::Network
+    }
+
     /// Brings the VM up (or keeps it up): ordered after its dependencies' ups.
     fn is_up(&self) -> bool {
-        matches!(
-            self.kind,
-            ActionKind::Create
-                | ActionKind::Copy
-                | ActionKind::Start
-                | ActionKind::Restart
-                | ActionKind::Replace
-        )
+        !self.is_network()
+            && matches!(
+                self.kind,
+                ActionKind::Create
+                    | ActionKind::Copy
+                    | ActionKind::Start
+                    | ActionKind::Restart
+                    | ActionKind::Replace
+            )
     }
 
     /// Takes the VM down for good (dependents' part of "stop web before db").
     fn is_pure_down(&self) -> bool {
-        matches!(self.kind, ActionKind::Stop | ActionKind::Destroy)
+        !self.is_network()
+            && matches!(self.kind, ActionKind::Stop | ActionKind::Destroy)
             && !self.id.ends_with(":stop-for-copy")
     }
 
     /// Takes the VM down at some point (the dependency's part). A copy's
     /// brief stop of its source does not count: dependents keep running.
     fn goes_down(&self) -> bool {
-        matches!(
-            self.kind,
-            ActionKind::Stop | ActionKind::Destroy | ActionKind::Restart | ActionKind::Replace
-        ) && !self.id.ends_with(":stop-for-copy")
+        !self.is_network()
+            && matches!(
+                self.kind,
+                ActionKind::Stop | ActionKind::Destroy | ActionKind::Restart | ActionKind::Replace
+            )
+            && !self.id.ends_with(":stop-for-copy")
     }
 
     /// The JSON `before`/`after` objects.
     pub fn before_after(&self) -> (Value, Value) {
+        if self.is_network() {
+            let j = |n: &Option<NetworkSpec>| n.as_ref().map_or(Value::Null, |n| json!(n));
+            return (j(&self.network_old), j(&self.network));
+        }
         match self.kind {
             ActionKind::Create | ActionKind::Copy if !self.is_refused() => {
                 (Value::Null, json!(self.new))
@@ -210,6 +248,9 @@ fn action(vm: &str, kind: ActionKind, disruption: Disruption) -> Action {
     Action {
         id: format!("{vm}:{}", kind.label()),
         vm: vm.to_string(),
+        resource: Resource::Vm,
+        network: None,
+        network_old: None,
         kind,
         disruption,
         reason: None,
@@ -300,8 +341,113 @@ pub fn plan(
 
     wrap_copies(&mut b, &wanted, &copies);
     dependency_edges(&mut b, desired, &wanted, observed);
+    let nets = plan_networks(&mut b, desired, observed);
+    network_edges(&mut b, &nets);
     add_soft_edges(&mut b);
     order(b)
+}
+
+fn net_action(name: &str, kind: ActionKind, disruption: Disruption) -> Action {
+    Action {
+        id: format!("network:{name}:{}", kind.label()),
+        resource: Resource::Network,
+        ..action(name, kind, disruption)
+    }
+}
+
+/// How a network's subnet and NAT read in the plan.
+fn network_text(n: &NetworkSpec) -> String {
+    if n.nat {
+        format!("{} nat", n.subnet)
+    } else {
+        n.subnet.to_string()
+    }
+}
+
+/// The network actions, by network name.
+#[derive(Default)]
+struct NetActs {
+    /// Create or re-address: VMs that plug into it come after.
+    up: HashMap<String, usize>,
+    /// Destroy: after every VM that leaves it.
+    down: HashMap<String, usize>,
+}
+
+/// A network is created when declared and not recorded (or its bridge is
+/// gone), re-addressed when its subnet or NAT changed, destroyed when no
+/// longer declared.
+fn plan_networks(b: &mut Builder, desired: &DesiredState, observed: &ObservedState) -> NetActs {
+    let mut acts = NetActs::default();
+    for n in &desired.networks {
+        let seen: Option<&ObservedNetwork> = observed.networks.get(&n.name);
+        let (cond, kind, before) = match seen {
+            None => (Condition::New, ActionKind::Create, None),
+            Some(o) if o.spec != *n => (Condition::Changed, ActionKind::Replace, Some(o)),
+            Some(o) if !o.present => (Condition::Missing, ActionKind::Create, Some(o)),
+            Some(_) => continue,
+        };
+        let Some(row) = capabilities::row(Attribute::Network, cond) else {
+            continue;
+        };
+        let mut a = net_action(&n.name, kind, row.disruption);
+        let before_text = before.map(|o| network_text(&o.spec)).unwrap_or_default();
+        // A new network names the bridge's address, a changed one its
+        // subnet before and after.
+        let after = match cond {
+            Condition::New => format!("{}/{}", n.host_ip, n.subnet.prefix()),
+            _ => network_text(n),
+        };
+        a.reason = Some(capabilities::fill(
+            row.reason,
+            &[("before", &before_text), ("after", &after)],
+        ));
+        a.network = Some(n.clone());
+        a.network_old = before.map(|o| o.spec.clone());
+        let i = b.push(a);
+        acts.up.insert(n.name.clone(), i);
+    }
+    for (name, o) in &observed.networks {
+        if desired.network(name).is_some() {
+            continue;
+        }
+        let Some(row) = capabilities::row(Attribute::Network, Condition::Gone) else {
+            continue;
+        };
+        let mut a = net_action(name, ActionKind::Destroy, row.disruption);
+        a.reason = Some(row.reason.to_string());
+        a.network_old = Some(o.spec.clone());
+        let i = b.push(a);
+        acts.down.insert(name.clone(), i);
+    }
+    acts
+}
+
+/// A VM comes up after the networks its NICs plug into; a network goes
+/// after every VM that was on it has been destroyed or moved off it.
+fn network_edges(b: &mut Builder, nets: &NetActs) {
+    let mut edges = Vec::new();
+    for (i, a) in b.actions.iter().enumerate() {
+        if a.is_network() || a.is_refused() {
+            continue;
+        }
+        if a.is_up()
+            && let Some(new) = &a.new
+        {
+            for nic in &new.nics {
+                if let Some(&n) = nets.up.get(&nic.network) {
+                    edges.push((n, i));
+                }
+            }
+        }
+        if let Some(old) = &a.old {
+            for nic in &old.nics {
+                if let Some(&n) = nets.down.get(&nic.network) {
+                    edges.push((i, n));
+                }
+            }
+        }
+    }
+    b.edges.extend(edges);
 }
 
 fn plan_new(
