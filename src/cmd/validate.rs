@@ -21,8 +21,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let loaded = crate::cmd::load(&args.file.file)?;
+pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
+    let loaded = crate::cmd::load(g, &args.file.file)?;
     let text = if args.json {
         let mut t = serde_json::to_string_pretty(&loaded.state)
             .map_err(|e| miette::miette!("cannot render the desired state as JSON: {e}"))?;
