@@ -125,6 +125,15 @@ pub(crate) fn resolve_networks(
     out
 }
 
+/// One NIC once its network is known.
+struct Slot<'a> {
+    net: &'a NetworkSpec,
+    /// Declared (and accepted) address; `None`: automatic.
+    ip: Option<Ipv4Addr>,
+    /// Which NIC of this VM on this network (0 for the first).
+    nth: usize,
+}
+
 /// Resolve every VM's NICs (`vms[i]` → result `[i]`).
 pub(crate) fn resolve_nics(
     vms: &[&RawVm],
@@ -139,8 +148,8 @@ pub(crate) fn resolve_nics(
     // Pass 1: which network each NIC is on; declared addresses are checked
     // and taken.
     let mut used: HashMap<Ipv4Addr, SourceSpan> = HashMap::new();
-    // (vm, nic) -> (network, declared ip, nth on network)
-    let mut slots: Vec<Vec<Option<(&NetworkSpec, Option<Ipv4Addr>, usize)>>> = Vec::new();
+    // Per VM, per NIC: where it goes, or None when it was refused.
+    let mut slots: Vec<Vec<Option<Slot<'_>>>> = Vec::new();
     for vm in vms {
         let mut row = Vec::new();
         let mut count: HashMap<&str, usize> = HashMap::new();
@@ -189,7 +198,7 @@ pub(crate) fn resolve_nics(
             // A refused address is not replaced by an automatic one (that
             // would hide the mistake behind a working plan).
             let bad = nic.ip.is_some() && ip.is_none();
-            row.push((!bad).then_some((net, ip, k)));
+            row.push((!bad).then_some(Slot { net, ip, nth: k }));
         }
         slots.push(row);
     }
@@ -200,7 +209,9 @@ pub(crate) fn resolve_nics(
     for (vm, row) in vms.iter().zip(slots) {
         let mut nics = Vec::new();
         for (nic, slot) in vm.nics.iter().zip(row) {
-            let Some((net, ip, k)) = slot else { continue };
+            let Some(Slot { net, ip, nth: k }) = slot else {
+                continue;
+            };
             let ip = match ip {
                 Some(ip) => ip,
                 None => {
