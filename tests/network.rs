@@ -352,3 +352,45 @@ fn without_cap_net_admin_apply_refuses_before_touching_anything() {
     assert!(ok, "{text}");
     assert!(text.contains("+ network lab create"), "{text}");
 }
+
+#[test]
+fn what_a_crashed_apply_left_is_adopted_then_destroy_removes_it_all() {
+    let Some(ns) = ready() else { return };
+    let lab = Lab::new(&ns, LAB);
+    let state = lab.state();
+    let bridge = vmctl_hostnet::bridge_name(&state, "lab");
+    let db_tap = vmctl_hostnet::tap_name(&state, "db", 0);
+    // A run that died after making the bridge (no address, down) and db's
+    // tap (not on the bridge), and a tap of a VM no longer in the file.
+    let ghost = vmctl_hostnet::tap_name(&state, "ghost", 0);
+    for argv in [
+        vec!["ip", "link", "add", "name", &bridge, "type", "bridge"],
+        vec![
+            "ip", "tuntap", "add", "dev", &db_tap, "mode", "tap", "vnet_hdr",
+        ],
+        vec![
+            "ip", "tuntap", "add", "dev", &ghost, "mode", "tap", "vnet_hdr",
+        ],
+    ] {
+        let out = ns.exec(&argv);
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+    }
+    lab.ok(&["apply", "--auto-approve"]);
+    assert_eq!(ns.ipv4(&bridge), ["10.20.0.1/24"]);
+    let (_, taps) = bridge_and_taps(&ns, &state);
+    let mut names: Vec<&str> = taps.iter().filter_map(|t| t["ifname"].as_str()).collect();
+    names.sort();
+    let mut want = vec![db_tap.clone(), vmctl_hostnet::tap_name(&state, "web", 0)];
+    want.sort();
+    assert_eq!(names, want, "db's tap adopted and put on the bridge");
+    let again = lab.ok(&["apply", "--auto-approve"]);
+    assert!(again.contains("No changes."), "{again}");
+    // The host's own kind of names is never touched.
+    assert!(
+        ns.exec(&["ip", "link", "add", "name", "vmbr0", "type", "bridge"])
+            .status
+            .success()
+    );
+    lab.ok(&["destroy", "--auto-approve"]);
+    assert_eq!(ns.link_names(), ["lo", "vmbr0"]);
+}
