@@ -142,12 +142,18 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
 }
 
 /// Whether carrying out `plan` creates, changes or removes bridges or taps:
-/// a network action, or a VM action on a VM with NICs (before or after).
+/// a network action, or an action that makes or removes a VM's taps
+/// (create, copy, start, restart, replace, destroy) on a VM with NICs before
+/// or after. Live changes and stops leave the taps alone.
 pub fn touches_host_network(plan: &Plan) -> bool {
+    use vmctl_planner::ActionKind as K;
     plan.executable().any(|a| {
         a.is_network()
-            || a.new.as_ref().is_some_and(|s| !s.nics.is_empty())
-            || a.old.as_ref().is_some_and(|s| !s.nics.is_empty())
+            || (matches!(
+                a.kind,
+                K::Create | K::Copy | K::Start | K::Restart | K::Replace | K::Destroy
+            ) && (a.new.as_ref().is_some_and(|s| !s.nics.is_empty())
+                || a.old.as_ref().is_some_and(|s| !s.nics.is_empty())))
     })
 }
 
@@ -233,6 +239,9 @@ pub fn execute(
             Event::Failed { action, .. } => Some((action, false)),
             _ => None,
         };
+        // `ran` is per VM (watch tracks crash loops by VM name); network
+        // actions count in `succeeded`/`failed` only.
+        let r = r.filter(|(a, _)| !a.is_network());
         if let (Some((a, ok)), Ok(mut v)) = (r, ran.lock()) {
             v.push(Ran {
                 vm: a.vm.clone(),

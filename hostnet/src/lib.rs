@@ -291,7 +291,8 @@ impl HostNet {
                 });
             }
             let alias = tap_alias(&vm.name, i);
-            match links.iter().find(|l| l.ifname == tap) {
+            let have = links.iter().find(|l| l.ifname == tap);
+            match have {
                 Some(l) => {
                     if let Some(owner) = l.ifalias.as_deref().filter(|a| *a != alias) {
                         return Err(HostNetError::NameClash {
@@ -309,9 +310,16 @@ impl HostNet {
                     ])?;
                 }
             }
-            ip::ip(&["link", "set", "dev", &tap, "alias", &alias])?;
-            ip::ip(&["link", "set", "dev", &tap, "master", &br])?;
-            ip::ip(&["link", "set", "dev", &tap, "up"])?;
+            // Only what differs is changed (an adopted or a new tap).
+            if have.and_then(|l| l.ifalias.as_deref()) != Some(alias.as_str()) {
+                ip::ip(&["link", "set", "dev", &tap, "alias", &alias])?;
+            }
+            if have.and_then(|l| l.master.as_deref()) != Some(br.as_str()) {
+                ip::ip(&["link", "set", "dev", &tap, "master", &br])?;
+            }
+            if !have.is_some_and(Link::is_up) {
+                ip::ip(&["link", "set", "dev", &tap, "up"])?;
+            }
         }
         for l in &links {
             let stale = alias_field(l.ifalias.as_deref(), "vm") == Some(vm.name.as_str())
