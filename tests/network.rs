@@ -271,9 +271,11 @@ fn apply_wires_a_bridge_and_taps_and_destroy_removes_them() {
     .expect("vm.json parses");
     assert_eq!(vm["spec"]["nics"][0]["ip"], "10.20.0.10", "{vm:#}");
 
-    // Converged: nothing to do.
+    // Converged: nothing to do; the lab's own bridge route is not a
+    // "host route" its subnet collides with.
     let again = lab.ok(&["apply", "--auto-approve"]);
     assert!(again.contains("No changes."), "{again}");
+    assert!(!again.contains("subnet-host-route"), "{again}");
 
     // Removing web removes its tap only.
     lab.write(&LAB[..LAB.find("vm \"web\"").expect("web in LAB")]);
@@ -393,4 +395,62 @@ fn what_a_crashed_apply_left_is_adopted_then_destroy_removes_it_all() {
     );
     lab.ok(&["destroy", "--auto-approve"]);
     assert_eq!(ns.link_names(), ["lo", "vmbr0"]);
+}
+
+/// An interface (an empty bridge: not of the lab's name shape) with an
+/// address in the namespace: a host route.
+fn host_route(ns: &Netns, dev: &str, addr: &str) {
+    for argv in [
+        vec!["ip", "link", "add", dev, "type", "bridge"],
+        vec!["ip", "addr", "add", addr, "dev", dev],
+        vec!["ip", "link", "set", dev, "up"],
+    ] {
+        let out = ns.exec(&argv);
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+    }
+}
+
+#[test]
+fn host_routes_warn_a_declared_subnet_and_an_automatic_one_is_recorded() {
+    let Some(ns) = ready() else { return };
+    host_route(&ns, "uplink0", "10.20.5.1/16");
+    let lab = Lab::new(&ns, LAB);
+    let text = lab.ok(&["validate"]);
+    assert!(text.contains("vmctl::spec::subnet-host-route"), "{text}");
+    assert!(text.contains("uplink0"), "{text}");
+    drop(lab);
+
+    // No subnet: a free one is chosen (not the host's 10.20.0.0/16), and
+    // recorded: a route that appears on it later does not move it.
+    let lab = Lab::new(
+        &ns,
+        "network \"auto\" {}\nvm \"a\" { os \"diag\"; nic \"auto\" }\n",
+    );
+    lab.ok(&["apply", "--auto-approve"]);
+    let rec: Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.state().join("networks/auto.json")).expect("record"),
+    )
+    .expect("record parses");
+    let subnet = rec["spec"]["subnet"].as_str().expect("subnet").to_string();
+    assert!(
+        subnet.starts_with("10.") && subnet.ends_with(".0/24"),
+        "{subnet}"
+    );
+    assert!(
+        !subnet.starts_with("10.20."),
+        "{subnet} collides with uplink0"
+    );
+    let bridge = vmctl_hostnet::bridge_name(&lab.state(), "auto");
+    let host = format!("{}1/24", &subnet[..subnet.len() - "0/24".len()]);
+    assert_eq!(ns.ipv4(&bridge), [host.clone()]);
+    // A second route onto the same subnet (a /16 around it).
+    let octets: Vec<&str> = subnet.split('.').collect();
+    host_route(&ns, "uplink1", &format!("10.{}.250.1/16", octets[1]));
+    let again = lab.ok(&["apply", "--auto-approve"]);
+    assert!(again.contains("No changes."), "{again}");
+    assert_eq!(ns.ipv4(&bridge), [host]);
+    lab.ok(&["destroy", "--auto-approve"]);
+    let mut left = ns.link_names();
+    left.sort();
+    assert_eq!(left, ["lo", "uplink0", "uplink1"]);
 }

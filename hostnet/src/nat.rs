@@ -48,18 +48,24 @@ fn nft(script: &str) -> Result<(), HostNetError> {
 /// Masquerade `net`'s subnet leaving through any interface but its bridge.
 pub(crate) fn enable(net: &NetworkSpec, bridge: &str) -> Result<(), HostNetError> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")?;
+    // Re-created whole, so a changed subnet leaves no stale rule.
+    let _ = nft(&format!("delete table ip {}\n", table(bridge)));
+    nft(&ruleset(net, bridge))
+}
+
+/// The network's nftables table: masquerade what leaves the subnet through
+/// any other interface; forward from the bridge, and replies back to it.
+fn ruleset(net: &NetworkSpec, bridge: &str) -> String {
     let t = table(bridge);
     let s = net.subnet;
-    // Re-created whole, so a changed subnet leaves no stale rule.
-    let _ = nft(&format!("delete table ip {t}\n"));
-    nft(&format!(
+    format!(
         "table ip {t} {{\n\
          \tchain postrouting {{ type nat hook postrouting priority srcnat; \
          ip saddr {s} oifname != \"{bridge}\" masquerade; }}\n\
          \tchain forward {{ type filter hook forward priority filter; \
          iifname \"{bridge}\" accept; oifname \"{bridge}\" ct state established,related accept; }}\n\
          }}\n"
-    ))
+    )
 }
 
 /// Remove the network's table if it is there.
@@ -67,5 +73,25 @@ pub(crate) fn disable(bridge: &str) -> Result<(), HostNetError> {
     match nft(&format!("delete table ip {}\n", table(bridge))) {
         Err(HostNetError::Command { stderr, .. }) if stderr.contains("No such file") => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_masquerades_only_the_subnet_leaving_elsewhere() {
+        let net = NetworkSpec {
+            nat: true,
+            ..NetworkSpec::new("lab", "10.20.0.0/24".parse().expect("subnet"))
+        };
+        let r = ruleset(&net, "vm123456babcdef");
+        assert!(r.starts_with("table ip vmctl_vm123456babcdef {"), "{r}");
+        assert!(
+            r.contains("ip saddr 10.20.0.0/24 oifname != \"vm123456babcdef\" masquerade;"),
+            "{r}"
+        );
+        assert!(r.contains("ct state established,related accept"), "{r}");
     }
 }
