@@ -4,7 +4,7 @@
 //! one persistent TAP per NIC (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, owned by
 //! vmctl's user), enslaved to its network's bridge and up, which the VMM
 //! opens by name. Nothing is routed or NATed to the outside unless a network
-//! says `nat #true` ([`nat`]). Interface names are derived from the lab's
+//! says `nat #true` (the `nat` module). Interface names are derived from the lab's
 //! state directory ([`names`]), so two labs never collide and the host's
 //! own interfaces are never touched; every network also has a record,
 //! `<state-dir>/networks/<name>.json`. Every operation is idempotent and

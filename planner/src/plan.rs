@@ -3,7 +3,7 @@
 //! Each VM yields at most one disruptive action (create, copy, restart,
 //! replace, destroy, start or stop) or a chain of live actions, plus refused
 //! entries that are reported but never executed; each network at most one
-//! create, replace or destroy ([`network`]). Ordering between VMs comes
+//! create, replace or destroy (the `network` submodule). Ordering between VMs comes
 //! from `depends-on` and `copy-from`; the graph is a petgraph `DiGraph`,
 //! sorted topologically (Kahn, ties broken by creation order so plans are
 //! deterministic). Everything is O(VMs + edges): no pairwise scans.
