@@ -442,7 +442,7 @@ fn host_routes_warn_a_declared_subnet_and_an_automatic_one_is_recorded() {
     );
     let bridge = vmctl_hostnet::bridge_name(&lab.state(), "auto");
     let host = format!("{}1/24", &subnet[..subnet.len() - "0/24".len()]);
-    assert_eq!(ns.ipv4(&bridge), [host.clone()]);
+    assert_eq!(ns.ipv4(&bridge), std::slice::from_ref(&host));
     // A second route onto the same subnet (a /16 around it).
     let octets: Vec<&str> = subnet.split('.').collect();
     host_route(&ns, "uplink1", &format!("10.{}.250.1/16", octets[1]));
