@@ -3,18 +3,22 @@
 //! the runtime facade, whose operations are idempotent.
 //!
 //! Observing never creates the state directory (`vmctl plan` writes nothing);
-//! the first action does.
+//! the first action does. Networks and the taps of VMs' NICs are
+//! vmctl-hostnet's: a VM's taps are made (idempotently) before its VMM is
+//! created, started or restarted, and removed when it is destroyed.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use vmctl_hostnet::HostNet;
+use vmctl_planner::ObservedNetwork;
 use vmctl_planner::{
     Backend, BackendError, Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm,
     Record, RunState,
 };
 use vmctl_runtime::{Runtime, RuntimeError};
-use vmctl_spec::VmSpec;
+use vmctl_spec::{NetworkSpec, VmSpec};
 
 /// How long a graceful shutdown may take before the VMM is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
@@ -24,6 +28,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(20);
 pub struct RuntimeBackend {
     dir: PathBuf,
     runtime: OnceLock<Runtime>,
+    /// Bridges and taps (vmctl-hostnet): a VM's taps exist before its VMM
+    /// starts and go when it is destroyed.
+    net: HostNet,
 }
 
 /// Open a state directory without creating it.
@@ -31,10 +38,15 @@ pub fn open(state_dir: &Path) -> Result<RuntimeBackend, BackendError> {
     Ok(RuntimeBackend {
         dir: state_dir.to_path_buf(),
         runtime: OnceLock::new(),
+        net: HostNet::new(state_dir),
     })
 }
 
 fn err(e: RuntimeError) -> BackendError {
+    BackendError::new(e.to_string())
+}
+
+fn net_err(e: vmctl_hostnet::HostNetError) -> BackendError {
     BackendError::new(e.to_string())
 }
 
@@ -117,6 +129,12 @@ impl RuntimeBackend {
 impl Backend for RuntimeBackend {
     fn observe(&self) -> Result<ObservedState, BackendError> {
         let mut state = ObservedState::new();
+        for n in self.net.observe().map_err(net_err)? {
+            state.insert_network(ObservedNetwork {
+                spec: n.spec,
+                present: n.present,
+            });
+        }
         let Some(rt) = self.rt_if_exists()? else {
             return Ok(state);
         };
@@ -156,12 +174,30 @@ impl Backend for RuntimeBackend {
         }
     }
 
+    fn observe_network(&self, name: &str) -> Result<Option<ObservedNetwork>, BackendError> {
+        Ok(self
+            .net
+            .observe()
+            .map_err(net_err)?
+            .into_iter()
+            .find(|n| n.spec.name == name)
+            .map(|n| ObservedNetwork {
+                spec: n.spec,
+                present: n.present,
+            }))
+    }
+
     fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        self.net.ensure_taps(spec).map_err(net_err)?;
         self.rt()?.create(spec).map_err(err)
     }
 
     fn start(&self, name: &str) -> Result<(), BackendError> {
-        self.rt()?.start(name).map(|_| ()).map_err(err)
+        let rt = self.rt()?;
+        if let Some(obs) = rt.observe(name).map_err(err)? {
+            self.net.ensure_taps(&obs.record.spec).map_err(net_err)?;
+        }
+        rt.start(name).map(|_| ()).map_err(err)
     }
 
     fn stop(&self, name: &str) -> Result<(), BackendError> {
@@ -179,11 +215,17 @@ impl Backend for RuntimeBackend {
         // adds new ones, rewrites the record and starts the VM when
         // `autostart`.
         rt.reconcile_disk_files(old, new).map_err(err)?;
+        // NICs added, moved or removed: the taps follow before the VMM
+        // starts again.
+        self.net.ensure_taps(new).map_err(net_err)?;
         rt.create(new).map_err(err)
     }
 
     fn destroy(&self, name: &str, delete_external_disks: bool) -> Result<(), BackendError> {
-        self.rt()?.destroy(name, delete_external_disks).map_err(err)
+        self.rt()?
+            .destroy(name, delete_external_disks)
+            .map_err(err)?;
+        self.net.remove_vm_taps(name).map_err(net_err)
     }
 
     fn hot_add_cpu(&self, name: &str, cpus: u32) -> Result<(), BackendError> {
@@ -203,7 +245,16 @@ impl Backend for RuntimeBackend {
     }
 
     fn copy(&self, source: &str, new: &VmSpec) -> Result<(), BackendError> {
+        self.net.ensure_taps(new).map_err(net_err)?;
         self.rt()?.copy(source, new).map_err(err)
+    }
+
+    fn create_network(&self, net: &NetworkSpec) -> Result<(), BackendError> {
+        self.net.ensure_network(net).map_err(net_err)
+    }
+
+    fn destroy_network(&self, name: &str) -> Result<(), BackendError> {
+        self.net.remove_network(name).map_err(net_err)
     }
 
     fn record(&self, spec: &VmSpec, desired: Desired) -> Result<(), BackendError> {

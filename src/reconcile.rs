@@ -78,6 +78,13 @@ pub enum PassError {
     EmptyDesired { count: usize, dir: String },
     #[error("cannot open the journal: {0}")]
     Journal(String),
+    #[error(
+        "this plan changes the host's network (bridges and taps), which needs CAP_NET_ADMIN; vmctl has not got it, so nothing was changed"
+    )]
+    #[diagnostic(help(
+        "run it as root (sudo vmctl apply ...), or give the binary the capability once: sudo setcap cap_net_admin+ep \"$(command -v vmctl)\" (docs/networking-hosts.md)"
+    ))]
+    NoNetAdmin,
     #[error("cannot provide the image {message}")]
     #[diagnostic(help(
         "vmctl builds its built-in OS images on this host from Debian packages (apt-get, mmdebstrap, mke2fs; docs/images.md); an `image` node boots your own kernel and initrd instead"
@@ -103,7 +110,7 @@ pub struct Prepared {
 pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> {
     let desired = match &opts.desired {
         Some(d) => d.clone(),
-        None => crate::cmd::load(&opts.file)?.state,
+        None => crate::cmd::load(g, &opts.file)?.state,
     };
     let state_dir = g.state_dir_for(&opts.file);
     let lock = crate::lock::acquire(&state_dir, opts.lock_timeout)?;
@@ -118,6 +125,11 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
     let unmanaged = split_unmanaged(&desired, &mut observed, opts, &state_dir)?;
     let plan = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
         .map_err(|e| PassError::Plan(e.to_string()))?;
+    // Before anything is touched: an apply that would stop half-way through
+    // the network wiring is refused whole.
+    if touches_host_network(&plan) && !vmctl_hostnet::has_net_admin() {
+        return Err(PassError::NoNetAdmin.into());
+    }
     Ok(Prepared {
         desired,
         plan,
@@ -129,8 +141,24 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
     })
 }
 
-/// Remove from `observed` the VMs that are not to be touched; return their
-/// names.
+/// Whether carrying out `plan` creates, changes or removes bridges or taps:
+/// a network action, or an action that makes or removes a VM's taps
+/// (create, copy, start, restart, replace, destroy) on a VM with NICs before
+/// or after. Live changes and stops leave the taps alone.
+pub fn touches_host_network(plan: &Plan) -> bool {
+    use vmctl_planner::ActionKind as K;
+    plan.executable().any(|a| {
+        a.is_network()
+            || (matches!(
+                a.kind,
+                K::Create | K::Copy | K::Start | K::Restart | K::Replace | K::Destroy
+            ) && (a.new.as_ref().is_some_and(|s| !s.nics.is_empty())
+                || a.old.as_ref().is_some_and(|s| !s.nics.is_empty())))
+    })
+}
+
+/// Remove from `observed` the VMs that are not to be touched (and the
+/// networks they are on); return their names.
 fn split_unmanaged(
     desired: &DesiredState,
     observed: &mut ObservedState,
@@ -156,7 +184,11 @@ fn split_unmanaged(
         return Ok(Vec::new());
     }
     for n in &gone {
-        observed.vms.remove(n);
+        if let Some(vm) = observed.vms.remove(n) {
+            for nic in &vm.record.spec.nics {
+                observed.networks.remove(&nic.network);
+            }
+        }
     }
     Ok(gone)
 }
@@ -207,6 +239,9 @@ pub fn execute(
             Event::Failed { action, .. } => Some((action, false)),
             _ => None,
         };
+        // `ran` is per VM (watch tracks crash loops by VM name); network
+        // actions count in `succeeded`/`failed` only.
+        let r = r.filter(|(a, _)| !a.is_network());
         if let (Some((a, ok)), Ok(mut v)) = (r, ran.lock()) {
             v.push(Ran {
                 vm: a.vm.clone(),

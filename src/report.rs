@@ -151,38 +151,47 @@ impl Reporter {
                 }
             }
             Event::Started { action } => match self.mode {
-                Mode::Json => self.json_line(json!({"event":"started","action":action.id,"vm":action.vm,"kind":action.kind.label(),"ts_ms":ts})),
-                Mode::Progress => self.bar(&action.id, format!("{}: {}", action.vm, action.kind.label())),
-                Mode::Plain => self.line(&format!("{}: {} started", action.vm, action.kind.label())),
+                Mode::Json => self.json_line(json!({"event":"started","action":action.id,"vm":action.vm,"resource":action.resource,"kind":action.kind.label(),"ts_ms":ts})),
+                Mode::Progress => self.bar(&action.id, format!("{}: {}", who(action), action.kind.label())),
+                Mode::Plain => self.line(&format!("{}: {} started", who(action), action.kind.label())),
                 Mode::Quiet => {}
             },
             Event::Finished { action, duration } => {
-                let text = format!("{}: {} done ({})", action.vm, action.kind.label(), secs(*duration));
+                let text = format!("{}: {} done ({})", who(action), action.kind.label(), secs(*duration));
                 match self.mode {
-                    Mode::Json => self.json_line(json!({"event":"finished","action":action.id,"vm":action.vm,"kind":action.kind.label(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts})),
+                    Mode::Json => self.json_line(json!({"event":"finished","action":action.id,"vm":action.vm,"resource":action.resource,"kind":action.kind.label(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts})),
                     Mode::Progress => self.finish_bar(&action.id, format!("✓ {text}")),
                     Mode::Plain => self.line(&text),
                     Mode::Quiet => {}
                 }
             }
             Event::Failed { action, error, duration } => {
-                let text = format!("{}: {} FAILED after {}: {error}", action.vm, action.kind.label(), secs(*duration));
+                let text = format!("{}: {} FAILED after {}: {error}", who(action), action.kind.label(), secs(*duration));
                 match self.mode {
-                    Mode::Json => self.json_line(json!({"event":"failed","action":action.id,"vm":action.vm,"kind":action.kind.label(),"error":error.to_string(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts})),
+                    Mode::Json => self.json_line(json!({"event":"failed","action":action.id,"vm":action.vm,"resource":action.resource,"kind":action.kind.label(),"error":error.to_string(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts})),
                     Mode::Progress => self.finish_bar(&action.id, format!("✗ {text}")),
                     Mode::Plain => self.line(&text),
                     Mode::Quiet => {}
                 }
             }
             Event::Skipped { action, reason } => {
-                let text = format!("{}: {} skipped ({})", action.vm, action.kind.label(), skip_text(reason));
+                let text = format!("{}: {} skipped ({})", who(action), action.kind.label(), skip_text(reason));
                 match self.mode {
-                    Mode::Json => self.json_line(json!({"event":"skipped","action":action.id,"vm":action.vm,"kind":action.kind.label(),"reason":skip_text(reason),"ts_ms":ts})),
+                    Mode::Json => self.json_line(json!({"event":"skipped","action":action.id,"vm":action.vm,"resource":action.resource,"kind":action.kind.label(),"reason":skip_text(reason),"ts_ms":ts})),
                     Mode::Progress => self.finish_bar(&action.id, format!("- {text}")),
                     Mode::Plain => self.line(&text),
                     Mode::Quiet => {}
                 }
             }
         }
+    }
+}
+
+/// How progress lines name an action's subject: `db`, or `network lab`.
+fn who(a: &vmctl_planner::Action) -> String {
+    if a.is_network() {
+        format!("network {}", a.vm)
+    } else {
+        a.vm.clone()
     }
 }

@@ -33,6 +33,57 @@ fn quickstart_validates() {
 }
 
 #[test]
+fn network_example_resolves_networks_and_nics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let run = |json: bool| {
+        let mut args = vec!["validate", "-f", "examples/network.kdl"];
+        if json {
+            args.push("--json");
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmctl"))
+            .args(&args)
+            .arg("--state-dir")
+            .arg(&state)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run vmctl");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let human = run(false);
+    assert!(
+        human.contains("network lab  10.20.0.0/24  host 10.20.0.1"),
+        "{human}"
+    );
+    assert!(human.contains("nic lab 10.20.0.10"), "{human}");
+    let v: serde_json::Value = serde_json::from_str(&run(true)).expect("JSON on stdout");
+    assert_eq!(v["networks"][0]["name"], "lab");
+    assert_eq!(v["networks"][0]["subnet"], "10.20.0.0/24");
+    assert_eq!(v["networks"][0]["host_ip"], "10.20.0.1");
+    assert_eq!(v["networks"][0]["nat"], false);
+    let db = &v["vms"][0]["nics"][0];
+    assert_eq!(db["network"], "lab");
+    assert_eq!(db["ip"], "10.20.0.10");
+    let web = &v["vms"][1]["nics"][0];
+    let ip = web["ip"].as_str().expect("web's ip");
+    assert!(ip.starts_with("10.20.0.") && ip != "10.20.0.10", "{ip}");
+    let mac = web["mac"].as_str().expect("web's mac");
+    assert_eq!(mac.len(), 17, "{mac}");
+    // The MAC is derived from the lab (the state directory): the same lab
+    // gives the same one, another lab another.
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&run(true)).expect("json")["vms"][1]["nics"][0]["mac"],
+        mac
+    );
+    // Files without networks have neither field.
+    let plain = vmctl(&["validate", "-f", "examples/quickstart.kdl", "--json"]);
+    let p: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("json");
+    assert!(p.get("networks").is_none());
+    assert!(p["vms"][0].get("nics").is_none());
+}
+
+#[test]
 fn lab_validates_and_json_has_every_contract_field() {
     let human = vmctl(&["validate", "-f", "examples/lab.kdl"]);
     assert_eq!(human.status.code(), Some(0), "{}", text(&human.stderr));

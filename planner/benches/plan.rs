@@ -46,6 +46,7 @@ fn lab(n: usize) -> DesiredState {
         format_version: "1".into(),
         vms,
         images: vec![],
+        networks: vec![],
     }
 }
 

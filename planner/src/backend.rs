@@ -1,9 +1,9 @@
 //! The one door to the runtime: the planner observes and acts only through
 //! [`Backend`], so it needs no KVM and tests can use an in-memory fake.
 
-use vmctl_spec::VmSpec;
+use vmctl_spec::{NetworkSpec, VmSpec};
 
-use crate::observed::{Capabilities, Desired, ObservedState, ObservedVm};
+use crate::observed::{Capabilities, Desired, ObservedNetwork, ObservedState, ObservedVm};
 
 /// A runtime failure, as text (the runtime's own error types stay behind the
 /// trait).
@@ -32,6 +32,11 @@ pub trait Backend: Sync {
     /// everything and picks the VM out.
     fn observe_vm(&self, name: &str) -> Result<Option<ObservedVm>, BackendError> {
         Ok(self.observe()?.vms.remove(name))
+    }
+
+    /// One network (`None` if it has no record); like [`Backend::observe_vm`].
+    fn observe_network(&self, name: &str) -> Result<Option<ObservedNetwork>, BackendError> {
+        Ok(self.observe()?.networks.remove(name))
     }
 
     /// What this runtime can change without a restart.
@@ -70,6 +75,15 @@ pub trait Backend: Sync {
     /// Create `new` by copying the disks of the stopped VM `source`; start it
     /// when `new.autostart`.
     fn copy(&self, source: &str, new: &VmSpec) -> Result<(), BackendError>;
+
+    /// Make the network exist as `net` says (its bridge, with the host's
+    /// address; NAT when asked) and record it. Adopts what is already there,
+    /// re-addresses a bridge whose subnet changed.
+    fn create_network(&self, net: &NetworkSpec) -> Result<(), BackendError>;
+
+    /// Remove the network's bridge (and any of this lab's taps still on it)
+    /// and its record. The planner orders it after its last VM is gone.
+    fn destroy_network(&self, name: &str) -> Result<(), BackendError>;
 
     /// Rewrite the VM's record without touching the VM (for fields with no
     /// runtime effect, such as `depends-on`).

@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::observed::Capabilities;
 
-/// What part of a VM a row is about.
+/// What part of a VM (or which other resource) a row is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Attribute {
+    /// A declared network (a resource of its own: its bridge on the host).
+    Network,
+    /// A VM's NICs (added, removed, or moved to another network, address or MAC).
+    Nics,
     /// The VM as a whole (exists or not).
     Vm,
     /// Running, stopped or crashed.
@@ -39,6 +43,8 @@ pub enum Attribute {
 impl Attribute {
     pub fn label(self) -> &'static str {
         match self {
+            Attribute::Network => "network",
+            Attribute::Nics => "nics",
             Attribute::Vm => "vm",
             Attribute::State => "state",
             Attribute::Cpus => "cpus",
@@ -93,6 +99,8 @@ pub enum Condition {
     RemovedExternal,
     /// A disk's file location (`path`) changed.
     Moved,
+    /// Recorded, but missing on the host (a network's bridge after a reboot).
+    Missing,
 }
 
 impl Condition {
@@ -116,6 +124,7 @@ impl Condition {
             Condition::Removed => "removed (file in the state dir)",
             Condition::RemovedExternal => "removed (file at a user-chosen path)",
             Condition::Moved => "path changed",
+            Condition::Missing => "recorded, missing on the host",
         }
     }
 }
@@ -293,6 +302,51 @@ const RESTART_NO_HOTADD_CPU: Fallback = Fallback {
 
 /// The capability table. Order matters only for the rendered documentation.
 pub static TABLE: &[Row] = &[
+    Row {
+        attribute: Attribute::Network,
+        condition: Condition::New,
+        disruption: Disruption::None,
+        kind: ActionKind::Create,
+        reason: "new network: a bridge with the host's address {after}",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Network,
+        condition: Condition::Missing,
+        disruption: Disruption::None,
+        kind: ActionKind::Create,
+        reason: "drift: the network's bridge is gone from the host: create it again",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Network,
+        condition: Condition::Changed,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Replace,
+        reason: "network {before} → {after}: the bridge is re-addressed (VMs on it restart with their new NICs)",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Network,
+        condition: Condition::Gone,
+        disruption: Disruption::Replace,
+        kind: ActionKind::Destroy,
+        reason: "network no longer in the file: its bridge is removed after its last VM",
+        needs: None,
+        fallback: None,
+    },
+    Row {
+        attribute: Attribute::Nics,
+        condition: Condition::Changed,
+        disruption: Disruption::Restart,
+        kind: ActionKind::Restart,
+        reason: "nics {before} → {after}: NIC hot-plug is not supported yet: restart",
+        needs: None,
+        fallback: None,
+    },
     Row {
         attribute: Attribute::Vm,
         condition: Condition::New,

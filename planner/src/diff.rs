@@ -2,7 +2,7 @@
 //! each difference classified by a row of the capability table.
 
 use serde_json::{Value, json};
-use vmctl_spec::{DiskSpec, FileSpec, UserSpec, VmSpec};
+use vmctl_spec::{DiskSpec, FileSpec, NicSpec, UserSpec, VmSpec};
 
 use crate::capabilities::{self, ActionKind, Attribute, Condition, Disruption};
 use crate::observed::Capabilities;
@@ -317,7 +317,29 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
         );
     }
     guest_config(&mut cx, current, desired);
+    if current.nics != desired.nics {
+        cx.push(
+            Attribute::Nics,
+            Condition::Changed,
+            None,
+            "nics".into(),
+            (json!(current.nics), json!(desired.nics)),
+            (nics_text(&current.nics), nics_text(&desired.nics)),
+            &[],
+        );
+    }
     cx.out
+}
+
+/// `lab 10.20.0.10 (02:…), lab 10.20.0.11 (…)`, or `(none)`.
+pub fn nics_text(nics: &[NicSpec]) -> String {
+    if nics.is_empty() {
+        return "(none)".into();
+    }
+    nics.iter()
+        .map(|n| format!("{} {} ({})", n.network, n.ip, n.mac))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `+ nginx − curl`: what a package change adds and removes.

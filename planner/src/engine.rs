@@ -17,7 +17,7 @@ use vmctl_spec::{DesiredState, VmSpec};
 use crate::backend::{Backend, BackendError};
 use crate::capabilities::ActionKind;
 use crate::journal::{Journal, JournalEntry, JournalEvent, now_ms};
-use crate::observed::{ObservedVm, RunState};
+use crate::observed::{ObservedNetwork, ObservedVm, RunState};
 use crate::plan::{Action, Plan};
 
 /// How to run.
@@ -340,13 +340,23 @@ fn run_one(
         return Err(e);
     }
     on_event(&Event::Started { action: a });
-    let result = backend.observe_vm(&a.vm).and_then(|o| {
-        if already_done(a, o.as_ref()) || copies_done(backend, a, copies)? {
-            Ok(true)
-        } else {
-            execute(backend, a, opts).map(|()| false)
-        }
-    });
+    let result = if a.is_network() {
+        backend.observe_network(&a.vm).and_then(|o| {
+            if network_done(a, o.as_ref()) {
+                Ok(true)
+            } else {
+                execute_network(backend, a).map(|()| false)
+            }
+        })
+    } else {
+        backend.observe_vm(&a.vm).and_then(|o| {
+            if already_done(a, o.as_ref()) || copies_done(backend, a, copies)? {
+                Ok(true)
+            } else {
+                execute(backend, a, opts).map(|()| false)
+            }
+        })
+    };
     let duration = t0.elapsed();
     match result {
         Ok(done) => {
@@ -430,6 +440,33 @@ pub fn already_done(a: &Action, o: Option<&ObservedVm>) -> bool {
             }
             _ => false,
         },
+    }
+}
+
+/// Whether the observed network already shows a network action's effect.
+pub fn network_done(a: &Action, o: Option<&ObservedNetwork>) -> bool {
+    match a.kind {
+        ActionKind::Destroy => o.is_none(),
+        _ => match (o, &a.network) {
+            (Some(o), Some(n)) => o.present && o.spec == *n,
+            _ => false,
+        },
+    }
+}
+
+fn execute_network(backend: &dyn Backend, a: &Action) -> Result<(), BackendError> {
+    match a.kind {
+        ActionKind::Destroy => backend.destroy_network(&a.vm),
+        ActionKind::Create | ActionKind::Replace => backend.create_network(
+            a.network
+                .as_ref()
+                .ok_or_else(|| missing(a, "network configuration"))?,
+        ),
+        other => Err(BackendError::new(format!(
+            "{}: a network has no `{}` action",
+            a.id,
+            other.label()
+        ))),
     }
 }
 

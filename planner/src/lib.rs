@@ -18,7 +18,8 @@
 //! if !outcome.ok() { /* outcome.failed: (action id, error) */ }
 //! ```
 //!
-//! * [`observed`] — what was last applied (`vm.json`) and what is live.
+//! * [`observed`] — what was last applied (`vm.json`, `networks/<name>.json`)
+//!   and what is live.
 //! * [`backend`] — the trait the runtime implements (observe, capabilities,
 //!   idempotent actions).
 //! * [`capabilities`] — the single table deciding live / restart / replace /
@@ -46,6 +47,7 @@ pub use capabilities::{ActionKind, Disruption};
 pub use engine::{Event, Options, Outcome, SkipReason};
 pub use journal::{Journal, JournalEntry, JournalEvent};
 pub use observed::{
-    Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm, Record, RunState,
+    Capabilities, Desired, Live, LiveDisk, ObservedNetwork, ObservedState, ObservedVm, Record,
+    RunState,
 };
-pub use plan::{Action, Plan, PlanError, Summary, plan};
+pub use plan::{Action, Plan, PlanError, Resource, Summary, plan};

@@ -1,4 +1,5 @@
-//! The observed state: what vmctl last applied to each VM and what is live now.
+//! The observed state: what vmctl last applied to each VM and network and what
+//! is live now.
 //!
 //! The planner diffs the desired state against this model. It is obtained
 //! through [`crate::Backend::observe`], so tests can build it by hand.
@@ -7,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use vmctl_spec::VmSpec;
+use vmctl_spec::{NetworkSpec, VmSpec};
 
 pub use vmctl_spec::state::{Capabilities, Desired, Record, RunState};
 
@@ -81,10 +82,22 @@ impl ObservedVm {
     }
 }
 
-/// Everything observed, keyed by VM name (sorted, so output is deterministic).
+/// One network vmctl made (it has a record in the state directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedNetwork {
+    /// What was last applied.
+    pub spec: NetworkSpec,
+    /// Its bridge exists on the host with the recorded address (false after
+    /// a reboot or when someone deleted it: apply makes it again).
+    pub present: bool,
+}
+
+/// Everything observed, keyed by name (sorted, so output is deterministic).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObservedState {
     pub vms: BTreeMap<String, ObservedVm>,
+    #[serde(default)]
+    pub networks: BTreeMap<String, ObservedNetwork>,
 }
 
 impl ObservedState {
@@ -99,5 +112,10 @@ impl ObservedState {
 
     pub fn get(&self, name: &str) -> Option<&ObservedVm> {
         self.vms.get(name)
+    }
+
+    /// Add (or replace) a network.
+    pub fn insert_network(&mut self, net: ObservedNetwork) {
+        self.networks.insert(net.spec.name.clone(), net);
     }
 }

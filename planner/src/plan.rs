@@ -2,7 +2,8 @@
 //!
 //! Each VM yields at most one disruptive action (create, copy, restart,
 //! replace, destroy, start or stop) or a chain of live actions, plus refused
-//! entries that are reported but never executed. Ordering between VMs comes
+//! entries that are reported but never executed; each network at most one
+//! create, replace or destroy (the `network` submodule). Ordering between VMs comes
 //! from `depends-on` and `copy-from`; the graph is a petgraph `DiGraph`,
 //! sorted topologically (Kahn, ties broken by creation order so plans are
 //! deterministic). Everything is O(VMs + edges): no pairwise scans.
@@ -13,19 +14,43 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use serde_json::{Value, json};
-use vmctl_spec::{DesiredState, VmSpec};
+use vmctl_spec::{DesiredState, NetworkSpec, VmSpec};
 
 use crate::capabilities::{self, ActionKind, Attribute, Condition, Disruption};
 use crate::diff::{Change, diff_vm};
 use crate::observed::{Capabilities, ObservedState, ObservedVm, RunState};
 
+mod network;
+
+/// What an action is about. Serialized lowercase (`"resource"` in the JSON
+/// plan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    #[default]
+    Vm,
+    Network,
+}
+
+impl Resource {
+    pub fn label(self) -> &'static str {
+        match self {
+            Resource::Vm => "vm",
+            Resource::Network => "network",
+        }
+    }
+}
+
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Action {
     /// Unique and stable: `<vm>:<kind>` (`db:create`, `web:resize-disk:root`,
-    /// `web:stop-for-copy`, `web:resize-disk:root:refused`).
+    /// `web:stop-for-copy`, `web:resize-disk:root:refused`), and
+    /// `network:<name>:<kind>` for a network (`network:lab:create`).
     pub id: String,
+    /// The VM's name, or the network's for a network action.
     pub vm: String,
+    pub resource: Resource,
     pub kind: ActionKind,
     /// [`Disruption::Refused`] for a refused entry (never executed).
     pub disruption: Disruption,
@@ -41,6 +66,10 @@ pub struct Action {
     pub old: Option<VmSpec>,
     /// The VM copied from (copy only).
     pub source: Option<String>,
+    /// A network action's configuration to apply (create, replace).
+    pub network: Option<NetworkSpec>,
+    /// A network action's observed configuration (replace, destroy).
+    pub network_old: Option<NetworkSpec>,
 }
 
 impl Action {
@@ -48,35 +77,47 @@ impl Action {
         self.disruption == Disruption::Refused
     }
 
+    pub fn is_network(&self) -> bool {
+        self.resource == Resource::Network
+    }
+
     /// Brings the VM up (or keeps it up): ordered after its dependencies' ups.
     fn is_up(&self) -> bool {
-        matches!(
-            self.kind,
-            ActionKind::Create
-                | ActionKind::Copy
-                | ActionKind::Start
-                | ActionKind::Restart
-                | ActionKind::Replace
-        )
+        !self.is_network()
+            && matches!(
+                self.kind,
+                ActionKind::Create
+                    | ActionKind::Copy
+                    | ActionKind::Start
+                    | ActionKind::Restart
+                    | ActionKind::Replace
+            )
     }
 
     /// Takes the VM down for good (dependents' part of "stop web before db").
     fn is_pure_down(&self) -> bool {
-        matches!(self.kind, ActionKind::Stop | ActionKind::Destroy)
+        !self.is_network()
+            && matches!(self.kind, ActionKind::Stop | ActionKind::Destroy)
             && !self.id.ends_with(":stop-for-copy")
     }
 
     /// Takes the VM down at some point (the dependency's part). A copy's
     /// brief stop of its source does not count: dependents keep running.
     fn goes_down(&self) -> bool {
-        matches!(
-            self.kind,
-            ActionKind::Stop | ActionKind::Destroy | ActionKind::Restart | ActionKind::Replace
-        ) && !self.id.ends_with(":stop-for-copy")
+        !self.is_network()
+            && matches!(
+                self.kind,
+                ActionKind::Stop | ActionKind::Destroy | ActionKind::Restart | ActionKind::Replace
+            )
+            && !self.id.ends_with(":stop-for-copy")
     }
 
     /// The JSON `before`/`after` objects.
     pub fn before_after(&self) -> (Value, Value) {
+        if self.is_network() {
+            let j = |n: &Option<NetworkSpec>| n.as_ref().map_or(Value::Null, |n| json!(n));
+            return (j(&self.network_old), j(&self.network));
+        }
         match self.kind {
             ActionKind::Create | ActionKind::Copy if !self.is_refused() => {
                 (Value::Null, json!(self.new))
@@ -210,6 +251,9 @@ fn action(vm: &str, kind: ActionKind, disruption: Disruption) -> Action {
     Action {
         id: format!("{vm}:{}", kind.label()),
         vm: vm.to_string(),
+        resource: Resource::Vm,
+        network: None,
+        network_old: None,
         kind,
         disruption,
         reason: None,
@@ -300,6 +344,8 @@ pub fn plan(
 
     wrap_copies(&mut b, &wanted, &copies);
     dependency_edges(&mut b, desired, &wanted, observed);
+    let nets = network::plan_networks(&mut b, desired, observed);
+    network::network_edges(&mut b, &nets);
     add_soft_edges(&mut b);
     order(b)
 }

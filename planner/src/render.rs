@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::Value;
-use vmctl_spec::VmSpec;
+use vmctl_spec::{NetworkSpec, VmSpec};
 
 use crate::capabilities::{ActionKind, Disruption};
-use crate::plan::{Action, Plan, Summary};
+use crate::plan::{Action, Plan, Resource, Summary};
 use crate::size::{human_bytes, human_mib};
 
 /// The symbol in front of an action.
@@ -74,6 +74,19 @@ fn spec_lines(out: &mut String, s: &VmSpec) {
         let paths: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
         let _ = writeln!(out, "      files: {}", paths.join(", "));
     }
+    for n in &s.nics {
+        let _ = writeln!(out, "      nic {}: {} mac {}", n.network, n.ip, n.mac);
+    }
+}
+
+fn network_lines(out: &mut String, n: &NetworkSpec) {
+    let _ = writeln!(out, "      subnet: {} (host {})", n.subnet, n.host_ip);
+    if n.nat {
+        let _ = writeln!(
+            out,
+            "      nat: on (masquerade to the host's other interfaces)"
+        );
+    }
 }
 
 /// The summary sentence.
@@ -107,7 +120,8 @@ pub fn text(plan: &Plan) -> String {
         out.push_str("vmctl will perform the following actions:\n\n");
     }
     for a in &plan.actions {
-        let _ = write!(out, "  {} {} {}", symbol(a), a.vm, a.kind.label());
+        let resource = if a.is_network() { "network " } else { "" };
+        let _ = write!(out, "  {} {resource}{} {}", symbol(a), a.vm, a.kind.label());
         if a.is_refused() {
             out.push_str(" (refused)");
         } else if a.id.ends_with(":stop-for-copy") {
@@ -122,13 +136,23 @@ pub fn text(plan: &Plan) -> String {
         let live_or_plain = matches!(a.disruption, Disruption::Live | Disruption::None)
             && !matches!(a.kind, ActionKind::Start | ActionKind::Stop);
         if let Some(r) = &a.reason
-            && !(live_or_plain && matches!(a.kind, ActionKind::Create))
+            && !(live_or_plain && matches!(a.kind, ActionKind::Create) && !a.is_network())
         {
             for part in r.split("; ") {
                 let _ = writeln!(out, "      # {part}");
             }
         }
         match a.kind {
+            _ if a.is_network() => {
+                if let (Some(old), Some(new)) = (&a.network_old, &a.network) {
+                    let _ = writeln!(out, "      subnet: {} → {}", old.subnet, new.subnet);
+                    if old.nat != new.nat {
+                        let _ = writeln!(out, "      nat: {} → {}", old.nat, new.nat);
+                    }
+                } else if let Some(n) = a.network.as_ref().or(a.network_old.as_ref()) {
+                    network_lines(&mut out, n);
+                }
+            }
             ActionKind::Create | ActionKind::Copy if !a.is_refused() => {
                 if let Some(s) = &a.new {
                     spec_lines(&mut out, s);
@@ -157,6 +181,9 @@ pub fn text(plan: &Plan) -> String {
 #[derive(Serialize)]
 struct JsonAction<'a> {
     id: &'a str,
+    /// `vm` or `network`.
+    resource: Resource,
+    /// The VM's name, or the network's for a network action.
     vm: &'a str,
     kind: ActionKind,
     disruption: Disruption,
@@ -191,6 +218,7 @@ pub fn json(plan: &Plan) -> Value {
             let (before, after) = a.before_after();
             JsonAction {
                 id: &a.id,
+                resource: a.resource,
                 vm: &a.vm,
                 kind: a.kind,
                 disruption: if a.is_refused() {

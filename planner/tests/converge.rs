@@ -1,7 +1,9 @@
 //! Property: executing a plan's actions in order on the observed state (a pure
 //! simulator) yields the desired state, and planning again yields nothing to do.
 //! The simulator also checks the ordering promises: a copy's source is not
-//! running while it is copied, and a VM starts only after its dependencies run.
+//! running while it is copied, a VM starts only after its dependencies run,
+//! a VM comes up only on networks that exist, and a network goes only when
+//! no VM is on it.
 
 mod common;
 
@@ -9,8 +11,8 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
-use vmctl_planner::{ActionKind, Capabilities, ObservedState, RunState, plan};
-use vmctl_spec::{DesiredState, VmSpec};
+use vmctl_planner::{ActionKind, Capabilities, ObservedNetwork, ObservedState, RunState, plan};
+use vmctl_spec::{DesiredState, NetworkSpec, NicSpec, VmSpec};
 
 #[derive(Debug, Clone)]
 struct Gen {
@@ -63,9 +65,23 @@ fn world() -> impl Strategy<Value = (DesiredState, ObservedState, Capabilities)>
             prop::option::weighted(0.8, spec_strategy(name)),
             prop::collection::vec(0usize..8, 0..3),
             prop::option::of(0usize..8),
+            // NICs: network picks of the observed and the desired VM.
+            prop::collection::vec(0usize..2, 0..3),
+            prop::collection::vec(0usize..2, 0..3),
         )
-            .prop_map(move |(obs, des, deps, copy)| (i, obs, des, deps, copy))
+            .prop_map(move |(obs, des, deps, copy, onics, dnics)| {
+                (i, obs, des, deps, copy, onics, dnics)
+            })
     };
+    // Two networks, each maybe observed (its subnet variant, bridge present)
+    // and maybe declared (its subnet variant).
+    let nets = prop::collection::vec(
+        (
+            prop::option::of((0u8..2, any::<bool>())),
+            prop::option::of(0u8..2),
+        ),
+        2,
+    );
     let vms = (1usize..8).prop_flat_map(move |n| (0..n).map(one).collect::<Vec<_>>());
     let caps = (
         any::<bool>(),
@@ -83,10 +99,38 @@ fn world() -> impl Strategy<Value = (DesiredState, ObservedState, Capabilities)>
             live_cpu_weight: d,
             copy: e,
         });
-    (vms, caps).prop_map(|(vms, caps)| {
+    (vms, caps, nets).prop_map(|(vms, caps, nets)| {
+        let net = |k: usize, v: u8| net(&format!("n{k}"), &format!("10.{v}.{k}.0/24"));
+        let observed_nets: Vec<usize> = (0..2).filter(|&k| nets[k].0.is_some()).collect();
+        let desired_nets: Vec<usize> = (0..2).filter(|&k| nets[k].1.is_some()).collect();
+        let nics = |picks: &[usize], on: &[usize], vm: usize| -> Vec<NicSpec> {
+            picks
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| {
+                    let k = *on.get(p % on.len().max(1))?;
+                    Some(nic(
+                        &format!("n{k}"),
+                        &format!("10.0.{k}.{}", 2 + vm * 4 + j),
+                    ))
+                })
+                .collect()
+        };
         let mut gens: Vec<Gen> = Vec::new();
-        for (i, obs, des, deps, copy) in vms {
-            let mut des = des;
+        for (i, obs, des, deps, copy, onics, dnics) in vms {
+            let obs = obs.map(|(s, st)| {
+                (
+                    VmSpec {
+                        nics: nics(&onics, &observed_nets, i),
+                        ..s
+                    },
+                    st,
+                )
+            });
+            let mut des = des.map(|s| VmSpec {
+                nics: nics(&dnics, &desired_nets, i),
+                ..s
+            });
             if let Some(d) = des.as_mut() {
                 // depends-on and copy-from point only backwards (acyclic) and
                 // at declared VMs, as validation guarantees.
@@ -118,11 +162,25 @@ fn world() -> impl Strategy<Value = (DesiredState, ObservedState, Capabilities)>
                 desired: des,
             });
         }
-        let d = desired(gens.iter().filter_map(|g| g.desired.clone()).collect());
+        let d = DesiredState {
+            networks: desired_nets
+                .iter()
+                .filter_map(|&k| Some(net(k, nets[k].1?)))
+                .collect(),
+            ..desired(gens.iter().filter_map(|g| g.desired.clone()).collect())
+        };
         let mut o = ObservedState::new();
         for g in &gens {
             if let Some((s, st)) = &g.observed {
                 o.insert(observed_vm(s, *st));
+            }
+        }
+        for &k in &observed_nets {
+            if let Some((v, present)) = nets[k].0 {
+                o.insert_network(ObservedNetwork {
+                    spec: net(k, v),
+                    present,
+                });
             }
         }
         (d, o, caps)
@@ -132,7 +190,25 @@ fn world() -> impl Strategy<Value = (DesiredState, ObservedState, Capabilities)>
 /// The simulated host: each VM's configuration and run state.
 type Sim = BTreeMap<String, (VmSpec, RunState)>;
 
-fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), String> {
+/// The simulated host's networks: configuration and whether the bridge is there.
+type NetSim = BTreeMap<String, (NetworkSpec, bool)>;
+
+/// A VM coming up needs every network it is on to be there.
+fn wired(nets: &NetSim, id: &str, spec: &VmSpec) -> Result<(), String> {
+    for n in &spec.nics {
+        if !nets.get(&n.network).is_some_and(|(_, present)| *present) {
+            return Err(format!("{id} before its network {} is there", n.network));
+        }
+    }
+    Ok(())
+}
+
+fn run(
+    sim: &mut Sim,
+    nets: &mut NetSim,
+    d: &DesiredState,
+    p: &vmctl_planner::Plan,
+) -> Result<(), String> {
     // A VM whose creation is refused never runs; its dependents go ahead
     // without it (documented in docs/planning.md).
     let refused: Vec<&str> = p
@@ -166,11 +242,30 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
                 RunState::Stopped
             }
         };
+        if a.is_network() {
+            match a.kind {
+                ActionKind::Destroy => {
+                    if let Some((vm, _)) = sim
+                        .iter()
+                        .find(|(_, (s, _))| s.nics.iter().any(|n| n.network == a.vm))
+                    {
+                        return Err(format!("{} while {vm} is on it", a.id));
+                    }
+                    nets.remove(&a.vm).ok_or("destroy of a missing network")?;
+                }
+                _ => {
+                    let n = a.network.clone().ok_or("no network spec")?;
+                    nets.insert(n.name.clone(), (n, true));
+                }
+            }
+            continue;
+        }
         let new = a.new.clone();
         match a.kind {
             ActionKind::Create | ActionKind::Restart | ActionKind::Replace => {
                 let n = new.ok_or("no spec")?;
                 up_check(sim, &n)?;
+                wired(nets, &a.id, &n)?;
                 let st = up(&n);
                 sim.insert(n.name.clone(), (n, st));
             }
@@ -196,6 +291,7 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
                     ..n.clone()
                 };
                 up_check(sim, &others)?;
+                wired(nets, &a.id, &n)?;
                 let st = up(&n);
                 sim.insert(n.name.clone(), (n, st));
             }
@@ -207,6 +303,7 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
                     ..d.vm(&a.vm).cloned().unwrap_or(e)
                 };
                 up_check(sim, &check)?;
+                wired(nets, &a.id, &check)?;
                 copying.retain(|c| c != &a.vm);
                 if let Some(v) = sim.get_mut(&a.vm) {
                     v.1 = RunState::Running;
@@ -267,10 +364,16 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
     Ok(())
 }
 
-fn to_observed(sim: &Sim) -> ObservedState {
+fn to_observed(sim: &Sim, nets: &NetSim) -> ObservedState {
     let mut o = ObservedState::new();
     for (s, st) in sim.values() {
         o.insert(observed_vm(s, *st));
+    }
+    for (n, present) in nets.values() {
+        o.insert_network(ObservedNetwork {
+            spec: n.clone(),
+            present: *present,
+        });
     }
     o
 }
@@ -286,7 +389,16 @@ proptest! {
             .values()
             .map(|v| (v.name().to_string(), (v.record.spec.clone(), v.live.state)))
             .collect();
-        run(&mut sim, &d, &p).map_err(TestCaseError::fail)?;
+        let mut nets: NetSim = o
+            .networks
+            .values()
+            .map(|n| (n.spec.name.clone(), (n.spec.clone(), n.present)))
+            .collect();
+        run(&mut sim, &mut nets, &d, &p).map_err(TestCaseError::fail)?;
+        let want_nets: Vec<&NetworkSpec> = d.networks.iter().collect();
+        let have_nets: Vec<&NetworkSpec> = nets.values().map(|(n, _)| n).collect();
+        prop_assert_eq!(have_nets, want_nets);
+        prop_assert!(nets.values().all(|(_, present)| *present));
 
         let refused: Vec<&str> = p.actions.iter().filter(|a| a.is_refused()).map(|a| a.vm.as_str()).collect();
         for want in &d.vms {
@@ -317,7 +429,7 @@ proptest! {
                 v.0 = want.clone();
             }
         }
-        let again = plan(&d, &to_observed(&sim), &caps).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let again = plan(&d, &to_observed(&sim, &nets), &caps).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let left: Vec<&str> = again.executable().map(|a| a.id.as_str()).collect();
         prop_assert!(left.is_empty(), "left over: {:?}", left);
     }

@@ -10,14 +10,18 @@ use common::*;
 use vmctl_planner::engine::{self, Event, Options, SkipReason};
 use vmctl_planner::{
     Backend, BackendError, Capabilities, Desired, Journal, JournalEvent, Live, LiveDisk,
-    ObservedState, ObservedVm, Plan, Record, RunState, plan,
+    ObservedNetwork, ObservedState, ObservedVm, Plan, Record, RunState, plan,
 };
-use vmctl_spec::{DesiredState, VmSpec};
+use vmctl_spec::{DesiredState, NetworkSpec, VmSpec};
 
 /// A host in memory. `trace` records `begin <vm> <call>` / `end <vm> <call>`.
 #[derive(Default)]
 struct Fake {
     vms: Mutex<BTreeMap<String, (VmSpec, RunState)>>,
+    /// Networks; a VM may only be created or started on a network that
+    /// exists, and a network only destroyed when no VM is on it (the real
+    /// backend's taps need the bridge).
+    nets: Mutex<BTreeMap<String, NetworkSpec>>,
     trace: Mutex<Vec<String>>,
     fail: HashSet<String>,
     in_flight: Mutex<(usize, usize)>,
@@ -31,8 +35,38 @@ impl Fake {
             for v in o.vms.values() {
                 vms.insert(v.name().to_string(), (v.record.spec.clone(), v.live.state));
             }
+            let mut nets = f.nets.lock().unwrap();
+            for n in o.networks.values() {
+                nets.insert(n.spec.name.clone(), n.spec.clone());
+            }
         }
         f
+    }
+
+    /// Every NIC of `spec` is on a network that exists.
+    fn check_wired(&self, spec: &VmSpec) {
+        let nets = self.nets.lock().unwrap();
+        for nic in &spec.nics {
+            assert!(
+                nets.contains_key(&nic.network),
+                "{} plugged into network {} before it exists",
+                spec.name,
+                nic.network
+            );
+        }
+    }
+
+    fn net_act(&self, name: &str, call: &str, f: impl FnOnce(&mut BTreeMap<String, NetworkSpec>)) {
+        self.trace
+            .lock()
+            .unwrap()
+            .push(format!("begin network:{name} {call}"));
+        std::thread::yield_now();
+        f(&mut self.nets.lock().unwrap());
+        self.trace
+            .lock()
+            .unwrap()
+            .push(format!("end network:{name} {call}"));
     }
 
     fn act(
@@ -67,6 +101,12 @@ impl Fake {
         let mut o = ObservedState::new();
         for (s, st) in self.vms.lock().unwrap().values() {
             o.insert(observed_vm(s, *st));
+        }
+        for n in self.nets.lock().unwrap().values() {
+            o.insert_network(ObservedNetwork {
+                spec: n.clone(),
+                present: true,
+            });
         }
         o
     }
@@ -111,7 +151,29 @@ impl Backend for Fake {
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
     }
+    fn create_network(&self, net: &NetworkSpec) -> Result<(), BackendError> {
+        self.net_act(&net.name, "create", |m| {
+            m.insert(net.name.clone(), net.clone());
+        });
+        Ok(())
+    }
+    fn destroy_network(&self, name: &str) -> Result<(), BackendError> {
+        let users: Vec<String> = self
+            .vms
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|(s, _)| s.nics.iter().any(|n| n.network == name))
+            .map(|(s, _)| s.name.clone())
+            .collect();
+        assert!(users.is_empty(), "network {name} destroyed under {users:?}");
+        self.net_act(name, "destroy", |m| {
+            m.remove(name);
+        });
+        Ok(())
+    }
     fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        self.check_wired(spec);
         self.act(&spec.name, "create", |m| {
             m.insert(spec.name.clone(), (spec.clone(), up(spec)));
         })
@@ -131,6 +193,7 @@ impl Backend for Fake {
         })
     }
     fn restart(&self, _old: &VmSpec, new: &VmSpec) -> Result<(), BackendError> {
+        self.check_wired(new);
         self.act(&new.name, "restart", |m| {
             m.insert(new.name.clone(), (new.clone(), up(new)));
         })
@@ -224,7 +287,11 @@ fn position(trace: &[String], line: &str) -> usize {
 }
 
 fn call_of(a: &vmctl_planner::Action) -> String {
-    format!("{} {}", a.vm, a.kind.label())
+    if a.is_network() {
+        format!("network:{} {}", a.vm, a.kind.label())
+    } else {
+        format!("{} {}", a.vm, a.kind.label())
+    }
 }
 
 fn check_order(p: &Plan, trace: &[String]) {
@@ -561,4 +628,42 @@ fn a_restart_is_not_taken_for_done_when_only_the_stale_record_matches() {
     // Once the VM runs the new size, it is done.
     obs.live.memory_mib = Some(128);
     assert!(engine::already_done(restart, Some(&obs)));
+}
+
+#[test]
+fn networks_come_before_their_vms_and_go_after_them() {
+    let lab = DesiredState {
+        networks: vec![net("lab", "10.20.0.0/24")],
+        ..desired(vec![
+            on(vm("a"), vec![nic("lab", "10.20.0.2")]),
+            on(vm("b"), vec![nic("lab", "10.20.0.3")]),
+            vm("c"),
+        ])
+    };
+    let fake = Fake::default();
+    let p = plan(&lab, &fake.observed(), &Capabilities::all()).unwrap();
+    // The fake panics if a VM is created before its network.
+    let out = engine::apply(&fake, &p, &lab, None, &opts(4), &|_| {});
+    assert!(out.ok(), "{:?}", out.failed);
+    check_order(&p, &fake.trace.lock().unwrap());
+    assert!(
+        plan(&lab, &fake.observed(), &Capabilities::all())
+            .unwrap()
+            .actions
+            .is_empty(),
+        "converged"
+    );
+    // Re-running the same plan does nothing (every action is already done).
+    let calls = fake.mutating_calls();
+    let again = engine::apply(&fake, &p, &lab, None, &opts(4), &|_| {});
+    assert!(again.ok());
+    assert_eq!(fake.mutating_calls(), calls);
+
+    // Everything goes: the fake panics if the network goes first.
+    let empty = desired(vec![]);
+    let p = plan(&empty, &fake.observed(), &Capabilities::all()).unwrap();
+    let out = engine::apply(&fake, &p, &empty, None, &opts(4), &|_| {});
+    assert!(out.ok(), "{:?}", out.failed);
+    assert!(fake.nets.lock().unwrap().is_empty());
+    assert!(fake.vms.lock().unwrap().is_empty());
 }

@@ -719,3 +719,110 @@ fn disk_removed_deletes_its_file_or_warns() {
         "{text}"
     );
 }
+
+/// A network and two VMs on it.
+fn net_lab() -> DesiredState {
+    let db = on(vm("db"), vec![nic("lab", "10.20.0.10")]);
+    let web = on(
+        vmctl_spec::VmSpec {
+            depends_on: vec!["db".into()],
+            ..vm("web")
+        },
+        vec![nic("lab", "10.20.0.11")],
+    );
+    DesiredState {
+        networks: vec![net("lab", "10.20.0.0/24")],
+        ..desired(vec![db, web])
+    }
+}
+
+#[test]
+fn network_lab_fresh() {
+    let p = snap("network_fresh", &net_lab(), &ObservedState::new(), all());
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["network:lab:create", "db:create", "web:create"]);
+    assert_eq!(p.actions[1].depends_on, ["network:lab:create"]);
+    let json = render::json(&p);
+    assert_eq!(json["actions"][0]["resource"], "network");
+    assert_eq!(json["actions"][1]["resource"], "vm");
+    assert_eq!(json["actions"][0]["after"]["subnet"], "10.20.0.0/24");
+    assert_eq!(json["summary"]["create"], 3);
+}
+
+#[test]
+fn network_converged_is_a_no_op() {
+    let d = net_lab();
+    assert!(plan(&d, &converged(&d), &all()).unwrap().actions.is_empty());
+}
+
+#[test]
+fn network_bridge_missing_is_recreated_before_the_vms_start() {
+    let d = net_lab();
+    let mut o = converged(&d);
+    for n in o.networks.values_mut() {
+        n.present = false;
+    }
+    for v in o.vms.values_mut() {
+        v.live = vmctl_planner::Live::stopped();
+        v.live.state = RunState::Crashed;
+    }
+    let p = plan(&d, &o, &all()).unwrap();
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["network:lab:create", "db:start", "web:start"]);
+    assert!(
+        p.actions[1]
+            .depends_on
+            .contains(&"network:lab:create".to_string())
+    );
+}
+
+#[test]
+fn nic_added_restarts_the_vm() {
+    let d = net_lab();
+    let mut o = converged(&d);
+    // web had no NIC yet.
+    if let Some(w) = o.vms.get_mut("web") {
+        w.record.spec.nics.clear();
+    }
+    let p = snap("nic_added_restart", &d, &o, all());
+    assert_eq!(p.actions.len(), 1);
+    let a = &p.actions[0];
+    assert_eq!(a.id, "web:restart");
+    assert!(
+        a.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("NIC hot-plug is not supported yet")),
+        "{:?}",
+        a.reason
+    );
+}
+
+#[test]
+fn network_removed_goes_after_its_last_vm() {
+    let before = net_lab();
+    let o = converged(&before);
+    // The file drops `web` and the network; `db` loses its NIC.
+    let d = desired(vec![vm("db")]);
+    let p = snap("network_removed", &d, &o, all());
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["web:destroy", "db:restart", "network:lab:destroy"]);
+    let last = &p.actions[2];
+    assert_eq!(last.depends_on, ["web:destroy", "db:restart"]);
+}
+
+#[test]
+fn network_subnet_changed_is_readdressed_before_its_vms_restart() {
+    let before = net_lab();
+    let o = converged(&before);
+    let mut d = net_lab();
+    d.networks = vec![net("lab", "10.30.0.0/24")];
+    for v in &mut d.vms {
+        for n in &mut v.nics {
+            let [_, _, c, last] = n.ip.octets();
+            n.ip = std::net::Ipv4Addr::new(10, 30, c, last);
+        }
+    }
+    let p = snap("network_readdressed", &d, &o, all());
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["network:lab:replace", "db:restart", "web:restart"]);
+}

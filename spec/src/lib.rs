@@ -6,16 +6,19 @@
 //! Layers: [`syntax`] reads nodes and checks each value on its own, `resolve`
 //! applies cross-VM rules and defaults, [`units`] reads sizes, [`profiles`]
 //! holds OS defaults, [`guest`] holds the rules for guest-configuration values
-//! (hostname, users, SSH keys, files, packages), [`render`] writes a resolved
-//! state back as KDL.
+//! (hostname, users, SSH keys, files, packages), [`net`] holds network values
+//! and the deterministic choices of subnets, addresses and MACs, [`render`]
+//! writes a resolved state back as KDL.
 
 pub mod diagnostic;
 pub mod guest;
 pub mod model;
 pub mod names;
+pub mod net;
 pub mod profiles;
 pub mod render;
 mod resolve;
+mod resolve_net;
 pub mod state;
 pub mod suggest;
 mod syntax;
@@ -67,6 +70,12 @@ pub fn host_cpus() -> u32 {
 
 /// Read and resolve a KDL file. Relative paths in it resolve against its folder.
 pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
+    load_file_in(path, &net::NetEnv::default())
+}
+
+/// [`load_file`] for a lab: `env` gives the lab's identity, the host's
+/// routes and the recorded subnets that networks are resolved against.
+pub fn load_file_in(path: &Path, env: &net::NetEnv) -> Result<Loaded, SpecError> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -86,7 +95,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    parse_str(&name, &text, dir, host_cpus())
+    parse_str_in(&name, &text, dir, host_cpus(), env)
 }
 
 /// Resolve KDL text. `source_name` names it in diagnostics; `base_dir` anchors
@@ -97,6 +106,23 @@ pub fn parse_str(
     text: &str,
     base_dir: &Path,
     host_cpus: u32,
+) -> Result<Loaded, SpecError> {
+    parse_str_in(
+        source_name,
+        text,
+        base_dir,
+        host_cpus,
+        &net::NetEnv::default(),
+    )
+}
+
+/// [`parse_str`] against a lab's network environment (see [`load_file_in`]).
+pub fn parse_str_in(
+    source_name: &str,
+    text: &str,
+    base_dir: &Path,
+    host_cpus: u32,
+    env: &net::NetEnv,
 ) -> Result<Loaded, SpecError> {
     let shared = Arc::new(text.to_string());
     let mut sink = Sink::new(source_name, shared);
@@ -132,7 +158,7 @@ pub fn parse_str(
         host_cpus,
     }
     .read_file(&doc);
-    let state = resolve::resolve(raw, &base, &mut sink);
+    let state = resolve::resolve(raw, &base, env, &mut sink);
     if sink.has_errors() {
         return Err(into_error(source_name, sink));
     }

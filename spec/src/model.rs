@@ -6,9 +6,12 @@
 //! The serde form of [`DesiredState`] *is* the `validate --json` contract
 //! (`format_version` "1"); fields may be added, never renamed.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::net::{Ipv4Subnet, MacAddr};
 
 /// The JSON contract version written by every `--json` document.
 pub const FORMAT_VERSION: &str = "1";
@@ -22,12 +25,55 @@ pub struct DesiredState {
     /// Custom boot images declared with `image "name" { ... }`.
     #[serde(default)]
     pub images: Vec<ImageSpec>,
+    /// Networks declared with `network "name" { ... }`, in file order
+    /// (absent from the JSON when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkSpec>,
 }
 
 impl DesiredState {
     pub fn vm(&self, name: &str) -> Option<&VmSpec> {
         self.vms.iter().find(|v| v.name == name)
     }
+
+    pub fn network(&self, name: &str) -> Option<&NetworkSpec> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}
+
+/// A declared network: one Linux bridge on the host, with the host side's
+/// address, that the VMs' NICs are plugged into (docs/networking-hosts.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// Declared, or chosen (a free 10.x.y.0/24, docs/kdl.md).
+    pub subnet: Ipv4Subnet,
+    /// The bridge's address: the subnet's first host address (`.1`).
+    pub host_ip: Ipv4Addr,
+    /// Masquerade the subnet to the host's other interfaces (default off).
+    #[serde(default)]
+    pub nat: bool,
+}
+
+impl NetworkSpec {
+    /// A network on `subnet` without NAT.
+    pub fn new(name: impl Into<String>, subnet: Ipv4Subnet) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            subnet,
+            host_ip: subnet.host_ip(),
+            nat: false,
+        }
+    }
+}
+
+/// One NIC of a VM, resolved: the network it plugs into, its address in that
+/// network's subnet and its MAC (declared or derived, never missing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSpec {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
 }
 
 /// One virtual machine as declared, with every default filled in.
@@ -66,6 +112,9 @@ pub struct VmSpec {
     /// (`hostname`, `user`, `file`; built-in Linux OSes only).
     #[serde(default, skip_serializing_if = "GuestConfig::is_empty")]
     pub config: GuestConfig,
+    /// NICs in declaration order (`nic "lab" ip="..." mac="..."`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
 }
 
 /// What vmctl configures inside a built-in Linux guest: applied at every
@@ -134,6 +183,7 @@ impl VmSpec {
             image: None,
             packages: Vec::new(),
             config: GuestConfig::default(),
+            nics: Vec::new(),
         }
     }
 }

@@ -50,6 +50,12 @@ pub fn to_kdl(state: &DesiredState) -> String {
         let _ = writeln!(out, "    cmdline {}", quote(&img.cmdline));
         out.push_str("}\n");
     }
+    for n in &state.networks {
+        let _ = writeln!(out, "network {} {{", quote(&n.name));
+        let _ = writeln!(out, "    subnet {}", quote(&n.subnet.to_string()));
+        let _ = writeln!(out, "    nat {}", if n.nat { "#true" } else { "#false" });
+        out.push_str("}\n");
+    }
     for vm in &state.vms {
         render_vm(&mut out, vm);
     }
@@ -102,6 +108,15 @@ fn render_vm(out: &mut String, vm: &VmSpec) {
         if vm.autostart { "#true" } else { "#false" }
     );
     render_guest(out, vm);
+    for n in &vm.nics {
+        let _ = writeln!(
+            out,
+            "    nic {} ip={} mac={}",
+            quote(&n.network),
+            quote(&n.ip.to_string()),
+            quote(&n.mac.to_string())
+        );
+    }
     out.push_str("}\n");
 }
 

@@ -15,7 +15,9 @@ use crate::model::{
     DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, FileSpec, GuestConfig, ImageSpec, UserSpec,
     VmSpec,
 };
+use crate::net::NetEnv;
 use crate::profiles::{self, DEFAULT_CMDLINE, DEFAULT_CPU_WEIGHT, IMAGE_PROFILE};
+use crate::resolve_net;
 use crate::suggest::did_you_mean;
 use crate::syntax::{RawFile, RawVm};
 
@@ -40,8 +42,9 @@ pub(crate) fn absolute(base: &Path, p: &str) -> PathBuf {
     out
 }
 
-pub(crate) fn resolve(raw: RawFile, base: &Path, sink: &mut Sink) -> DesiredState {
+pub(crate) fn resolve(raw: RawFile, base: &Path, env: &NetEnv, sink: &mut Sink) -> DesiredState {
     let images = resolve_images(&raw, base, sink);
+    let networks = resolve_net::resolve_networks(&raw.networks, env, sink);
 
     // Unique VMs (the first of a duplicated name wins; both are pointed at).
     let mut vms: Vec<&RawVm> = Vec::new();
@@ -147,11 +150,18 @@ pub(crate) fn resolve(raw: RawFile, base: &Path, sink: &mut Sink) -> DesiredStat
     }
 
     check_disk_paths(&vms, base, sink);
+    let declared: Vec<&str> = raw.networks.iter().map(|n| n.name.val.as_str()).collect();
+    let nics = resolve_net::resolve_nics(&vms, &networks, &declared, env, sink);
 
     DesiredState {
         format_version: FORMAT_VERSION.to_string(),
-        vms: resolved.into_iter().flatten().collect(),
+        vms: resolved
+            .into_iter()
+            .zip(nics)
+            .filter_map(|(vm, nics)| vm.map(|vm| VmSpec { nics, ..vm }))
+            .collect(),
         images: images.into_iter().map(|(img, _)| img).collect(),
+        networks: networks.into_iter().map(|(n, _)| n).collect(),
     }
 }
 
@@ -577,6 +587,8 @@ fn resolve_vm(
         image,
         packages,
         config,
+        // Filled in by resolve_net once every VM is known.
+        nics: Vec::new(),
     }
 }
 

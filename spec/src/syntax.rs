@@ -15,8 +15,10 @@ use crate::suggest::did_you_mean;
 use crate::units::{self, HOT_ADD_BLOCK_MIB, MIB, SizeError};
 
 mod guest_nodes;
+mod net_nodes;
 
 pub(crate) use guest_nodes::RawGuest;
+pub(crate) use net_nodes::{RawNetwork, RawNic};
 
 /// A value and where it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,8 @@ pub(crate) struct RawVm {
     pub autostart: Option<bool>,
     /// `hostname`, `user`, `packages`, `file`.
     pub guest: RawGuest,
+    /// `nic "network" ...`, in the order written.
+    pub nics: Vec<RawNic>,
 }
 
 #[derive(Debug, Default)]
@@ -87,9 +91,10 @@ pub(crate) struct RawFile {
     pub defaults: RawDefaults,
     pub images: Vec<RawImage>,
     pub vms: Vec<RawVm>,
+    pub networks: Vec<RawNetwork>,
 }
 
-pub(crate) const TOP_NODES: &[&str] = &["defaults", "image", "vm"];
+pub(crate) const TOP_NODES: &[&str] = &["defaults", "image", "network", "vm"];
 pub(crate) const VM_NODES: &[&str] = &[
     "os",
     "cpus",
@@ -103,9 +108,10 @@ pub(crate) const VM_NODES: &[&str] = &[
     "user",
     "packages",
     "file",
+    "nic",
 ];
 /// Children of a `vm` that may appear more than once.
-const VM_REPEATABLE: &[&str] = &["disk", "depends-on", "user", "packages", "file"];
+const VM_REPEATABLE: &[&str] = &["disk", "depends-on", "user", "packages", "file", "nic"];
 pub(crate) const DEFAULTS_NODES: &[&str] = &["memory", "cpus", "cpu-weight"];
 pub(crate) const IMAGE_NODES: &[&str] = &["kernel", "initrd", "cmdline"];
 pub(crate) const DISK_PROPS: &[&str] = &["size", "format", "path", "source", "source-format"];
@@ -207,6 +213,11 @@ impl Reader<'_> {
                 "vm" => {
                     if let Some(vm) = self.read_vm(node) {
                         file.vms.push(vm);
+                    }
+                }
+                "network" => {
+                    if let Some(net) = self.read_network(node) {
+                        file.networks.push(net);
                     }
                 }
                 other => self.unknown_node(node, other, "the top level", TOP_NODES),
@@ -957,6 +968,7 @@ impl Reader<'_> {
             os_written: false,
             autostart: None,
             guest: RawGuest::default(),
+            nics: Vec::new(),
         };
         let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
         for child in node.iter_children() {
@@ -977,6 +989,11 @@ impl Reader<'_> {
                 }
                 n if guest_nodes::GUEST_NODES.contains(&n) => {
                     self.read_guest_node(child, &mut vm.guest);
+                }
+                "nic" => {
+                    if let Some(nic) = self.read_nic(child) {
+                        vm.nics.push(nic);
+                    }
                 }
                 "autostart" => {
                     self.no_children(child);
@@ -1061,6 +1078,10 @@ pub(crate) fn example(node: &str) -> &'static str {
         "cmdline" => "cmdline \"console=ttyS0\"",
         "vm" => "vm \"web\" { os \"diag\" }",
         "image" => "image \"my-linux\" { kernel \"vmlinuz\" }",
+        "network" => "network \"lab\" { subnet \"10.20.0.0/24\" }",
+        "subnet" => "subnet \"10.20.0.0/24\"",
+        "nat" => "nat #true",
+        "nic" => "nic \"lab\" ip=\"10.20.0.10\"",
         _ => "see docs/kdl.md",
     }
 }

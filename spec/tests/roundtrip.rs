@@ -7,7 +7,7 @@ use base64::Engine as _;
 use proptest::prelude::*;
 use vmctl_spec::{
     DesiredState, DiskFormat, DiskSpec, FORMAT_VERSION, FileSpec, GuestConfig, ImageSpec,
-    SourceFormat, UserSpec, VmSpec,
+    Ipv4Subnet, MacAddr, NetworkSpec, NicSpec, SourceFormat, UserSpec, VmSpec,
 };
 
 fn name() -> impl Strategy<Value = String> {
@@ -188,9 +188,32 @@ fn draft() -> impl Strategy<Value = Draft> {
 /// Build a state the schema can express: references only point backwards (no
 /// cycles), disk names are unique, a debian-12 VM has its profile's root disk
 /// first, and a copy lists its source's disks first (they are inherited).
-fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredState {
+fn build(
+    names: Vec<String>,
+    drafts: Vec<Draft>,
+    image: ImageSpec,
+    networks: Vec<NetworkSpec>,
+    nic_picks: Vec<Vec<usize>>,
+) -> DesiredState {
     let mut vms: Vec<VmSpec> = Vec::new();
-    for (i, (name, d)) in names.into_iter().zip(drafts).enumerate() {
+    for (i, ((name, d), picks)) in names.into_iter().zip(drafts).zip(nic_picks).enumerate() {
+        // Unique addresses and MACs: (VM, NIC) → .(2 + 4i + k), 02:..:i:k.
+        let nics: Vec<NicSpec> = if networks.is_empty() {
+            Vec::new()
+        } else {
+            picks
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    let net = &networks[p % networks.len()];
+                    NicSpec {
+                        network: net.name.clone(),
+                        ip: net.subnet.nth(2 + 4 * i as u64 + k as u64),
+                        mac: MacAddr([0x02, 0, 0, 0, i as u8, k as u8]),
+                    }
+                })
+                .collect()
+        };
         let copy_from = d
             .copy_pick
             .filter(|_| i > 0)
@@ -274,6 +297,7 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
             image: img,
             packages,
             config,
+            nics,
         });
     }
     let uses_image = vms.iter().any(|v| v.image.is_some());
@@ -281,7 +305,28 @@ fn build(names: Vec<String>, drafts: Vec<Draft>, image: ImageSpec) -> DesiredSta
         format_version: FORMAT_VERSION.to_string(),
         vms,
         images: if uses_image { vec![image] } else { Vec::new() },
+        networks,
     }
+}
+
+/// Up to three networks on distinct /24s (or one /16), NAT on or off.
+fn networks() -> impl Strategy<Value = Vec<NetworkSpec>> {
+    proptest::collection::btree_map(vm_name(), (any::<bool>(), any::<bool>()), 0..3).prop_map(|m| {
+        m.into_iter()
+            .enumerate()
+            .map(|(i, (name, (nat, wide)))| {
+                let subnet = if wide {
+                    Ipv4Subnet::new(std::net::Ipv4Addr::new(10, 100 + i as u8, 0, 0), 16)
+                } else {
+                    Ipv4Subnet::new(std::net::Ipv4Addr::new(10, 20, i as u8, 0), 24)
+                };
+                NetworkSpec {
+                    nat,
+                    ..NetworkSpec::new(name, subnet)
+                }
+            })
+            .collect()
+    })
 }
 
 fn state() -> impl Strategy<Value = DesiredState> {
@@ -293,16 +338,25 @@ fn state() -> impl Strategy<Value = DesiredState> {
             cmdline,
         },
     );
-    (proptest::collection::hash_set(vm_name(), 0..6), image).prop_flat_map(|(names, image)| {
-        let names: Vec<String> = names.into_iter().collect();
-        let n = names.len();
-        (
-            Just(names),
-            proptest::collection::vec(draft(), n),
-            Just(image),
-        )
-            .prop_map(|(names, drafts, image)| build(names, drafts, image))
-    })
+    (
+        proptest::collection::hash_set(vm_name(), 0..6),
+        image,
+        networks(),
+    )
+        .prop_flat_map(|(names, image, nets)| {
+            let names: Vec<String> = names.into_iter().collect();
+            let n = names.len();
+            (
+                Just(names),
+                proptest::collection::vec(draft(), n),
+                Just(image),
+                Just(nets),
+                proptest::collection::vec(proptest::collection::vec(any::<usize>(), 0..3), n),
+            )
+                .prop_map(|(names, drafts, image, nets, picks)| {
+                    build(names, drafts, image, nets, picks)
+                })
+        })
 }
 
 proptest! {

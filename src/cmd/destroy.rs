@@ -34,7 +34,8 @@ pub struct Args {
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let state_dir = g.state_dir_for(&args.file.file);
-    if !state_dir.join("vms").is_dir() {
+    let net = vmctl_hostnet::HostNet::new(&state_dir);
+    if !state_dir.join("vms").is_dir() && !net.has_records() {
         println!("Nothing to destroy: no VMs in {}.", state_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -54,17 +55,24 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     }
     let doomed = |n: &str| args.names.is_empty() || args.names.iter().any(|x| x == n);
     // The desired state is everything that survives; the plan's destroy
-    // actions (and only those) are what we run.
+    // actions (and only those) are what we run. Destroying everything takes
+    // the networks too; destroying some VMs keeps them.
     let keep: Vec<_> = observed
         .vms
         .values()
         .filter(|v| !doomed(v.name()))
         .map(|v| v.record.spec.clone())
         .collect();
+    let everything = args.names.is_empty();
     let desired = DesiredState {
         format_version: vmctl_spec::FORMAT_VERSION.to_string(),
         vms: keep,
         images: Vec::new(),
+        networks: if everything {
+            Vec::new()
+        } else {
+            observed.networks.values().map(|n| n.spec.clone()).collect()
+        },
     };
     let full = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
         .map_err(|e| miette::miette!("cannot plan: {e}"))?;
@@ -80,8 +88,14 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     }
     let plan = Plan { actions };
     if plan.actions.is_empty() {
+        if everything {
+            sweep(&net)?;
+        }
         println!("Nothing to destroy.");
         return Ok(ExitCode::SUCCESS);
+    }
+    if crate::reconcile::touches_host_network(&plan) && !vmctl_hostnet::has_net_admin() {
+        return Err(crate::reconcile::PassError::NoNetAdmin.into());
     }
     print!("{}", render::text(&plan));
     if !args.auto_approve && !crate::cmd::apply::confirm("destroy these VMs")? {
@@ -99,6 +113,10 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let start = Instant::now();
     let on_event = |e: &Event<'_>| reporter.event(e);
     let outcome = engine::apply(&backend, &plan, &desired, Some(&journal), &opts, &on_event);
+    if outcome.ok() && everything {
+        // Whatever a crashed apply left behind with this lab's names goes too.
+        sweep(&net)?;
+    }
     if outcome.ok() {
         println!(
             "\nDestroy complete: {} VM(s) in {:.1}s.",
@@ -115,4 +133,19 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
             outcome.failed.len()
         ))
     }
+}
+
+/// Remove every bridge and tap with this lab's names (recorded or left by a
+/// crash) and the network records.
+fn sweep(net: &vmctl_hostnet::HostNet) -> miette::Result<()> {
+    if !net.has_records() {
+        return Ok(());
+    }
+    let removed = net
+        .sweep()
+        .map_err(|e| miette::miette!("cannot remove the lab's network interfaces: {e}"))?;
+    for name in removed {
+        tracing::info!("removed leftover interface {name}");
+    }
+    Ok(())
 }

@@ -41,12 +41,27 @@ impl Global {
 
 /// Load and validate a KDL file, printing its warnings to stderr; errors come
 /// back as the file's diagnostics.
-pub fn load(file: &Path) -> miette::Result<vmctl_spec::Loaded> {
-    let loaded = vmctl_spec::load_file(file)?;
+pub fn load(g: &Global, file: &Path) -> miette::Result<vmctl_spec::Loaded> {
+    let loaded = load_quiet(g, file)?;
     for w in &loaded.warnings {
         eprintln!("{w:?}");
     }
     Ok(loaded)
+}
+
+/// Load a KDL file for its lab: networks resolve against the lab's identity
+/// (its state directory), the host's routes and the subnets recorded there
+/// (docs/networking-hosts.md). Reads only.
+pub fn load_quiet(g: &Global, file: &Path) -> Result<vmctl_spec::Loaded, vmctl_spec::SpecError> {
+    let hn = vmctl_hostnet::HostNet::new(&g.state_dir_for(file));
+    let env = hn.net_env().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the lab's network records: {e}");
+        vmctl_spec::net::NetEnv {
+            lab: vmctl_hostnet::lab_identity(&g.state_dir_for(file)),
+            ..Default::default()
+        }
+    });
+    vmctl_spec::load_file_in(file, &env)
 }
 
 /// Write `text` to stdout. A closed pipe (`vmctl plan | head`) is not an

@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let loaded = crate::cmd::load(&args.file.file)?;
+    let loaded = crate::cmd::load(g, &args.file.file)?;
     let state_dir = g.state_dir_for(&args.file.file);
     let backend = crate::backend::open(&state_dir)
         .map_err(|e| miette::miette!("cannot open {}: {e}", state_dir.display()))?;
@@ -91,6 +91,7 @@ mod tests {
             format_version: "1".into(),
             vms,
             images: vec![],
+            networks: vec![],
         }
     }
 

@@ -21,8 +21,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let loaded = crate::cmd::load(&args.file.file)?;
+pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
+    let loaded = crate::cmd::load(g, &args.file.file)?;
     let text = if args.json {
         let mut t = serde_json::to_string_pretty(&loaded.state)
             .map_err(|e| miette::miette!("cannot render the desired state as JSON: {e}"))?;
@@ -30,7 +30,8 @@ pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
         t
     } else {
         format!(
-            "{}{}: {} VM(s), valid\n",
+            "{}{}{}: {} VM(s), valid\n",
+            networks(&loaded.state),
             summary(&loaded.state),
             args.file.file.display(),
             loaded.state.vms.len()
@@ -40,7 +41,22 @@ pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line per VM: name, os, cpus/max, memory/max, disks.
+/// One line per network: name, subnet, the host's address, NAT.
+fn networks(state: &DesiredState) -> String {
+    state
+        .networks
+        .iter()
+        .map(|n| {
+            let nat = if n.nat { "  nat" } else { "" };
+            format!(
+                "network {}  {}  host {}{nat}\n",
+                n.name, n.subnet, n.host_ip
+            )
+        })
+        .collect()
+}
+
+/// One line per VM: name, os, cpus/max, memory/max, disks (and NICs).
 fn summary(state: &DesiredState) -> String {
     let rows: Vec<[String; 5]> = state.vms.iter().map(row).collect();
     let mut widths = [0usize; 5];
@@ -76,6 +92,11 @@ fn row(vm: &VmSpec) -> [String; 5] {
             .collect();
         format!("disks: {}", d.join(", "))
     };
+    let nics: String = vm
+        .nics
+        .iter()
+        .map(|n| format!("; nic {} {} {}", n.network, n.ip, n.mac))
+        .collect();
     [
         vm.name.clone(),
         vm.os.clone(),
@@ -85,6 +106,6 @@ fn row(vm: &VmSpec) -> [String; 5] {
             format_mib(vm.memory_mib),
             format_mib(vm.max_memory_mib)
         ),
-        disks,
+        format!("{disks}{nics}"),
     ]
 }

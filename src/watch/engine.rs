@@ -56,7 +56,7 @@ impl Engine for ReconcileEngine<'_> {
                 self.file.display()
             ));
         }
-        match vmctl_spec::load_file(&self.file) {
+        match crate::cmd::load_quiet(self.global, &self.file) {
             Ok(loaded) => {
                 let report = LoadReport {
                     vms: loaded.state.vms.len(),

@@ -80,6 +80,9 @@ mod tests {
             new: None,
             old: None,
             source: None,
+            resource: Default::default(),
+            network: None,
+            network_old: None,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Builders shared by the planner's integration tests.
 #![allow(dead_code)]
 
-use vmctl_planner::{Desired, Live, LiveDisk, ObservedState, ObservedVm, Record, RunState};
-use vmctl_spec::{DesiredState, DiskFormat, DiskSpec, VmSpec};
+use vmctl_planner::{
+    Desired, Live, LiveDisk, ObservedNetwork, ObservedState, ObservedVm, Record, RunState,
+};
+use vmctl_spec::{DesiredState, DiskFormat, DiskSpec, MacAddr, NetworkSpec, NicSpec, VmSpec};
 
 pub const GIB: u64 = 1 << 30;
 
@@ -22,6 +24,27 @@ pub fn debian(name: &str) -> VmSpec {
     }
 }
 
+/// A network on `subnet` (e.g. "10.20.0.0/24").
+pub fn net(name: &str, subnet: &str) -> NetworkSpec {
+    NetworkSpec::new(name, subnet.parse().expect("test subnet"))
+}
+
+/// A NIC on `network` with address `ip`; the MAC is made from the address.
+pub fn nic(network: &str, ip: &str) -> NicSpec {
+    let ip: std::net::Ipv4Addr = ip.parse().expect("test ip");
+    let [a, b, c, d] = ip.octets();
+    NicSpec {
+        network: network.into(),
+        ip,
+        mac: MacAddr([0x02, 0, a, b, c, d]),
+    }
+}
+
+/// `vm` with NICs.
+pub fn on(vm: VmSpec, nics: Vec<NicSpec>) -> VmSpec {
+    VmSpec { nics, ..vm }
+}
+
 pub fn disk(name: &str, size: u64) -> DiskSpec {
     DiskSpec {
         name: name.into(),
@@ -38,6 +61,7 @@ pub fn desired(vms: Vec<VmSpec>) -> DesiredState {
         format_version: "1".into(),
         vms,
         images: vec![],
+        networks: vec![],
     }
 }
 
@@ -87,6 +111,12 @@ pub fn converged(d: &DesiredState) -> ObservedState {
             RunState::Stopped
         };
         o.insert(observed_vm(s, st));
+    }
+    for n in &d.networks {
+        o.insert_network(ObservedNetwork {
+            spec: n.clone(),
+            present: true,
+        });
     }
     o
 }
