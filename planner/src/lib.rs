@@ -26,6 +26,8 @@
 //! * [`diff`] — attribute differences, classified by the table.
 //! * [`plan`](mod@plan) — the action DAG (petgraph), in execution order.
 //! * [`render`] — text and JSON output.
+//! * [`saved`] — saved plans: the basis a plan was computed from, and
+//!   what changed since (`plan -out`, `apply FILE`, `show`).
 //! * [`engine`] — walks the DAG with bounded parallelism; [`journal`] — the
 //!   fsync'd intent log that makes a killed apply recoverable.
 //!
@@ -39,6 +41,7 @@ pub mod journal;
 pub mod observed;
 pub mod plan;
 pub mod render;
+pub mod saved;
 pub mod size;
 
 pub use backend::{Backend, BackendError};
