@@ -9,6 +9,7 @@ pub mod image;
 pub mod kvm_cpuid;
 pub mod logs;
 pub mod plan;
+pub mod show;
 pub mod status;
 pub mod validate;
 pub mod vmm;
@@ -86,6 +87,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate(a) => validate::run(&g, a),
         Command::Plan(a) => plan::run(&g, a),
         Command::Apply(a) => apply::run(&g, a),
+        Command::Show(a) => show::run(&g, a),
         Command::Destroy(a) => destroy::run(&g, a),
         Command::Status(a) => status::run(&g, a),
         Command::Console(a) => console::run(&g, a),
