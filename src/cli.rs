@@ -77,6 +77,8 @@ pub enum Command {
     Apply(crate::cmd::apply::Args),
     /// Render a saved plan (`vmctl plan --out FILE`).
     Show(crate::cmd::show::Args),
+    /// Rewrite KDL files in the canonical layout (`--check`: only list them).
+    Fmt(crate::cmd::fmt::Args),
     /// Stop and remove VMs (all in the state directory, or the named ones).
     Destroy(crate::cmd::destroy::Args),
     /// Show what is really running.

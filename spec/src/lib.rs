@@ -10,6 +10,7 @@
 //! state back as KDL.
 
 pub mod diagnostic;
+pub mod fmt;
 pub mod guest;
 pub mod model;
 pub mod names;

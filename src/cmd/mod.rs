@@ -5,6 +5,7 @@ pub mod apply;
 pub mod console;
 pub mod destroy;
 pub mod explain;
+pub mod fmt;
 pub mod image;
 pub mod kvm_cpuid;
 pub mod logs;
@@ -88,6 +89,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(a) => plan::run(&g, a),
         Command::Apply(a) => apply::run(&g, a),
         Command::Show(a) => show::run(&g, a),
+        Command::Fmt(a) => fmt::run(&g, a),
         Command::Destroy(a) => destroy::run(&g, a),
         Command::Status(a) => status::run(&g, a),
         Command::Console(a) => console::run(&g, a),
