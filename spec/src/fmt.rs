@@ -7,6 +7,8 @@
 //!    separators become line breaks); `{` on the node's line.
 //! 2. **Spacing**: one space between a node name and each entry, none
 //!    around `=`; no trailing whitespace; the file ends in one newline.
+//!    `//` comments ending consecutive lines of a block start in one
+//!    column, one space after the longest of those lines.
 //! 3. **Blank lines**: a run of blank lines between two nodes becomes one;
 //!    none at the start of a file or of a block.
 //! 4. **Quoting**: every string is a `"…"` string (bare identifiers such as
@@ -49,20 +51,22 @@ pub fn format(text: &str) -> Result<String, FmtError> {
     // back, re-indented.
     let mut doc = orig.clone();
     doc.autoformat();
-    restore(&mut doc, &orig, 0);
+    let mut trailing = Vec::new();
+    restore(&mut doc, &orig, 0, &mut trailing);
     if let (Some(f), Some(o)) = (doc.format_mut(), orig.format()) {
         f.leading = reindent(&o.leading, 0, true);
         f.trailing = reindent(&o.trailing, 0, false);
     }
     let mut out = doc.to_string();
     // No trailing whitespace; exactly one newline at the end.
-    let mut lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    let mut lines: Vec<String> = out.lines().map(|l| l.trim_end().to_string()).collect();
     while lines.first().is_some_and(|l| l.is_empty()) {
         lines.remove(0);
     }
     while lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
+    align_comments(&mut lines, &trailing);
     out = lines.join("\n");
     if !out.is_empty() {
         out.push('\n');
@@ -127,7 +131,7 @@ fn reindent(text: &str, depth: usize, first: bool) -> String {
 /// Put the original comments back around each node and entry of the
 /// autoformatted `doc` (same shape as `orig`), and give every entry its
 /// canonical text.
-fn restore(doc: &mut KdlDocument, orig: &KdlDocument, depth: usize) {
+fn restore(doc: &mut KdlDocument, orig: &KdlDocument, depth: usize, trailing: &mut Vec<String>) {
     for (n, (node, onode)) in doc.nodes_mut().iter_mut().zip(orig.nodes()).enumerate() {
         if let (Some(f), Some(o)) = (node.format_mut(), onode.format()) {
             let lead = match o.leading.split_once('\n') {
@@ -147,6 +151,7 @@ fn restore(doc: &mut KdlDocument, orig: &KdlDocument, depth: usize) {
             };
             let comment = o.terminator.trim_start_matches(';').trim();
             if !comment.is_empty() {
+                trailing.push(comment.to_string());
                 f.before_terminator = " ".into();
                 f.terminator = format!("{comment}\n");
             }
@@ -163,7 +168,7 @@ fn restore(doc: &mut KdlDocument, orig: &KdlDocument, depth: usize) {
         }
         if let (Some(children), Some(ochildren)) = (node.children_mut().as_mut(), onode.children())
         {
-            restore(children, ochildren, depth + 1);
+            restore(children, ochildren, depth + 1, trailing);
             if let (Some(f), Some(o)) = (children.format_mut(), ochildren.format()) {
                 // A comment right after `{` stays there; comment lines
                 // below it are re-indented.
@@ -179,10 +184,54 @@ fn restore(doc: &mut KdlDocument, orig: &KdlDocument, depth: usize) {
                     .filter(|c| !c.is_empty())
                     .map(|c| format!(" {c}"))
                     .collect();
+                if inline.trim_start().starts_with("//") {
+                    trailing.push(inline.trim_start().to_string());
+                }
                 f.leading = format!("{inline}\n{}", reindent(rest, depth + 1, true));
                 f.trailing = reindent(&o.trailing, depth + 1, false) + &indent(depth);
             }
         }
+    }
+}
+
+/// Line comments at the end of consecutive lines of one block (same
+/// indentation) start in one column: one space after the longest line.
+/// `trailing` holds the comments placed at line ends, so a `//` inside a
+/// string is never taken for one.
+fn align_comments(lines: &mut [String], trailing: &[String]) {
+    let split = |l: &str| -> Option<(usize, usize)> {
+        trailing
+            .iter()
+            .filter(|c| l.len() > c.len() && l.ends_with(c.as_str()))
+            .map(|c| l.len() - c.len())
+            .find(|&at| l[..at].ends_with(' ') && !l[..at].trim().is_empty())
+            .map(|at| (l[..at].trim_end().chars().count(), at))
+    };
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(_) = split(&lines[i]) else {
+            i += 1;
+            continue;
+        };
+        let ind = indent_of(&lines[i]);
+        let mut j = i;
+        while j < lines.len() && indent_of(&lines[j]) == ind && split(&lines[j]).is_some() {
+            j += 1;
+        }
+        let width = lines[i..j]
+            .iter()
+            .filter_map(|l| split(l).map(|(w, _)| w))
+            .max()
+            .unwrap_or(0);
+        for l in &mut lines[i..j] {
+            if let Some((w, at)) = split(l) {
+                let code = l[..at].trim_end().to_string();
+                let comment = l[at..].to_string();
+                *l = format!("{code}{} {comment}", " ".repeat(width - w));
+            }
+        }
+        i = j;
     }
 }
 
@@ -238,6 +287,9 @@ pub fn normalise_size(text: &str) -> String {
     let Ok(bytes) = parse_size(text) else {
         return text.to_string();
     };
+    if bytes == 0 {
+        return text.trim().replace(['_', ' '], "");
+    }
     let unit: String = text
         .trim()
         .trim_start_matches(|c: char| c.is_ascii_digit() || c == '_')

@@ -85,7 +85,7 @@ fn comments_and_order_are_kept() {
         concat!(
             "// header\n// two lines\nvm \"z\" { // why z\n",
             "  os \"diag\" /* inline */\n  /- cpus 4\n  cpus 2 // two\n",
-            "      /* a block\n         comment */\n  memory \"128MiB\"\n  // last in block\n}\n",
+            "      /* a block\n         comment */\n  memory \"128MiB\" // boot memory\n  cpu-weight 200 // a share\n  // last in block\n}\n",
             "/- vm \"old\" {\n    os \"diag\"\n}\nvm \"a\" {    // aligned\n    os \"diag\"         // comments\n}\n// the end\n",
         ),
     );
