@@ -37,3 +37,13 @@ fn check_lists_and_fmt_rewrites() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("bad.kdl"), "{}", text(&out));
 }
+
+#[test]
+fn every_kdl_file_in_the_repository_is_formatted() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmctl"))
+        .args(["fmt", "--check"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run vmctl fmt");
+    assert!(out.status.success(), "run `vmctl fmt` on:\n{}", text(&out));
+}
