@@ -79,6 +79,10 @@ pub enum Command {
     Show(crate::cmd::show::Args),
     /// Rewrite KDL files in the canonical layout (`--check`: only list them).
     Fmt(crate::cmd::fmt::Args),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(crate::cmd::completions::Args),
+    /// Print the man page (or write one per command with --out-dir).
+    Man(crate::cmd::completions::ManArgs),
     /// Stop and remove VMs (all in the state directory, or the named ones).
     Destroy(crate::cmd::destroy::Args),
     /// Show what is really running.
@@ -93,6 +97,9 @@ pub enum Command {
     Explain(crate::cmd::explain::Args),
     /// Build, list and remove the built-in OS images (debian-12, debian-12-minimal).
     Image(crate::cmd::image::Args),
+    /// Print the VM names a file declares (internal: shell completion).
+    #[command(name = "__complete-vms", hide = true)]
+    CompleteVms(crate::cmd::completions::VmsArgs),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),

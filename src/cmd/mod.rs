@@ -2,6 +2,7 @@
 //! `Args` struct and a `run(&Global, Args) -> miette::Result<ExitCode>`.
 
 pub mod apply;
+pub mod completions;
 pub mod console;
 pub mod destroy;
 pub mod explain;
@@ -90,6 +91,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply(a) => apply::run(&g, a),
         Command::Show(a) => show::run(&g, a),
         Command::Fmt(a) => fmt::run(&g, a),
+        Command::Completions(a) => completions::run(&g, a),
+        Command::Man(a) => completions::man(&g, a),
+        Command::CompleteVms(a) => completions::vms(&g, a),
         Command::Destroy(a) => destroy::run(&g, a),
         Command::Status(a) => status::run(&g, a),
         Command::Console(a) => console::run(&g, a),
