@@ -5,6 +5,7 @@ mod backend;
 mod builtin_os;
 mod cli;
 mod cmd;
+mod gitignore_hint;
 mod lock;
 mod reconcile;
 mod report;
