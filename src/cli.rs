@@ -77,12 +77,6 @@ pub enum Command {
     Apply(crate::cmd::apply::Args),
     /// Render a saved plan (`vmctl plan --out FILE`).
     Show(crate::cmd::show::Args),
-    /// Rewrite KDL files in the canonical layout (`--check`: only list them).
-    Fmt(crate::cmd::fmt::Args),
-    /// Print a shell completion script (bash, zsh or fish).
-    Completions(crate::cmd::completions::Args),
-    /// Print the man page (or write one per command with --out-dir).
-    Man(crate::cmd::completions::ManArgs),
     /// Stop and remove VMs (all in the state directory, or the named ones).
     Destroy(crate::cmd::destroy::Args),
     /// Show what is really running.
@@ -97,6 +91,12 @@ pub enum Command {
     Explain(crate::cmd::explain::Args),
     /// Build, list and remove the built-in OS images (debian-12, debian-12-minimal).
     Image(crate::cmd::image::Args),
+    /// Rewrite KDL files in the canonical layout (`--check`: only list them).
+    Fmt(crate::cmd::fmt::Args),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(crate::cmd::completions::Args),
+    /// Print the man page (or write one per command with --out-dir).
+    Man(crate::cmd::completions::ManArgs),
     /// Print the VM names a file declares (internal: shell completion).
     #[command(name = "__complete-vms", hide = true)]
     CompleteVms(crate::cmd::completions::VmsArgs),
