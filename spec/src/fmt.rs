@@ -24,7 +24,10 @@
 //!
 //! The formatter works on the `kdl` crate's document (which keeps comments
 //! and whitespace as text around each node and entry) and only rewrites
-//! that text, so it cannot reorder or drop anything.
+//! that text, so it cannot reorder anything. The one comment the crate
+//! drops while parsing — after a block's closing `}` — makes `format`
+//! refuse the file (naming the comment) instead of losing it: every
+//! comment of the input is checked to be in the output.
 
 use kdl::{KdlDocument, KdlEntry, KdlEntryFormat, KdlValue};
 
@@ -71,7 +74,94 @@ pub fn format(text: &str) -> Result<String, FmtError> {
     if !out.is_empty() {
         out.push('\n');
     }
+    // The kdl crate drops a comment after a block's `}` when it parses; a
+    // formatter must never lose one, so a file that would is refused.
+    let (before, after) = (comments(text), comments(&out));
+    if before != after {
+        let lost = before
+            .iter()
+            .find(|c| !after.contains(c))
+            .cloned()
+            .unwrap_or_default();
+        return Err(FmtError(format!(
+            "formatting would lose the comment `{lost}` (a comment after a block's closing `}}` is not kept); move it to its own line"
+        )));
+    }
     Ok(out)
+}
+
+/// Every comment of a KDL text, in order, whitespace collapsed: `// …`,
+/// `/* … */` (nested) and `/-` markers; strings (quoted, raw, multi-line)
+/// are skipped. Used to prove formatting kept them all.
+fn comments(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let collapse = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let find = |from: usize, pat: &[u8]| -> usize {
+        b[from.min(b.len())..]
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map_or(b.len(), |p| from + p + pat.len())
+    };
+    while i < b.len() {
+        match b[i] {
+            b'"' if b[i..].starts_with(b"\"\"\"") => i = find(i + 3, b"\"\"\""),
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'#' => {
+                let hashes = b[i..].iter().take_while(|&&c| c == b'#').count();
+                let at = i + hashes;
+                if b.get(at) == Some(&b'"') {
+                    let quotes = if b[at..].starts_with(b"\"\"\"") { 3 } else { 1 };
+                    let mut close = vec![b'"'; quotes];
+                    close.extend(std::iter::repeat_n(b'#', hashes));
+                    i = find(at + quotes, &close);
+                } else {
+                    i = at;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                let end = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |p| i + p);
+                out.push(collapse(&String::from_utf8_lossy(&b[i..end])));
+                i = end;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let (start, mut depth) = (i, 0usize);
+                while i < b.len() {
+                    if b[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                out.push(collapse(&String::from_utf8_lossy(
+                    &b[start..i.min(b.len())],
+                )));
+            }
+            b'/' if b.get(i + 1) == Some(&b'-') => {
+                out.push("/-".to_string());
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    out
 }
 
 fn indent(depth: usize) -> String {
@@ -149,6 +239,11 @@ fn restore(doc: &mut KdlDocument, orig: &KdlDocument, depth: usize, trailing: &m
             } else {
                 format!(" {inline}")
             };
+            // A comment (or a `/-` commented-out block) before `{` is kept.
+            let before = o.before_children.trim();
+            if !before.is_empty() {
+                f.before_children = format!(" {before} ");
+            }
             let comment = o.terminator.trim_start_matches(';').trim();
             if !comment.is_empty() {
                 trailing.push(comment.to_string());
@@ -367,6 +462,18 @@ mod tests {
         for s in ["1024MiB", "1G", "1000MB", "7KB", "3T", "0B"] {
             assert_eq!(parse_size(&normalise_size(s)), parse_size(s), "{s}");
         }
+    }
+
+    #[test]
+    fn comments_are_found_outside_strings_only() {
+        let t = "a \"// no\" #\"/* no */\"# /* yes /* nested */ */ b // yes too\n/- c\n\"\"\"\n// no\n\"\"\"";
+        assert_eq!(comments(t), ["/* yes /* nested */ */", "// yes too", "/-"]);
+    }
+
+    #[test]
+    fn a_comment_kdl_would_drop_is_refused_not_lost() {
+        let e = format("vm \"a\" {\n    os \"diag\"\n} // end of a\n").unwrap_err();
+        assert!(e.to_string().contains("`// end of a`"), "{e}");
     }
 
     #[test]
