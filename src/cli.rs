@@ -31,14 +31,52 @@ pub struct FileArg {
     pub file: PathBuf,
 }
 
+/// How `plan` and `show` print a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Terraform-style text.
+    Text,
+    /// The `plan --json` document (`show --json`: the whole saved plan).
+    Json,
+    /// A compact summary for a pull-request comment.
+    Markdown,
+}
+
+impl OutputFormat {
+    /// `--format`, with `--json` as the older spelling of `--format json`.
+    pub fn pick(format: Option<OutputFormat>, json: bool) -> OutputFormat {
+        match (format, json) {
+            (Some(f), _) => f,
+            (None, true) => OutputFormat::Json,
+            (None, false) => OutputFormat::Text,
+        }
+    }
+}
+
+/// Terraform spells it `plan -out FILE`; clap's long options take two
+/// dashes. `-out`/`-out=FILE` are rewritten to `--out` before parsing.
+pub fn normalise_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-out") => "--out".into(),
+            Some(s) if s.starts_with("-out=") => format!("-{s}").into(),
+            _ => a,
+        })
+        .collect()
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Parse and validate a KDL file; print the resolved desired state.
     Validate(crate::cmd::validate::Args),
     /// Show what apply would change, and why.
     Plan(crate::cmd::plan::Args),
-    /// Make the running VMs match the file.
+    /// Make the running VMs match the file, or apply a saved plan exactly.
     Apply(crate::cmd::apply::Args),
+    /// Render a saved plan (`vmctl plan --out FILE`).
+    Show(crate::cmd::show::Args),
     /// Stop and remove VMs (all in the state directory, or the named ones).
     Destroy(crate::cmd::destroy::Args),
     /// Show what is really running.
@@ -53,6 +91,15 @@ pub enum Command {
     Explain(crate::cmd::explain::Args),
     /// Build, list and remove the built-in OS images (debian-12, debian-12-minimal).
     Image(crate::cmd::image::Args),
+    /// Rewrite KDL files in the canonical layout (`--check`: only list them).
+    Fmt(crate::cmd::fmt::Args),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(crate::cmd::completions::Args),
+    /// Print the man page (or write one per command with --out-dir).
+    Man(crate::cmd::completions::ManArgs),
+    /// Print the VM names a file declares (internal: shell completion).
+    #[command(name = "__complete-vms", hide = true)]
+    CompleteVms(crate::cmd::completions::VmsArgs),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),

@@ -35,11 +35,12 @@ pub struct StateLock {
     _file: File,
 }
 
-/// Take the exclusive lock, creating the state directory if needed. Prints one
-/// line to stderr when it has to wait.
+/// Take the exclusive lock, creating the state directory if needed (with
+/// the one-time `.gitignore` hint inside a git work tree). Prints one line
+/// to stderr when it has to wait.
 pub fn acquire(state_dir: &Path, timeout: Option<Duration>) -> Result<StateLock, LockError> {
     let path = state_dir.join("lock");
-    std::fs::create_dir_all(state_dir).map_err(|source| LockError::Open {
+    crate::gitignore_hint::create_state_dir(state_dir).map_err(|source| LockError::Open {
         path: path.clone(),
         source,
     })?;

@@ -5,9 +5,11 @@ mod backend;
 mod builtin_os;
 mod cli;
 mod cmd;
+mod gitignore_hint;
 mod lock;
 mod reconcile;
 mod report;
+mod saved_plan;
 mod watch;
 
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(cli::normalise_args(std::env::args_os()));
     cmd::init_tracing(&cli);
     match cmd::run(cli) {
         Ok(code) => code,

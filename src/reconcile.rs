@@ -95,6 +95,9 @@ pub enum PassError {
 /// A loaded, locked and planned pass, ready to apply.
 pub struct Prepared {
     pub desired: DesiredState,
+    /// What the plan was computed from (a saved plan's basis is checked
+    /// against it).
+    pub observed: ObservedState,
     pub plan: Plan,
     pub unmanaged: Vec<String>,
     pub backend: backend::RuntimeBackend,
@@ -132,6 +135,7 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
     }
     Ok(Prepared {
         desired,
+        observed,
         plan,
         unmanaged,
         backend,

@@ -26,7 +26,9 @@
 //!   refused per change; [`capabilities::markdown`] documents it.
 //! * [`diff`] — attribute differences, classified by the table.
 //! * [`plan`](mod@plan) — the action DAG (petgraph), in execution order.
-//! * [`render`] — text and JSON output.
+//! * [`render`] — text and JSON output; [`markdown`] — the PR-comment form.
+//! * [`saved`] — saved plans: the basis a plan was computed from, and
+//!   what changed since (`plan -out`, `apply FILE`, `show`).
 //! * [`engine`] — walks the DAG with bounded parallelism; [`journal`] — the
 //!   fsync'd intent log that makes a killed apply recoverable.
 //!
@@ -37,9 +39,11 @@ pub mod capabilities;
 pub mod diff;
 pub mod engine;
 pub mod journal;
+pub mod markdown;
 pub mod observed;
 pub mod plan;
 pub mod render;
+pub mod saved;
 pub mod size;
 
 pub use backend::{Backend, BackendError};

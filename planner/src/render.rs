@@ -26,53 +26,66 @@ pub fn symbol(a: &Action) -> &'static str {
     }
 }
 
-fn spec_lines(out: &mut String, s: &VmSpec) {
-    let _ = writeln!(out, "      os: {}", s.os);
+/// A VM's configuration as `(label, value)` lines, as the text plan shows
+/// a create (and the markdown plan a create's or destroy's details).
+pub fn spec_fields(s: &VmSpec) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut push = |k: &str, v: String| out.push((k.to_string(), v));
+    push("os", s.os.clone());
     if s.max_cpus != s.cpus {
-        let _ = writeln!(out, "      cpus: {} (max {})", s.cpus, s.max_cpus);
+        push("cpus", format!("{} (max {})", s.cpus, s.max_cpus));
     } else {
-        let _ = writeln!(out, "      cpus: {}", s.cpus);
+        push("cpus", s.cpus.to_string());
     }
     if s.max_memory_mib != s.memory_mib {
-        let _ = writeln!(
-            out,
-            "      memory: {} (max {})",
-            human_mib(s.memory_mib),
-            human_mib(s.max_memory_mib)
+        push(
+            "memory",
+            format!(
+                "{} (max {})",
+                human_mib(s.memory_mib),
+                human_mib(s.max_memory_mib)
+            ),
         );
     } else {
-        let _ = writeln!(out, "      memory: {}", human_mib(s.memory_mib));
+        push("memory", human_mib(s.memory_mib));
     }
     for d in &s.disks {
-        let _ = write!(out, "      disk {}: {}", d.name, human_bytes(d.size_bytes));
+        let mut v = human_bytes(d.size_bytes);
         if let Some(p) = &d.path {
-            let _ = write!(out, " at {}", p.display());
+            let _ = write!(v, " at {}", p.display());
         }
-        out.push('\n');
+        push(&format!("disk {}", d.name), v);
     }
     if s.cpu_weight != 100 {
-        let _ = writeln!(out, "      cpu-weight: {}", s.cpu_weight);
+        push("cpu-weight", s.cpu_weight.to_string());
     }
     if !s.depends_on.is_empty() {
-        let _ = writeln!(out, "      depends-on: {}", s.depends_on.join(", "));
+        push("depends-on", s.depends_on.join(", "));
     }
     if !s.autostart {
-        let _ = writeln!(out, "      autostart: false");
+        push("autostart", "false".into());
     }
     if !s.packages.is_empty() {
-        let _ = writeln!(out, "      packages: {}", s.packages.join(", "));
+        push("packages", s.packages.join(", "));
     }
     let c = &s.config;
     if let Some(h) = &c.hostname {
-        let _ = writeln!(out, "      hostname: {h}");
+        push("hostname", h.clone());
     }
     if !c.users.is_empty() {
         let names: Vec<&str> = c.users.iter().map(|u| u.name.as_str()).collect();
-        let _ = writeln!(out, "      users: {}", names.join(", "));
+        push("users", names.join(", "));
     }
     if !c.files.is_empty() {
         let paths: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
-        let _ = writeln!(out, "      files: {}", paths.join(", "));
+        push("files", paths.join(", "));
+    }
+    out
+}
+
+fn spec_lines(out: &mut String, s: &VmSpec) {
+    for (k, v) in spec_fields(s) {
+        let _ = writeln!(out, "      {k}: {v}");
     }
     for n in &s.nics {
         let _ = writeln!(out, "      nic {}: {} mac {}", n.network, n.ip, n.mac);

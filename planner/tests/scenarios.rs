@@ -20,6 +20,17 @@ fn snap(name: &str, d: &DesiredState, o: &ObservedState, caps: Capabilities) -> 
     p
 }
 
+/// The markdown (PR comment) rendering of a scenario's plan.
+fn snap_markdown(name: &str, p: &Plan) {
+    insta::with_settings!({
+        snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/planner"),
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(format!("{name}_markdown"), vmctl_planner::markdown::markdown(p));
+    });
+}
+
 fn all() -> Capabilities {
     Capabilities::all()
 }
@@ -46,6 +57,7 @@ fn lab() -> DesiredState {
 #[test]
 fn fresh_lab() {
     let p = snap("fresh_lab", &lab(), &ObservedState::new(), all());
+    snap_markdown("fresh_lab", &p);
     let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(
         ids,
@@ -63,6 +75,7 @@ fn fresh_lab() {
 fn no_op() {
     let d = lab();
     let p = snap("no_op", &d, &converged(&d), all());
+    snap_markdown("no_op", &p);
     assert!(p.actions.is_empty());
 }
 
@@ -226,6 +239,7 @@ fn refused_disk_shrink() {
     );
     let s = p.summary();
     assert_eq!((s.refused, s.update_live), (1, 1));
+    snap_markdown("refused_shrink", &p);
 }
 
 #[test]
@@ -248,6 +262,7 @@ fn os_change_replaces() {
             .unwrap()
             .contains("destroys the VM's disks")
     );
+    snap_markdown("os_replace", &p);
 }
 
 #[test]
@@ -405,6 +420,7 @@ fn copy_refused_without_capability() {
             .unwrap()
             .contains("runtime cannot copy VMs")
     );
+    snap_markdown("copy_refused", &p);
 }
 
 #[test]
@@ -429,7 +445,7 @@ fn mixed_changes() {
         depends_on: vec!["web".into()],
         ..vm("new")
     };
-    snap(
+    let p = snap(
         "mixed",
         &desired(vec![db2, web2, cache.clone(), new]),
         &observed(&[
@@ -440,6 +456,13 @@ fn mixed_changes() {
         ]),
         all(),
     );
+    snap_markdown("mixed", &p);
+    // The PR comment puts what goes down first: the destroy, then the
+    // restart, then the rest in plan order.
+    let md = vmctl_planner::markdown::markdown(&p);
+    let row = |s: &str| md.find(s).unwrap_or(usize::MAX);
+    assert!(row("| `-` | `old` |") < row("| `~!` | `web` |"), "{md}");
+    assert!(row("| `~!` | `web` |") < row("| `~` | `db` |"), "{md}");
 }
 
 #[test]
@@ -804,6 +827,7 @@ fn network_removed_goes_after_its_last_vm() {
     // The file drops `web` and the network; `db` loses its NIC.
     let d = desired(vec![vm("db")]);
     let p = snap("network_removed", &d, &o, all());
+    snap_markdown("network_removed", &p);
     let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["web:destroy", "db:restart", "network:lab:destroy"]);
     let last = &p.actions[2];

@@ -11,6 +11,7 @@
 //! writes a resolved state back as KDL.
 
 pub mod diagnostic;
+pub mod fmt;
 pub mod guest;
 pub mod model;
 pub mod names;

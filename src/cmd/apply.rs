@@ -5,8 +5,14 @@
 //! with up to `--parallelism` actions at once. VMs the file no longer declares
 //! are destroyed (Terraform's semantics), except that a file with no VMs at
 //! all never destroys everything.
+//!
+//! `vmctl apply PLANFILE` applies a saved plan (`plan --out`) exactly and
+//! without asking: under the lock it observes again and refuses, naming
+//! each change and running nothing, unless everything the plan was computed
+//! from is as it was.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,11 +21,15 @@ use vmctl_planner::render;
 
 use crate::cli::FileArg;
 use crate::cmd::Global;
-use crate::reconcile::{self, ReconcileOptions};
+use crate::reconcile::{self, Prepared, ReconcileOptions};
 use crate::report::{Mode, Reporter};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// A saved plan (`vmctl plan --out FILE`): apply exactly it, without
+    /// asking; refused (exit 1, nothing run) if anything changed since.
+    #[arg(value_name = "PLANFILE", conflicts_with = "file")]
+    pub plan_file: Option<PathBuf>,
     #[command(flatten)]
     pub file: FileArg,
     /// Do not ask for confirmation.
@@ -55,16 +65,77 @@ pub fn confirm(question: &str) -> miette::Result<bool> {
 }
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let opts = ReconcileOptions {
-        file: args.file.file.clone(),
+    if let Some(plan_file) = &args.plan_file {
+        return run_saved(g, &args, plan_file);
+    }
+    let opts = options(&args, args.file.file.clone(), None);
+    let prepared = reconcile::prepare(g, &opts)?;
+    carry_out(&prepared, &args, !args.auto_approve)
+}
+
+fn options(
+    args: &Args,
+    file: PathBuf,
+    desired: Option<vmctl_spec::DesiredState>,
+) -> ReconcileOptions {
+    ReconcileOptions {
+        file,
         parallelism: args.parallelism,
         prune: true,
         allow_empty: false,
         lock_timeout: args.lock_timeout.map(Duration::from_secs),
         print: !args.json,
-        desired: None,
+        desired,
+    }
+}
+
+/// `apply PLANFILE`: check the saved plan's basis against what is there now
+/// (under the lock), then carry out exactly the saved plan.
+fn run_saved(g: &Global, args: &Args, plan_file: &std::path::Path) -> miette::Result<ExitCode> {
+    let (saved, plan) = crate::saved_plan::read(plan_file)?;
+    if let Some(dir) = &g.state_dir {
+        let dir = std::path::absolute(dir).unwrap_or(dir.clone());
+        if dir != saved.state_dir {
+            return Err(miette::miette!(
+                "the saved plan {} was computed against the state directory {}, not {}; nothing was applied",
+                plan_file.display(),
+                saved.state_dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    let g = Global {
+        state_dir: Some(saved.state_dir.clone()),
     };
-    let prepared = reconcile::prepare(g, &opts)?;
+    let desired = crate::cmd::load(&g, &saved.file).map_err(|e| {
+        e.wrap_err(format!(
+            "the saved plan's file {} no longer loads; nothing was applied",
+            saved.file.display()
+        ))
+    })?;
+    let opts = options(args, saved.file.clone(), Some(desired.state));
+    let mut prepared = reconcile::prepare(&g, &opts)?;
+    let now = crate::saved_plan::basis(
+        &prepared.desired,
+        &saved.file,
+        vmctl_planner::Backend::capabilities(&prepared.backend),
+        &prepared.observed,
+    );
+    let changes = saved.staleness(crate::saved_plan::VMCTL_VERSION, &now);
+    if !changes.is_empty() {
+        return Err(crate::saved_plan::Stale {
+            path: plan_file.to_path_buf(),
+            changes: changes.iter().map(ToString::to_string).collect(),
+        }
+        .into());
+    }
+    // The basis is what it was, so this is the plan the reviewer saw.
+    prepared.plan = plan;
+    carry_out(&prepared, args, false)
+}
+
+/// Show the plan, ask when `ask`, apply, report.
+fn carry_out(prepared: &Prepared, args: &Args, ask: bool) -> miette::Result<ExitCode> {
     let reporter = Reporter::new(Mode::detect(args.json));
     let summary = prepared.plan.summary();
     // Refused changes (a disk shrink, a copy the runtime cannot make) are
@@ -83,18 +154,18 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         print!("{}", render::text(&prepared.plan));
     }
     if !summary.has_actions() {
-        reconcile::settle(&prepared, &reporter)?;
+        reconcile::settle(prepared, &reporter)?;
         if args.json {
             reporter.json_line(json!({"event": "summary", "no_changes": refused.is_empty(),
                 "succeeded": 0, "failed": 0, "refused": refused.len()}));
         }
         return Ok(refused_exit(&refused, args.json));
     }
-    if !args.auto_approve && !confirm("perform these actions")? {
+    if ask && !confirm("perform these actions")? {
         println!("Apply cancelled.");
         return Ok(ExitCode::from(1));
     }
-    let out = reconcile::execute(&prepared, args.parallelism, &reporter)?;
+    let out = reconcile::execute(prepared, args.parallelism, &reporter)?;
     if args.json {
         reporter.json_line(json!({
             "event": "summary",

@@ -26,6 +26,7 @@ pub struct Args {
     #[command(flatten)]
     pub file: FileArg,
     /// The VM to attach to.
+    #[arg(value_name = "NAME")]
     pub name: String,
 }
 

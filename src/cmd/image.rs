@@ -178,6 +178,8 @@ fn build(
     } else {
         LockMode::Honour
     };
+    crate::gitignore_hint::create_state_dir(&state)
+        .map_err(|e| miette::miette!("cannot create {}: {e}", state.display()))?;
     let started = std::time::Instant::now();
     let img = image::build(&state, &lock, variant, mode).map_err(|e| miette::miette!("{e}"))?;
     let seconds = started.elapsed().as_secs_f64();

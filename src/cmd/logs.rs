@@ -17,6 +17,7 @@ pub struct Args {
     #[command(flatten)]
     pub file: FileArg,
     /// The VM whose console log to print.
+    #[arg(value_name = "NAME")]
     pub name: String,
     /// Keep printing as the log grows (Ctrl-C to stop).
     #[arg(long)]

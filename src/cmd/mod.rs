@@ -2,13 +2,16 @@
 //! `Args` struct and a `run(&Global, Args) -> miette::Result<ExitCode>`.
 
 pub mod apply;
+pub mod completions;
 pub mod console;
 pub mod destroy;
 pub mod explain;
+pub mod fmt;
 pub mod image;
 pub mod kvm_cpuid;
 pub mod logs;
 pub mod plan;
+pub mod show;
 pub mod status;
 pub mod validate;
 pub mod vmm;
@@ -101,6 +104,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate(a) => validate::run(&g, a),
         Command::Plan(a) => plan::run(&g, a),
         Command::Apply(a) => apply::run(&g, a),
+        Command::Show(a) => show::run(&g, a),
+        Command::Fmt(a) => fmt::run(&g, a),
+        Command::Completions(a) => completions::run(&g, a),
+        Command::Man(a) => completions::man(&g, a),
+        Command::CompleteVms(a) => completions::vms(&g, a),
         Command::Destroy(a) => destroy::run(&g, a),
         Command::Status(a) => status::run(&g, a),
         Command::Console(a) => console::run(&g, a),

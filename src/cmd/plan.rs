@@ -2,42 +2,98 @@
 //!
 //! Loads the file, observes through the backend (reading only: with no state
 //! directory yet everything is created and nothing is written), plans with
-//! `vmctl-planner` and prints the text or JSON plan. Exit codes follow the
-//! contract: 0 ok, 1 error; with `--detailed-exitcode` 0 no changes, 2 changes.
+//! `vmctl-planner` and prints the text, JSON or markdown plan. With `--out
+//! FILE` it also saves the plan with its basis (`vmctl apply FILE` applies
+//! exactly it, or refuses when anything changed; docs/workflows.md). Exit
+//! codes follow the contract: 0 ok, 1 error; with `--detailed-exitcode` 0
+//! no changes, 2 changes.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use vmctl_planner::saved::SavedPlan;
 use vmctl_planner::{Backend, Capabilities, ObservedState, Plan, render};
 use vmctl_spec::DesiredState;
 
-use crate::cli::FileArg;
+use crate::cli::{FileArg, OutputFormat};
 use crate::cmd::Global;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub file: FileArg,
-    /// Print the plan as JSON.
-    #[arg(long)]
+    /// Print the plan as JSON (the same as `--format json`).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// How to print the plan.
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Also save the plan to this file, for `vmctl apply FILE` (`-out FILE` works too).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
-    let loaded = crate::cmd::load(g, &args.file.file)?;
-    let state_dir = g.state_dir_for(&args.file.file);
+    let file = &args.file.file;
+    let loaded = crate::cmd::load(g, file)?;
+    let state_dir = g.state_dir_for(file);
     let backend = crate::backend::open(&state_dir)
         .map_err(|e| miette::miette!("cannot open {}: {e}", state_dir.display()))?;
     let observed = backend
         .observe()
         .map_err(|e| miette::miette!("cannot observe the VMs in {}: {e}", state_dir.display()))?;
-    let (text, changes) =
-        render_plan(&loaded.state, &observed, &backend.capabilities(), args.json)?;
+    let caps = backend.capabilities();
+    let plan = match &args.out {
+        None => plan_of(&loaded.state, &observed, &caps)?,
+        Some(out) => {
+            let basis = crate::saved_plan::basis(&loaded.state, file, caps, &observed);
+            let created = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_path_buf());
+            let (saved, plan) = SavedPlan::new(
+                crate::saved_plan::VMCTL_VERSION,
+                created,
+                abs(file),
+                abs(&state_dir),
+                basis,
+            )
+            .map_err(|e| miette::miette!("{e}"))?;
+            crate::saved_plan::write(out, &saved)?;
+            plan
+        }
+    };
+    let format = OutputFormat::pick(args.format, args.json);
+    crate::cmd::print_stdout(&render_as(&plan, format)?)?;
+    if let Some(out) = &args.out {
+        // stderr: stdout stays the plan alone (a markdown or JSON artifact).
+        eprintln!(
+            "Saved the plan to {0}. `vmctl apply {0}` applies exactly this plan, \
+             and refuses if anything it was computed from has changed.",
+            out.display()
+        );
+    }
+    Ok(exit_code(
+        plan.summary().has_changes(),
+        args.detailed_exitcode,
+    ))
+}
 
-    crate::cmd::print_stdout(&text)?;
-    Ok(exit_code(changes, args.detailed_exitcode))
+/// A plan in one of the output formats.
+pub fn render_as(plan: &Plan, format: OutputFormat) -> miette::Result<String> {
+    Ok(match format {
+        OutputFormat::Text => render::text(plan),
+        OutputFormat::Markdown => vmctl_planner::markdown::markdown(plan),
+        OutputFormat::Json => {
+            let mut t = serde_json::to_string_pretty(&render::json(plan))
+                .map_err(|e| miette::miette!("cannot render the plan as JSON: {e}"))?;
+            t.push('\n');
+            t
+        }
+    })
 }
 
 /// Plan and render; also says whether anything differs.
@@ -49,6 +105,7 @@ pub fn plan_of(
     vmctl_planner::plan(desired, observed, caps).map_err(|e| miette::miette!("{e}"))
 }
 
+#[cfg(test)]
 fn render_plan(
     desired: &DesiredState,
     observed: &ObservedState,
@@ -56,16 +113,8 @@ fn render_plan(
     json: bool,
 ) -> miette::Result<(String, bool)> {
     let plan = plan_of(desired, observed, caps)?;
-    let changes = plan.summary().has_changes();
-    let text = if json {
-        let mut t = serde_json::to_string_pretty(&render::json(&plan))
-            .map_err(|e| miette::miette!("cannot render the plan as JSON: {e}"))?;
-        t.push('\n');
-        t
-    } else {
-        render::text(&plan)
-    };
-    Ok((text, changes))
+    let format = OutputFormat::pick(None, json);
+    Ok((render_as(&plan, format)?, plan.summary().has_changes()))
 }
 
 fn exit_code(changes: bool, detailed: bool) -> ExitCode {

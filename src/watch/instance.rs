@@ -35,7 +35,7 @@ pub fn acquire(state_dir: &Path) -> Result<WatchLock, InstanceError> {
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(state_dir).map_err(io_err)?;
+    crate::gitignore_hint::create_state_dir(state_dir).map_err(io_err)?;
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -1,6 +1,8 @@
 //! Helpers shared by the spec crate's integration tests.
 #![allow(dead_code)]
 
+pub mod states;
+
 use std::path::Path;
 
 use vmctl_spec::{Loaded, SpecError};

@@ -1,0 +1,161 @@
+//! A lab for end-to-end tests through the binary: a KDL file in a temporary
+//! directory with its own `.vmctl/` state directory, helpers to run vmctl
+//! against it, and a `Drop` that destroys every VM it made (and kills any
+//! VMM left under its state directory).
+
+#![allow(dead_code)] // each test file uses a different part of it
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Skips (or, with `VMCTL_REQUIRE_KVM=1`, fails) without `/dev/kvm`.
+pub fn kvm_available() -> bool {
+    vmctl_runtime::testing::kvm_or_skip()
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new(kdl: &str) -> Lab {
+        let lab = Lab {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        lab.write(kdl);
+        lab
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.path("vmctl.kdl")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path(".vmctl")
+    }
+
+    pub fn write(&self, kdl: &str) {
+        std::fs::write(self.file(), kdl).expect("write kdl");
+    }
+
+    /// vmctl in the lab's directory, no `-f` (it defaults to `vmctl.kdl`).
+    pub fn bare(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vmctl"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("VMCTL_STATE_DIR")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// vmctl with `-f <lab file>`.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.bare(args);
+        c.arg("-f").arg(self.file());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run vmctl")
+    }
+
+    pub fn run_bare(&self, args: &[&str]) -> Output {
+        self.bare(args).output().expect("run vmctl")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "vmctl {args:?} failed:\n{}",
+            text(&out)
+        );
+        text(&out)
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.ok(&["status", "--json"]);
+        let start = out.find('{').expect("json in status output");
+        serde_json::from_str(&out[start..]).expect("status --json parses")
+    }
+
+    pub fn vm(&self, name: &str) -> Value {
+        self.status()["vms"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Poll (bounded) until `check` holds for the VM's status entry.
+    pub fn wait_vm(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.vm(name);
+            if check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: never {what}; last status: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn vmm_pids(&self) -> Vec<i32> {
+        vmm_pids_under(&self.state())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.state().exists() {
+            let _ = self.run(&["destroy", "--auto-approve"]);
+        }
+        for pid in self.vmm_pids() {
+            // SAFETY: plain kill(2) of a process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// VMM processes (not zombies) whose command line names `state`.
+pub fn vmm_pids_under(state: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let needle = state.to_string_lossy().to_string();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        if cmd.contains("__vmm") && cmd.contains(&needle) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
