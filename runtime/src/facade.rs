@@ -18,6 +18,13 @@ use crate::state::{Desired, Record, StateDir, StateError, VmDir};
 /// Extra time after a graceful shutdown's grace period before SIGKILL.
 const KILL_MARGIN: Duration = Duration::from_secs(5);
 
+/// How long to wait for a VMM that says it stops the VM within `ms`: that,
+/// plus the margin for its exit, and never more than ten minutes whatever
+/// it says.
+fn stopping_wait(ms: u64) -> Duration {
+    (Duration::from_millis(ms) + KILL_MARGIN).min(Duration::from_secs(600))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
@@ -173,6 +180,29 @@ impl Runtime {
 
     /// The VM's record, liveness and live status; None if it does not exist.
     pub fn observe(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
+        let obs = self.observe_once(name)?;
+        // A VMM in the middle of a shutdown (asked by a stop whose vmctl
+        // may be gone: an apply killed inside a restart) is about to exit.
+        // Planning a live change for it would fail once it has, so wait for
+        // the exit it announced and observe what it leaves.
+        if let Some(o) = &obs
+            && let (Some(pid), Some(ms)) = (o.pid, o.status.as_ref().and_then(|s| s.stopping_in_ms))
+        {
+            let wait = stopping_wait(ms);
+            tracing::info!(
+                vm = name,
+                pid,
+                ?wait,
+                "the VMM is shutting down; waiting for it to exit"
+            );
+            if process::wait_gone(pid, &self.state.vm(name).path, wait) {
+                return self.observe_once(name);
+            }
+        }
+        Ok(obs)
+    }
+
+    fn observe_once(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
         let dir = self.state.vm(name);
         // No record (or one that vanished just now: another action is
         // destroying this VM) is no VM.

@@ -375,6 +375,62 @@ fn testprog_status_pause_resume_and_graceful_shutdown() {
     assert_no_vmm_files(&lab, "w");
 }
 
+/// `testprog-deaf`: testprog-wait with its power-off write replaced by a
+/// NOP — it sees the power button and halts forever, so only the VMM's
+/// forced stop ends a shutdown.
+fn testprog_deaf() -> Vec<u8> {
+    let mut code = TESTPROG_WAIT.to_vec();
+    // mov al, 0x34 ; out dx, al  →  mov al, 0x34 ; nop
+    let at = code
+        .windows(3)
+        .position(|w| w == [0xb0, 0x34, 0xee])
+        .expect("testprog-wait has its power-off write");
+    code[at + 2] = 0x90;
+    code
+}
+
+/// A stop whose vmctl died after asking for the shutdown (an apply killed
+/// inside a restart) leaves a VMM that is about to exit. Observing it must
+/// wait for that exit and show the VM stopped — not running, which would
+/// plan live changes for a VM that is gone by the time they run (seen: a
+/// hot-remove-cpu failing with `VM "alpha" is stopped`).
+fn a_vmm_shutting_down_is_observed_after_it_exits() {
+    let lab = Lab::new();
+    let k = lab.write("deaf.elf", &elf(&testprog_deaf()));
+    lab.rt.create(&lab.spec("d", &k)).unwrap();
+    let c = lab.client("d");
+    wait_for("the guest report", || {
+        c.status().ok().filter(|s| s.guest.is_some())
+    });
+    assert_eq!(c.status().unwrap().stopping_in_ms, None);
+    // What stop() does before it asks the VMM: the intent, on disk.
+    let dir = lab.rt.vm_dir("d");
+    let mut rec = dir.read_record().unwrap();
+    rec.desired = vmctl_runtime::state::Desired::Stopped;
+    dir.write_record(&rec).unwrap();
+    // The dead vmctl's shutdown request, with a 3 s grace.
+    let asker = {
+        let c = lab.client("d");
+        std::thread::spawn(move || c.shutdown(Duration::from_secs(3)))
+    };
+    let st = wait_for("the VMM to say it is stopping", || {
+        c.status().ok().filter(|s| s.stopping_in_ms.is_some())
+    });
+    assert!(st.stopping_in_ms.is_some_and(|ms| ms <= 3000), "{st:?}");
+    let t0 = Instant::now();
+    let o = lab.rt.observe("d").unwrap().unwrap();
+    assert_eq!(
+        o.live,
+        RunState::Stopped,
+        "observed while the VMM was stopping"
+    );
+    assert_eq!(o.pid, None);
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    // The deaf guest never powered off: the VMM stopped it by force.
+    assert_eq!(asker.join().unwrap().ok(), Some(false));
+    assert_no_vmm_files(&lab, "d");
+}
+
 /// Image VMs run in irqchip mode: serial and GED interrupts go through KVM's
 /// in-kernel PIC/IOAPIC. A guest that keeps interrupts disabled must survive
 /// them (on this host's /dev/kvm an interrupt actually *delivered* kills the
@@ -819,6 +875,10 @@ fn diag_pause_resume_and_console() {
 type Test = (&'static str, fn());
 
 const TESTS: &[Test] = &[
+    (
+        "a_vmm_shutting_down_is_observed_after_it_exits",
+        a_vmm_shutting_down_is_observed_after_it_exits,
+    ),
     (
         "console_log_is_capped_and_rotated_under_a_flooding_guest",
         console_log_is_capped_and_rotated_under_a_flooding_guest,

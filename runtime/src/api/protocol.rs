@@ -102,6 +102,10 @@ pub struct Status {
     /// A hot-add or hot-remove waiting for the guest, e.g. "hot-add to 3 vCPUs".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotplug_in_flight: Option<String>,
+    /// The VM is shutting down: the guest was asked to power off and the
+    /// VMM stops it by force (and exits) within this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping_in_ms: Option<u64>,
 }
 
 /// The result of `hot_add_cpu` / `hot_add_memory`: what the VM has now.

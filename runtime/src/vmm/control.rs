@@ -39,6 +39,10 @@ impl Vmm {
             max_cpus: self.cfg.max_cpus,
             max_memory_mib: self.cfg.max_memory_mib,
             hotplug_in_flight: self.in_flight_description(),
+            stopping_in_ms: self.stopping_until.map(|t| {
+                t.saturating_duration_since(std::time::Instant::now())
+                    .as_millis() as u64
+            }),
         }
     }
 

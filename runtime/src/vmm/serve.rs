@@ -34,6 +34,10 @@ pub(super) struct Vmm {
     pub(super) boots: u64,
     /// A hot-add or hot-remove waiting for the guest.
     pub(super) in_flight: Option<InFlight>,
+    /// While a shutdown waits for the guest: when it stops the VM by force
+    /// (reported in `status`, so an observer can wait for the exit instead
+    /// of planning changes to a VM that is about to be gone).
+    pub(super) stopping_until: Option<Instant>,
 }
 
 impl Vmm {
@@ -143,6 +147,7 @@ impl Vmm {
             irq.trigger();
         }
         let deadline = Instant::now() + grace;
+        self.stopping_until = Some(deadline);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {

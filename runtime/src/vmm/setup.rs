@@ -90,6 +90,7 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
         booted: Instant::now(),
         boots: generation,
         in_flight: None,
+        stopping_until: None,
     };
     vmm.machine.start()?;
     vmm.booted = Instant::now();
