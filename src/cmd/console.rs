@@ -15,11 +15,12 @@ use crate::cmd::Global;
 
 /// Ctrl-] — the telnet/virsh detach key.
 const DETACH: u8 = 0x1d;
-/// With piped input: detach once the console has been quiet this long after
-/// the input ended…
+/// With piped input: once the guest has answered (printed something after
+/// the input ended), detach when the console has been quiet this long…
 const QUIET: Duration = Duration::from_millis(300);
-/// …or this long after it ended, whichever comes first.
-const ANSWER_WAIT: Duration = Duration::from_secs(3);
+/// …or this long after the input ended, whichever comes first (a guest that
+/// never answers; a slow or loaded host answers late, not never).
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -145,8 +146,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(20));
             let now = started.elapsed();
             let last = Duration::from_millis(last_output.load(Ordering::Relaxed));
-            if now >= eof + ANSWER_WAIT || (now >= eof + QUIET && now.saturating_sub(last) >= QUIET)
-            {
+            if piped_detach(now, eof, last) {
                 break;
             }
         }
@@ -154,4 +154,34 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     }
     let _ = output.join();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Piped input ended at `eof` (times since the console attached); the last
+/// output came at `last`. Detach once the guest has answered and then been
+/// quiet for [`QUIET`], or [`ANSWER_WAIT`] after `eof` whatever it did.
+fn piped_detach(now: Duration, eof: Duration, last: Duration) -> bool {
+    let answered = last > eof;
+    now >= eof + ANSWER_WAIT || (answered && now.saturating_sub(last) >= QUIET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_piped_console_waits_for_the_answer_then_for_quiet() {
+        // Input ended at 1 s; nothing printed since: keep waiting, even long
+        // after QUIET (a loaded host answers late).
+        assert!(!piped_detach(ms(1_000 + 2_000), ms(1_000), ms(500)));
+        // The guest answered at 4 s: detach 300 ms after its last byte.
+        assert!(!piped_detach(ms(4_200), ms(1_000), ms(4_000)));
+        assert!(piped_detach(ms(4_300), ms(1_000), ms(4_000)));
+        // A guest that never answers: detach at ANSWER_WAIT.
+        assert!(!piped_detach(ms(10_999), ms(1_000), ms(500)));
+        assert!(piped_detach(ms(11_000), ms(1_000), ms(500)));
+    }
 }
