@@ -46,6 +46,6 @@ pub use capabilities::{ActionKind, Disruption};
 pub use engine::{Event, Options, Outcome, SkipReason};
 pub use journal::{Journal, JournalEntry, JournalEvent};
 pub use observed::{
-    Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm, Record, RunState,
+    Capabilities, Desired, Live, LiveDisk, LiveNic, ObservedState, ObservedVm, Record, RunState,
 };
 pub use plan::{Action, Plan, PlanError, Summary, plan};

@@ -87,6 +87,7 @@ pub fn vm_json(vm: &ObservedVm) -> Value {
         "max_memory_mib": spec.max_memory_mib,
         "cpu_weight": spec.cpu_weight,
         "disks": disks,
+        "nics": vm.live.nics,
         "guest": vm.live.guest,
     })
 }
@@ -166,6 +167,12 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
                 v["memory_mib"],
                 vm.live.disks.len()
             ));
+            for n in &vm.live.nics {
+                text.push_str(&format!(
+                    "{:<16} nic {} mac {} tap {}  rx {} frames {} B  tx {} frames {} B\n",
+                    "", n.name, n.mac, n.tap, n.rx_packets, n.rx_bytes, n.tx_packets, n.tx_bytes
+                ));
+            }
             match &vm.live.guest {
                 Some(gst) => text.push_str(&format!("{:<16} {}\n", "", guest_summary(gst))),
                 None if vm.live.state == RunState::Running => {
