@@ -877,10 +877,8 @@ const TESTS: &[Test] = &[
 ];
 
 fn main() {
+    vmctl_runtime::testing::run_as_vmm_if_asked();
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("__vmm") {
-        vmm_main(&args);
-    }
     // Skips without /dev/kvm; fails instead with VMCTL_REQUIRE_KVM=1.
     if !vmctl_runtime::testing::kvm_or_skip() {
         return;
@@ -972,24 +970,4 @@ fn measure() {
         rss[0],
         rss[rss.len() - 1]
     );
-}
-
-/// This binary as a VMM: `kvm __vmm --vm-dir DIR`.
-fn vmm_main(args: &[String]) -> ! {
-    let _ = tracing_subscriber_init();
-    let Some(dir) = args.get(3) else {
-        eprintln!("usage: __vmm --vm-dir DIR");
-        std::process::exit(2);
-    };
-    match vmctl_runtime::run_vmm(Path::new(dir)) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("vmctl __vmm: error: {e}");
-            std::process::exit(1);
-        }
-    }
-}
-
-fn tracing_subscriber_init() -> Option<()> {
-    None
 }
