@@ -175,7 +175,9 @@ impl Net {
             counters,
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE; 2],
-            buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN].into_boxed_slice(),
+            // One byte more than the largest frame: a read that fills the
+            // buffer was cut short and is dropped, not delivered truncated.
+            buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN + 1].into_boxed_slice(),
             rx_more: false,
         }
     }
@@ -234,7 +236,7 @@ impl Net {
 
     /// Put the `n`-byte frame in `self.buf` into `segs`; the used length.
     fn deliver(&mut self, mem: &GuestMemory, segs: &[Seg], n: usize) -> u32 {
-        let frame_ok = (VNET_HDR_LEN + MIN_FRAME_LEN..self.buf.len()).contains(&n)
+        let frame_ok = (VNET_HDR_LEN + MIN_FRAME_LEN..=VNET_HDR_LEN + MAX_FRAME_LEN).contains(&n)
             && self.buf[HDR_GSO_TYPE] == 0;
         if !frame_ok || n as u64 > chain::total(segs) {
             tracing::debug!(
@@ -285,7 +287,7 @@ impl Net {
 
     /// Send the frame in `segs` (its length already checked) to the TAP.
     fn send(&mut self, mem: &GuestMemory, segs: &[Seg]) {
-        // total() <= VNET_HDR_LEN + MAX_FRAME_LEN == buf.len(), checked.
+        // total() <= VNET_HDR_LEN + MAX_FRAME_LEN < buf.len(), checked.
         let n = chain::total(segs) as usize;
         let Some(frame) = self.buf.get_mut(..n) else {
             return;

@@ -407,16 +407,26 @@ fn bad_chains_are_returned_counted_and_harmless() {
     h.post(RX_QUEUE, &[(DATA, 1526, F_WRITE)]);
     h.notify(RX_QUEUE);
     assert_eq!(h.take_used(RX_QUEUE), vec![(5, 0)]);
+    // The largest frame fits a big enough buffer; one byte more is dropped.
+    h.host_send([0; VNET_HDR_LEN], &frame(MAX_FRAME_LEN, 8));
+    h.host_send([0; VNET_HDR_LEN], &frame(MAX_FRAME_LEN + 1, 9));
+    h.post(RX_QUEUE, &[(DATA, 70000, F_WRITE)]);
+    h.post(RX_QUEUE, &[(DATA, 70000, F_WRITE)]);
+    h.notify(RX_QUEUE);
+    assert_eq!(
+        h.take_used(RX_QUEUE),
+        vec![(6, (VNET_HDR_LEN + MAX_FRAME_LEN) as u32), (7, 0)]
+    );
 
     let s = h.stats();
     assert_eq!(s.bad_chains, bad);
-    assert_eq!(s.rx_dropped, 3);
-    assert_eq!((s.rx_packets, s.tx_packets), (0, 0));
+    assert_eq!(s.rx_dropped, 4);
+    assert_eq!((s.rx_packets, s.tx_packets), (1, 0));
     // The device still works.
     h.host_send([0; VNET_HDR_LEN], &f);
     h.post(RX_QUEUE, &[(DATA, 1526, F_WRITE)]);
     h.notify(RX_QUEUE);
-    assert_eq!(h.take_used(RX_QUEUE), vec![(6, 76)]);
+    assert_eq!(h.take_used(RX_QUEUE), vec![(8, 76)]);
     assert_eq!(h.transmit([0; VNET_HDR_LEN], &f).len(), 1);
     assert_eq!(h.host_recv().unwrap().len(), 76);
 }
