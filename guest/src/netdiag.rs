@@ -6,7 +6,10 @@
 //! Written against [`Link`] so two instances can talk to each other in a
 //! host unit test; in the guest the link is a [`crate::virtio_net::Nic`].
 //! Every retry is bounded: [`ARP_TRIES`] ARP requests, [`ECHO_TRIES`] echo
-//! requests per target.
+//! requests per target. The first [`FAST_TRIES`] of each go out quickly,
+//! the rest once a second: a peer that boots late or a host too busy to
+//! schedule the other VM for a few seconds (a CI build beside the test)
+//! still gets answered, and an answered target costs no more frames.
 
 use crate::clock::Deadline;
 use crate::netproto::{
@@ -14,12 +17,25 @@ use crate::netproto::{
 };
 use crate::report::{NicReport, PingReport};
 
-/// ARP requests per target before diag gives up (one per [`ARP_EVERY_MS`]).
+/// ARP requests per target before diag gives up (about 90 s).
 pub const ARP_TRIES: u32 = 100;
+/// Echo requests per target at most (about 60 s); below 64, the width of
+/// the bitmap of answered sequence numbers.
+pub const ECHO_TRIES: u32 = 63;
+/// Tries sent at the fast interval before the slow one.
+pub const FAST_TRIES: u32 = 10;
 pub const ARP_EVERY_MS: u64 = 200;
-/// Echo requests per target at most (one per [`ECHO_EVERY_MS`]).
-pub const ECHO_TRIES: u32 = 30;
 pub const ECHO_EVERY_MS: u64 = 100;
+pub const SLOW_EVERY_MS: u64 = 1000;
+
+/// The wait before the next try, after `tries` tries.
+fn interval(tries: u32, fast_ms: u64) -> u64 {
+    if tries < FAST_TRIES {
+        fast_ms
+    } else {
+        SLOW_EVERY_MS
+    }
+}
 /// Frames handled per [`NetDiag::poll`].
 const FRAMES_PER_POLL: usize = 64;
 
@@ -160,6 +176,7 @@ impl<L: Link> NetDiag<L> {
                 else {
                     return;
                 };
+                // ECHO_TRIES < 64: every sequence number sent has a bit.
                 let ours = seq >= 1 && u32::from(seq) <= p.report.echo_sent && seq < 64;
                 if ours && payload == netproto::echo_payload(seq) {
                     if p.replied & (1 << seq) == 0 {
@@ -188,13 +205,13 @@ impl<L: Link> NetDiag<L> {
             let n = match r.mac {
                 None if r.arp_requests < ARP_TRIES => {
                     r.arp_requests += 1;
-                    p.next = Some(Deadline::after_ms(ARP_EVERY_MS));
+                    p.next = Some(Deadline::after_ms(interval(r.arp_requests, ARP_EVERY_MS)));
                     netproto::arp_request(out, mac, me.ip, r.target)
                 }
                 Some(dst) if r.echo_replies < ECHO_COUNT && r.echo_sent < ECHO_TRIES => {
                     r.echo_sent += 1;
                     let seq = r.echo_sent as u16;
-                    p.next = Some(Deadline::after_ms(ECHO_EVERY_MS));
+                    p.next = Some(Deadline::after_ms(interval(r.echo_sent, ECHO_EVERY_MS)));
                     netproto::echo(
                         out,
                         false,
@@ -317,6 +334,14 @@ mod tests {
         let dead = a.report.pings[1].unwrap();
         assert_eq!((dead.mac, dead.echo_sent), (None, 0));
         assert!(dead.arp_requests >= 1);
+    }
+
+    #[test]
+    fn retries_slow_down_and_stay_within_the_bitmap() {
+        const { assert!(ECHO_TRIES < 64) };
+        assert_eq!(interval(0, ECHO_EVERY_MS), ECHO_EVERY_MS);
+        assert_eq!(interval(FAST_TRIES - 1, ARP_EVERY_MS), ARP_EVERY_MS);
+        assert_eq!(interval(FAST_TRIES, ARP_EVERY_MS), SLOW_EVERY_MS);
     }
 
     #[test]
