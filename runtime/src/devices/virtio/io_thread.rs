@@ -75,19 +75,18 @@ enum Source {
 }
 
 impl Source {
+    /// Its event came: consume it and run the queue.
     fn fire(&self) -> bool {
-        match self {
-            Source::Notifier(n) => {
-                // Reading resets the counter; several notifies since the
-                // last read are one pass over the queue (it runs until
-                // empty or its budget).
-                let _ = n.fd.read();
-                n.handler.process(n.queue)
-            }
-            Source::Readable(r) => r.handler.process(r.queue),
+        if let Source::Notifier(n) = self {
+            // Reading resets the counter; several notifies since the last
+            // read are one pass over the queue (it runs until empty or its
+            // budget).
+            let _ = n.fd.read();
         }
+        self.again()
     }
 
+    /// Run the queue (again: it had work left).
     fn again(&self) -> bool {
         match self {
             Source::Notifier(n) => n.handler.process(n.queue),
@@ -262,6 +261,60 @@ mod tests {
         );
         release.send(()).unwrap();
         assert_eq!(rx.recv_timeout(wait).unwrap(), (0, "finished".into()));
+        drop(io);
+    }
+
+    /// A queue that has work left for its first `left` passes.
+    struct Budgeted {
+        left: Mutex<u32>,
+        passes: Mutex<mpsc::Sender<u32>>,
+    }
+
+    impl QueueHandler for Budgeted {
+        fn process(&self, queue: u32) -> bool {
+            if let Ok(tx) = self.passes.lock() {
+                let _ = tx.send(queue);
+            }
+            let Ok(mut left) = self.left.lock() else {
+                return false;
+            };
+            *left = left.saturating_sub(1);
+            *left > 0
+        }
+    }
+
+    #[test]
+    fn a_readable_fd_runs_its_queue_and_work_left_is_run_again_without_an_event() {
+        let (tx, rx) = mpsc::channel();
+        let handler = Arc::new(Budgeted {
+            left: Mutex::new(3),
+            passes: Mutex::new(tx),
+        });
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let io = IoThread::spawn_with(
+            Vec::new(),
+            vec![Readable {
+                fd: a.into(),
+                queue: 7,
+                handler,
+            }],
+        )
+        .unwrap();
+        // One datagram: one edge. The handler says "more" twice, so it runs
+        // three times in all, then the thread waits again (the datagram is
+        // never read: edge-triggered, it does not wake the thread again).
+        b.send(b"frame").unwrap();
+        let wait = Duration::from_secs(10);
+        for _ in 0..3 {
+            assert_eq!(rx.recv_timeout(wait).unwrap(), 7);
+        }
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "no busy loop"
+        );
+        // A new datagram is a new edge.
+        b.send(b"frame").unwrap();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), 7);
         drop(io);
     }
 
