@@ -14,8 +14,8 @@ use std::time::Duration;
 use vmctl_hostnet::HostNet;
 use vmctl_planner::ObservedNetwork;
 use vmctl_planner::{
-    Backend, BackendError, Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm,
-    Record, RunState,
+    Backend, BackendError, Capabilities, Desired, Live, LiveDisk, LiveNic, ObservedState,
+    ObservedVm, Record, RunState,
 };
 use vmctl_runtime::{Runtime, RuntimeError};
 use vmctl_spec::{NetworkSpec, VmSpec};
@@ -113,12 +113,27 @@ impl RuntimeBackend {
                 })
                 .collect(),
         };
+        let nics = obs
+            .status
+            .iter()
+            .flat_map(|st| &st.nics)
+            .map(|n| LiveNic {
+                name: n.name.clone(),
+                mac: n.mac.clone(),
+                tap: n.tap.clone(),
+                rx_packets: n.stats.rx_packets,
+                rx_bytes: n.stats.rx_bytes,
+                tx_packets: n.stats.tx_packets,
+                tx_bytes: n.stats.tx_bytes,
+            })
+            .collect();
         let live = Live {
             state,
             pid: obs.pid.and_then(|p| u32::try_from(p).ok()),
             cpus: obs.status.as_ref().map(|s| s.vcpus),
             memory_mib: obs.status.as_ref().map(|s| s.memory_mib),
             disks,
+            nics,
             guest: obs.status.as_ref().and_then(|s| s.guest.clone()),
         };
         let record = Record::new(obs.record.spec, obs.record.desired);

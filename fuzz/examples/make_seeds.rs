@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use vmctl_fuzz::seeds::{F_INDIRECT, Image, blk_header, chain, write_all};
-use vmctl_fuzz::{HIGH_BASE, ring_layout};
+use vmctl_fuzz::{HIGH_BASE, TX_RINGS, ring_layout};
 use vmctl_runtime::devices::virtio::block::request::{T_FLUSH, T_GET_ID, T_IN, T_OUT};
 
 const SIZE: u16 = 8;
@@ -207,6 +207,75 @@ fn main() -> Result<()> {
         input.extend_from_slice(&image);
         write_all(&mmio.join(&name), &input)?;
     }
+    // virtio-net: Linux's layout (one RX buffer per chain; TX header and
+    // frame in two descriptors), two frames waiting on the TAP.
+    let net = seed_dir(&root, "virtio_net")?;
+    for (name, frames) in net_seeds() {
+        let (rx_desc, rx_avail, _) = ring_layout(SIZE);
+        let (tx_desc, tx_avail, _) = ring_layout(SIZE);
+        let (tx_desc, tx_avail) = (TX_RINGS + tx_desc, TX_RINGS + tx_avail);
+        let mut img = Image::new();
+        for i in 0..4u16 {
+            chain(
+                &mut img,
+                rx_desc,
+                i,
+                &[(0x2000 + u64::from(i) * 0x800, 1526, true)],
+            );
+        }
+        img.avail(rx_avail, &[0, 1, 2, 3]);
+        chain(
+            &mut img,
+            tx_desc,
+            0,
+            &[(0x8000, 12, false), (0x8100, 60, false)],
+        );
+        img.avail(tx_avail, &[0]);
+        img.put(0x8100, &ethernet_frame(60));
+        let mut input = vec![
+            0u8,
+            SIZE.trailing_zeros() as u8,
+            SIZE.trailing_zeros() as u8,
+        ];
+        input.push(frames.len() as u8);
+        for f in &frames {
+            input.extend_from_slice(&(f.len() as u16).to_le_bytes());
+            input.extend_from_slice(f);
+        }
+        input.extend_from_slice(&img.0);
+        write_all(&net.join(name), &input)?;
+    }
     println!("seeds written under fuzz/corpus/");
     Ok(())
+}
+
+/// A broadcast Ethernet frame of `len` bytes (header, then a pattern).
+fn ethernet_frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2, 0x08, 0x06]);
+    f.extend((14..len).map(|i| i as u8));
+    f
+}
+
+/// The TAP frames of each virtio-net seed, with the 12-byte header the
+/// kernel puts in front.
+fn net_seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let with_hdr = |hdr: [u8; 12], len: usize| [hdr.to_vec(), ethernet_frame(len)].concat();
+    vec![
+        (
+            "rx-and-tx",
+            vec![with_hdr([0; 12], 60), with_hdr([0; 12], 98)],
+        ),
+        (
+            "gso-and-runt",
+            vec![
+                with_hdr([0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 60),
+                vec![0; 20],
+            ],
+        ),
+        (
+            "big",
+            vec![with_hdr([0; 12], 1514), with_hdr([0; 12], 1600)],
+        ),
+    ]
 }

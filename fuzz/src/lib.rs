@@ -108,6 +108,11 @@ pub fn ready_queue(size: u16, desc: u64, avail: u64, used: u64, event_idx: bool)
     Some(q)
 }
 
+/// Where the virtio-net target puts its TX queue's rings: `ring_layout`
+/// shifted by this (the RX queue's are at 0; a 256-entry layout ends below
+/// 0x2000).
+pub const TX_RINGS: u64 = 0x6000;
+
 /// Where the rings of a queue of `size` live in the virtio-blk and MMIO
 /// targets: descriptor table at 0, then the available and the used ring.
 pub fn ring_layout(size: u16) -> (u64, u64, u64) {

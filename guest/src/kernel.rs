@@ -15,6 +15,8 @@ use crate::layout::{
     GED_EVENT_POWER_BUTTON, IDENTITY_MAP_END, VIRTIO_MMIO_MAX_DEVICES, ZERO_PAGE_START,
 };
 use crate::memtest::{self, Words};
+use crate::netdiag::NetDiag;
+use crate::netproto::{self, MAX_NICS, NetOptions};
 use crate::paging::{self, MAP_LIMIT};
 use crate::phys::IdentityMap;
 use crate::report::{Disk, JSON_CAPACITY, Report};
@@ -22,11 +24,14 @@ use crate::serial::Serial;
 use crate::smp::{self, ApStart};
 use crate::text::Text;
 use crate::virtio_blk::{self, Blk, SECTOR_SIZE, Slot};
+use crate::virtio_net::Nic;
 
 /// Time between two looks at the GED and the serial inputs. Each look costs
 /// a few VM exits; 20 ms keeps an idle diag VM near 0 % of a host core while
 /// a power-button press or a COM2 request is still answered within 20 ms.
 const POLL_MS: u64 = 20;
+/// The same with NICs: frames are answered within about this long.
+const NET_POLL_MS: u64 = 2;
 /// Time between two rescans of disks and tables.
 const RESCAN_MS: u64 = 250;
 
@@ -66,6 +71,11 @@ struct Diag {
     boot_verified: Option<u64>,
     hotplug: Hotplug,
     bsp: u32,
+    net_options: NetOptions,
+    /// The virtio-net NICs, in the order they were found.
+    nets: [Option<NetDiag<Nic>>; MAX_NICS],
+    /// Slots holding a NIC diag drives or failed to set up (not retried).
+    net_slots: [bool; VIRTIO_MMIO_MAX_DEVICES],
 }
 
 /// Low memory diag and the VMM's boot structures use (zero page, page
@@ -174,11 +184,9 @@ pub fn run(zero_page: u64) -> ! {
     log_text(&t);
 
     let mut cmdline = [0u8; 512];
-    let options = bootparams::parse_options(bootparams::read_cmdline(
-        &IdentityMap,
-        zero_page,
-        &mut cmdline,
-    ));
+    let cmdline = bootparams::read_cmdline(&IdentityMap, zero_page, &mut cmdline);
+    let options = bootparams::parse_options(cmdline);
+    let net_options = netproto::parse_options(cmdline);
 
     let mut diag = Diag {
         zero_page,
@@ -198,12 +206,16 @@ pub fn run(zero_page: u64) -> ! {
             ..Hotplug::default()
         },
         bsp: smp::bsp_apic_id(),
+        net_options,
+        nets: [const { None }; MAX_NICS],
+        net_slots: [false; VIRTIO_MMIO_MAX_DEVICES],
     };
     diag.scan_memory();
     diag.scan_cpus();
     // Check-ins from before a reset that kept memory do not count.
     smp::forget_aps_except(diag.cpus.enabled_ids());
     diag.scan_disks();
+    diag.scan_nics();
     if diag.cpus.enabled <= 1 {
         // Nothing to start: the first report is already complete.
         diag.report.cpus_started = Some(1);
@@ -384,6 +396,46 @@ impl Diag {
         }
     }
 
+    /// Sets up every virtio-net device not seen before (NICs are not
+    /// hot-plugged: each slot is tried once).
+    fn scan_nics(&mut self) {
+        for slot in 0..VIRTIO_MMIO_MAX_DEVICES {
+            if virtio_blk::probe(slot) != Slot::Net || self.net_slots[slot] {
+                continue;
+            }
+            self.net_slots[slot] = true;
+            let Some(nth) = self.nets.iter().position(Option::is_none) else {
+                log(&["diag: more virtio-net devices than diag drives; ignored"]);
+                continue;
+            };
+            match Nic::init(slot, nth) {
+                Ok(nic) => {
+                    let net = NetDiag::new(nic, slot, nth, &self.net_options);
+                    self.report.nics[nth] = Some(net.report);
+                    self.nets[nth] = Some(net);
+                }
+                Err(e) => {
+                    let mut t = Text::<128>::new();
+                    t.str("diag: nic in slot ")
+                        .dec(slot as u64)
+                        .str(": driver set-up: ")
+                        .str(e);
+                    log_text(&t);
+                }
+            }
+        }
+    }
+
+    /// Answer and ping on every NIC; the report follows.
+    fn service_nics(&mut self) {
+        for (net, entry) in self.nets.iter_mut().zip(self.report.nics.iter_mut()) {
+            if let Some(net) = net {
+                net.poll();
+                *entry = Some(net.report);
+            }
+        }
+    }
+
     fn refresh_disk(&mut self, slot: usize) {
         let (Some(driver), Some(entry), Some(failed)) = (
             self.drivers.get_mut(slot),
@@ -490,6 +542,11 @@ impl Diag {
             Report::write_disk_line(disk, &mut t);
             log_text(&t);
         }
+        for nic in report.nics.iter().flatten() {
+            let mut t = Text::<512>::new();
+            Report::write_nic_line(nic, &mut t);
+            log_text(&t);
+        }
     }
 
     /// The last report again, on request (same seq).
@@ -512,7 +569,17 @@ impl Diag {
         let idles = clock::vmm_idles();
         let mut rescan = Deadline::after_ms(RESCAN_MS);
         loop {
-            idle_ms(POLL_MS, idles);
+            // With NICs, a shorter idle: a frame waits at most this long.
+            idle_ms(
+                if self.nets.iter().any(Option::is_some) {
+                    NET_POLL_MS
+                } else {
+                    POLL_MS
+                },
+                idles,
+            );
+            self.service_nics();
+            self.send_if_changed();
             // Reading the GED clears it. Bits 0/1 (CPU/memory hotplug) are
             // acted on at once with a walk of both controllers; the walk
             // every RESCAN_MS catches anything else, so no bit is lost.
@@ -551,6 +618,7 @@ impl Diag {
                 self.scan_cpus();
                 self.scan_hotplug();
                 self.scan_disks();
+                self.scan_nics();
                 self.send_if_changed();
             }
         }

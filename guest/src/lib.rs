@@ -17,6 +17,8 @@ pub mod bootparams;
 pub mod fnv;
 pub mod layout;
 pub mod memtest;
+pub mod netdiag;
+pub mod netproto;
 pub mod phys;
 pub mod report;
 pub mod text;
@@ -28,6 +30,8 @@ pub mod hotplug;
 pub mod paging;
 pub mod serial;
 pub mod virtio_blk;
+pub mod virtio_mmio;
+pub mod virtio_net;
 
 // The trampoline's absolute relocations do not link into a host (PIE) test
 // binary, and nothing here is testable off the machine.

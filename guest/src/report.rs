@@ -4,6 +4,7 @@
 //! diag sees changes.
 
 use crate::layout::VIRTIO_MMIO_MAX_DEVICES;
+use crate::netproto::{Cidr, Ip, MAX_NICS, MAX_PINGS, Mac};
 use crate::text::Text;
 
 /// virtio-blk GET_ID returns at most 20 bytes.
@@ -38,6 +39,35 @@ impl Disk {
     }
 }
 
+/// One ping target of a NIC (`vmctl.ping=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PingReport {
+    pub target: Ip,
+    /// The MAC its ARP reply gave; None until one came.
+    pub mac: Option<Mac>,
+    pub arp_requests: u32,
+    pub echo_sent: u32,
+    /// Distinct echo requests answered with diag's payload intact.
+    pub echo_replies: u32,
+    /// Echo replies from the target that were not such an answer.
+    pub bad_replies: u32,
+}
+
+/// One virtio-net NIC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicReport {
+    /// virtio-mmio slot.
+    pub index: u32,
+    pub mac: Mac,
+    /// Its `vmctl.net=` address; None: it only reports its MAC.
+    pub addr: Option<Cidr>,
+    /// ARP requests for its address it answered.
+    pub arp_answered: u32,
+    /// Echo requests to its address it answered.
+    pub echo_answered: u32,
+    pub pings: [Option<PingReport>; MAX_PINGS],
+}
+
 /// Everything diag reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -60,10 +90,31 @@ pub struct Report {
     pub memory_verified_mib: u64,
     /// Indexed by virtio-mmio slot.
     pub disks: [Option<Disk>; VIRTIO_MMIO_MAX_DEVICES],
+    /// The virtio-net NICs diag drives, in slot order.
+    pub nics: [Option<NicReport>; MAX_NICS],
 }
 
-/// Big enough for 16 disks with the longest ids, all escaped.
-pub const JSON_CAPACITY: usize = 4096;
+/// Big enough for 16 disks with the longest ids, all escaped, and 4 NICs
+/// with 4 ping targets each.
+pub const JSON_CAPACITY: usize = 8192;
+
+fn mac_text<const N: usize>(out: &mut Text<N>, m: &Mac) {
+    for (i, b) in m.iter().enumerate() {
+        if i > 0 {
+            out.byte(b':');
+        }
+        out.hex(u64::from(*b), 2);
+    }
+}
+
+fn ip_text<const N: usize>(out: &mut Text<N>, ip: &Ip) {
+    for (i, b) in ip.iter().enumerate() {
+        if i > 0 {
+            out.byte(b'.');
+        }
+        out.dec(u64::from(*b));
+    }
+}
 
 impl Report {
     pub fn disk_count(&self) -> usize {
@@ -105,7 +156,82 @@ impl Report {
             }
             out.byte(b'}');
         }
+        out.str("],\"nics\":[");
+        for (n, nic) in self.nics.iter().flatten().enumerate() {
+            if n > 0 {
+                out.byte(b',');
+            }
+            out.str("{\"index\":").dec(u64::from(nic.index));
+            out.str(",\"mac\":\"");
+            mac_text(out, &nic.mac);
+            out.str("\",\"ip\":");
+            match nic.addr {
+                Some(a) => {
+                    out.byte(b'"');
+                    ip_text(out, &a.ip);
+                    out.byte(b'/').dec(u64::from(a.prefix)).byte(b'"');
+                }
+                None => {
+                    out.str("null");
+                }
+            }
+            out.str(",\"arp_answered\":")
+                .dec(u64::from(nic.arp_answered));
+            out.str(",\"echo_answered\":")
+                .dec(u64::from(nic.echo_answered));
+            out.str(",\"pings\":[");
+            for (k, p) in nic.pings.iter().flatten().enumerate() {
+                if k > 0 {
+                    out.byte(b',');
+                }
+                out.str("{\"target\":\"");
+                ip_text(out, &p.target);
+                out.str("\",\"mac\":");
+                match &p.mac {
+                    Some(m) => {
+                        out.byte(b'"');
+                        mac_text(out, m);
+                        out.byte(b'"');
+                    }
+                    None => {
+                        out.str("null");
+                    }
+                }
+                out.str(",\"arp_requests\":").dec(u64::from(p.arp_requests));
+                out.str(",\"echo_sent\":").dec(u64::from(p.echo_sent));
+                out.str(",\"echo_replies\":").dec(u64::from(p.echo_replies));
+                out.str(",\"bad_replies\":").dec(u64::from(p.bad_replies));
+                out.byte(b'}');
+            }
+            out.str("]}");
+        }
         out.str("]}");
+    }
+
+    /// One COM1 line per NIC, without the trailing newline.
+    pub fn write_nic_line<const N: usize>(nic: &NicReport, out: &mut Text<N>) {
+        out.str("diag: nic ").dec(u64::from(nic.index)).str(" mac=");
+        mac_text(out, &nic.mac);
+        if let Some(a) = nic.addr {
+            out.str(" ip=");
+            ip_text(out, &a.ip);
+            out.byte(b'/').dec(u64::from(a.prefix));
+        }
+        out.str(" answered arp=").dec(u64::from(nic.arp_answered));
+        out.str(" echo=").dec(u64::from(nic.echo_answered));
+        for p in nic.pings.iter().flatten() {
+            out.str(" ping ");
+            ip_text(out, &p.target);
+            out.str(if p.mac.is_some() {
+                " arp=ok"
+            } else {
+                " arp=no"
+            });
+            out.str(" replies=")
+                .dec(u64::from(p.echo_replies))
+                .byte(b'/')
+                .dec(u64::from(p.echo_sent));
+        }
     }
 
     /// The COM1 summary line, without the trailing newline.
@@ -178,7 +304,7 @@ mod tests {
         sample().write_json(7, &mut t);
         assert_eq!(
             text(&t),
-            r#"{"agent":"diag","seq":7,"cpus":2,"max_cpus":4,"cpus_started":null,"cpus_online":1,"memory_mib":128,"memory_bytes":133823488,"memory_verified_mib":128,"disks":[{"index":0,"id":"root","size_bytes":10737418240,"sector0_fnv1a":"0123456789abcdef"},{"index":3,"id":"a\"b\\c\u0001\u00ffdefghijklmnop","size_bytes":512,"sector0_fnv1a":null}]}"#
+            r#"{"agent":"diag","seq":7,"cpus":2,"max_cpus":4,"cpus_started":null,"cpus_online":1,"memory_mib":128,"memory_bytes":133823488,"memory_verified_mib":128,"disks":[{"index":0,"id":"root","size_bytes":10737418240,"sector0_fnv1a":"0123456789abcdef"},{"index":3,"id":"a\"b\\c\u0001\u00ffdefghijklmnop","size_bytes":512,"sector0_fnv1a":null}],"nics":[]}"#
         );
     }
 
@@ -202,6 +328,27 @@ mod tests {
         r.memory_bytes = u64::MAX;
         r.memory_mib = u64::MAX;
         r.memory_verified_mib = u64::MAX;
+        for (i, nic) in r.nics.iter_mut().enumerate() {
+            let ping = PingReport {
+                target: [255; 4],
+                mac: Some([0xff; 6]),
+                arp_requests: u32::MAX,
+                echo_sent: u32::MAX,
+                echo_replies: u32::MAX,
+                bad_replies: u32::MAX,
+            };
+            *nic = Some(NicReport {
+                index: i as u32,
+                mac: [0xff; 6],
+                addr: Some(Cidr {
+                    ip: [255; 4],
+                    prefix: 30,
+                }),
+                arp_answered: u32::MAX,
+                echo_answered: u32::MAX,
+                pings: [Some(ping); MAX_PINGS],
+            });
+        }
         let mut t = Text::<JSON_CAPACITY>::new();
         r.write_json(u64::MAX, &mut t);
         assert!(!t.overflowed());
@@ -228,7 +375,7 @@ mod tests {
         r.write_json(3, &mut t);
         assert_eq!(
             text(&t),
-            r#"{"agent":"diag","seq":3,"cpus":3,"max_cpus":4,"cpus_started":2,"cpus_online":3,"memory_mib":256,"memory_bytes":268041216,"memory_verified_mib":256,"disks":[]}"#
+            r#"{"agent":"diag","seq":3,"cpus":3,"max_cpus":4,"cpus_started":2,"cpus_online":3,"memory_mib":256,"memory_bytes":268041216,"memory_verified_mib":256,"disks":[],"nics":[]}"#
         );
         // Any change is a different report (a new seq is sent).
         assert_ne!(
@@ -244,6 +391,55 @@ mod tests {
                 memory_verified_mib: 128,
                 ..r
             }
+        );
+    }
+
+    #[test]
+    fn json_with_a_nic() {
+        let mut r = Report::default();
+        let mut pings = [None; MAX_PINGS];
+        pings[0] = Some(PingReport {
+            target: [10, 77, 0, 3],
+            mac: Some([0x52, 0x54, 0, 0xab, 0, 1]),
+            arp_requests: 2,
+            echo_sent: 3,
+            echo_replies: 3,
+            bad_replies: 0,
+        });
+        pings[1] = Some(PingReport {
+            target: [10, 77, 0, 9],
+            arp_requests: 100,
+            ..PingReport::default()
+        });
+        r.nics[0] = Some(NicReport {
+            index: 1,
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            addr: Some(Cidr {
+                ip: [10, 77, 0, 2],
+                prefix: 24,
+            }),
+            arp_answered: 1,
+            echo_answered: 4,
+            pings,
+        });
+        r.nics[1] = Some(NicReport {
+            index: 2,
+            mac: [2, 0, 0, 0, 0, 1],
+            ..NicReport::default()
+        });
+        let mut t = Text::<JSON_CAPACITY>::new();
+        r.write_json(1, &mut t);
+        let s = text(&t);
+        let nics = &s[s.find("\"nics\"").unwrap()..];
+        assert_eq!(
+            nics,
+            r#""nics":[{"index":1,"mac":"52:54:00:12:34:56","ip":"10.77.0.2/24","arp_answered":1,"echo_answered":4,"pings":[{"target":"10.77.0.3","mac":"52:54:00:ab:00:01","arp_requests":2,"echo_sent":3,"echo_replies":3,"bad_replies":0},{"target":"10.77.0.9","mac":null,"arp_requests":100,"echo_sent":0,"echo_replies":0,"bad_replies":0}]},{"index":2,"mac":"02:00:00:00:00:01","ip":null,"arp_answered":0,"echo_answered":0,"pings":[]}]}"#
+        );
+        let mut line = Text::<256>::new();
+        Report::write_nic_line(r.nics[0].as_ref().unwrap(), &mut line);
+        assert_eq!(
+            text(&line),
+            "diag: nic 1 mac=52:54:00:12:34:56 ip=10.77.0.2/24 answered arp=1 echo=4 ping 10.77.0.3 arp=ok replies=3/3 ping 10.77.0.9 arp=no replies=0/0"
         );
     }
 

@@ -6,53 +6,16 @@
 //! every wait is bounded.
 
 use core::cell::UnsafeCell;
-use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{Ordering, fence};
 
 use crate::clock::Deadline;
 use crate::cpu::{mmio_read32, mmio_write32, pause};
-use crate::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX_DEVICES, VIRTIO_MMIO_SIZE};
-
-// virtio-mmio registers (virtio 1.x, section 4.2.2).
-const MAGIC: u64 = 0x000;
-const VERSION: u64 = 0x004;
-const DEVICE_ID: u64 = 0x008;
-const DEVICE_FEATURES: u64 = 0x010;
-const DEVICE_FEATURES_SEL: u64 = 0x014;
-const DRIVER_FEATURES: u64 = 0x020;
-const DRIVER_FEATURES_SEL: u64 = 0x024;
-const QUEUE_SEL: u64 = 0x030;
-const QUEUE_NUM_MAX: u64 = 0x034;
-const QUEUE_NUM: u64 = 0x038;
-const QUEUE_READY: u64 = 0x044;
-const QUEUE_NOTIFY: u64 = 0x050;
-const INTERRUPT_STATUS: u64 = 0x060;
-const INTERRUPT_ACK: u64 = 0x064;
-const STATUS: u64 = 0x070;
-const QUEUE_DESC_LOW: u64 = 0x080;
-const QUEUE_DESC_HIGH: u64 = 0x084;
-const QUEUE_DRIVER_LOW: u64 = 0x090;
-const QUEUE_DRIVER_HIGH: u64 = 0x094;
-const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const CONFIG_GENERATION: u64 = 0x0fc;
-const CONFIG: u64 = 0x100;
-
-const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
-const DEVICE_ID_BLOCK: u32 = 2;
-
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_FAILED: u32 = 128;
-
-/// VIRTIO_F_VERSION_1 is feature bit 32: bit 0 of feature word 1.
-const F_VERSION_1_HIGH: u32 = 1;
-
-const VIRTQ_DESC_F_NEXT: u16 = 1;
-const VIRTQ_DESC_F_WRITE: u16 = 2;
-const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+use crate::layout::VIRTIO_MMIO_MAX_DEVICES;
+use crate::virtio_mmio::{
+    CONFIG, CONFIG_GENERATION, QUEUE_NOTIFY, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, ack_interrupts,
+    driver_ok, negotiate, r8, r16, setup_queue, w8, w16, w32, w64, write_desc,
+};
+pub use crate::virtio_mmio::{Slot, probe, slot_base};
 
 pub const REQ_IN: u32 = 0;
 pub const REQ_GET_ID: u32 = 8;
@@ -62,7 +25,6 @@ const MAX_QUEUE_SIZE: u32 = 8;
 /// How long a request may take before it is declared lost (the VMM
 /// completes requests synchronously on QueueNotify, so this is generous).
 const REQUEST_TIMEOUT_MS: u64 = 2_000;
-const RESET_TIMEOUT_MS: u64 = 100;
 
 // Layout of a device's DMA page.
 const DESC_OFF: u64 = 0x000;
@@ -88,59 +50,6 @@ static DMA: DmaPages = DmaPages(UnsafeCell::new(
 fn page_addr(slot: usize) -> Option<u64> {
     (slot < VIRTIO_MMIO_MAX_DEVICES)
         .then(|| DMA.0.get() as u64 + (slot as u64) * core::mem::size_of::<Page>() as u64)
-}
-
-// Volatile accessors for a DMA page: the device reads and writes it behind
-// the compiler's back. Offsets are constants below 4096 plus ring indices
-// reduced modulo the queue size, so every access stays inside the page.
-fn w8(addr: u64, v: u8) {
-    // SAFETY: `addr` is inside a DMA page (see above).
-    unsafe { write_volatile(addr as *mut u8, v) }
-}
-fn w16(addr: u64, v: u16) {
-    // SAFETY: as for `w8`; all offsets used are 2-aligned.
-    unsafe { write_volatile(addr as *mut u16, v) }
-}
-fn w32(addr: u64, v: u32) {
-    // SAFETY: as for `w8`; all offsets used are 4-aligned.
-    unsafe { write_volatile(addr as *mut u32, v) }
-}
-fn w64(addr: u64, v: u64) {
-    // SAFETY: as for `w8`; all offsets used are 8-aligned.
-    unsafe { write_volatile(addr as *mut u64, v) }
-}
-fn r8(addr: u64) -> u8 {
-    // SAFETY: as for `w8`.
-    unsafe { read_volatile(addr as *const u8) }
-}
-fn r16(addr: u64) -> u16 {
-    // SAFETY: as for `w16`.
-    unsafe { read_volatile(addr as *const u16) }
-}
-
-/// What sits in a virtio-mmio slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
-    Empty,
-    Block,
-    Other(u32),
-}
-
-pub fn slot_base(slot: usize) -> u64 {
-    VIRTIO_MMIO_BASE + slot as u64 * VIRTIO_MMIO_SIZE
-}
-
-/// Looks at the identification registers of `slot`.
-pub fn probe(slot: usize) -> Slot {
-    let base = slot_base(slot);
-    if mmio_read32(base + MAGIC) != MAGIC_VALUE || mmio_read32(base + VERSION) != 2 {
-        return Slot::Empty;
-    }
-    match mmio_read32(base + DEVICE_ID) {
-        0 => Slot::Empty,
-        DEVICE_ID_BLOCK => Slot::Block,
-        other => Slot::Other(other),
-    }
 }
 
 /// Capacity in 512-byte sectors (config offset 0) of the block device in
@@ -178,78 +87,25 @@ impl Blk {
     pub fn init(slot: usize) -> Result<Blk, &'static str> {
         let page = page_addr(slot).ok_or("no such slot")?;
         let base = slot_base(slot);
-        let reg = |off: u64| base + off;
-
-        mmio_write32(reg(STATUS), 0);
-        let mut deadline = Deadline::after_ms(RESET_TIMEOUT_MS);
-        while mmio_read32(reg(STATUS)) != 0 {
-            if deadline.expired() {
-                return Err("device did not reset");
-            }
-            pause();
-        }
-        mmio_write32(reg(STATUS), STATUS_ACKNOWLEDGE);
-        mmio_write32(reg(STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-
-        mmio_write32(reg(DEVICE_FEATURES_SEL), 1);
-        let high = mmio_read32(reg(DEVICE_FEATURES));
-        if high & F_VERSION_1_HIGH == 0 {
-            mmio_write32(reg(STATUS), STATUS_FAILED);
-            return Err("device does not offer VIRTIO_F_VERSION_1");
-        }
-        mmio_write32(reg(DRIVER_FEATURES_SEL), 0);
-        mmio_write32(reg(DRIVER_FEATURES), 0);
-        mmio_write32(reg(DRIVER_FEATURES_SEL), 1);
-        mmio_write32(reg(DRIVER_FEATURES), F_VERSION_1_HIGH);
-        let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-        mmio_write32(reg(STATUS), status);
-        if mmio_read32(reg(STATUS)) & STATUS_FEATURES_OK == 0 {
-            mmio_write32(reg(STATUS), STATUS_FAILED);
-            return Err("device refused FEATURES_OK");
-        }
-
-        mmio_write32(reg(QUEUE_SEL), 0);
-        if mmio_read32(reg(QUEUE_READY)) != 0 {
-            mmio_write32(reg(STATUS), STATUS_FAILED);
-            return Err("queue 0 already ready after reset");
-        }
-        let max = mmio_read32(reg(QUEUE_NUM_MAX));
-        if max == 0 {
-            mmio_write32(reg(STATUS), STATUS_FAILED);
-            return Err("queue 0 not available (QueueNumMax 0)");
-        }
-        // Largest power of two <= min(max, 8).
-        let mut qsize = 1u32;
-        while qsize * 2 <= max.min(MAX_QUEUE_SIZE) {
-            qsize *= 2;
-        }
-
+        let (status, _) = negotiate(base, 0)?;
         // Fresh rings.
         for off in (0..HEADER_OFF).step_by(8) {
             w64(page + off, 0);
         }
-        w16(page + AVAIL_OFF, VIRTQ_AVAIL_F_NO_INTERRUPT);
-
-        let desc = page + DESC_OFF;
-        let avail = page + AVAIL_OFF;
-        let used = page + USED_OFF;
-        mmio_write32(reg(QUEUE_NUM), qsize);
-        mmio_write32(reg(QUEUE_DESC_LOW), desc as u32);
-        mmio_write32(reg(QUEUE_DESC_HIGH), (desc >> 32) as u32);
-        mmio_write32(reg(QUEUE_DRIVER_LOW), avail as u32);
-        mmio_write32(reg(QUEUE_DRIVER_HIGH), (avail >> 32) as u32);
-        mmio_write32(reg(QUEUE_DEVICE_LOW), used as u32);
-        mmio_write32(reg(QUEUE_DEVICE_HIGH), (used >> 32) as u32);
-        mmio_write32(reg(QUEUE_READY), 1);
-        mmio_write32(reg(STATUS), status | STATUS_DRIVER_OK);
-        if mmio_read32(reg(STATUS)) & STATUS_FAILED != 0 {
-            return Err("device set FAILED / NEEDS_RESET");
-        }
+        let qsize = setup_queue(
+            base,
+            0,
+            MAX_QUEUE_SIZE,
+            page + DESC_OFF,
+            page + AVAIL_OFF,
+            page + USED_OFF,
+        )?;
+        driver_ok(base, status)?;
         Ok(Blk {
             slot,
             base,
             page,
-            qsize: qsize as u16,
+            qsize,
             next_avail: 0,
             last_used: 0,
             wedged: false,
@@ -294,18 +150,12 @@ impl Blk {
             (page + STATUS_OFF, 1, VIRTQ_DESC_F_WRITE),
         ];
         for (i, &(addr, dlen, flags)) in chain.iter().enumerate() {
-            let d = page + DESC_OFF + 16 * i as u64;
-            w64(d, addr);
-            w32(d + 8, dlen);
-            w16(d + 12, flags);
-            w16(
-                d + 14,
-                if flags & VIRTQ_DESC_F_NEXT != 0 {
-                    i as u16 + 1
-                } else {
-                    0
-                },
-            );
+            let next = if flags & VIRTQ_DESC_F_NEXT != 0 {
+                i as u16 + 1
+            } else {
+                0
+            };
+            write_desc(page + DESC_OFF, i as u16, addr, dlen, flags, next);
         }
         let ring_slot = u64::from(self.next_avail % self.qsize);
         w16(page + AVAIL_OFF + 4 + 2 * ring_slot, 0);
@@ -325,11 +175,7 @@ impl Blk {
         }
         fence(Ordering::SeqCst);
         self.last_used = self.last_used.wrapping_add(1);
-        // Keep the (unused) interrupt line quiet.
-        let isr = mmio_read32(self.base + INTERRUPT_STATUS);
-        if isr != 0 {
-            mmio_write32(self.base + INTERRUPT_ACK, isr);
-        }
+        ack_interrupts(self.base);
         let status = r8(page + STATUS_OFF);
         if status != 0 {
             return Err(if status == 2 {

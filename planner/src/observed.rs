@@ -20,6 +20,19 @@ pub struct LiveDisk {
     pub path: Option<PathBuf>,
 }
 
+/// One NIC as its VMM reports it: what it is attached to and its frame
+/// counters (docs/networking.md). Only a running VM has these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveNic {
+    pub name: String,
+    pub mac: String,
+    pub tap: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
 /// The live view of one VM (from its VMM's control socket and its files).
 /// Fields the backend could not learn are `None`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +44,9 @@ pub struct Live {
     /// Empty when unknown; otherwise one entry per disk file found.
     #[serde(default)]
     pub disks: Vec<LiveDisk>,
+    /// The NICs of a running VM (its VMM's view); empty otherwise.
+    #[serde(default)]
+    pub nics: Vec<LiveNic>,
     /// The guest's own report (COM2 agent), as it sent it.
     pub guest: Option<serde_json::Value>,
 }
@@ -44,6 +60,7 @@ impl Live {
             cpus: None,
             memory_mib: None,
             disks: Vec::new(),
+            nics: Vec::new(),
             guest: None,
         }
     }

@@ -145,6 +145,9 @@ impl Basis {
                     cpus: v.cpus,
                     memory_mib: v.memory_mib,
                     disks: v.disks.clone(),
+                    // NIC counters change with every frame; the planner
+                    // does not read them.
+                    nics: Vec::new(),
                     guest: None,
                 },
             });
@@ -532,6 +535,7 @@ mod tests {
                 cpus: Some(1),
                 memory_mib: Some(128),
                 disks: vec![],
+                nics: vec![],
                 guest: Some(serde_json::json!({"uptime": 1})),
             },
         }

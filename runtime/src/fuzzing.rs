@@ -17,7 +17,8 @@ pub use request::MAX_DESCRIPTORS;
 /// What the virtio-blk request parser made of one descriptor chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainWalk {
-    /// Longer than [`MAX_DESCRIPTORS`]: dropped without a status.
+    /// Longer than [`MAX_DESCRIPTORS`], or cut short by the walker (a loop,
+    /// a `next` outside the table): dropped without a status.
     TooLong,
     /// Rejected (a buffer outside guest memory, readable after writable):
     /// answered IOERR.

@@ -122,6 +122,7 @@ pub fn machine_config(
         memory_mib: spec.memory_mib,
         max_memory_mib: spec.max_memory_mib.max(spec.memory_mib),
         disks,
+        nics: Vec::new(),
         irq_mode,
         console_log: absolute(&dir.console_log())?,
         console_log_max_bytes: crate::devices::serial::CONSOLE_LOG_MAX,

@@ -6,6 +6,9 @@
 //! and passes — which on a CI host that should have KVM would hide that
 //! nothing ran. `VMCTL_REQUIRE_KVM=1` turns that skip into a failure
 //! (`.ci/run` sets it).
+//!
+//! KVM test binaries (`harness = false`) are also their own VMM: the
+//! runtime re-executes them as `__vmm` ([`run_as_vmm_if_asked`]).
 
 use std::ffi::OsStr;
 
@@ -54,6 +57,27 @@ pub fn kvm_or_skip() -> bool {
             false
         }
         KvmGate::Fail(msg) => panic!("{msg}"),
+    }
+}
+
+/// In a KVM test binary's `main`, first thing: when this process was
+/// started as a VMM (`BIN __vmm --vm-dir DIR`), run the VM and exit with its
+/// code; otherwise return and let the tests run.
+pub fn run_as_vmm_if_asked() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some("__vmm") {
+        return;
+    }
+    let Some(dir) = args.get(3) else {
+        eprintln!("usage: __vmm --vm-dir DIR");
+        std::process::exit(2);
+    };
+    match crate::run_vmm(std::path::Path::new(dir)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmctl __vmm: error: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

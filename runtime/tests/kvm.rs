@@ -16,6 +16,9 @@ use vmctl_runtime::api::{ApiClient, RunState};
 use vmctl_runtime::process::VmmCommand;
 use vmctl_spec::model::{ImageSpec, VmSpec};
 
+mod common;
+use common::{TESTPROG_RESET, elf};
+
 /// `testprog-wait`: writes "hello from testprog\n" to COM1 and a JSON line to
 /// COM2, polls the GED register at 0xd010_0000 until the power-button bit (3)
 /// is set, then writes 0x34 (S5 | SLP_EN) to port 0x600. Assembled from:
@@ -97,15 +100,6 @@ const TESTPROG_STI: &[u8] = &[
     0x31, 0x7d, 0x0a,
 ];
 
-/// `testprog-reset`: greets on COM1, then pulses the i8042 reset line
-/// (0xFE to port 0x64) — a guest that reboots forever.
-const TESTPROG_RESET: &[u8] = &[
-    0x66, 0xba, 0xf8, 0x03, 0x48, 0x8d, 0x35, 0x12, 0x00, 0x00, 0x00, 0xb9, 0x14, 0x00, 0x00, 0x00,
-    0xac, 0xee, 0xff, 0xc9, 0x75, 0xfa, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, 0x68, 0x65, 0x6c,
-    0x6c, 0x6f, 0x20, 0x66, 0x72, 0x6f, 0x6d, 0x20, 0x74, 0x65, 0x73, 0x74, 0x70, 0x72, 0x6f, 0x67,
-    0x0a,
-];
-
 /// `testprog-flood`: a guest that floods COM1 — 200,000 `x`, then `END\n`,
 /// then powers off:
 /// ```text
@@ -122,43 +116,6 @@ const TESTPROG_FLOOD: &[u8] = &[
     0x75, 0xfa, 0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd, b'E', b'N', b'D',
     b'\n',
 ];
-
-/// Where the test programs are linked and entered.
-const LOAD_ADDR: u64 = 0x20_0000;
-
-/// A minimal ELF64 executable: one PT_LOAD of `code` at `LOAD_ADDR`.
-fn elf(code: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    let phoff = 64u64;
-    let data_off = 0x1000u64;
-    // e_ident
-    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
-    f.extend_from_slice(&phoff.to_le_bytes());
-    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    f.extend_from_slice(&0u32.to_le_bytes());
-    f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
-    f.extend_from_slice(&0u16.to_le_bytes());
-    f.extend_from_slice(&0u16.to_le_bytes());
-    // program header
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
-    f.extend_from_slice(&data_off.to_le_bytes());
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // vaddr
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // paddr
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&0x1000u64.to_le_bytes());
-    f.resize(data_off as usize, 0);
-    f.extend_from_slice(code);
-    f
-}
 
 struct Lab {
     _tmp: tempfile::TempDir,
@@ -937,10 +894,8 @@ const TESTS: &[Test] = &[
 ];
 
 fn main() {
+    vmctl_runtime::testing::run_as_vmm_if_asked();
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("__vmm") {
-        vmm_main(&args);
-    }
     // Skips without /dev/kvm; fails instead with VMCTL_REQUIRE_KVM=1.
     if !vmctl_runtime::testing::kvm_or_skip() {
         return;
@@ -1032,24 +987,4 @@ fn measure() {
         rss[0],
         rss[rss.len() - 1]
     );
-}
-
-/// This binary as a VMM: `kvm __vmm --vm-dir DIR`.
-fn vmm_main(args: &[String]) -> ! {
-    let _ = tracing_subscriber_init();
-    let Some(dir) = args.get(3) else {
-        eprintln!("usage: __vmm --vm-dir DIR");
-        std::process::exit(2);
-    };
-    match vmctl_runtime::run_vmm(Path::new(dir)) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("vmctl __vmm: error: {e}");
-            std::process::exit(1);
-        }
-    }
-}
-
-fn tracing_subscriber_init() -> Option<()> {
-    None
 }

@@ -87,8 +87,17 @@ pub fn vm_json(vm: &ObservedVm) -> Value {
         "max_memory_mib": spec.max_memory_mib,
         "cpu_weight": spec.cpu_weight,
         "disks": disks,
+        "nics": vm.live.nics,
         "guest": vm.live.guest,
     })
+}
+
+/// The human `status` line of one NIC (docs/networking.md).
+fn nic_line(n: &vmctl_planner::LiveNic) -> String {
+    format!(
+        "{:<16} nic {} mac {} tap {}  rx {} frames {} B  tx {} frames {} B\n",
+        "", n.name, n.mac, n.tap, n.rx_packets, n.rx_bytes, n.tx_packets, n.tx_bytes
+    )
 }
 
 fn guest_summary(guest: &Value) -> String {
@@ -166,6 +175,9 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
                 v["memory_mib"],
                 vm.live.disks.len()
             ));
+            for n in &vm.live.nics {
+                text.push_str(&nic_line(n));
+            }
             match &vm.live.guest {
                 Some(gst) => text.push_str(&format!("{:<16} {}\n", "", guest_summary(gst))),
                 None if vm.live.state == RunState::Running => {
@@ -201,6 +213,46 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nics_in_json_and_text() {
+        use vmctl_planner::{Desired, Live, LiveNic, ObservedVm, Record, RunState};
+        let nic = LiveNic {
+            name: "lab".into(),
+            mac: "52:54:00:77:00:02".into(),
+            tap: "vt-a".into(),
+            rx_packets: 29,
+            rx_bytes: 2294,
+            tx_packets: 15,
+            tx_bytes: 1086,
+        };
+        let vm = ObservedVm {
+            record: Record::new(vmctl_spec::model::VmSpec::diag("a"), Desired::Running),
+            live: Live {
+                state: RunState::Running,
+                nics: vec![nic.clone()],
+                ..Live::stopped()
+            },
+        };
+        let v = vm_json(&vm);
+        assert_eq!(
+            v["nics"],
+            serde_json::json!([{"name": "lab", "mac": "52:54:00:77:00:02", "tap": "vt-a",
+                "rx_packets": 29, "rx_bytes": 2294, "tx_packets": 15, "tx_bytes": 1086}])
+        );
+        assert_eq!(
+            nic_line(&nic),
+            format!(
+                "{:<16} nic lab mac 52:54:00:77:00:02 tap vt-a  rx 29 frames 2294 B  tx 15 frames 1086 B\n",
+                ""
+            )
+        );
+        let stopped = ObservedVm {
+            live: Live::stopped(),
+            ..vm
+        };
+        assert_eq!(vm_json(&stopped)["nics"], serde_json::json!([]));
+    }
 
     #[test]
     fn a_debian_guest_says_what_it_is() {

@@ -436,6 +436,7 @@ mod tests {
             "kdl_resolve",
             "virtio_blk",
             "virtio_mmio",
+            "virtio_net",
             "virtqueue",
         ] {
             assert!(t.iter().any(|x| x == name), "{name} in {t:?}");

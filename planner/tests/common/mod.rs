@@ -88,6 +88,7 @@ pub fn observed_vm(spec: &VmSpec, state: RunState) -> ObservedVm {
                     path: None,
                 })
                 .collect(),
+            nics: Vec::new(),
             guest: None,
         },
     }

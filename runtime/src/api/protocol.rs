@@ -76,6 +76,19 @@ pub struct DiskStatus {
     pub path: String,
 }
 
+/// One NIC in the `status` result: what it is attached to and its live
+/// counters (docs/networking.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicStatus {
+    /// The NIC's name in the VM (its network).
+    pub name: String,
+    pub mac: String,
+    /// The host TAP it is attached to.
+    pub tap: String,
+    #[serde(flatten)]
+    pub stats: crate::devices::virtio::net::NetStats,
+}
+
 /// The `status` result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -84,6 +97,9 @@ pub struct Status {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disks: Vec<DiskStatus>,
+    /// virtio-net NICs, in machine-config order (absent from older VMMs).
+    #[serde(default)]
+    pub nics: Vec<NicStatus>,
     /// The latest JSON object the guest wrote on COM2, or null.
     pub guest: Option<serde_json::Value>,
     /// Milliseconds since the VM (last) booted.

@@ -200,7 +200,10 @@ fn base(ctx: &Context) -> Vec<Entry> {
             one_of(2, &[libc::MADV_DONTNEED as u64]),
             "glibc returns freed thread stacks and heap; a reboot drops guest RAM",
         ),
-        any(sys!(SYS_write), "tracing to vmm.log (stderr), eventfds"),
+        any(
+            sys!(SYS_write),
+            "tracing to vmm.log (stderr), eventfds, virtio-net TX: one frame to the TAP",
+        ),
         any(
             sys!(SYS_close),
             "dropping descriptors (a vCPU fd when its thread ends)",
@@ -334,11 +337,18 @@ fn own_entries(kind: ThreadKind, ctx: &Context) -> Vec<Entry> {
             ),
             any(sys!(SYS_pwrite64), "as pread64"),
             any(sys!(SYS_fdatasync), "as pread64 (flush)"),
+            any(
+                sys!(SYS_read),
+                "virtio-net RX from the TAP on the vCPU where KVM refused the ioeventfd (TX uses write, in the base list)",
+            ),
         ],
         ThreadKind::VirtioIo => vec![
-            any(sys!(SYS_epoll_wait), "wait for queue notifiers"),
+            any(sys!(SYS_epoll_wait), "wait for queue notifiers and TAPs"),
             any(sys!(SYS_epoll_pwait), "as epoll_wait"),
-            any(sys!(SYS_read), "reset the notifier eventfds"),
+            any(
+                sys!(SYS_read),
+                "reset the notifier eventfds; virtio-net RX: one frame from the TAP (TX uses write, in the base list)",
+            ),
             any(sys!(SYS_pread64), "virtio-blk reads"),
             any(sys!(SYS_pwrite64), "virtio-blk writes"),
             any(sys!(SYS_fdatasync), "virtio-blk flush"),

@@ -31,17 +31,19 @@ use super::ConfineError;
 pub const MALLOC_ARENAS: i32 = 4;
 
 /// Descriptors one VMM may have open for a machine of `max_cpus` vCPUs and
-/// `disks` disks. Per boot: `/dev/kvm`, the VM, one per vCPU, and per disk
-/// its file, ioeventfd and irqfd, plus the fixed interrupt lines, the I/O
+/// `disks` virtio devices (disks and NICs). Per boot: `/dev/kvm`, the VM,
+/// one per vCPU, and per disk its file, ioeventfd and irqfd (per NIC its
+/// TAP, the I/O thread's watch on it, two ioeventfds and an irqfd: the
+/// budget below counts 3 + 1 per device, enough for both), plus the fixed interrupt lines, the I/O
 /// thread's epoll and stop events; a reboot holds two machines for a
-/// moment. Beyond that: each disk's locked file, kept for the VMM's life
+/// moment. Beyond that: each disk's locked file (each NIC's TAP), kept for the VMM's life
 /// (crate::disk_file; a machine's disk files are dups of it), stdio,
 /// `vmm.lock`, `console.log`, both listening
 /// sockets, the seccomp report pipe, and two descriptors per control or
 /// console connection (generous: 128 connections), and files written
 /// atomically (two at a time).
 pub fn nofile_limit(max_cpus: u32, disks: usize) -> u64 {
-    let per_boot = 2 + u64::from(max_cpus) + 3 * disks as u64 + 8;
+    let per_boot = 2 + u64::from(max_cpus) + 4 * disks as u64 + 8;
     let fixed = 3 + 1 + 1 + 2 + 2 + 2;
     let connections = 2 * 128;
     2 * per_boot + disks as u64 + fixed + connections

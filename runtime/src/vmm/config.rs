@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::irq::IrqMode;
+use crate::arch::x86_64::layout;
+use crate::devices::virtio::net::{Mac, tap};
 
 /// Version of the `machine.json` document.
 pub const MACHINE_CONFIG_VERSION: &str = "1";
@@ -35,6 +37,10 @@ pub struct MachineConfig {
     /// virtio-blk disks, in declaration order (device `i` at
     /// `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`, GSI `VIRTIO_GSI_BASE + i`).
     pub disks: Vec<DiskConfig>,
+    /// virtio-net devices, after the disks in the virtio-mmio layout (NIC
+    /// `j` is device `disks.len() + j`); docs/networking.md.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
     /// `polled` for guests that poll their devices (diag), `irqchip` else.
     pub irq_mode: IrqMode,
     /// Where COM1's output is appended.
@@ -54,6 +60,18 @@ pub struct DiskConfig {
     /// The disk's name; also its virtio-blk serial (what the guest reports as `id`).
     pub name: String,
     pub path: PathBuf,
+}
+
+/// One virtio-net device backed by a persistent host TAP that the control
+/// plane created (docs/networking.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicConfig {
+    /// The NIC's name in the VM (the network it is on), for logs and status.
+    pub name: String,
+    /// "52:54:00:12:34:56" form.
+    pub mac: String,
+    /// The host TAP interface to attach to.
+    pub tap: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +122,51 @@ impl MachineConfig {
                 self.memory_mib, self.max_memory_mib
             ));
         }
+        let devices = self.disks.len() + self.nics.len();
+        if devices as u64 > layout::VIRTIO_MMIO_MAX_DEVICES {
+            return Err(format!(
+                "{} disks and {} NICs; at most {} virtio devices in all",
+                self.disks.len(),
+                self.nics.len(),
+                layout::VIRTIO_MMIO_MAX_DEVICES
+            ));
+        }
+        for (i, nic) in self.nics.iter().enumerate() {
+            let mac = Mac::parse(&nic.mac).ok_or_else(|| {
+                format!(
+                    "NIC {:?}: MAC {:?} is not of the form 52:54:00:12:34:56",
+                    nic.name, nic.mac
+                )
+            })?;
+            if !mac.is_unicast() {
+                return Err(format!(
+                    "NIC {:?}: MAC {} is a group (multicast/broadcast) or zero address",
+                    nic.name, nic.mac
+                ));
+            }
+            if !tap::valid_name(&nic.tap) {
+                return Err(format!(
+                    "NIC {:?}: TAP name {:?} is not an interface name (1 to {} bytes, no '/', ':', whitespace)",
+                    nic.name,
+                    nic.tap,
+                    tap::MAX_NAME_LEN
+                ));
+            }
+            for other in &self.nics[..i] {
+                if other.tap == nic.tap {
+                    return Err(format!(
+                        "NICs {:?} and {:?} both use TAP {:?}",
+                        other.name, nic.name, nic.tap
+                    ));
+                }
+                if Mac::parse(&other.mac) == Some(mac) {
+                    return Err(format!(
+                        "NICs {:?} and {:?} both have MAC {mac}",
+                        other.name, nic.name
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -132,6 +195,11 @@ mod tests {
             disks: vec![DiskConfig {
                 name: "root".into(),
                 path: "/d/root.raw".into(),
+            }],
+            nics: vec![NicConfig {
+                name: "lab".into(),
+                mac: "52:54:00:12:34:56".into(),
+                tap: "vt-lab-a".into(),
             }],
             irq_mode: IrqMode::Polled,
             console_log: "/vm/console.log".into(),
@@ -168,5 +236,65 @@ mod tests {
         }
         std::fs::write(&p, b"{").unwrap();
         assert!(MachineConfig::load(&p).is_err());
+    }
+
+    #[test]
+    fn nics_are_optional_in_older_configs() {
+        let mut v = serde_json::to_value(cfg()).unwrap();
+        v.as_object_mut().unwrap().remove("nics");
+        let old: MachineConfig = serde_json::from_value(v).unwrap();
+        assert!(old.nics.is_empty());
+        assert_eq!(old.check(), Ok(()));
+    }
+
+    #[test]
+    fn nics_are_checked() {
+        let nic = |name: &str, mac: &str, tap: &str| NicConfig {
+            name: name.into(),
+            mac: mac.into(),
+            tap: tap.into(),
+        };
+        let with = |nics: Vec<NicConfig>| MachineConfig { nics, ..cfg() }.check();
+        assert_eq!(
+            with(vec![
+                nic("a", "02:00:00:00:00:01", "t0"),
+                nic("b", "02:00:00:00:00:02", "t1")
+            ]),
+            Ok(())
+        );
+        for (nics, why) in [
+            (vec![nic("a", "52:54:00:12:34", "t0")], "not of the form"),
+            (vec![nic("a", "52:54:00:12:34:5g", "t0")], "not of the form"),
+            (vec![nic("a", "01:00:5e:00:00:01", "t0")], "group"),
+            (vec![nic("a", "ff:ff:ff:ff:ff:ff", "t0")], "group"),
+            (vec![nic("a", "00:00:00:00:00:00", "t0")], "zero"),
+            (
+                vec![nic("a", "02:00:00:00:00:01", "sixteen-bytes-xx")],
+                "TAP name",
+            ),
+            (vec![nic("a", "02:00:00:00:00:01", "")], "TAP name"),
+            (vec![nic("a", "02:00:00:00:00:01", "../x")], "TAP name"),
+            (
+                vec![
+                    nic("a", "02:00:00:00:00:01", "t0"),
+                    nic("b", "02:00:00:00:00:02", "t0"),
+                ],
+                "both use TAP",
+            ),
+            (
+                vec![
+                    nic("a", "02:00:00:00:00:01", "t0"),
+                    nic("b", "02:00:00:00:00:01", "t1"),
+                ],
+                "both have MAC",
+            ),
+        ] {
+            let e = with(nics).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let many = (0..16)
+            .map(|i| nic("n", &format!("02:00:00:00:00:{i:02x}"), &format!("t{i}")))
+            .collect();
+        assert!(with(many).unwrap_err().contains("at most 16"));
     }
 }

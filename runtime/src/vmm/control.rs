@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::serve::Vmm;
 use super::{CAPABILITIES, Outcome};
 use crate::api::protocol::{
-    DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, Request, Response, RunState, ShutdownResult, Status,
+    DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, NicStatus, Request, Response, RunState,
+    ShutdownResult, Status,
 };
 use crate::api::server::Pending;
 
@@ -22,6 +23,23 @@ impl Vmm {
                 path: d.path.display().to_string(),
             })
             .collect();
+        let hosts = self.keep.nics.lock().ok();
+        let nics = self
+            .cfg
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NicStatus {
+                name: n.name.clone(),
+                mac: n.mac.clone(),
+                tap: n.tap.clone(),
+                stats: hosts
+                    .as_ref()
+                    .and_then(|h| h.get(i))
+                    .map(|h| h.counters.snapshot())
+                    .unwrap_or_default(),
+            })
+            .collect();
         Status {
             state: if self.machine.is_paused() {
                 RunState::Paused
@@ -32,6 +50,7 @@ impl Vmm {
             vcpus: self.cfg.cpus,
             memory_mib: self.cfg.memory_mib,
             disks,
+            nics,
             guest: self.keep.report.lock().ok().and_then(|r| r.clone()),
             uptime_ms: self.booted.elapsed().as_millis() as u64,
             boots: self.boots,

@@ -29,13 +29,27 @@ use crate::devices::serial::{
     AgentChannel, ConsoleOutput, GuestReport, RotatingLog, SerialDevice, SerialIrq,
 };
 use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::io_thread::{IoThread, IoThreadError, Notifier, QueueHandler};
+use crate::devices::virtio::io_thread::{
+    IoThread, IoThreadError, Notifier, QueueHandler, Readable,
+};
 use crate::devices::virtio::mmio::{MmioTransport, reg};
+use crate::devices::virtio::net::{self, Mac, Net, NetCounters, tap};
 use crate::devices::{Bus, BusError, Interrupt};
 use crate::vstate::vcpu::{self, EventSink, ExitContext, Vcpu, VcpuControl, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
 pub type BlockDevice = Arc<Mutex<MmioTransport<Block>>>;
+pub type NetDevice = Arc<Mutex<MmioTransport<Net>>>;
+
+/// One NIC's host side, kept for the VMM's life: the TAP descriptor
+/// attached once at set-up (a reboot builds its device on a dup; the VMM
+/// is confined by then and never attaches again) and its counters, which
+/// `status` reports across reboots.
+pub struct NicHost {
+    pub tap_name: String,
+    pub tap: std::fs::File,
+    pub counters: Arc<NetCounters>,
+}
 
 /// State that outlives one boot.
 #[derive(Clone, Default)]
@@ -50,6 +64,8 @@ pub struct Persistent {
     /// dropped while the VMM runs and the rebuilt machine does not conflict
     /// with the old one, which still holds its files while it is built.
     pub disk_files: Arc<Mutex<Vec<(PathBuf, std::fs::File)>>>,
+    /// Every NIC's TAP and counters, in `MachineConfig::nics` order.
+    pub nics: Arc<Mutex<Vec<NicHost>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +86,15 @@ pub enum MachineError {
         #[source]
         source: BlockError,
     },
-    #[error("{0} disks; at most {max} are supported", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
+    #[error("NIC {name:?}: {source}")]
+    Nic {
+        name: String,
+        #[source]
+        source: tap::TapError,
+    },
+    #[error("NIC {name:?}: MAC {mac:?} is not a unicast address of the form 52:54:00:12:34:56")]
+    NicMac { name: String, mac: String },
+    #[error("{0} virtio devices (disks and NICs); at most {max} are supported", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
     TooManyDisks(usize),
     #[error(transparent)]
     IoThread(#[from] IoThreadError),
@@ -91,6 +115,8 @@ pub struct Machine {
     pub ged_irq: Option<Arc<dyn Interrupt>>,
     /// The virtio-blk devices, for live changes (resize, new memory view).
     pub disks: Vec<BlockDevice>,
+    /// The virtio-net devices (new memory view after hot-add).
+    pub nics: Vec<NetDevice>,
     pub cpu_hotplug: CpuHotplug,
     pub memory_hotplug: MemoryHotplug,
     /// `(start, len)` of the RAM hot-add may fill; None without headroom.
@@ -116,13 +142,15 @@ impl Machine {
     ) -> Result<Self, MachineError> {
         let ram_bytes = cfg.memory_mib << 20;
         let max_ram_bytes = cfg.max_memory_mib.max(cfg.memory_mib) << 20;
-        if cfg.disks.len() as u64 > layout::VIRTIO_MMIO_MAX_DEVICES {
-            return Err(MachineError::TooManyDisks(cfg.disks.len()));
+        let devices = cfg.disks.len() + cfg.nics.len();
+        if devices as u64 > layout::VIRTIO_MMIO_MAX_DEVICES {
+            return Err(MachineError::TooManyDisks(devices));
         }
         let vm = Vm::new(ram_bytes)?;
         let max_cpus = cfg.max_cpus.max(cfg.cpus);
 
-        let acpi_cfg = crate::acpi::AcpiConfig::new(cfg.cpus, max_cpus, cfg.disks.len() as u32)
+        // Disks, then NICs: one virtio-mmio device list for the DSDT.
+        let acpi_cfg = crate::acpi::AcpiConfig::new(cfg.cpus, max_cpus, devices as u32)
             .with_memory_hotplug(ram_bytes, max_ram_bytes);
         let hotplug_region = acpi_cfg.memory_hotplug.as_ref().map(|m| (m.base, m.size));
         let rsdp = crate::acpi::write_tables(&vm.memory, &acpi_cfg)
@@ -195,15 +223,54 @@ impl Machine {
             )));
             let base = layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_SIZE;
             mmio.insert(dev.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
-            if let Some(n) = queue_notifier(&vm, base, dev.clone()) {
+            if let Some(n) = queue_notifier(&vm, base, 0, dev.clone()) {
                 notifiers.push(n);
             }
             disks.push(dev);
         }
-        let io = if notifiers.is_empty() {
+        let mut nics = Vec::new();
+        let mut readables = Vec::new();
+        for (j, nic) in cfg.nics.iter().enumerate() {
+            let i = cfg.disks.len() + j;
+            let (tap_file, watch, counters) =
+                open_nic(keep, j, &nic.tap).map_err(|source| MachineError::Nic {
+                    name: nic.name.clone(),
+                    source,
+                })?;
+            let mac = Mac::parse(&nic.mac)
+                .filter(Mac::is_unicast)
+                .ok_or_else(|| MachineError::NicMac {
+                    name: nic.name.clone(),
+                    mac: nic.mac.clone(),
+                })?;
+            let irq = irq::line(&vm.fd, cfg.irq_mode, layout::VIRTIO_GSI_BASE + i as u32)?;
+            let device = Net::new(mac, Box::new(tap_file), counters);
+            let dev: NetDevice = Arc::new(Mutex::new(MmioTransport::new(
+                device,
+                vm.memory.clone(),
+                irq,
+            )));
+            let base = layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_SIZE;
+            mmio.insert(dev.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
+            for q in [net::RX_QUEUE, net::TX_QUEUE] {
+                if let Some(n) = queue_notifier(&vm, base, q as u32, dev.clone()) {
+                    notifiers.push(n);
+                }
+            }
+            // Frames arriving on the TAP are RX work whether or not the
+            // guest notifies (diag polls).
+            readables.push(Readable {
+                fd: watch,
+                queue: net::RX_QUEUE as u32,
+                handler: dev.clone(),
+            });
+            tracing::info!(nic = %nic.name, mac = %mac, tap = %nic.tap, device = i, "virtio-net attached");
+            nics.push(dev);
+        }
+        let io = if notifiers.is_empty() && readables.is_empty() {
             None
         } else {
-            Some(IoThread::spawn(notifiers)?)
+            Some(IoThread::spawn_with(notifiers, readables)?)
         };
 
         let mut vcpus = Vec::new();
@@ -224,6 +291,7 @@ impl Machine {
             com1,
             ged_irq,
             disks,
+            nics,
             cpu_hotplug,
             memory_hotplug,
             hotplug_region,
@@ -328,6 +396,11 @@ impl Machine {
                 t.set_memory(mem.clone());
             }
         }
+        for d in &self.nics {
+            if let Ok(mut t) = d.lock() {
+                t.set_memory(mem.clone());
+            }
+        }
         let slot = self.memory_hotplug.insert(base, bytes)?;
         Ok((slot, base))
     }
@@ -423,18 +496,54 @@ fn open_disk(keep: &Persistent, path: &Path, name: &str) -> Result<Block, BlockE
     Ok(block)
 }
 
-/// Back queue 0's `QueueNotify` of the device at `base` with an ioeventfd
-/// served by the I/O thread. None (the vCPU then handles the write itself)
-/// when KVM refuses it.
-fn queue_notifier(vm: &Vm, base: u64, handler: Arc<dyn QueueHandler>) -> Option<Notifier> {
+/// NIC `index`'s TAP (a dup of the one attached at set-up, or attached
+/// now and remembered in `keep`), a second dup for the I/O thread to watch,
+/// and its counters.
+fn open_nic(
+    keep: &Persistent,
+    index: usize,
+    tap_name: &str,
+) -> Result<(std::fs::File, std::os::fd::OwnedFd, Arc<NetCounters>), tap::TapError> {
+    let dup_err = |source| tap::TapError::Configure {
+        name: tap_name.into(),
+        what: "dup",
+        source,
+    };
+    let mut nics = keep
+        .nics
+        .lock()
+        .map_err(|_| dup_err(std::io::Error::other("the NIC list is poisoned")))?;
+    if nics.len() == index {
+        let tap = tap::open(tap_name)?;
+        nics.push(NicHost {
+            tap_name: tap_name.into(),
+            tap,
+            counters: Arc::new(NetCounters::default()),
+        });
+    }
+    let Some(host) = nics.get(index).filter(|h| h.tap_name == tap_name) else {
+        return Err(dup_err(std::io::Error::other(
+            "the NIC list does not match the machine config",
+        )));
+    };
+    let file = host.tap.try_clone().map_err(dup_err)?;
+    let watch = host.tap.try_clone().map_err(dup_err)?.into();
+    Ok((file, watch, host.counters.clone()))
+}
+
+/// Back queue `queue`'s `QueueNotify` of the device at `base` (the write of
+/// value `queue`) with an ioeventfd served by the I/O thread. None (the
+/// vCPU then handles the write itself) when KVM refuses it.
+fn queue_notifier(
+    vm: &Vm,
+    base: u64,
+    queue: u32,
+    handler: Arc<dyn QueueHandler>,
+) -> Option<Notifier> {
     let fd = EventFd::new(libc::EFD_NONBLOCK).ok()?;
     let addr = IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY);
-    match vm.fd.register_ioevent(&fd, &addr, 0u32) {
-        Ok(()) => Some(Notifier {
-            fd,
-            queue: 0,
-            handler,
-        }),
+    match vm.fd.register_ioevent(&fd, &addr, queue) {
+        Ok(()) => Some(Notifier { fd, queue, handler }),
         Err(e) => {
             tracing::warn!(base, error = %e, "no ioeventfd: virtio requests run on the vCPU");
             None

@@ -47,7 +47,10 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     signals::block();
     // Confinement (crate::confine): from here on every thread installs its
     // seccomp filter before it does its work.
-    let nofile = crate::confine::limits::limit_files(cfg.max_cpus.max(cfg.cpus), cfg.disks.len())?;
+    let nofile = crate::confine::limits::limit_files(
+        cfg.max_cpus.max(cfg.cpus),
+        cfg.disks.len() + cfg.nics.len(),
+    )?;
     tracing::debug!(nofile, "RLIMIT_NOFILE set");
     crate::confine::enable(dir)?;
     let console_log =

@@ -730,6 +730,7 @@ fn write_vm_records(
                     path: l1_dir.join("disks").join(format!("{}.raw", d.name)),
                 })
                 .collect(),
+            nics: Vec::new(),
             irq_mode: IrqMode::Irqchip,
             console_log: l1_dir.join("console.log"),
             console_log_max_bytes: vmctl_runtime::devices::serial::CONSOLE_LOG_MAX,

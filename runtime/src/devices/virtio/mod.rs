@@ -2,8 +2,8 @@
 //!
 //! The split is Firecracker's: [`mmio::MmioTransport`] owns the virtio-mmio
 //! (version 2) register window, the feature and status handshake and the
-//! virtqueues (rust-vmm's `virtio-queue`), and a [`VirtioDevice`] (today only
-//! [`block::Block`]) owns the device-specific configuration space and the
+//! virtqueues (rust-vmm's `virtio-queue`), and a [`VirtioDevice`]
+//! ([`block::Block`], [`net::Net`]) owns the device-specific configuration space and the
 //! processing of its queues. Everything the guest writes — registers, ring
 //! addresses, descriptor chains — is validated; a misbehaving driver gets
 //! error statuses or an ignored write, never a VMM panic.
@@ -29,14 +29,17 @@
 //! ```
 
 pub mod block;
+pub mod chain;
 pub mod io_thread;
 pub mod mmio;
+pub mod net;
 
 use virtio_queue::Queue;
 
 use crate::GuestMemory;
 
 /// virtio device ids (virtio 1.2, 5 "Device Types").
+pub const DEVICE_ID_NET: u32 = 1;
 pub const DEVICE_ID_BLOCK: u32 = 2;
 
 /// Feature bits common to every device (virtio 1.2, 6 "Reserved Feature Bits").
@@ -80,4 +83,10 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
     /// The driver reset the device.
     fn reset(&mut self);
+    /// True when the last [`Self::process_queue`] of queue `index` stopped
+    /// at its per-pass budget with work left (virtio-net RX under a flood):
+    /// the I/O thread runs it again after serving the other events.
+    fn has_more(&self, _index: usize) -> bool {
+        false
+    }
 }

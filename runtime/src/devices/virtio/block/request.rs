@@ -26,6 +26,9 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::GuestMemory;
+pub use crate::devices::virtio::chain::MAX_DESCRIPTORS;
+pub(crate) use crate::devices::virtio::chain::{Seg, descriptors};
+use crate::devices::virtio::chain::{in_memory, split, total};
 
 /// Request types.
 pub const T_IN: u32 = 0;
@@ -41,8 +44,6 @@ pub const S_UNSUPP: u8 = 2;
 /// Length of the request header.
 pub const HEADER_LEN: u64 = 16;
 
-/// Longest chain we look at (an indirect table may list 65535 descriptors).
-pub const MAX_DESCRIPTORS: usize = 1024;
 /// Bytes copied between the file and guest memory per step.
 const CHUNK: usize = 64 * 1024;
 
@@ -68,48 +69,6 @@ impl Failure {
             Failure::Unsupported => S_UNSUPP,
         }
     }
-}
-
-/// A guest buffer: `len` bytes at `addr`, known to lie in guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Seg {
-    pub(crate) addr: GuestAddress,
-    pub(crate) len: u64,
-}
-
-fn total(segs: &[Seg]) -> u64 {
-    // Each length is a u32 and there are at most MAX_DESCRIPTORS: no overflow.
-    segs.iter().map(|s| s.len).sum()
-}
-
-/// Split `segs` after `at` bytes (`at <= total(segs)`).
-fn split(segs: &[Seg], at: u64) -> (Vec<Seg>, Vec<Seg>) {
-    let (mut head, mut tail) = (Vec::new(), Vec::new());
-    let mut left = at;
-    for s in segs {
-        if left >= s.len {
-            head.push(*s);
-            left -= s.len;
-        } else if left == 0 {
-            tail.push(*s);
-        } else {
-            head.push(Seg {
-                addr: s.addr,
-                len: left,
-            });
-            tail.push(Seg {
-                addr: s.addr.unchecked_add(left),
-                len: s.len - left,
-            });
-            left = 0;
-        }
-    }
-    (head, tail)
-}
-
-fn in_memory(mem: &GuestMemory, d: &Descriptor) -> bool {
-    usize::try_from(d.len())
-        .is_ok_and(|len| vm_memory::GuestMemoryBackend::check_range(mem, d.addr(), len))
 }
 
 /// Handle one chain; returns the number of bytes written into its
@@ -142,17 +101,6 @@ where
         return 0;
     }
     written.saturating_add(1)
-}
-
-/// Walk `chain`: its descriptors, or None when it is longer than
-/// [`MAX_DESCRIPTORS`] (the walk stops there, whatever the guest linked).
-pub(crate) fn descriptors<M>(chain: DescriptorChain<M>) -> Option<Vec<Descriptor>>
-where
-    M: Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let descs: Vec<Descriptor> = chain.take(MAX_DESCRIPTORS + 1).collect();
-    (descs.len() <= MAX_DESCRIPTORS).then_some(descs)
 }
 
 /// The readable bytes and the writable bytes minus the trailing status byte.
@@ -363,29 +311,4 @@ fn copy_guest_to_file(
             Failure::IoErr
         })
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seg(addr: u64, len: u64) -> Seg {
-        Seg {
-            addr: GuestAddress(addr),
-            len,
-        }
-    }
-
-    #[test]
-    fn split_cuts_inside_and_between_segments() {
-        let s = [seg(0x100, 10), seg(0x200, 10)];
-        assert_eq!(split(&s, 0), (vec![], s.to_vec()));
-        assert_eq!(split(&s, 10), (vec![s[0]], vec![s[1]]));
-        assert_eq!(
-            split(&s, 15),
-            (vec![s[0], seg(0x200, 5)], vec![seg(0x205, 5)])
-        );
-        assert_eq!(split(&s, 20), (s.to_vec(), vec![]));
-        assert_eq!(split(&s, 99), (s.to_vec(), vec![]));
-    }
 }
