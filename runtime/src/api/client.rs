@@ -6,7 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::protocol::{Capabilities, HotplugResult, Request, Response, ShutdownResult, Status};
+use super::protocol::{
+    Capabilities, HotplugResult, QuiesceResult, Request, Response, ShutdownResult, Status,
+    ThawResult,
+};
 
 /// Default time allowed for one request/response (shutdown adds its grace period).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,5 +139,20 @@ impl ApiClient {
         wait: Duration,
     ) -> Result<HotplugResult, ClientError> {
         self.call(&Request::HotAddMemory { memory_mib }, wait + self.timeout)
+    }
+
+    /// Pause the VM with its disks drained and flushed, for a copy; it
+    /// resumes by itself after `resume_after` unless [`ApiClient::thaw`]
+    /// comes first.
+    pub fn quiesce(&self, resume_after: Duration) -> Result<QuiesceResult, ClientError> {
+        let req = Request::Quiesce {
+            resume_after_ms: Some(resume_after.as_millis() as u64),
+        };
+        self.call(&req, self.timeout)
+    }
+
+    /// End quiesce `id`; refused if it had already ended.
+    pub fn thaw(&self, id: u64) -> Result<ThawResult, ClientError> {
+        self.call(&Request::Thaw { id }, self.timeout)
     }
 }

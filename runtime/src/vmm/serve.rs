@@ -34,14 +34,21 @@ pub(super) struct Vmm {
     pub(super) boots: u64,
     /// A hot-add or hot-remove waiting for the guest.
     pub(super) in_flight: Option<InFlight>,
+    /// A quiesce for a copy, until its thaw or deadline.
+    pub(super) quiesced: Option<super::quiesce::Quiesced>,
+    pub(super) next_quiesce_id: u64,
 }
 
 impl Vmm {
     pub(super) fn serve(&mut self) -> Outcome {
         crate::confine::trip_point(crate::confine::ThreadKind::Main);
         loop {
-            let ev = if self.in_flight.is_some() {
-                match self.rx.recv_timeout(HOTPLUG_TICK) {
+            let tick = match &self.quiesced {
+                Some(q) => Some(q.deadline.saturating_duration_since(Instant::now())),
+                None => self.in_flight.is_some().then_some(HOTPLUG_TICK),
+            };
+            let ev = if let Some(tick) = tick {
+                match self.rx.recv_timeout(tick) {
                     Ok(ev) => Some(ev),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return channel_closed(),
@@ -53,6 +60,7 @@ impl Vmm {
                 }
             };
             self.poll_in_flight();
+            self.expire_quiesce();
             let Some(ev) = ev else { continue };
             match ev {
                 MainEvent::Vm { generation, event } => {
@@ -109,6 +117,7 @@ impl Vmm {
     fn reboot(&mut self) -> Result<(), VmmError> {
         tracing::info!("guest reset: rebuilding the VM");
         self.fail_in_flight("the guest reset");
+        self.end_quiesce("the guest reset");
         self.machine.stop();
         self.machine.release_memory();
         // What the guest reported describes the boot that just ended.
@@ -137,6 +146,7 @@ impl Vmm {
     /// `grace`, stop it by force.
     pub(super) fn shutdown(&mut self, grace: Duration) -> Outcome {
         self.fail_in_flight("the VM is shutting down");
+        self.end_quiesce("the VM is shutting down");
         self.machine.resume();
         self.keep.ged.raise(GED_POWER_BUTTON);
         if let Some(irq) = &self.machine.ged_irq {

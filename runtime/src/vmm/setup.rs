@@ -90,6 +90,8 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
         booted: Instant::now(),
         boots: generation,
         in_flight: None,
+        quiesced: None,
+        next_quiesce_id: 0,
     };
     vmm.machine.start()?;
     vmm.booted = Instant::now();
