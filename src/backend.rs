@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use vmctl_planner::{
-    Backend, BackendError, Capabilities, Desired, Live, LiveDisk, ObservedState, ObservedVm,
-    Record, RunState,
+    Backend, BackendError, Capabilities, CopyReport, Desired, Live, LiveDisk, ObservedState,
+    ObservedVm, Record, RunState,
 };
 use vmctl_runtime::{Runtime, RuntimeError};
 use vmctl_spec::VmSpec;
@@ -153,6 +153,7 @@ impl Backend for RuntimeBackend {
             // controller (the VMM claims nothing about it).
             live_cpu_weight: Runtime::host_can_set_cpu_weight(),
             copy: true,
+            live_copy: c.live_copy,
         }
     }
 
@@ -202,8 +203,17 @@ impl Backend for RuntimeBackend {
         self.rt()?.set_cpu_weight(name, weight).map_err(err)
     }
 
-    fn copy(&self, source: &str, new: &VmSpec) -> Result<(), BackendError> {
-        self.rt()?.copy(source, new).map_err(err)
+    fn copy(&self, source: &str, new: &VmSpec) -> Result<CopyReport, BackendError> {
+        let snap = self.rt()?.copy(source, new).map_err(err)?;
+        Ok(CopyReport {
+            live: snap.live,
+            paused_us: snap.paused_us,
+            methods: snap
+                .disks
+                .iter()
+                .map(|d| d.method.as_str().to_string())
+                .collect(),
+        })
     }
 
     fn record(&self, spec: &VmSpec, desired: Desired) -> Result<(), BackendError> {

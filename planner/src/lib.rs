@@ -41,7 +41,7 @@ pub mod plan;
 pub mod render;
 pub mod size;
 
-pub use backend::{Backend, BackendError};
+pub use backend::{Backend, BackendError, CopyReport};
 pub use capabilities::{ActionKind, Disruption};
 pub use engine::{Event, Options, Outcome, SkipReason};
 pub use journal::{Journal, JournalEntry, JournalEvent};

@@ -74,14 +74,16 @@ fn world() -> impl Strategy<Value = (DesiredState, ObservedState, Capabilities)>
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(a, b, c, d, e, f)| Capabilities {
+        .prop_map(|(a, b, c, d, e, f, g)| Capabilities {
             hot_add_cpu: a,
             hot_remove_cpu: f,
             hot_add_memory: b,
             live_disk_resize: c,
             live_cpu_weight: d,
             copy: e,
+            live_copy: g,
         });
     (vms, caps).prop_map(|(vms, caps)| {
         let mut gens: Vec<Gen> = Vec::new();
@@ -132,7 +134,13 @@ fn world() -> impl Strategy<Value = (DesiredState, ObservedState, Capabilities)>
 /// The simulated host: each VM's configuration and run state.
 type Sim = BTreeMap<String, (VmSpec, RunState)>;
 
-fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), String> {
+/// `live_copy`: the runtime copies a running source (a short pause).
+fn run(
+    sim: &mut Sim,
+    d: &DesiredState,
+    p: &vmctl_planner::Plan,
+    live_copy: bool,
+) -> Result<(), String> {
     // A VM whose creation is refused never runs; its dependents go ahead
     // without it (documented in docs/planning.md).
     let refused: Vec<&str> = p
@@ -179,7 +187,7 @@ fn run(sim: &mut Sim, d: &DesiredState, p: &vmctl_planner::Plan) -> Result<(), S
                 let src = a.source.as_deref().ok_or("no source")?;
                 match sim.get(src) {
                     None => return Err(format!("{} before its source exists", a.id)),
-                    Some((_, RunState::Running)) => {
+                    Some((_, RunState::Running)) if !live_copy => {
                         return Err(format!("{} while its source runs", a.id));
                     }
                     Some(_) => {}
@@ -286,7 +294,7 @@ proptest! {
             .values()
             .map(|v| (v.name().to_string(), (v.record.spec.clone(), v.live.state)))
             .collect();
-        run(&mut sim, &d, &p).map_err(TestCaseError::fail)?;
+        run(&mut sim, &d, &p, caps.live_copy).map_err(TestCaseError::fail)?;
 
         let refused: Vec<&str> = p.actions.iter().filter(|a| a.is_refused()).map(|a| a.vm.as_str()).collect();
         for want in &d.vms {
