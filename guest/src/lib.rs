@@ -19,6 +19,7 @@ pub mod layout;
 pub mod memtest;
 pub mod phys;
 pub mod report;
+pub mod seqlog;
 pub mod text;
 
 // Hardware access: builds on the host but only runs in the guest.
