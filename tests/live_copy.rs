@@ -153,3 +153,111 @@ fn a_live_copy_of_a_writing_vm_holds_one_consistent_record() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A loop-mounted XFS with reflink (the root filesystem here is ext4,
+/// which has none), unmounted and removed on drop.
+struct Xfs {
+    mnt: tempfile::TempDir,
+    _image: tempfile::TempDir,
+}
+
+impl Xfs {
+    /// `None` (skipped) where it cannot be made: not root, no mkfs.xfs.
+    /// With `VMCTL_REQUIRE_KVM=1` (CI) that is a failure instead.
+    fn mount() -> Option<Xfs> {
+        let required = std::env::var("VMCTL_REQUIRE_KVM").as_deref() == Ok("1");
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mkfs = std::process::Command::new("mkfs.xfs")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !root || !mkfs {
+            assert!(
+                !required,
+                "the reflink test needs root and mkfs.xfs (apt-get install xfsprogs)"
+            );
+            eprintln!("skipping: needs root and mkfs.xfs");
+            return None;
+        }
+        let image = tempfile::tempdir().expect("tempdir");
+        let file = image.path().join("xfs.img");
+        std::fs::File::create(&file)
+            .expect("img")
+            .set_len(512 << 20)
+            .expect("len");
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().expect("run");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(std::process::Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&file));
+        let mnt = tempfile::tempdir().expect("mnt");
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(mnt.path()));
+        Some(Xfs { mnt, _image: image })
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.mnt.path())
+            .status();
+    }
+}
+
+#[test]
+fn on_a_reflink_filesystem_copy_and_backup_clone_the_disks() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(xfs) = Xfs::mount() else { return };
+    {
+        let lab = Lab::new_in(xfs.mnt.path(), "");
+        std::fs::write(lab.dir.path().join("diag.elf"), vmctl_runtime::diag::KERNEL)
+            .expect("kernel");
+        let src_vm = "vm \"src\" {\n    os \"seqdiag\"\n    memory \"64MiB\"\n    disk \"data\" size=\"1MiB\"\n}\n";
+        lab.write(&format!("{SEQ_IMAGE}{src_vm}"));
+        apply_json(&lab);
+        let before = lab.wait_vm("src", "reported its seqlog", |v| {
+            v["guest"]["seqlog"].is_object()
+        });
+        lab.write(&format!(
+            "{SEQ_IMAGE}{src_vm}vm \"dst\" {{\n    copy-from \"src\"\n}}\n"
+        ));
+        let events = apply_json(&lab);
+        let copy = events
+            .iter()
+            .find(|e| e["event"] == "finished" && e["kind"] == "copy")
+            .unwrap_or_else(|| panic!("no finished copy event: {events:#?}"));
+        assert_eq!(
+            copy["copy"]["methods"],
+            serde_json::json!(["reflink"]),
+            "{copy}"
+        );
+        eprintln!(
+            "reflink copy: source paused {} us",
+            copy["copy"]["paused_us"]
+        );
+        assert_eq!(lab.vm("src")["pid"], before["pid"]);
+        match seq_record(&lab.state().join("vms/dst/disks/data.raw")) {
+            Some(Ok(_)) => {}
+            other => panic!("the clone holds no consistent record: {other:?}"),
+        }
+        let bk = lab.dir.path().join("bk");
+        let out = lab.ok(&["backup", "src", "-o", bk.to_str().expect("utf-8"), "--json"]);
+        let m: Value = serde_json::from_str(&out[out.find('{').expect("json")..]).expect("json");
+        assert_eq!(m["disks"][0]["copied_by"], "reflink", "{m:#}");
+        assert!(matches!(seq_record(&bk.join("data.raw")), Some(Ok(_))));
+        // The lab (and its VMs) go before the filesystem is unmounted.
+    }
+    drop(xfs);
+}

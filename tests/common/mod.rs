@@ -22,8 +22,13 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(kdl: &str) -> Lab {
+        Lab::new_in(&std::env::temp_dir(), kdl)
+    }
+
+    /// A lab in a new directory under `parent` (another filesystem).
+    pub fn new_in(parent: &Path, kdl: &str) -> Lab {
         let lab = Lab {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: tempfile::tempdir_in(parent).expect("tempdir"),
         };
         lab.write(kdl);
         lab
