@@ -261,3 +261,41 @@ fn on_a_reflink_filesystem_copy_and_backup_clone_the_disks() {
     }
     drop(xfs);
 }
+
+/// A quiesce is held by its connection: a control plane that dies (its
+/// connection closes) without thawing does not leave the VM paused, and a
+/// second quiesce meanwhile joins the first pause.
+#[test]
+fn a_quiesce_whose_client_goes_away_is_thawed_by_the_vmm() {
+    if !kvm_available() {
+        return;
+    }
+    let lab = Lab::new(
+        "vm \"q\" {\n    os \"diag\"\n    memory \"64MiB\"\n    disk \"d\" size=\"1MiB\"\n}\n",
+    );
+    lab.ok(&["apply", "--auto-approve"]);
+    lab.wait_vm("q", "running", |v| v["state"] == "running");
+    let api = vmctl_runtime::api::ApiClient::new(lab.state().join("vms/q/api.sock"));
+    let state = || api.status().expect("status").state;
+    let held = api
+        .quiesce(std::time::Duration::from_secs(600))
+        .expect("quiesce");
+    assert_eq!(state(), vmctl_runtime::RunState::Paused);
+    let joined = api
+        .quiesce(std::time::Duration::from_secs(600))
+        .expect("join");
+    assert_ne!(joined.result.id, held.result.id);
+    let t = joined.thaw().expect("thaw the second");
+    assert_eq!(
+        state(),
+        vmctl_runtime::RunState::Paused,
+        "still held by the first"
+    );
+    assert!(t.paused_us > 0);
+    drop(held); // the connection closes: the VMM thaws it
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state() != vmctl_runtime::RunState::Running {
+        assert!(std::time::Instant::now() < deadline, "still paused");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

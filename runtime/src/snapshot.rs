@@ -115,10 +115,8 @@ impl Runtime {
                 }
             }
         }
-        let thawed = match &quiesced {
-            Some(q) => Some(client.thaw(q.id)),
-            None => None,
-        };
+        let quiesce_us = quiesced.as_ref().map(|q| q.result.quiesce_us);
+        let thawed = quiesced.map(|q| q.thaw());
         let cleanup = |pairs: &[(String, PathBuf, PathBuf)]| {
             for (_, _, to) in pairs {
                 let _ = std::fs::remove_file(partial_of(to));
@@ -160,7 +158,7 @@ impl Runtime {
             disks,
             live,
             paused_us,
-            quiesce_us: quiesced.map(|q| q.quiesce_us),
+            quiesce_us,
         })
     }
 }

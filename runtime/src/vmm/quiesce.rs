@@ -17,18 +17,30 @@ use super::serve::Vmm;
 use crate::api::protocol::{QuiesceResult, ThawResult};
 use crate::devices::virtio::VirtioDevice;
 
-/// A quiesce in effect.
+/// A quiesce in effect: one pause, held by every copy that asked for it
+/// meanwhile (two copies of one source in one apply share it); the vCPUs
+/// resume when the last holder thaws.
 pub(super) struct Quiesced {
-    pub(super) id: u64,
+    pub(super) ids: Vec<u64>,
     pub(super) since: Instant,
-    /// The VMM resumes by itself here if no `thaw` came.
+    /// The VMM resumes by itself here if not every holder thawed.
     pub(super) deadline: Instant,
 }
 
 impl Vmm {
     pub(super) fn quiesce(&mut self, resume_after: Duration) -> Result<QuiesceResult, String> {
-        if self.quiesced.is_some() {
-            return Err("the VM is already quiesced for another copy".into());
+        if let Some(q) = &mut self.quiesced {
+            // Already paused and flushed: join that pause.
+            self.next_quiesce_id += 1;
+            let id = self.next_quiesce_id;
+            q.ids.push(id);
+            q.deadline = q.deadline.max(Instant::now() + resume_after);
+            tracing::info!(id, "joined a quiesce in effect");
+            return Ok(QuiesceResult {
+                id,
+                quiesce_us: 0,
+                disks: self.machine.disks.len() as u32,
+            });
         }
         if self.in_flight.is_some() {
             return Err("a hot-add or hot-remove is waiting for the guest".into());
@@ -58,7 +70,7 @@ impl Vmm {
         self.next_quiesce_id += 1;
         let id = self.next_quiesce_id;
         self.quiesced = Some(Quiesced {
-            id,
+            ids: vec![id],
             since,
             deadline: since + resume_after,
         });
@@ -72,20 +84,20 @@ impl Vmm {
     }
 
     pub(super) fn thaw(&mut self, id: u64) -> Result<ThawResult, String> {
-        match self.quiesced.take() {
-            Some(q) if q.id == id => {
-                self.machine.resume();
-                let paused_us = q.since.elapsed().as_micros() as u64;
-                tracing::info!(id, paused_us, "thawed");
-                Ok(ThawResult { paused_us })
-            }
-            other => {
-                self.quiesced = other;
-                Err(format!(
-                    "quiesce {id} is not in effect (it ended by its deadline, a resume or a reboot): a copy taken under it may not be consistent"
-                ))
-            }
+        let Some(q) = &mut self.quiesced else {
+            return Err(not_in_effect(id));
+        };
+        if !q.ids.contains(&id) {
+            return Err(not_in_effect(id));
         }
+        q.ids.retain(|i| *i != id);
+        let paused_us = q.since.elapsed().as_micros() as u64;
+        if q.ids.is_empty() {
+            self.quiesced = None;
+            self.machine.resume();
+            tracing::info!(id, paused_us, "thawed");
+        }
+        Ok(ThawResult { paused_us })
     }
 
     /// Resume a quiesce whose control plane never thawed it.
@@ -93,7 +105,7 @@ impl Vmm {
         if let Some(q) = &self.quiesced
             && Instant::now() >= q.deadline
         {
-            tracing::warn!(id = q.id, "quiesce not thawed in time: resuming the VM");
+            tracing::warn!(ids = ?q.ids, "quiesce not thawed in time: resuming the VM");
             self.quiesced = None;
             self.machine.resume();
         }
@@ -102,7 +114,13 @@ impl Vmm {
     /// Anything that resumes the vCPUs ends the quiesce.
     pub(super) fn end_quiesce(&mut self, why: &str) {
         if let Some(q) = self.quiesced.take() {
-            tracing::warn!(id = q.id, why, "quiesce ended before its thaw");
+            tracing::warn!(ids = ?q.ids, why, "quiesce ended before its thaw");
         }
     }
+}
+
+fn not_in_effect(id: u64) -> String {
+    format!(
+        "quiesce {id} is not in effect (it ended by its deadline, a resume or a reboot): a copy taken under it may not be consistent"
+    )
 }
