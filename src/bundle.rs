@@ -55,10 +55,12 @@ pub struct BundleDisk {
     pub format: String,
     /// The disk's size in bytes (the raw file's length).
     pub virtual_size: u64,
-    /// sha256 of the raw disk contents (what the guest sees).
-    pub raw_sha256: String,
-    /// sha256 of the file in the bundle.
-    pub file_sha256: String,
+    /// Digest of the raw disk contents (what the guest sees):
+    /// `sha256-1mib-blocks:<hex>`, the sha256 of the sha256s of its 1 MiB
+    /// blocks (vmctl_runtime::sparse::block_digest: holes cost nothing).
+    pub raw_digest: String,
+    /// The same digest of the file in the bundle.
+    pub file_digest: String,
     /// How the raw copy was made (`reflink`, `sparse`).
     pub copied_by: String,
 }
@@ -81,7 +83,7 @@ pub enum BundleError {
     #[error("{path}: {detail}")]
     BadDisk { path: PathBuf, detail: String },
     #[error(
-        "{path}: sha256 is {actual}, the manifest says {expected}: the file is corrupt or was changed"
+        "{path}: its digest is {actual}, the manifest says {expected}: the file is corrupt or was changed"
     )]
     #[diagnostic(help("export the VM again, or copy the bundle again from where it came from"))]
     HashMismatch {
@@ -225,33 +227,26 @@ fn write_into(
     for copy in &snap.disks {
         let raw = &copy.to;
         let virtual_size = std::fs::metadata(raw).map_err(io(raw))?.len();
-        let raw_sha256 =
-            vmctl_image::digest::sha256_file(raw).map_err(|e| BundleError::BadDisk {
-                path: raw.clone(),
-                detail: e.to_string(),
-            })?;
+        let raw_digest = vmctl_runtime::sparse::block_digest(raw).map_err(io(raw))?;
         let file = format!("{}.{}", copy.disk, format.name());
         let path = dir.join(&file);
-        let file_sha256 = if format == SourceFormat::Raw {
-            raw_sha256.clone()
+        let file_digest = if format == SourceFormat::Raw {
+            raw_digest.clone()
         } else {
             vmctl_image::disk_format::convert_from_raw(raw, format, &path)?;
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
                 .map_err(io(&path))?;
             std::fs::remove_file(raw).map_err(io(raw))?;
-            vmctl_image::digest::sha256_file(&path).map_err(|e| BundleError::BadDisk {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?
+            vmctl_runtime::sparse::block_digest(&path).map_err(io(&path))?
         };
         disks.push(BundleDisk {
             name: copy.disk.clone(),
             file,
             format: format.name().to_string(),
             virtual_size,
-            raw_sha256,
-            file_sha256,
+            raw_digest,
+            file_digest,
             copied_by: copy.method.as_str().to_string(),
         });
     }
@@ -305,7 +300,7 @@ fn inside(dir: &Path, name: &str, manifest: &Path) -> Result<PathBuf, BundleErro
 }
 
 /// Read the bundle in `dir` and check everything before anything is
-/// created: the manifest, every disk file (a regular file, its sha256, its
+/// created: the manifest, every disk file (a regular file, its digest, its
 /// format known and its image valid with the recorded size), and the KDL.
 pub fn verify(dir: &Path) -> Result<Verified, BundleError> {
     let dir = std::path::absolute(dir).map_err(io(dir))?;
@@ -350,14 +345,11 @@ pub fn verify(dir: &Path) -> Result<Verified, BundleError> {
                 detail: "not a regular file".into(),
             });
         }
-        let actual = vmctl_image::digest::sha256_file(&path).map_err(|e| BundleError::BadDisk {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        if actual != d.file_sha256 {
+        let actual = vmctl_runtime::sparse::block_digest(&path).map_err(io(&path))?;
+        if actual != d.file_digest {
             return Err(BundleError::HashMismatch {
                 path,
-                expected: d.file_sha256.clone(),
+                expected: d.file_digest.clone(),
                 actual,
             });
         }

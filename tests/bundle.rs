@@ -81,6 +81,8 @@ fn a_vm_moves_through_a_bundle_in_every_format_and_boots_the_same_disk() {
     let (src, want) = source_lab();
     let src_pid = src.vm("orig")["pid"].clone();
     let raw_sha = sha256(&src.dir.path().join("seed.raw"));
+    let raw_digest =
+        vmctl_runtime::sparse::block_digest(&src.dir.path().join("seed.raw")).expect("digest");
     let dst = Lab::new("");
     for fmt in FORMATS {
         let bundle = src.dir.path().join(format!("bundle-{fmt}"));
@@ -93,9 +95,15 @@ fn a_vm_moves_through_a_bundle_in_every_format_and_boots_the_same_disk() {
         let d = &m["disks"][0];
         assert_eq!(d["format"], fmt);
         assert_eq!(d["virtual_size"], DISK as u64, "{fmt}");
-        assert_eq!(d["raw_sha256"], raw_sha.as_str(), "{fmt}: raw contents");
+        assert_eq!(d["raw_digest"], raw_digest.as_str(), "{fmt}: raw contents");
         let file = bundle.join(d["file"].as_str().expect("file"));
-        assert_eq!(d["file_sha256"], sha256(&file).as_str(), "{fmt}");
+        assert_eq!(
+            d["file_digest"],
+            vmctl_runtime::sparse::block_digest(&file)
+                .expect("digest")
+                .as_str(),
+            "{fmt}"
+        );
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(&bundle), 0o700, "{fmt}: bundle dir");
         for f in ["manifest.json", "vm.kdl"] {
@@ -241,15 +249,15 @@ fn bad_bundles_are_refused_naming_the_file_and_nothing_is_created() {
             .expect("open");
         f.write_all_at(b"x", 70_000).expect("flip");
     }
-    cases.push((wrong_hash.clone(), wrong_hash.join("data.qcow2"), "sha256"));
+    cases.push((wrong_hash.clone(), wrong_hash.join("data.qcow2"), "digest"));
     // A truncated vmdk whose manifest hash was updated to match: only the
     // image check can see it.
     let cut = export("truncated", "vmdk");
     let vmdk = cut.join("data.vmdk");
     let bytes = std::fs::read(&vmdk).expect("vmdk");
     std::fs::write(&vmdk, &bytes[..bytes.len() / 2]).expect("truncate");
-    let h = sha256(&vmdk);
-    edit_manifest(&cut, |m| m["disks"][0]["file_sha256"] = Value::String(h));
+    let h = vmctl_runtime::sparse::block_digest(&vmdk).expect("digest");
+    edit_manifest(&cut, |m| m["disks"][0]["file_digest"] = Value::String(h));
     cases.push((cut.clone(), vmdk, "vmdk"));
     let no_manifest = export("no-manifest", "raw");
     std::fs::remove_file(no_manifest.join("manifest.json")).expect("rm");
