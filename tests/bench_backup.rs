@@ -7,7 +7,8 @@
 //! `cp --sparse=always` and by `qemu-img convert -O raw` (offline peers: a
 //! running VM's file copied by them is not consistent). Runs interleaved,
 //! medians and ratios, and the source's pause time, printed as a table.
-//! The peers read the seed image the disk was imported from (identical
+//! `VMCTL_BENCH_DIR=DIR` runs it in DIR's filesystem (e.g. a loop-mounted
+//! XFS with `reflink=1`, where the backup is a reflink). The peers read the seed image the disk was imported from (identical
 //! bytes and extents): the VM's own file is locked by its VMM.
 
 mod common;
@@ -32,7 +33,11 @@ fn backup_of_a_10_gib_disk_holding_200_mib() {
     if !kvm_available() || !qemu_img_available() {
         return;
     }
-    let lab = Lab::new("");
+    // VMCTL_BENCH_DIR: run on another filesystem (XFS with reflink, say).
+    let lab = match std::env::var_os("VMCTL_BENCH_DIR") {
+        Some(d) => Lab::new_in(std::path::Path::new(&d), ""),
+        None => Lab::new(""),
+    };
     let seed = lab.dir.path().join("seed.raw");
     let f = std::fs::File::create(&seed).expect("seed");
     f.set_len(10 << 30).expect("len");
@@ -112,7 +117,10 @@ fn backup_of_a_10_gib_disk_holding_200_mib() {
         median(&mut pause),
     );
     let s = |d: Duration| format!("{:.3} s", d.as_secs_f64());
-    println!("\n10 GiB sparse disk, 200 MiB of data, {RUNS} interleaved runs, medians:");
+    println!(
+        "\n10 GiB sparse disk, 200 MiB of data, {RUNS} interleaved runs, medians ({}):",
+        lab.dir.path().display()
+    );
     println!("| tool | time | ratio to vmctl backup |");
     println!("|---|---|---|");
     println!(
