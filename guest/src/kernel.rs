@@ -484,7 +484,11 @@ impl Diag {
         t.str("diag: seqwrite: found ");
         match found {
             Some(n) => t.dec(n),
-            None => t.str(if corrupt { "a corrupt record" } else { "nothing" }),
+            None => t.str(if corrupt {
+                "a corrupt record"
+            } else {
+                "nothing"
+            }),
         };
         log_text(&t);
     }
@@ -494,7 +498,10 @@ impl Diag {
         let Some(blk) = self.drivers.first_mut().and_then(|d| d.as_mut()) else {
             return;
         };
-        if blk.write_sector(seqlog::SECTOR, &seqlog::encode(self.next_seq)).is_ok() {
+        if blk
+            .write_sector(seqlog::SECTOR, &seqlog::encode(self.next_seq))
+            .is_ok()
+        {
             self.next_seq = self.next_seq.wrapping_add(1);
         }
     }

@@ -386,7 +386,11 @@ impl Blk {
     }
 
     /// Write `data` to sector `sector`.
-    pub fn write_sector(&mut self, sector: u64, data: &[u8; SECTOR_SIZE]) -> Result<(), &'static str> {
+    pub fn write_sector(
+        &mut self,
+        sector: u64,
+        data: &[u8; SECTOR_SIZE],
+    ) -> Result<(), &'static str> {
         let page = self.page;
         for (i, &b) in data.iter().enumerate() {
             w8(page + DATA_OFF + i as u64, b);
