@@ -15,7 +15,7 @@
 //! anything is created.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,9 @@ pub fn write(
             if entries.next().is_some() {
                 return Err(BundleError::NotEmpty(dir.to_path_buf()));
             }
+            // It becomes the bundle: the owner's alone, like a new one.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir))?;
             false
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
