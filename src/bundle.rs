@@ -41,6 +41,9 @@ pub struct Manifest {
     pub live: bool,
     /// How long it was paused, in microseconds.
     pub paused_us: Option<u64>,
+    /// Of which: parking its vCPUs, draining and flushing its disks.
+    #[serde(default)]
+    pub quiesce_us: Option<u64>,
     /// The KDL file beside the manifest.
     pub kdl: String,
     pub disks: Vec<BundleDisk>,
@@ -262,6 +265,7 @@ fn write_into(
         vmctl_version: env!("CARGO_PKG_VERSION").to_string(),
         live: snap.live,
         paused_us: snap.paused_us,
+        quiesce_us: snap.quiesce_us,
         kdl: KDL.to_string(),
         disks,
     };

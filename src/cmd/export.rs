@@ -138,8 +138,9 @@ fn summary(m: &Manifest, dir: &std::path::Path) -> String {
     }
     match m.paused_us {
         Some(us) if m.live => out.push_str(&format!(
-            "The VM kept running: paused {:.1} ms for a crash-consistent copy.\n",
-            us as f64 / 1000.0
+            "The VM kept running: paused {:.1} ms for a crash-consistent copy ({:.1} ms of it to park the vCPUs and flush the disks).\n",
+            us as f64 / 1000.0,
+            m.quiesce_us.unwrap_or(0) as f64 / 1000.0
         )),
         _ => out.push_str("The VM was not running.\n"),
     }
