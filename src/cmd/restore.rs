@@ -1,6 +1,7 @@
 //! `vmctl restore NAME --from DIR`: put a backup's (or an export's) disk
 //! contents back into an existing VM — the inverse of `vmctl backup`. It is
-//! a replace of the VM's disks, shown as a plan entry with its reason and
+//! a replace of the VM's disks, shown as `vmctl plan` shows a replace (the
+//! planner's own renderer) with its reason, and
 //! confirmed like `apply`: the VM is stopped, each disk file is rewritten
 //! whole from the bundle (`.partial`, fsync, rename: never half-restored
 //! under its real name), grown to the declared size, and the VM started
@@ -76,9 +77,9 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     }
     let running = obs.live == vmctl_runtime::RunState::Running;
     let names: Vec<&str> = v.manifest.disks.iter().map(|d| d.name.as_str()).collect();
-    println!(
-        "vmctl will perform the following actions:\n\n  -/+ {} replace\n      # restore from {} ({} of {:?}): disks {} are replaced by its contents{}\n\nPlan: 0 to create, 0 to update live, 0 to restart, 1 to replace, 0 to destroy.",
-        args.name,
+    // Shown exactly as `vmctl plan` shows a replace, with its reason.
+    let reason = format!(
+        "restore from {} ({} of {:?}): disks {} are replaced by its contents{}",
         v.dir.display(),
         v.manifest.kind,
         v.manifest.vm,
@@ -89,6 +90,21 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
             ""
         }
     );
+    let action = vmctl_planner::Action {
+        id: format!("{}:restore", args.name),
+        vm: args.name.clone(),
+        kind: vmctl_planner::ActionKind::Replace,
+        disruption: vmctl_planner::Disruption::Replace,
+        reason: Some(reason),
+        changes: Vec::new(),
+        depends_on: Vec::new(),
+        new: Some(obs.record.spec.clone()),
+        old: Some(obs.record.spec.clone()),
+        source: None,
+    };
+    crate::cmd::print_stdout(&vmctl_planner::render::text(&vmctl_planner::Plan {
+        actions: vec![action],
+    }))?;
     if !args.auto_approve && !crate::cmd::apply::confirm("restore these disks")? {
         println!("Restore cancelled.");
         return Ok(ExitCode::FAILURE);
