@@ -355,7 +355,7 @@ impl Runtime {
                 });
             }
         };
-        let partial = partial_path(to);
+        let partial = crate::sparse::partial_path(to);
         let done = os
             .convert_source(&start.from, &start.image, &partial)
             .map_err(|message| RuntimeError::Os {
@@ -760,20 +760,13 @@ fn raw_image(path: &Path) -> Result<SourceImage, RuntimeError> {
     })
 }
 
-/// Where a disk file is written before it is renamed into place.
-fn partial_path(to: &Path) -> PathBuf {
-    let mut partial = to.as_os_str().to_owned();
-    partial.push(".partial");
-    PathBuf::from(partial)
-}
-
 /// Copy `from` to `to` (sparse) so that `to` only ever appears complete:
 /// the bytes go to `<to>.partial`, renamed over `to` at the end. `create`
 /// trusts an existing disk file (a restart keeps its data), so a copy or
 /// import killed halfway must not leave one behind: it leaves the
 /// `.partial`, which the next attempt truncates and redoes.
 fn copy_whole(from: &Path, to: &Path) -> Result<u64, RuntimeError> {
-    let partial = partial_path(to);
+    let partial = crate::sparse::partial_path(to);
     let copied = crate::sparse::copy_sparse(from, &partial).map_err(io(from))?;
     std::fs::rename(&partial, to).map_err(io(to))?;
     Ok(copied)

@@ -11,12 +11,12 @@
 //! as `<to>.partial` and renamed into place only once complete and synced
 //! (after the thaw: syncing does not need the guest paused).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::ApiClient;
 use crate::facade::{RunState, Runtime, RuntimeError};
-use crate::sparse::{CopyMethod, clone_or_copy_unsynced};
+use crate::sparse::{CopyMethod, clone_or_copy_unsynced, partial_path};
 
 /// One disk file copied.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -52,12 +52,6 @@ fn resume_after(froms: &[PathBuf]) -> Duration {
         .map(|m| m.blocks().saturating_mul(512))
         .sum();
     Duration::from_secs(60 + data / (20 << 20))
-}
-
-fn partial_of(to: &Path) -> PathBuf {
-    let mut p = to.as_os_str().to_owned();
-    p.push(".partial");
-    PathBuf::from(p)
 }
 
 impl Runtime {
@@ -103,7 +97,7 @@ impl Runtime {
         let mut copied = Vec::with_capacity(pairs.len());
         let mut failure = None;
         for (disk, from, to) in &pairs {
-            let partial = partial_of(to);
+            let partial = partial_path(to);
             match clone_or_copy_unsynced(from, &partial) {
                 Ok((file, method, bytes)) => copied.push((file, disk, from, to, method, bytes)),
                 Err(source) => {
@@ -119,7 +113,7 @@ impl Runtime {
         let thawed = quiesced.map(|q| q.thaw());
         let cleanup = |pairs: &[(String, PathBuf, PathBuf)]| {
             for (_, _, to) in pairs {
-                let _ = std::fs::remove_file(partial_of(to));
+                let _ = std::fs::remove_file(partial_path(to));
             }
         };
         if let Some(e) = failure {
@@ -136,7 +130,7 @@ impl Runtime {
         };
         let mut disks = Vec::with_capacity(copied.len());
         for (file, disk, from, to, method, bytes) in copied {
-            let partial = partial_of(to);
+            let partial = partial_path(to);
             file.sync_all().map_err(|source| RuntimeError::Io {
                 path: partial.clone(),
                 source,

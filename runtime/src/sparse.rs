@@ -38,6 +38,14 @@ fn next_extent(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>
     Ok((data < hole).then_some((data, hole)))
 }
 
+/// Where a disk file is written before it is renamed into place
+/// (`<to>.partial`): a disk file only ever appears complete under its name.
+pub fn partial_path(to: &Path) -> std::path::PathBuf {
+    let mut partial = to.as_os_str().to_owned();
+    partial.push(".partial");
+    std::path::PathBuf::from(partial)
+}
+
 /// Copy `from` to `to` (created or truncated), keeping holes. Returns the
 /// number of bytes that were actually copied (the data extents).
 pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<u64> {

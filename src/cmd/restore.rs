@@ -136,9 +136,7 @@ fn restore_disk(
     to: &std::path::Path,
     declared: u64,
 ) -> miette::Result<()> {
-    let mut partial = to.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
+    let partial = vmctl_runtime::sparse::partial_path(to);
     let fail = |e: String| miette::miette!("{}: {e}", to.display());
     if format == SourceFormat::Raw {
         vmctl_runtime::sparse::copy_sparse(from, &partial).map_err(|e| fail(e.to_string()))?;
