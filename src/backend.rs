@@ -14,8 +14,8 @@ use std::time::Duration;
 use vmctl_hostnet::HostNet;
 use vmctl_planner::ObservedNetwork;
 use vmctl_planner::{
-    Backend, BackendError, Capabilities, Desired, Live, LiveDisk, LiveNic, ObservedState,
-    ObservedVm, Record, RunState,
+    Backend, BackendError, Capabilities, CopyReport, Desired, Live, LiveDisk, LiveNic,
+    ObservedState, ObservedVm, Record, RunState,
 };
 use vmctl_runtime::{Runtime, RuntimeError};
 use vmctl_spec::{NetworkSpec, VmSpec};
@@ -186,6 +186,7 @@ impl Backend for RuntimeBackend {
             // controller (the VMM claims nothing about it).
             live_cpu_weight: Runtime::host_can_set_cpu_weight(),
             copy: true,
+            live_copy: c.live_copy,
         }
     }
 
@@ -259,9 +260,18 @@ impl Backend for RuntimeBackend {
         self.rt()?.set_cpu_weight(name, weight).map_err(err)
     }
 
-    fn copy(&self, source: &str, new: &VmSpec) -> Result<(), BackendError> {
+    fn copy(&self, source: &str, new: &VmSpec) -> Result<CopyReport, BackendError> {
         self.net.ensure_taps(new).map_err(net_err)?;
-        self.rt()?.copy(source, new).map_err(err)
+        let snap = self.rt()?.copy(source, new).map_err(err)?;
+        Ok(CopyReport {
+            live: snap.live,
+            paused_us: snap.paused_us,
+            methods: snap
+                .disks
+                .iter()
+                .map(|d| d.method.as_str().to_string())
+                .collect(),
+        })
     }
 
     fn create_network(&self, net: &NetworkSpec) -> Result<(), BackendError> {

@@ -100,6 +100,14 @@ pub enum Command {
     /// Print the VM names a file declares (internal: shell completion).
     #[command(name = "__complete-vms", hide = true)]
     CompleteVms(crate::cmd::completions::VmsArgs),
+    /// Write a VM as a bundle (KDL block, disks in a chosen format, manifest) without stopping it.
+    Export(crate::cmd::export::Args),
+    /// Back a VM's disks up (raw bundle) without stopping it.
+    Backup(crate::cmd::export::BackupArgs),
+    /// Verify a bundle and add its VM to the KDL file (the next apply creates it).
+    Import(crate::cmd::import::Args),
+    /// Put a backup's disk contents back into a VM (a replace of its disks).
+    Restore(crate::cmd::restore::Args),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),

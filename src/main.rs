@@ -3,6 +3,7 @@
 
 mod backend;
 mod builtin_os;
+mod bundle;
 mod cli;
 mod cmd;
 mod gitignore_hint;

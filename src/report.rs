@@ -156,10 +156,19 @@ impl Reporter {
                 Mode::Plain => self.line(&format!("{}: {} started", who(action), action.kind.label())),
                 Mode::Quiet => {}
             },
-            Event::Finished { action, duration } => {
-                let text = format!("{}: {} done ({})", who(action), action.kind.label(), secs(*duration));
+            Event::Finished { action, duration, copy } => {
+                let mut text = format!("{}: {} done ({})", who(action), action.kind.label(), secs(*duration));
+                if let Some(c) = copy {
+                    text.push_str(&copy_note(c, action.source.as_deref()));
+                }
                 match self.mode {
-                    Mode::Json => self.json_line(json!({"event":"finished","action":action.id,"vm":action.vm,"resource":action.resource,"kind":action.kind.label(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts})),
+                    Mode::Json => {
+                        let mut line = json!({"event":"finished","action":action.id,"vm":action.vm,"resource":action.resource,"kind":action.kind.label(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts});
+                        if let Some(c) = copy {
+                            line["copy"] = json!({"live":c.live,"paused_us":c.paused_us,"methods":c.methods});
+                        }
+                        self.json_line(line)
+                    }
                     Mode::Progress => self.finish_bar(&action.id, format!("✓ {text}")),
                     Mode::Plain => self.line(&text),
                     Mode::Quiet => {}
@@ -193,5 +202,23 @@ fn who(a: &vmctl_planner::Action) -> String {
         format!("network {}", a.vm)
     } else {
         a.vm.clone()
+    }
+}
+
+/// `; source web paused 3.2 ms (reflink)` for a live copy, `; source
+/// stopped` otherwise.
+fn copy_note(c: &vmctl_planner::CopyReport, source: Option<&str>) -> String {
+    let source = source.unwrap_or("?");
+    let methods = if c.methods.is_empty() {
+        "no disks".to_string()
+    } else {
+        c.methods.join(", ")
+    };
+    match c.paused_us {
+        Some(us) => format!(
+            "; source {source} paused {:.1} ms, not stopped ({methods})",
+            us as f64 / 1000.0
+        ),
+        None => format!("; source {source} not running ({methods})"),
     }
 }

@@ -77,11 +77,17 @@ pub fn read_e820(mem: &impl PhysMem, zero_page: u64) -> Memory {
 pub struct Options {
     /// `diag.nosmp`: do not try to start the application processors.
     pub start_aps: bool,
+    /// `diag.seqwrite`: keep rewriting a sequence record on the first disk
+    /// (crate::seqlog).
+    pub seqwrite: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { start_aps: true }
+        Self {
+            start_aps: true,
+            seqwrite: false,
+        }
     }
 }
 
@@ -91,6 +97,9 @@ pub fn parse_options(cmdline: &[u8]) -> Options {
     for word in cmdline.split(|&b| b == b' ' || b == b'\t' || b == b'\n') {
         if word == b"diag.nosmp" {
             opts.start_aps = false;
+        }
+        if word == b"diag.seqwrite" {
+            opts.seqwrite = true;
         }
     }
     opts

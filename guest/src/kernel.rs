@@ -19,7 +19,8 @@ use crate::netdiag::NetDiag;
 use crate::netproto::{self, MAX_NICS, NetOptions};
 use crate::paging::{self, MAP_LIMIT};
 use crate::phys::IdentityMap;
-use crate::report::{Disk, JSON_CAPACITY, Report};
+use crate::report::{Disk, JSON_CAPACITY, Report, SeqLog, WHOLE_HASH_MAX};
+use crate::seqlog;
 use crate::serial::Serial;
 use crate::smp::{self, ApStart};
 use crate::text::Text;
@@ -76,6 +77,8 @@ struct Diag {
     nets: [Option<NetDiag<Nic>>; MAX_NICS],
     /// Slots holding a NIC diag drives or failed to set up (not retried).
     net_slots: [bool; VIRTIO_MMIO_MAX_DEVICES],
+    /// `diag.seqwrite`: the next sequence record to write.
+    next_seq: u64,
 }
 
 /// Low memory diag and the VMM's boot structures use (zero page, page
@@ -209,6 +212,7 @@ pub fn run(zero_page: u64) -> ! {
         net_options,
         nets: [const { None }; MAX_NICS],
         net_slots: [false; VIRTIO_MMIO_MAX_DEVICES],
+        next_seq: 1,
     };
     diag.scan_memory();
     diag.scan_cpus();
@@ -216,6 +220,9 @@ pub fn run(zero_page: u64) -> ! {
     smp::forget_aps_except(diag.cpus.enabled_ids());
     diag.scan_disks();
     diag.scan_nics();
+    if diag.options.seqwrite {
+        diag.read_seqlog();
+    }
     if diag.cpus.enabled <= 1 {
         // Nothing to start: the first report is already complete.
         diag.report.cpus_started = Some(1);
@@ -489,7 +496,66 @@ impl Diag {
                 None
             }
         };
+        // The whole disk, for small ones (a test's move or round trip).
+        disk.fnv1a = if size_bytes <= WHOLE_HASH_MAX {
+            match blk.hash_whole(size_bytes) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    disk_log(slot, "whole-disk read: ", e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         *entry = Some(disk);
+    }
+
+    /// `diag.seqwrite`: what the sequence sector of the first disk holds
+    /// now (at boot), and where numbering continues.
+    fn read_seqlog(&mut self) {
+        let Some(blk) = self.drivers.first_mut().and_then(|d| d.as_mut()) else {
+            log(&["diag: seqwrite: no disk in slot 0"]);
+            return;
+        };
+        let found = match blk.read_sector(seqlog::SECTOR) {
+            Ok(sector) => seqlog::decode(&sector),
+            Err(e) => {
+                disk_log(0, "seqwrite read: ", e);
+                seqlog::Found::Corrupt
+            }
+        };
+        let (found, corrupt) = match found {
+            seqlog::Found::Empty => (None, false),
+            seqlog::Found::Valid(n) => (Some(n), false),
+            seqlog::Found::Corrupt => (None, true),
+        };
+        self.next_seq = found.map_or(1, |n| n.wrapping_add(1));
+        self.report.seqlog = Some(SeqLog { found, corrupt });
+        let mut t = Text::<96>::new();
+        t.str("diag: seqwrite: found ");
+        match found {
+            Some(n) => t.dec(n),
+            None => t.str(if corrupt {
+                "a corrupt record"
+            } else {
+                "nothing"
+            }),
+        };
+        log_text(&t);
+    }
+
+    /// `diag.seqwrite`: the next record, every poll tick.
+    fn write_seqlog(&mut self) {
+        let Some(blk) = self.drivers.first_mut().and_then(|d| d.as_mut()) else {
+            return;
+        };
+        if blk
+            .write_sector(seqlog::SECTOR, &seqlog::encode(self.next_seq))
+            .is_ok()
+        {
+            self.next_seq = self.next_seq.wrapping_add(1);
+        }
     }
 
     fn start_aps(&mut self) {
@@ -579,6 +645,9 @@ impl Diag {
                 idles,
             );
             self.service_nics();
+            if self.options.seqwrite {
+                self.write_seqlog();
+            }
             self.send_if_changed();
             // Reading the GED clears it. Bits 0/1 (CPU/memory hotplug) are
             // acted on at once with a walk of both controllers; the walk

@@ -21,6 +21,7 @@ pub mod netdiag;
 pub mod netproto;
 pub mod phys;
 pub mod report;
+pub mod seqlog;
 pub mod text;
 
 // Hardware access: builds on the host but only runs in the guest.

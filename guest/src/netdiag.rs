@@ -308,11 +308,14 @@ mod tests {
             0,
             &opts("vmctl.net=10.77.0.3/24 vmctl.ping=10.77.0.2"),
         );
-        // Bounded: ARP and echo retries are timed, but a peer that answers
-        // at once needs only a few rounds for the first target.
-        for _ in 0..200_000 {
+        // Echoes go out every ECHO_EVERY_MS, so ECHO_COUNT replies take at
+        // least (ECHO_COUNT - 1) of those in wall time: poll until they are
+        // in, bounded by a deadline far above that (not a speed check).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             a.poll();
             b.poll();
+            std::thread::sleep(std::time::Duration::from_micros(200));
             if a.report.pings[0].is_some_and(|p| p.echo_replies == ECHO_COUNT)
                 && b.report.pings[0].is_some_and(|p| p.echo_replies == ECHO_COUNT)
             {

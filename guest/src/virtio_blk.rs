@@ -6,6 +6,7 @@
 //! every wait is bounded.
 
 use core::cell::UnsafeCell;
+use core::ptr::read_volatile;
 use core::sync::atomic::{Ordering, fence};
 
 use crate::clock::Deadline;
@@ -18,6 +19,7 @@ use crate::virtio_mmio::{
 pub use crate::virtio_mmio::{Slot, probe, slot_base};
 
 pub const REQ_IN: u32 = 0;
+pub const REQ_OUT: u32 = 1;
 pub const REQ_GET_ID: u32 = 8;
 pub const SECTOR_SIZE: usize = 512;
 
@@ -46,6 +48,19 @@ unsafe impl Sync for DmaPages {}
 static DMA: DmaPages = DmaPages(UnsafeCell::new(
     [const { Page([0; 4096]) }; VIRTIO_MMIO_MAX_DEVICES],
 ));
+
+/// Bytes read per request by [`Blk::hash_whole`].
+pub const BULK_BYTES: usize = 64 * 1024;
+
+#[repr(C, align(4096))]
+struct BulkBuf(UnsafeCell<[u8; BULK_BYTES]>);
+
+// SAFETY: used by the BSP's driver only, one request at a time.
+unsafe impl Sync for BulkBuf {}
+
+/// The data buffer of whole-disk reads (identity-mapped, so its address is
+/// its guest-physical address).
+static BULK: BulkBuf = BulkBuf(UnsafeCell::new([0; BULK_BYTES]));
 
 fn page_addr(slot: usize) -> Option<u64> {
     (slot < VIRTIO_MMIO_MAX_DEVICES)
@@ -128,11 +143,34 @@ impl Blk {
         sector: u64,
         len: u32,
     ) -> Result<[u8; SECTOR_SIZE], &'static str> {
-        if self.wedged {
-            return Err("an earlier request was lost");
-        }
         if len as usize > SECTOR_SIZE {
             return Err("request too large");
+        }
+        let page = self.page;
+        for off in (0..SECTOR_SIZE as u64).step_by(8) {
+            w64(page + DATA_OFF + off, 0);
+        }
+        self.submit(kind, sector, page + DATA_OFF, len, true)?;
+        let mut data = [0u8; SECTOR_SIZE];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = r8(page + DATA_OFF + i as u64);
+        }
+        Ok(data)
+    }
+
+    /// Issues one request (header, `len` data bytes at `data` — written by
+    /// the device when `device_writes`, read by it otherwise — status) and
+    /// waits for it.
+    fn submit(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        data: u64,
+        len: u32,
+        device_writes: bool,
+    ) -> Result<(), &'static str> {
+        if self.wedged {
+            return Err("an earlier request was lost");
         }
         let page = self.page;
         // Header: type, reserved, sector.
@@ -140,13 +178,15 @@ impl Blk {
         w32(page + HEADER_OFF + 4, 0);
         w64(page + HEADER_OFF + 8, sector);
         w8(page + STATUS_OFF, 0xff);
-        for off in (0..SECTOR_SIZE as u64).step_by(8) {
-            w64(page + DATA_OFF + off, 0);
-        }
+        let data_flags = if device_writes {
+            VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE
+        } else {
+            VIRTQ_DESC_F_NEXT
+        };
         // Descriptors 0 -> 1 -> 2.
         let chain: [(u64, u32, u16); 3] = [
             (page + HEADER_OFF, 16, VIRTQ_DESC_F_NEXT),
-            (page + DATA_OFF, len, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE),
+            (data, len, data_flags),
             (page + STATUS_OFF, 1, VIRTQ_DESC_F_WRITE),
         ];
         for (i, &(addr, dlen, flags)) in chain.iter().enumerate() {
@@ -184,11 +224,51 @@ impl Blk {
                 "request failed"
             });
         }
-        let mut data = [0u8; SECTOR_SIZE];
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = r8(page + DATA_OFF + i as u64);
+        Ok(())
+    }
+
+    /// Read sector `sector`.
+    pub fn read_sector(&mut self, sector: u64) -> Result<[u8; SECTOR_SIZE], &'static str> {
+        self.request(REQ_IN, sector, SECTOR_SIZE as u32)
+    }
+
+    /// Write `data` to sector `sector`.
+    pub fn write_sector(
+        &mut self,
+        sector: u64,
+        data: &[u8; SECTOR_SIZE],
+    ) -> Result<(), &'static str> {
+        let page = self.page;
+        for (i, &b) in data.iter().enumerate() {
+            w8(page + DATA_OFF + i as u64, b);
         }
-        Ok(data)
+        self.submit(REQ_OUT, sector, page + DATA_OFF, SECTOR_SIZE as u32, false)
+    }
+
+    /// The checksum of the first `bytes` bytes of the disk (a multiple of
+    /// 512), read [`BULK_BYTES`] at a time: FNV-1a 64 over little-endian
+    /// 64-bit words (crate::report::Disk::fnv1a).
+    pub fn hash_whole(&mut self, bytes: u64) -> Result<u64, &'static str> {
+        let buf = BULK.0.get() as u64;
+        let mut hash = crate::fnv::OFFSET_BASIS;
+        let mut at = 0u64;
+        while at < bytes {
+            let len = (bytes - at).min(BULK_BYTES as u64);
+            self.submit(REQ_IN, at / SECTOR_SIZE as u64, buf, len as u32, true)?;
+            fence(Ordering::SeqCst);
+            // Word by word: guest instructions are expensive on the
+            // emulating KVMs diag must run on (docs/diag-guest.md).
+            for off in (0..len).step_by(8) {
+                // SAFETY: `off + 8` <= len <= BULK_BYTES (len is a multiple
+                // of 512): inside the buffer, which the device finished
+                // writing (the used ring moved; fenced above).
+                let w = unsafe { read_volatile((buf + off) as *const u64) };
+                hash ^= w;
+                hash = hash.wrapping_mul(crate::fnv::PRIME);
+            }
+            at += len;
+        }
+        Ok(hash)
     }
 
     /// The device id (virtio-blk serial), at most 20 bytes.

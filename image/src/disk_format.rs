@@ -58,6 +58,12 @@ pub enum DiskImageError {
         format: SourceFormat,
         why: String,
     },
+    #[error("{path}: writing it as a {format} image failed: {detail}")]
+    Export {
+        path: PathBuf,
+        format: SourceFormat,
+        detail: String,
+    },
     #[error("{path}: converting the {format} image to raw failed: {detail}")]
     Convert {
         path: PathBuf,
@@ -327,6 +333,53 @@ pub fn convert_to_raw(path: &Path, image: &Inspected, to: &Path) -> Result<(), D
                 "the raw result is {len} bytes, not the {} qemu-img info reported",
                 image.virtual_size
             ),
+        });
+    }
+    Ok(())
+}
+
+/// The `qemu-img convert -O` options an export in `format` uses: VHD
+/// needs `force_size=on` or qemu rounds the size to a CHS geometry (the
+/// disk would not be the size it was); the other formats use qemu's
+/// default subformat (vmdk monolithicSparse, vdi/vhdx dynamic, qcow2 v3),
+/// all growable, so a sparse disk stays small.
+pub fn export_options(format: SourceFormat) -> &'static [&'static str] {
+    match format {
+        SourceFormat::Vhd => &["-o", "subformat=dynamic,force_size=on"],
+        _ => &[],
+    }
+}
+
+/// Write the raw disk file `raw` as an image in `format` at `to` (created
+/// 0600 first; the caller syncs it). Raw is copied sparsely.
+pub fn convert_from_raw(raw: &Path, format: SourceFormat, to: &Path) -> Result<(), DiskImageError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    regular_file(raw)?;
+    let raw = &std::path::absolute(raw).map_err(io(raw))?;
+    let to_abs = std::path::absolute(to).map_err(io(to))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&to_abs)
+        .map_err(io(to))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(to))?;
+    drop(f);
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", format.qemu_name()])
+        .args(export_options(format))
+        .args(["-S", "4k"])
+        .arg(raw)
+        .arg(&to_abs)
+        .output()
+        .map_err(|e| qemu_missing(e, raw, format))?;
+    if !out.status.success() {
+        return Err(DiskImageError::Export {
+            path: raw.clone(),
+            format,
+            detail: stderr_line(&out.stderr),
         });
     }
     Ok(())

@@ -17,6 +17,17 @@ impl BackendError {
     }
 }
 
+/// What a copy did, for the apply report (`apply` prints the pause).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The source was running and was paused (not stopped) for the copy.
+    pub live: bool,
+    /// How long the source's vCPUs were paused, in microseconds.
+    pub paused_us: Option<u64>,
+    /// How the files were copied (`reflink`, `sparse`), one per disk.
+    pub methods: Vec<String>,
+}
+
 /// The runtime as the planner and the apply engine see it.
 ///
 /// Every action must be idempotent: the engine re-observes a VM before acting
@@ -72,9 +83,9 @@ pub trait Backend: Sync {
     /// Change the VM's CPU share while it runs and record it.
     fn set_cpu_weight(&self, name: &str, weight: u32) -> Result<(), BackendError>;
 
-    /// Create `new` by copying the disks of the stopped VM `source`; start it
-    /// when `new.autostart`.
-    fn copy(&self, source: &str, new: &VmSpec) -> Result<(), BackendError>;
+    /// Create `new` by copying the disks of VM `source` (stopped, or running
+    /// when the runtime has `live_copy`); start it when `new.autostart`.
+    fn copy(&self, source: &str, new: &VmSpec) -> Result<CopyReport, BackendError>;
 
     /// Make the network exist as `net` says (its bridge, with the host's
     /// address; NAT when asked) and record it. Adopts what is already there,

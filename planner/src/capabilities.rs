@@ -361,7 +361,7 @@ pub static TABLE: &[Row] = &[
         condition: Condition::NewCopy,
         disruption: Disruption::None,
         kind: ActionKind::Copy,
-        reason: "new VM copied from {source} (its source is stopped while its disks are copied)",
+        reason: "new VM copied from {source} (a running source is paused briefly for a crash-consistent copy, or stopped meanwhile where the runtime cannot copy live)",
         needs: Some(Capability::Copy),
         fallback: Some(Fallback {
             disruption: Disruption::Refused,

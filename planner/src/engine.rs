@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use vmctl_spec::{DesiredState, VmSpec};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, CopyReport};
 use crate::capabilities::ActionKind;
 use crate::journal::{Journal, JournalEntry, JournalEvent, now_ms};
 use crate::observed::{ObservedNetwork, ObservedVm, RunState};
@@ -68,6 +68,8 @@ pub enum Event<'a> {
     Finished {
         action: &'a Action,
         duration: Duration,
+        /// What a copy did (its source's pause), for copy actions.
+        copy: Option<CopyReport>,
     },
     Failed {
         action: &'a Action,
@@ -343,23 +345,23 @@ fn run_one(
     let result = if a.is_network() {
         backend.observe_network(&a.vm).and_then(|o| {
             if network_done(a, o.as_ref()) {
-                Ok(true)
+                Ok((true, None))
             } else {
-                execute_network(backend, a).map(|()| false)
+                execute_network(backend, a).map(|()| (false, None))
             }
         })
     } else {
         backend.observe_vm(&a.vm).and_then(|o| {
             if already_done(a, o.as_ref()) || copies_done(backend, a, copies)? {
-                Ok(true)
+                Ok((true, None))
             } else {
-                execute(backend, a, opts).map(|()| false)
+                execute(backend, a, opts).map(|copy| (false, copy))
             }
         })
     };
     let duration = t0.elapsed();
     match result {
-        Ok(done) => {
+        Ok((done, copy)) => {
             journal_line(journal, opts, a, JournalEvent::Finished, done, None)?;
             if done {
                 on_event(&Event::Skipped {
@@ -370,6 +372,7 @@ fn run_one(
                 on_event(&Event::Finished {
                     action: a,
                     duration,
+                    copy,
                 });
             }
             Ok(done)
@@ -495,7 +498,12 @@ fn missing(a: &Action, what: &str) -> BackendError {
     BackendError::new(format!("{}: the plan carries no {what}", a.id))
 }
 
-fn execute(backend: &dyn Backend, a: &Action, opts: &Options) -> Result<(), BackendError> {
+/// Carry out one action; a copy says what it did.
+fn execute(
+    backend: &dyn Backend,
+    a: &Action,
+    opts: &Options,
+) -> Result<Option<CopyReport>, BackendError> {
     let new = || {
         a.new
             .as_ref()
@@ -508,7 +516,7 @@ fn execute(backend: &dyn Backend, a: &Action, opts: &Options) -> Result<(), Back
                 .source
                 .as_deref()
                 .ok_or_else(|| missing(a, "copy source"))?;
-            backend.copy(src, new()?)
+            return backend.copy(src, new()?).map(Some);
         }
         ActionKind::Start => backend.start(&a.vm),
         ActionKind::Stop => backend.stop(&a.vm),
@@ -538,6 +546,7 @@ fn execute(backend: &dyn Backend, a: &Action, opts: &Options) -> Result<(), Back
             backend.resize_disk(&a.vm, d, size)
         }
     }
+    .map(|()| None)
 }
 
 /// After the walk: bring the record's runtime-free fields (`depends-on`,

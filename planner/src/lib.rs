@@ -46,7 +46,7 @@ pub mod render;
 pub mod saved;
 pub mod size;
 
-pub use backend::{Backend, BackendError};
+pub use backend::{Backend, BackendError, CopyReport};
 pub use capabilities::{ActionKind, Disruption};
 pub use engine::{Event, Options, Outcome, SkipReason};
 pub use journal::{Journal, JournalEntry, JournalEvent};

@@ -342,7 +342,7 @@ pub fn plan(
         b.push(a);
     }
 
-    wrap_copies(&mut b, &wanted, &copies);
+    wrap_copies(&mut b, &wanted, &copies, caps.live_copy);
     dependency_edges(&mut b, desired, &wanted, observed);
     let nets = network::plan_networks(&mut b, desired, observed);
     network::network_edges(&mut b, &nets);
@@ -506,9 +506,16 @@ fn join_reasons(changes: &[Change], level: Disruption) -> String {
     v.join("; ")
 }
 
-/// Stop each copy source that will be running while its disks are copied,
-/// and start it again after the last copy.
-fn wrap_copies(b: &mut Builder, wanted: &HashMap<&str, &VmSpec>, copies: &[(String, usize)]) {
+/// Order each copy after its source's actions. Without `live_copy`, stop
+/// each copy source that will be running while its disks are copied, and
+/// start it again after the last copy; with it, the runtime copies a running
+/// source in a short pause and nothing is stopped.
+fn wrap_copies(
+    b: &mut Builder,
+    wanted: &HashMap<&str, &VmSpec>,
+    copies: &[(String, usize)],
+    live_copy: bool,
+) {
     let mut by_source: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut pos: HashMap<&str, usize> = HashMap::new();
     for (src, i) in copies {
@@ -536,7 +543,7 @@ fn wrap_copies(b: &mut Builder, wanted: &HashMap<&str, &VmSpec>, copies: &[(Stri
             continue;
         }
         let mut before: Vec<usize> = source_acts.clone();
-        if will_run {
+        if will_run && !live_copy {
             let mut stop = action(src, ActionKind::Stop, Disruption::Restart);
             stop.id = format!("{src}:stop-for-copy");
             stop.reason = Some(format!("stopped while its disks are copied to {names}"));

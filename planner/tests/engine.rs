@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use common::*;
 use vmctl_planner::engine::{self, Event, Options, SkipReason};
 use vmctl_planner::{
-    Backend, BackendError, Capabilities, Desired, Journal, JournalEvent, Live, LiveDisk,
-    ObservedNetwork, ObservedState, ObservedVm, Plan, Record, RunState, plan,
+    Backend, BackendError, Capabilities, CopyReport, Desired, Journal, JournalEvent, Live,
+    LiveDisk, ObservedNetwork, ObservedState, ObservedVm, Plan, Record, RunState, plan,
 };
 use vmctl_spec::{DesiredState, NetworkSpec, VmSpec};
 
@@ -234,14 +234,19 @@ impl Backend for Fake {
             }
         })
     }
-    fn copy(&self, source: &str, new: &VmSpec) -> Result<(), BackendError> {
+    fn copy(&self, source: &str, new: &VmSpec) -> Result<CopyReport, BackendError> {
+        // The fake copies live (Capabilities::all()): a running source is
+        // fine, a missing one is not.
+        let mut live = false;
         self.act(&new.name, "copy", |m| {
-            assert_eq!(
-                m.get(source).map(|v| v.1),
-                Some(RunState::Stopped),
-                "copy source runs"
-            );
+            let st = m.get(source).map(|v| v.1);
+            assert!(st.is_some(), "copy source missing");
+            live = st == Some(RunState::Running);
             m.insert(new.name.clone(), (new.clone(), up(new)));
+        })?;
+        Ok(CopyReport {
+            live,
+            ..CopyReport::default()
         })
     }
     fn record(&self, spec: &VmSpec, _d: Desired) -> Result<(), BackendError> {
@@ -551,7 +556,12 @@ fn a_failed_copy_still_restarts_its_source() {
         fail: HashSet::from(["dup copy".to_string()]),
         ..Fake::with(&observed(&[(&src, RunState::Running)]))
     };
-    let p = plan(&d, &fake.observed(), &Capabilities::all()).unwrap();
+    // A runtime without live copy: the plan stops the source.
+    let caps = Capabilities {
+        live_copy: false,
+        ..Capabilities::all()
+    };
+    let p = plan(&d, &fake.observed(), &caps).unwrap();
     let out = engine::apply(&fake, &p, &d, None, &opts(2), &|_| {});
     assert_eq!(out.failed.len(), 1);
     assert_eq!(out.finished, ["src:stop-for-copy", "src:start-after-copy"]);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use vmctl_planner::{Capabilities, ObservedState, Plan, RunState, plan, render};
+use vmctl_planner::{ActionKind, Capabilities, ObservedState, Plan, RunState, plan, render};
 use vmctl_spec::DesiredState;
 
 fn snap(name: &str, d: &DesiredState, o: &ObservedState, caps: Capabilities) -> Plan {
@@ -35,6 +35,14 @@ fn all() -> Capabilities {
     Capabilities::all()
 }
 
+/// A runtime that cannot copy a running VM: the plan stops the source.
+fn stopping_copy() -> Capabilities {
+    Capabilities {
+        live_copy: false,
+        ..Capabilities::all()
+    }
+}
+
 fn lab() -> DesiredState {
     let db = debian("db");
     let web = vmctl_spec::VmSpec {
@@ -56,7 +64,7 @@ fn lab() -> DesiredState {
 
 #[test]
 fn fresh_lab() {
-    let p = snap("fresh_lab", &lab(), &ObservedState::new(), all());
+    let p = snap("fresh_lab", &lab(), &ObservedState::new(), stopping_copy());
     snap_markdown("fresh_lab", &p);
     let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(
@@ -69,6 +77,16 @@ fn fresh_lab() {
             "web:start-after-copy"
         ]
     );
+}
+
+#[test]
+fn a_live_copy_does_not_stop_its_running_source() {
+    let p = plan(&lab(), &ObservedState::new(), &all()).unwrap();
+    let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["db:create", "web:create", "web-2:copy"]);
+    let copy = &p.actions[2];
+    assert!(copy.depends_on.contains(&"web:create".to_string()));
+    assert!(p.actions.iter().all(|a| a.kind != ActionKind::Stop));
 }
 
 #[test]
@@ -383,7 +401,7 @@ fn copy_chain() {
         "copy_chain",
         &desired(vec![base.clone(), mid, leaf]),
         &observed(&[(&base, RunState::Running)]),
-        all(),
+        stopping_copy(),
     );
     let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(
@@ -531,7 +549,12 @@ fn copy_that_needs_a_dependent_of_its_source_is_not_a_cycle() {
         copy_from: Some("a".into()),
         ..vm("c")
     };
-    let p = plan(&desired(vec![a, b, c]), &ObservedState::new(), &all()).unwrap();
+    let p = plan(
+        &desired(vec![a, b, c]),
+        &ObservedState::new(),
+        &stopping_copy(),
+    )
+    .unwrap();
     let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(
         ids,

@@ -13,6 +13,7 @@ use crate::api::{ApiClient, Status};
 use crate::cgroup::CpuController;
 use crate::os::SourceImage;
 use crate::process::{self, ProcessError, VmmCommand};
+use crate::snapshot::Snapshot;
 use crate::state::{Desired, Record, StateDir, StateError, VmDir};
 
 /// Extra time after a graceful shutdown's grace period before SIGKILL.
@@ -80,6 +81,8 @@ pub enum RuntimeError {
         from: PathBuf,
         to: PathBuf,
     },
+    #[error("VM {vm:?}: consistent copy failed: {message}")]
+    Snapshot { vm: String, message: String },
     #[error("VM {name:?} is {state}; refusing to {action}")]
     Busy {
         name: String,
@@ -382,7 +385,7 @@ impl Runtime {
                 });
             }
         };
-        let partial = partial_path(to);
+        let partial = crate::sparse::partial_path(to);
         let done = os
             .convert_source(&start.from, &start.image, &partial)
             .map_err(|message| RuntimeError::Os {
@@ -666,37 +669,29 @@ impl Runtime {
     }
 
     /// Create `new` as a copy of VM `source`: every disk `new` shares by name
-    /// with the source is copied (sparse, so holes stay holes), disks only
-    /// `new` has are created empty, then the VM is created like any other.
-    /// The source must not be running (its disks would be inconsistent).
+    /// with the source is copied, disks only `new` has are created empty,
+    /// then the VM is created like any other. A running source keeps running:
+    /// the copy is taken in one short pause ([`Runtime::snapshot_disks`]:
+    /// crash-consistent, by reflink where the filesystem can, else sparse).
     /// Crash-safe: each disk is copied to `<disk>.partial` and renamed, and
     /// the record is written last, so a copy killed halfway is simply made
     /// again by the next apply.
-    pub fn copy(&self, source: &str, new: &VmSpec) -> Result<(), RuntimeError> {
+    pub fn copy(&self, source: &str, new: &VmSpec) -> Result<Snapshot, RuntimeError> {
         let Some(src) = self.observe(source)? else {
             return Err(RuntimeError::NoSuchVm(source.into()));
         };
-        if src.live == RunState::Running {
-            return Err(RuntimeError::Busy {
-                name: source.into(),
-                state: "running",
-                action: "copy its disks",
-            });
-        }
-        let src_dir = self.state.vm(source);
         let dst_dir = self.state.vm(&new.name);
         let disks = dst_dir.disks_dir();
         std::fs::create_dir_all(&disks).map_err(io(&disks))?;
-        for disk in &new.disks {
-            let Some(from_disk) = src.record.spec.disks.iter().find(|d| d.name == disk.name) else {
-                continue;
-            };
-            let from = src_dir.disk_path(from_disk);
-            let to = dst_dir.disk_path(disk);
-            let copied = copy_whole(&from, &to)?;
-            tracing::info!(from = %from.display(), to = %to.display(), copied, "disk copied");
-        }
-        self.create(new)
+        let targets: Vec<(String, PathBuf)> = new
+            .disks
+            .iter()
+            .filter(|d| src.record.spec.disks.iter().any(|s| s.name == d.name))
+            .map(|d| (d.name.clone(), dst_dir.disk_path(d)))
+            .collect();
+        let snap = self.snapshot_disks(source, &targets)?;
+        self.create(new)?;
+        Ok(snap)
     }
 
     /// Whether this host lets vmctl enforce (and live-change) `cpu-weight`.
@@ -795,20 +790,13 @@ fn raw_image(path: &Path) -> Result<SourceImage, RuntimeError> {
     })
 }
 
-/// Where a disk file is written before it is renamed into place.
-fn partial_path(to: &Path) -> PathBuf {
-    let mut partial = to.as_os_str().to_owned();
-    partial.push(".partial");
-    PathBuf::from(partial)
-}
-
 /// Copy `from` to `to` (sparse) so that `to` only ever appears complete:
 /// the bytes go to `<to>.partial`, renamed over `to` at the end. `create`
 /// trusts an existing disk file (a restart keeps its data), so a copy or
 /// import killed halfway must not leave one behind: it leaves the
 /// `.partial`, which the next attempt truncates and redoes.
 fn copy_whole(from: &Path, to: &Path) -> Result<u64, RuntimeError> {
-    let partial = partial_path(to);
+    let partial = crate::sparse::partial_path(to);
     let copied = crate::sparse::copy_sparse(from, &partial).map_err(io(from))?;
     std::fs::rename(&partial, to).map_err(io(to))?;
     Ok(copied)

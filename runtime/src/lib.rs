@@ -25,6 +25,7 @@ pub mod hotplug;
 pub mod os;
 pub mod process;
 pub mod resolve;
+pub mod snapshot;
 pub mod sparse;
 pub mod state;
 pub mod testing;

@@ -95,6 +95,10 @@ pub struct Capabilities {
     /// Create a VM by copying another VM's disks.
     #[serde(default)]
     pub copy: bool,
+    /// Copy a running VM's disks without stopping it (a short quiesce:
+    /// docs/disks.md); without it the plan stops a copy source meanwhile.
+    #[serde(default)]
+    pub live_copy: bool,
 }
 
 impl Capabilities {
@@ -107,6 +111,7 @@ impl Capabilities {
             live_disk_resize: true,
             live_cpu_weight: true,
             copy: true,
+            live_copy: true,
         }
     }
 

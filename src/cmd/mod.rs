@@ -6,11 +6,14 @@ pub mod completions;
 pub mod console;
 pub mod destroy;
 pub mod explain;
+pub mod export;
 pub mod fmt;
 pub mod image;
+pub mod import;
 pub mod kvm_cpuid;
 pub mod logs;
 pub mod plan;
+pub mod restore;
 pub mod show;
 pub mod status;
 pub mod validate;
@@ -116,6 +119,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Watch(a) => watch::run(&g, a),
         Command::Explain(a) => explain::run(&g, a),
         Command::Image(a) => image::run(&g, a),
+        Command::Export(a) => export::run(&g, a),
+        Command::Backup(a) => export::backup(&g, a),
+        Command::Import(a) => import::run(&g, a),
+        Command::Restore(a) => restore::run(&g, a),
         Command::Vmm(a) => vmm::run(&g, a),
         Command::KvmCpuid => kvm_cpuid::run(),
     }

@@ -1,7 +1,8 @@
-//! A lab for end-to-end tests through the binary: a KDL file in a temporary
-//! directory with its own `.vmctl/` state directory, helpers to run vmctl
-//! against it, and a `Drop` that destroys every VM it made (and kills any
-//! VMM left under its state directory).
+//! What the end-to-end tests through the binary share: a lab (a KDL file in
+//! a temporary directory with its own `.vmctl/` state directory), helpers to
+//! run vmctl against it and poll its status, a `Drop` that destroys every VM
+//! it made (and kills any VMM left under its state directory), and the
+//! checksums diag reports.
 
 #![allow(dead_code)] // each test file uses a different part of it
 
@@ -30,8 +31,13 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(kdl: &str) -> Lab {
+        Lab::new_in(&std::env::temp_dir(), kdl)
+    }
+
+    /// A lab in a new directory under `parent` (another filesystem).
+    pub fn new_in(parent: &Path, kdl: &str) -> Lab {
         let lab = Lab {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: tempfile::tempdir_in(parent).expect("tempdir"),
         };
         lab.write(kdl);
         lab
@@ -117,6 +123,19 @@ impl Lab {
         }
     }
 
+    /// Wait until the guest reports exactly the declared cpus and memory.
+    pub fn wait_guest(&self, name: &str, cpus: u64, memory_mib: u64) -> Value {
+        self.wait_vm(
+            name,
+            &format!("reported {cpus} cpus / {memory_mib} MiB"),
+            |v| {
+                v["state"] == "running"
+                    && v["guest"]["cpus"] == cpus
+                    && v["guest"]["memory_mib"] == memory_mib
+            },
+        )
+    }
+
     pub fn vmm_pids(&self) -> Vec<i32> {
         vmm_pids_under(&self.state())
     }
@@ -158,4 +177,44 @@ pub fn vmm_pids_under(state: &Path) -> Vec<i32> {
         }
     }
     out
+}
+
+/// qemu-img (Debian's qemu-utils, which CI installs) makes the foreign
+/// images: without it the import test skips, or fails when
+/// `VMCTL_REQUIRE_KVM=1` (CI, where it must run).
+pub fn qemu_img_available() -> bool {
+    let found = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("VMCTL_REQUIRE_KVM").as_deref() != Ok("1"),
+            "qemu-img not found (apt-get install qemu-utils) and VMCTL_REQUIRE_KVM=1"
+        );
+        eprintln!("skipping: qemu-img not found (apt-get install qemu-utils)");
+    }
+    found
+}
+
+/// FNV-1a 64, as the diag guest reports sector 0 (docs/diag-guest.md).
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+pub fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

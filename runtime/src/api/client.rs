@@ -6,7 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::protocol::{Capabilities, HotplugResult, Request, Response, ShutdownResult, Status};
+use super::protocol::{
+    Capabilities, HotplugResult, QuiesceResult, Request, Response, ShutdownResult, Status,
+    ThawResult,
+};
 
 /// Default time allowed for one request/response (shutdown adds its grace period).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,5 +139,70 @@ impl ApiClient {
         wait: Duration,
     ) -> Result<HotplugResult, ClientError> {
         self.call(&Request::HotAddMemory { memory_mib }, wait + self.timeout)
+    }
+
+    /// Pause the VM with its disks drained and flushed, for a copy. The
+    /// quiesce is held by the returned session's connection: its
+    /// [`QuiesceSession::thaw`] resumes the VM, and so does the VMM when
+    /// the connection closes without one (this process dies) or after
+    /// `resume_after`.
+    pub fn quiesce(&self, resume_after: Duration) -> Result<QuiesceSession, ClientError> {
+        let stream = UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        })?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let mut session = QuiesceSession {
+            reader: BufReader::new(stream.try_clone()?),
+            stream,
+            result: QuiesceResult {
+                id: 0,
+                quiesce_us: 0,
+                disks: 0,
+            },
+        };
+        let req = Request::Quiesce {
+            resume_after_ms: Some(resume_after.as_millis() as u64),
+        };
+        session.result = session.call(&req)?;
+        Ok(session)
+    }
+}
+
+/// A quiesce in effect, held by its connection (see [`ApiClient::quiesce`]).
+#[derive(Debug)]
+pub struct QuiesceSession {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    pub result: QuiesceResult,
+}
+
+impl QuiesceSession {
+    fn call<T: serde::de::DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
+        let mut line =
+            serde_json::to_vec(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        line.push(b'\n');
+        self.stream.write_all(&line)?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(ClientError::Closed);
+        }
+        let resp: Response = serde_json::from_str(&answer)
+            .map_err(|e| ClientError::BadResponse(format!("{e}: {}", answer.trim())))?;
+        if !resp.ok {
+            return Err(ClientError::Refused(
+                resp.error.unwrap_or_else(|| "unknown error".into()),
+            ));
+        }
+        serde_json::from_value(resp.result.unwrap_or(serde_json::Value::Null))
+            .map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    /// Resume the VM; refused if this quiesce had already ended (a copy
+    /// taken meanwhile may not be consistent).
+    pub fn thaw(mut self) -> Result<ThawResult, ClientError> {
+        let id = self.result.id;
+        self.call(&Request::Thaw { id })
     }
 }

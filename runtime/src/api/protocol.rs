@@ -35,7 +35,26 @@ pub enum Request {
     HotAddMemory {
         memory_mib: u64,
     },
+    /// Stop the guest's disk I/O for a consistent copy: park every vCPU,
+    /// complete every virtio-blk request the guest already submitted (no new
+    /// one can start while the vCPUs are parked), `fdatasync` every disk.
+    /// The VMM resumes by itself after `resume_after_ms` (default 60 s) if
+    /// no `thaw` came, so a control plane that dies mid-copy cannot leave
+    /// the VM paused forever.
+    Quiesce {
+        #[serde(default)]
+        resume_after_ms: Option<u64>,
+    },
+    /// End quiesce `id` and resume the vCPUs. Refused when that quiesce
+    /// already ended (its deadline, a `resume`, a shutdown): whatever was
+    /// copied meanwhile may not be consistent.
+    Thaw {
+        id: u64,
+    },
 }
+
+/// Default `resume_after_ms` of `quiesce`.
+pub const DEFAULT_QUIESCE_RESUME_AFTER_MS: u64 = 60_000;
 
 /// Default grace period of `shutdown`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
@@ -131,6 +150,26 @@ pub struct HotplugResult {
     pub memory_mib: u64,
 }
 
+/// The `quiesce` result: the VM is paused with its disks flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuiesceResult {
+    /// Pass to `thaw`.
+    pub id: u64,
+    /// Microseconds from the pause request to disks flushed (park the
+    /// vCPUs, drain the queues, fdatasync).
+    pub quiesce_us: u64,
+    /// Disks drained and flushed.
+    pub disks: u32,
+}
+
+/// The `thaw` result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThawResult {
+    /// Microseconds the vCPUs were parked: from the start of `quiesce` to
+    /// their resumption by this `thaw`.
+    pub paused_us: u64,
+}
+
 /// The `shutdown` result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShutdownResult {
@@ -159,6 +198,16 @@ mod tests {
             Request::Shutdown { timeout_ms: None }
         );
         assert!(serde_json::from_str::<Request>(r#"{"verb":"explode"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"verb":"quiesce"}"#).unwrap(),
+            Request::Quiesce {
+                resume_after_ms: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Thaw { id: 3 }).unwrap(),
+            r#"{"verb":"thaw","id":3}"#
+        );
         assert_eq!(
             serde_json::to_string(&Response::err("no")).unwrap(),
             r#"{"ok":false,"error":"no"}"#

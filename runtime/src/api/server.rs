@@ -115,8 +115,22 @@ fn serve<E>(conn: UnixStream, to_main: &Sender<E>, wrap: fn(Pending) -> E) {
             return;
         }
     }
+    // A quiesce is a lease of this connection: what it did not thaw when
+    // it ends (closed, a vmctl killed mid-copy, idle past its timeout) is
+    // thawed here, so no client can leave the VM paused.
+    let timeouts = conn.try_clone().ok();
+    let mut leases: Vec<u64> = Vec::new();
     serve_lines(conn, &mut out, MAX_REQUEST_LINE, |request, written| {
         let (reply, answer) = mpsc::channel();
+        let quiesce_for = match &request {
+            Request::Quiesce { resume_after_ms } => Some(Duration::from_millis(
+                resume_after_ms.unwrap_or(super::protocol::DEFAULT_QUIESCE_RESUME_AFTER_MS),
+            )),
+            _ => None,
+        };
+        if let Request::Thaw { id } = &request {
+            leases.retain(|l| l != id);
+        }
         to_main
             .send(wrap(Pending {
                 request,
@@ -124,12 +138,38 @@ fn serve<E>(conn: UnixStream, to_main: &Sender<E>, wrap: fn(Pending) -> E) {
                 written,
             }))
             .ok()?;
-        Some(
-            answer
-                .recv()
-                .unwrap_or_else(|_| Response::err("the VMM is exiting")),
-        )
+        let response = answer
+            .recv()
+            .unwrap_or_else(|_| Response::err("the VMM is exiting"));
+        if let (Some(wait), true) = (quiesce_for, response.ok) {
+            if let Some(id) = response
+                .result
+                .as_ref()
+                .and_then(|r| r.get("id"))
+                .and_then(|v| v.as_u64())
+            {
+                leases.push(id);
+            }
+            // The copy may take until the quiesce's own deadline.
+            if let Some(c) = &timeouts {
+                let _ = c.set_read_timeout(Some(wait.max(Duration::from_secs(60))));
+            }
+        }
+        Some(response)
     });
+    for id in leases {
+        tracing::warn!(
+            id,
+            "control socket: a quiesce's connection ended without its thaw; thawing"
+        );
+        let (reply, _answer) = mpsc::channel();
+        let (_done, written) = mpsc::channel();
+        let _ = to_main.send(wrap(Pending {
+            request: Request::Thaw { id },
+            reply,
+            written,
+        }));
+    }
 }
 
 /// The request loop of one connection, apart from the socket so that the

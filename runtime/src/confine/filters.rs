@@ -685,6 +685,11 @@ mod tests {
             libc::SYS_ftruncate,
             libc::SYS_rename,
             libc::SYS_tgkill,
+            // quiesce (crate::vmm::quiesce) drains the virtio-blk queues
+            // and fdatasyncs the disks on the main thread.
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
         ] {
             assert!(allowed(ThreadKind::Main, nr), "main: {nr}");
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::serve::Vmm;
 use super::{CAPABILITIES, Outcome};
 use crate::api::protocol::{
-    DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, NicStatus, Request, Response, RunState,
-    ShutdownResult, Status,
+    DEFAULT_QUIESCE_RESUME_AFTER_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, NicStatus, Request,
+    Response, RunState, ShutdownResult, Status,
 };
 use crate::api::server::Pending;
 
@@ -67,6 +67,20 @@ impl Vmm {
 
     /// Answer one request; `Some` when the VMM must exit.
     pub(super) fn on_request(&mut self, p: Pending) -> Option<Outcome> {
+        // A quiesced VM's disks must not change until its thaw.
+        if self.quiesced.is_some()
+            && matches!(
+                p.request,
+                Request::ResizeDisk { .. }
+                    | Request::HotAddCpu { .. }
+                    | Request::HotAddMemory { .. }
+            )
+        {
+            let _ = p.reply.send(Response::err(
+                "the VM is quiesced for a copy; try again after it",
+            ));
+            return None;
+        }
         let response = match p.request {
             Request::Status => Response::ok(self.status()),
             Request::Capabilities => Response::ok(CAPABILITIES),
@@ -78,9 +92,23 @@ impl Vmm {
                 }
             }
             Request::Resume => {
+                self.end_quiesce("a resume request");
                 self.machine.resume();
                 Response::ok(RunState::Running)
             }
+            Request::Quiesce { resume_after_ms } => {
+                let after = Duration::from_millis(
+                    resume_after_ms.unwrap_or(DEFAULT_QUIESCE_RESUME_AFTER_MS),
+                );
+                match self.quiesce(after) {
+                    Ok(r) => Response::ok(r),
+                    Err(e) => Response::err(e),
+                }
+            }
+            Request::Thaw { id } => match self.thaw(id) {
+                Ok(r) => Response::ok(r),
+                Err(e) => Response::err(e),
+            },
             Request::ResizeDisk { disk, size_bytes } => match self.resize_disk(&disk, size_bytes) {
                 Ok(bytes) => Response::ok(bytes),
                 Err(e) => Response::err(e),

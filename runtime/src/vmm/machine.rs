@@ -421,6 +421,11 @@ impl Machine {
         if let Ok(mut s) = self.control.state.lock() {
             s.paused = true;
         }
+        // A vCPU asleep in the guest's idle port wakes now, not at the end
+        // of its sleep (the kick's signal is not guaranteed to end a
+        // condvar wait): a quiesce for a copy pauses the guest no longer
+        // than it must.
+        self.control.cv.notify_all();
         self.control
             .wait_parked(self.threads.len(), Duration::from_secs(2), &|| {
                 self.kick_all()

@@ -31,6 +31,7 @@ pub mod host;
 pub mod hotplug;
 pub mod irq;
 pub mod machine;
+mod quiesce;
 mod serve;
 mod setup;
 pub mod signals;
@@ -53,6 +54,8 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     live_cpu_weight: false,
     // Done by the control plane.
     copy: false,
+    // The `quiesce` / `thaw` requests a live copy needs.
+    live_copy: true,
 };
 
 /// Errors that end a VMM before its guest runs.

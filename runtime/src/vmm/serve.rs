@@ -38,14 +38,21 @@ pub(super) struct Vmm {
     /// (reported in `status`, so an observer can wait for the exit instead
     /// of planning changes to a VM that is about to be gone).
     pub(super) stopping_until: Option<Instant>,
+    /// A quiesce for a copy, until its thaw or deadline.
+    pub(super) quiesced: Option<super::quiesce::Quiesced>,
+    pub(super) next_quiesce_id: u64,
 }
 
 impl Vmm {
     pub(super) fn serve(&mut self) -> Outcome {
         crate::confine::trip_point(crate::confine::ThreadKind::Main);
         loop {
-            let ev = if self.in_flight.is_some() {
-                match self.rx.recv_timeout(HOTPLUG_TICK) {
+            let tick = match &self.quiesced {
+                Some(q) => Some(q.deadline.saturating_duration_since(Instant::now())),
+                None => self.in_flight.is_some().then_some(HOTPLUG_TICK),
+            };
+            let ev = if let Some(tick) = tick {
+                match self.rx.recv_timeout(tick) {
                     Ok(ev) => Some(ev),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return channel_closed(),
@@ -57,6 +64,7 @@ impl Vmm {
                 }
             };
             self.poll_in_flight();
+            self.expire_quiesce();
             let Some(ev) = ev else { continue };
             match ev {
                 MainEvent::Vm { generation, event } => {
@@ -113,6 +121,7 @@ impl Vmm {
     fn reboot(&mut self) -> Result<(), VmmError> {
         tracing::info!("guest reset: rebuilding the VM");
         self.fail_in_flight("the guest reset");
+        self.end_quiesce("the guest reset");
         self.machine.stop();
         self.machine.release_memory();
         // What the guest reported describes the boot that just ended.
@@ -141,6 +150,7 @@ impl Vmm {
     /// `grace`, stop it by force.
     pub(super) fn shutdown(&mut self, grace: Duration) -> Outcome {
         self.fail_in_flight("the VM is shutting down");
+        self.end_quiesce("the VM is shutting down");
         self.machine.resume();
         self.keep.ged.raise(GED_POWER_BUTTON);
         if let Some(irq) = &self.machine.ged_irq {

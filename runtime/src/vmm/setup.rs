@@ -94,6 +94,8 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
         boots: generation,
         in_flight: None,
         stopping_until: None,
+        quiesced: None,
+        next_quiesce_id: 0,
     };
     vmm.machine.start()?;
     vmm.booted = Instant::now();

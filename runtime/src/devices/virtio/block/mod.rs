@@ -145,6 +145,11 @@ impl Block {
         self.file.try_clone()
     }
 
+    /// `fdatasync` the backing file: what the guest wrote is durable.
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Change the capacity the guest sees (rounded down to whole sectors)
     /// without touching the file — for when the file was already resized.
     /// Follow with `MmioTransport::notify_config_change`.
