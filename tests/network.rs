@@ -454,3 +454,112 @@ fn host_routes_warn_a_declared_subnet_and_an_automatic_one_is_recorded() {
     left.sort();
     assert_eq!(left, ["lo", "uplink0", "uplink1"]);
 }
+
+/// The whole path through the binary: apply makes the bridge and taps,
+/// resolves each NIC into its VMM's machine config (the TAP, the MAC) and
+/// tells diag its address and the network's host address. Each guest then
+/// reports that it resolved the bridge's MAC by ARP and got its echo
+/// replies back intact; the host side, inside the namespace, pings both
+/// guests; status shows each VM's NIC with traffic counted by its VMM.
+#[test]
+fn two_diag_vms_on_a_network_reach_the_host_and_are_reached() {
+    let Some(ns) = ready() else { return };
+    let lab = Lab::new(&ns, LAB);
+    lab.ok(&["apply", "--auto-approve"]);
+    let state = lab.state();
+    let web: Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("vms/web/vm.json")).expect("vm record"),
+    )
+    .expect("vm.json parses");
+    let web_ip = web["spec"]["nics"][0]["ip"]
+        .as_str()
+        .expect("web's resolved address")
+        .to_string();
+    let bridge = vmctl_hostnet::bridge_name(&state, "lab");
+    let bridge_mac = ns
+        .links()
+        .iter()
+        .find(|l| l["ifname"] == bridge.as_str())
+        .expect("bridge")["address"]
+        .as_str()
+        .expect("bridge MAC")
+        .to_string();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        let out = lab.ok(&["status", "--json"]);
+        let st: Value = serde_json::from_str(&out[out.find('{').expect("json")..])
+            .expect("status --json parses");
+        let done = st["vms"].as_array().is_some_and(|vms| {
+            vms.len() == 2
+                && vms.iter().all(|v| {
+                    let p = &v["guest"]["nics"][0]["pings"][0];
+                    p["echo_replies"].as_u64().is_some_and(|n| n >= 3)
+                })
+        });
+        if done {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guests never reached the host: {st:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    for v in status["vms"].as_array().into_iter().flatten() {
+        let name = v["name"].as_str().unwrap_or("?");
+        let want_ip = if name == "db" {
+            "10.20.0.10"
+        } else {
+            web_ip.as_str()
+        };
+        let g = &v["guest"]["nics"][0];
+        assert_eq!(g["ip"], format!("{want_ip}/24"), "{name}: {v:#}");
+        let rec: Value = serde_json::from_str(
+            &std::fs::read_to_string(state.join(format!("vms/{name}/vm.json"))).expect("vm.json"),
+        )
+        .expect("vm.json parses");
+        assert_eq!(
+            g["mac"], rec["spec"]["nics"][0]["mac"],
+            "{name}: the declared MAC"
+        );
+        let p = &g["pings"][0];
+        assert_eq!(p["target"], "10.20.0.1", "{name}");
+        assert_eq!(
+            p["mac"],
+            bridge_mac.as_str(),
+            "{name}: ARP answered by the bridge"
+        );
+        assert_eq!(p["bad_replies"], 0, "{name}: {p:#}");
+        let nic = &v["nics"][0];
+        assert_eq!(
+            nic["tap"],
+            vmctl_hostnet::tap_name(&state, name, 0),
+            "{name}"
+        );
+        assert!(
+            nic["rx_packets"].as_u64().is_some_and(|n| n >= 3),
+            "{name}: {nic:#}"
+        );
+        assert!(
+            nic["tx_packets"].as_u64().is_some_and(|n| n >= 3),
+            "{name}: {nic:#}"
+        );
+    }
+    // The host reaches both guests (bounded: 3 echoes within 30 s each).
+    for ip in ["10.20.0.10", web_ip.as_str()] {
+        let out = ns.exec(&["ping", "-n", "-c", "3", "-i", "0.2", "-w", "30", ip]);
+        assert!(
+            out.status.success(),
+            "ping {ip}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        status["vms"][0]["nics"][0]["ip"], "10.20.0.10",
+        "{status:#}"
+    );
+    let text = lab.ok(&["status"]);
+    assert!(text.contains("nic lab ip 10.20.0.10 mac "), "{text}");
+}

@@ -14,7 +14,7 @@ use vmctl_spec::model::VmSpec;
 
 use crate::os::OsProvider;
 use crate::state::{StateDir, VmDir};
-use crate::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
+use crate::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig, NicConfig};
 use crate::vmm::irq::IrqMode;
 
 /// Command line of the built-in diag guest.
@@ -43,6 +43,16 @@ pub enum ResolveError {
     },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(
+        "VM {vm:?}: NIC {nic} is on network {network:?}, which this lab has no record of (apply creates a network before its VMs)"
+    )]
+    NoNetwork {
+        vm: String,
+        nic: usize,
+        network: String,
+    },
+    #[error("VM {vm:?}: cannot read the lab's network records: {message}")]
+    NetRecords { vm: String, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ResolveError + '_ {
@@ -110,6 +120,12 @@ pub fn machine_config(
             })
         })
         .collect::<Result<Vec<_>, ResolveError>>()?;
+    let (nics, net_args) = nics(state, spec)?;
+    let cmdline = if spec.os == "diag" && spec.image.is_none() {
+        format!("{cmdline}{net_args}")
+    } else {
+        cmdline
+    };
     let cpus = spec.cpus.max(1);
     Ok(MachineConfig {
         format_version: MACHINE_CONFIG_VERSION.into(),
@@ -122,11 +138,57 @@ pub fn machine_config(
         memory_mib: spec.memory_mib,
         max_memory_mib: spec.max_memory_mib.max(spec.memory_mib),
         disks,
-        nics: Vec::new(),
+        nics,
         irq_mode,
         console_log: absolute(&dir.console_log())?,
         console_log_max_bytes: crate::devices::serial::CONSOLE_LOG_MAX,
     })
+}
+
+/// The VM's NICs for its VMM — each on the persistent TAP the control plane
+/// made for it (vmctl-hostnet's names) — and the diag guest's network
+/// arguments: each NIC's address with its network's prefix, and its
+/// networks' host addresses to ping (docs/diag-guest.md). The subnets come
+/// from the lab's network records, which apply writes before any VM on the
+/// network is created.
+fn nics(state: &StateDir, spec: &VmSpec) -> Result<(Vec<NicConfig>, String), ResolveError> {
+    if spec.nics.is_empty() {
+        return Ok((Vec::new(), String::new()));
+    }
+    let hn = vmctl_hostnet::HostNet::new(&state.root);
+    let records = hn.records().map_err(|e| ResolveError::NetRecords {
+        vm: spec.name.clone(),
+        message: e.to_string(),
+    })?;
+    let mut cfg = Vec::with_capacity(spec.nics.len());
+    let mut addrs = Vec::new();
+    let mut gateways: Vec<String> = Vec::new();
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let net = records
+            .iter()
+            .find(|r| r.spec.name == nic.network)
+            .ok_or_else(|| ResolveError::NoNetwork {
+                vm: spec.name.clone(),
+                nic: i,
+                network: nic.network.clone(),
+            })?;
+        cfg.push(NicConfig {
+            name: nic.network.clone(),
+            mac: nic.mac.to_string(),
+            tap: hn.tap(&spec.name, i),
+        });
+        addrs.push(format!("{}/{}", nic.ip, net.spec.subnet.prefix()));
+        let gw = net.spec.subnet.host_ip().to_string();
+        if !gateways.contains(&gw) && gateways.len() < 4 {
+            gateways.push(gw);
+        }
+    }
+    let args = format!(
+        " vmctl.net={} vmctl.ping={}",
+        addrs.join(","),
+        gateways.join(",")
+    );
+    Ok((cfg, args))
 }
 
 /// Resolve and write `machine.json` for the VM in `dir`.
@@ -167,6 +229,52 @@ pub fn diag_kernel_file(state: &StateDir) -> Result<PathBuf, ResolveError> {
 mod tests {
     use super::*;
     use vmctl_spec::model::ImageSpec;
+
+    /// A diag VM with a NIC: its VMM gets the TAP vmctl-hostnet names for
+    /// it and the declared MAC; the guest gets its address with the
+    /// network's prefix and the host address to ping. No record of the
+    /// network is a clear error.
+    #[test]
+    fn nics_get_their_taps_and_diag_its_addresses() {
+        use vmctl_spec::{Ipv4Subnet, MacAddr, NetworkSpec, NicSpec};
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::new(tmp.path());
+        let dir = state.vm("web");
+        let mut spec = VmSpec::diag("web");
+        spec.nics.push(NicSpec {
+            network: "lab".into(),
+            ip: [10, 20, 0, 7].into(),
+            mac: MacAddr([0x02, 0, 0, 0, 0, 7]),
+        });
+        let err = machine_config(&state, &dir, &spec, None).unwrap_err();
+        assert!(matches!(err, ResolveError::NoNetwork { .. }), "{err}");
+
+        let net = NetworkSpec::new("lab", Ipv4Subnet::new([10, 20, 0, 0].into(), 24));
+        let rec = vmctl_hostnet::NetworkRecord {
+            format_version: vmctl_spec::FORMAT_VERSION.into(),
+            bridge: vmctl_hostnet::bridge_name(tmp.path(), "lab"),
+            spec: net,
+        };
+        std::fs::create_dir_all(tmp.path().join("networks")).unwrap();
+        std::fs::write(
+            tmp.path().join("networks/lab.json"),
+            serde_json::to_string(&rec).unwrap(),
+        )
+        .unwrap();
+        let cfg = machine_config(&state, &dir, &spec, None).unwrap();
+        assert_eq!(
+            cfg.nics,
+            [NicConfig {
+                name: "lab".into(),
+                mac: "02:00:00:00:00:07".into(),
+                tap: vmctl_hostnet::tap_name(tmp.path(), "web", 0),
+            }]
+        );
+        assert_eq!(
+            cfg.cmdline,
+            "console=ttyS0 vmctl.net=10.20.0.7/24 vmctl.ping=10.20.0.1"
+        );
+    }
 
     #[test]
     fn diag_is_polled_from_a_cached_copy_of_the_embedded_kernel() {

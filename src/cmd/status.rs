@@ -87,15 +87,35 @@ pub fn vm_json(vm: &ObservedVm) -> Value {
         "max_memory_mib": spec.max_memory_mib,
         "cpu_weight": spec.cpu_weight,
         "disks": disks,
-        "nics": vm.live.nics,
+        "nics": nics_json(vm),
         "guest": vm.live.guest,
     })
 }
 
+/// The running VM's NICs as its VMM reports them, each with the address
+/// the lab gave it (`ip`: the resolved `nic … ip=`, the same NIC by
+/// position).
+fn nics_json(vm: &ObservedVm) -> Value {
+    let spec = &vm.record.spec;
+    Value::Array(
+        vm.live
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut v = json!(n);
+                v["ip"] = json!(spec.nics.get(i).map(|s| s.ip.to_string()));
+                v
+            })
+            .collect(),
+    )
+}
+
 /// The human `status` line of one NIC (docs/networking.md).
-fn nic_line(n: &vmctl_planner::LiveNic) -> String {
+fn nic_line(n: &vmctl_planner::LiveNic, ip: Option<std::net::Ipv4Addr>) -> String {
+    let ip = ip.map(|ip| format!(" ip {ip}")).unwrap_or_default();
     format!(
-        "{:<16} nic {} mac {} tap {}  rx {} frames {} B  tx {} frames {} B\n",
+        "{:<16} nic {}{ip} mac {} tap {}  rx {} frames {} B  tx {} frames {} B\n",
         "", n.name, n.mac, n.tap, n.rx_packets, n.rx_bytes, n.tx_packets, n.tx_bytes
     )
 }
@@ -175,8 +195,8 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
                 v["memory_mib"],
                 vm.live.disks.len()
             ));
-            for n in &vm.live.nics {
-                text.push_str(&nic_line(n));
+            for (i, n) in vm.live.nics.iter().enumerate() {
+                text.push_str(&nic_line(n, vm.record.spec.nics.get(i).map(|s| s.ip)));
             }
             match &vm.live.guest {
                 Some(gst) => text.push_str(&format!("{:<16} {}\n", "", guest_summary(gst))),
@@ -238,12 +258,13 @@ mod tests {
         assert_eq!(
             v["nics"],
             serde_json::json!([{"name": "lab", "mac": "52:54:00:77:00:02", "tap": "vt-a",
-                "rx_packets": 29, "rx_bytes": 2294, "tx_packets": 15, "tx_bytes": 1086}])
+                "rx_packets": 29, "rx_bytes": 2294, "tx_packets": 15, "tx_bytes": 1086,
+                "ip": null}])
         );
         assert_eq!(
-            nic_line(&nic),
+            nic_line(&nic, Some([10, 77, 0, 2].into())),
             format!(
-                "{:<16} nic lab mac 52:54:00:77:00:02 tap vt-a  rx 29 frames 2294 B  tx 15 frames 1086 B\n",
+                "{:<16} nic lab ip 10.77.0.2 mac 52:54:00:77:00:02 tap vt-a  rx 29 frames 2294 B  tx 15 frames 1086 B\n",
                 ""
             )
         );
