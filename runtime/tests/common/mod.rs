@@ -46,3 +46,42 @@ pub fn elf(code: &[u8]) -> Vec<u8> {
     f.extend_from_slice(code);
     f
 }
+
+/// One test of a `harness = false` test binary: its name and body.
+pub type Test = (&'static str, fn());
+
+/// Run `tests` (those whose name contains a command-line filter, or all),
+/// each caught on its own, print libtest-like lines and exit 1 if any
+/// failed. The KVM test binaries use their own `main` because a VMM they
+/// start is this same binary (`run_as_vmm_if_asked`).
+pub fn run_tests(tests: &[Test]) {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran += 1;
+        println!("test {name} ...");
+        match std::panic::catch_unwind(test) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "\ntest result: {} passed; {} failed",
+        ran - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
