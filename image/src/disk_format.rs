@@ -292,24 +292,29 @@ fn reads_other_files(info: &serde_json::Value, path: &Path) -> Option<String> {
     None
 }
 
-/// Convert `path` (a non-raw image, as [`inspect`]ed) to a sparse raw file
-/// at `to`, created (or truncated) with mode 0600 before any guest data is
-/// written. The caller fsyncs and renames it into place.
-pub fn convert_to_raw(path: &Path, image: &Inspected, to: &Path) -> Result<(), DiskImageError> {
+/// Create (or truncate) `abs` empty with mode 0600 — before qemu-img writes
+/// any guest data into it. A file left by an earlier attempt keeps its
+/// mode, so it is set as well. `shown` names it in errors.
+fn private_empty(abs: &Path, shown: &Path) -> Result<(), DiskImageError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let path = &std::path::absolute(path).map_err(io(path))?;
-    let to_abs = std::path::absolute(to).map_err(io(to))?;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&to_abs)
-        .map_err(io(to))?;
-    // A file left by an earlier attempt keeps its mode: set it.
+        .open(abs)
+        .map_err(io(shown))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io(to))?;
-    drop(f);
+        .map_err(io(shown))
+}
+
+/// Convert `path` (a non-raw image, as [`inspect`]ed) to a sparse raw file
+/// at `to`, created (or truncated) with mode 0600 before any guest data is
+/// written. The caller fsyncs and renames it into place.
+pub fn convert_to_raw(path: &Path, image: &Inspected, to: &Path) -> Result<(), DiskImageError> {
+    let path = &std::path::absolute(path).map_err(io(path))?;
+    let to_abs = std::path::absolute(to).map_err(io(to))?;
+    private_empty(&to_abs, to)?;
     let out = Command::new("qemu-img")
         .args(["convert", "-q", "-f", image.format.qemu_name(), "-O", "raw"])
         .args(["-S", "4k"])
@@ -353,20 +358,10 @@ pub fn export_options(format: SourceFormat) -> &'static [&'static str] {
 /// Write the raw disk file `raw` as an image in `format` at `to` (created
 /// 0600 first; the caller syncs it). Raw is copied sparsely.
 pub fn convert_from_raw(raw: &Path, format: SourceFormat, to: &Path) -> Result<(), DiskImageError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     regular_file(raw)?;
     let raw = &std::path::absolute(raw).map_err(io(raw))?;
     let to_abs = std::path::absolute(to).map_err(io(to))?;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&to_abs)
-        .map_err(io(to))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io(to))?;
-    drop(f);
+    private_empty(&to_abs, to)?;
     let out = Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", format.qemu_name()])
         .args(export_options(format))
