@@ -410,23 +410,7 @@ pub fn normalise_size(text: &str) -> String {
 /// A KDL v2 quoted string, escaping only what must be: `"`, `\`, control
 /// characters, and the code points KDL forbids in a document.
 pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() || forbidden(c) => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::render::quote_with(s, forbidden)
 }
 
 /// Code points KDL v2 does not allow literally (bidi controls, BOM, and

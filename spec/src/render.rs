@@ -10,8 +10,18 @@ use std::path::Path;
 use crate::model::{DesiredState, DiskFormat, VmSpec};
 use crate::units::{format_mib, format_size};
 
-/// A KDL v2 quoted string.
+/// A KDL v2 quoted string. Control, bidi-override, newline-like and other
+/// non-ASCII non-alphanumeric characters are escaped: KDL forbids some of
+/// them literally and they are invisible anyway.
 pub fn quote(s: &str) -> String {
+    quote_with(s, |c| !c.is_ascii() && !c.is_alphanumeric())
+}
+
+/// A KDL v2 quoted string: `"`, `\`, `\n`, `\r`, `\t` and control
+/// characters always escaped, and any character `escape` picks as
+/// `\u{…}` (the renderer escapes more than `vmctl fmt`, which keeps the
+/// user's text wherever KDL allows it).
+pub fn quote_with(s: &str, escape: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -21,10 +31,7 @@ pub fn quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            // Control, bidi-override, newline-like and other non-ASCII
-            // non-alphanumeric characters are escaped: KDL forbids some of
-            // them literally and they are invisible anyway.
-            c if c.is_control() || (!c.is_ascii() && !c.is_alphanumeric()) => {
+            c if c.is_control() || escape(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
