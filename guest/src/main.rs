@@ -46,7 +46,9 @@ diag_start_common:
     pause
     jmp 2b
 
-    .section .bss.diag_stack, "aw", @nobits
+    // In .data, not .bss: a stack need not start zeroed, and zeroing its
+    // 16 pages at boot costs a nested-KVM exit per page (paging.rs, POOL).
+    .section .data.diag_stack, "aw", @progbits
     .balign 16
 diag_stack_bottom:
     .skip 65536
