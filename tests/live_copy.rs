@@ -230,6 +230,17 @@ fn on_a_reflink_filesystem_copy_and_backup_clone_the_disks() {
         let before = lab.wait_vm("src", "reported its seqlog", |v| {
             v["guest"]["seqlog"].is_object()
         });
+        // Its boot report comes before its first write: copy only once the
+        // disk holds a record (else the clone is rightly all zeros).
+        let src_disk = lab.state().join("vms/src/disks/data.raw");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !matches!(seq_record(&src_disk), Some(Ok(_))) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "diag never wrote its record"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         lab.write(&format!(
             "{SEQ_IMAGE}{src_vm}vm \"dst\" {{\n    copy-from \"src\"\n}}\n"
         ));

@@ -19,6 +19,7 @@ use crate::netdiag::NetDiag;
 use crate::netproto::{self, MAX_NICS, NetOptions};
 use crate::paging::{self, MAP_LIMIT};
 use crate::phys::IdentityMap;
+use crate::pvh;
 use crate::report::{Disk, JSON_CAPACITY, Report, SeqLog, WHOLE_HASH_MAX};
 use crate::seqlog;
 use crate::serial::Serial;
@@ -185,7 +186,52 @@ pub fn run(zero_page: u64) -> ! {
     t.str("diag: vmctl diag guest, boot params at ")
         .hex0x(zero_page);
     log_text(&t);
+    run_with(zero_page)
+}
 
+/// The zero page and command line built from a PVH start info. Only the
+/// BSP touches them, once, before anything reads them.
+#[repr(C, align(4096))]
+struct PvhBoot {
+    zero_page: [u8; pvh::ZERO_PAGE_SIZE],
+    cmdline: [u8; 2048],
+}
+static mut PVH_BOOT: PvhBoot = PvhBoot {
+    zero_page: [0; pvh::ZERO_PAGE_SIZE],
+    cmdline: [0; 2048],
+};
+
+/// Entry from the PVH entry point on the BSP, with the `hvm_start_info`
+/// address the VMM passed in EBX: converted to a zero page, then the same
+/// program as the Linux-protocol entry.
+pub fn run_pvh(start_info: u64) -> ! {
+    cpu::mask_pics();
+    COM1.init();
+    COM2.init();
+    let mut t = Text::<128>::new();
+    t.str("diag: vmctl diag guest, PVH start info at ")
+        .hex0x(start_info);
+    log_text(&t);
+    // SAFETY: only the BSP runs this, once, before any other reference to
+    // PVH_BOOT exists; the static lies in diag's identity-mapped image.
+    let boot = unsafe { &mut *core::ptr::addr_of_mut!(PVH_BOOT) };
+    let cmdline_addr = boot.cmdline.as_ptr() as u64;
+    let zero_page = boot.zero_page.as_ptr() as u64;
+    match pvh::to_zero_page(
+        &IdentityMap,
+        start_info,
+        &mut boot.zero_page,
+        &mut boot.cmdline,
+        u32::try_from(cmdline_addr).unwrap_or(0),
+    ) {
+        Ok(_) => {}
+        Err(pvh::PvhError::Unreadable) => log(&["diag: PVH start info unreadable"]),
+        Err(pvh::PvhError::BadMagic(_)) => log(&["diag: PVH start info has a bad magic"]),
+    }
+    run_with(zero_page)
+}
+
+fn run_with(zero_page: u64) -> ! {
     let mut cmdline = [0u8; 512];
     let cmdline = bootparams::read_cmdline(&IdentityMap, zero_page, &mut cmdline);
     let options = bootparams::parse_options(cmdline);

@@ -3,7 +3,9 @@
 //! `runtime/src/arch/x86_64/layout.rs` and of the "Interfaces between the
 //! parts" section at the tail of `docs/design.md`; change them together.
 
-/// Linux boot params (the "zero page"); the VMM also passes it in RSI.
+/// Linux boot params (the "zero page"); the VMM also passes it in RSI. (At
+/// the PVH entry the VMM passes its `hvm_start_info`, at 0x6000, in EBX
+/// instead; `pvh.rs` reads whatever address it gets.)
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Offset of `e820_entries` (u8) in boot params.
 pub const BP_E820_ENTRIES: u64 = 0x1e8;

@@ -1,5 +1,6 @@
 //! `diag`: vmctl's built-in diagnostic guest, a freestanding x86-64 kernel.
-//! It boots through the same 64-bit Linux boot protocol as a real kernel,
+//! It boots through the same 64-bit Linux boot protocol as a real kernel
+//! or through PVH (`pvh.rs`, the entry QEMU microvm uses),
 //! finds memory (e820), CPUs (ACPI MADT) and disks (virtio-mmio virtio-blk),
 //! reports them on COM1 (for people) and COM2 (JSON, for the VMM), and polls
 //! for changes and the power button. This machine's KVM kills a guest that
@@ -20,6 +21,7 @@ pub mod memtest;
 pub mod netdiag;
 pub mod netproto;
 pub mod phys;
+pub mod pvh;
 pub mod report;
 pub mod seqlog;
 pub mod text;

@@ -1,5 +1,6 @@
-//! The diag guest's entry point: `_start` (the ELF entry the VMM jumps to in
-//! 64-bit mode with RSI = boot params), the panic handler, and the mem*
+//! The diag guest's entry points: `_start` (the ELF entry the VMM jumps to in
+//! 64-bit mode with RSI = boot params) and `diag_pvh_start` (the PVH entry,
+//! 32-bit, EBX = start info), the panic handler, and the mem*
 //! functions the compiler may call (there is no libc). Everything else is
 //! in the library (src/lib.rs).
 
@@ -25,6 +26,8 @@ _start:
     cli
     cld
     mov r12, rsi
+    xor r13d, r13d
+diag_start_common:
     mov ecx, 0x1b
     rdmsr
     test eax, 0x100
@@ -37,12 +40,15 @@ _start:
     lea rsp, [rip + diag_stack_top]
     xor ebp, ebp
     mov rdi, r12
+    mov rsi, r13
     call diag_main
 2:
     pause
     jmp 2b
 
-    .section .bss.diag_stack, "aw", @nobits
+    // In .data, not .bss: a stack need not start zeroed, and zeroing its
+    // 16 pages at boot costs a nested-KVM exit per page (paging.rs, POOL).
+    .section .data.diag_stack, "aw", @progbits
     .balign 16
 diag_stack_bottom:
     .skip 65536
@@ -50,9 +56,99 @@ diag_stack_top:
 "#
 );
 
+// PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`, type 18, owner "Xen"): the VMM
+// starts the BSP here in 32-bit protected mode, paging off, flat segments,
+// EBX = `hvm_start_info`. Load a GDT with a 64-bit code segment, turn on
+// PAE + long mode + paging with the identity map below (first 4 GiB in
+// 2 MiB pages: PML4 -> PDPT -> four page directories, the same shape as the
+// VMM's, so paging.rs extends it the same way), far-jump to 64-bit code and
+// join `_start` after its RSI read with R12 = start info, R13 = 1 (PVH).
+// No stack is used before `_start` sets one. The tables live in .data (not
+// .bss, which `_start` zeroes while they are in use).
+global_asm!(
+    r#"
+    .section .note.Xen, "aR", @note
+    .balign 4
+    .long 4
+    .long 4
+    .long 18
+    .asciz "Xen"
+    .balign 4
+    .long diag_pvh_start
+    .balign 4
+
+    .section .text.diag_pvh_start, "ax"
+    .code32
+    .global diag_pvh_start
+diag_pvh_start:
+    cli
+    cld
+    movl %ebx, %edi
+    lgdt diag_pvh_gdt_desc
+    movl %cr4, %eax
+    orl $0x20, %eax
+    movl %eax, %cr4
+    movl $diag_pvh_pml4, %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx
+    rdmsr
+    orl $0x100, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80000001, %eax
+    movl %eax, %cr0
+    ljmp $0x08, $diag_pvh_start64
+
+    .code64
+diag_pvh_start64:
+    movl $0x10, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movl %eax, %fs
+    movl %eax, %gs
+    movl %edi, %r12d
+    movl $1, %r13d
+    jmp diag_start_common
+
+    .section .data.diag_pvh, "aw", @progbits
+    .balign 8
+diag_pvh_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff
+    .quad 0x00cf92000000ffff
+diag_pvh_gdt_desc:
+    .word 23
+    .long diag_pvh_gdt
+    .balign 4096
+diag_pvh_pml4:
+    .quad diag_pvh_pdpt + 3
+    .fill 511, 8, 0
+diag_pvh_pdpt:
+    .quad diag_pvh_pd + 3
+    .quad diag_pvh_pd + 0x1000 + 3
+    .quad diag_pvh_pd + 0x2000 + 3
+    .quad diag_pvh_pd + 0x3000 + 3
+    .fill 508, 8, 0
+diag_pvh_pd:
+    .set diag_pvh_i, 0
+    .rept 2048
+    .quad (diag_pvh_i << 21) | 0x83
+    .set diag_pvh_i, diag_pvh_i + 1
+    .endr
+"#,
+    options(att_syntax)
+);
+
+/// `protocol`: 0 = Linux boot params in `boot` (64-bit entry), 1 = PVH
+/// start info in `boot`.
 #[unsafe(no_mangle)]
-extern "C" fn diag_main(zero_page: u64) -> ! {
-    diag::kernel::run(zero_page)
+extern "C" fn diag_main(boot: u64, protocol: u64) -> ! {
+    if protocol == 1 {
+        diag::kernel::run_pvh(boot)
+    } else {
+        diag::kernel::run(boot)
+    }
 }
 
 #[panic_handler]

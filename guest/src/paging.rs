@@ -28,7 +28,13 @@ const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 #[repr(C, align(4096))]
 struct Table([u64; 512]);
 
-/// In `.bss`: zero until used. Only touched through raw pointers by the BSP.
+/// Only touched through raw pointers by the BSP; every page is written in
+/// full (512 entries) before a PDPT entry points at it, so its previous
+/// content never matters. In `.data`, not `.bss`: `_start` zeroes `.bss`,
+/// and zeroing these 60 pages (each first touch is a costly exit on a
+/// nested KVM) took ~80-100 ms of every boot before the first console byte
+/// (docs/benchmarks.md).
+#[unsafe(link_section = ".data.diag_pool")]
 static mut POOL: [Table; POOL_PAGES] = [const { Table([0; 512]) }; POOL_PAGES];
 static POOL_USED: AtomicUsize = AtomicUsize::new(0);
 

@@ -45,6 +45,9 @@ struct DmaPages(UnsafeCell<[Page; VIRTIO_MMIO_MAX_DEVICES]>);
 // SAFETY: diag's driver runs on the BSP only; APs never touch these pages.
 unsafe impl Sync for DmaPages {}
 
+/// In `.data`, not `.bss`: `init` zeroes what it uses, and zeroing 16
+/// pages at every boot costs a nested-KVM exit per page (paging.rs, POOL).
+#[unsafe(link_section = ".data.diag_dma")]
 static DMA: DmaPages = DmaPages(UnsafeCell::new(
     [const { Page([0; 4096]) }; VIRTIO_MMIO_MAX_DEVICES],
 ));

@@ -1,15 +1,61 @@
 //! The built-in diag guest: vmctl's own freestanding x86-64 kernel, built
 //! from `guest/` by `build.rs` and embedded here. The VMM boots it for
-//! `os "diag"` VMs: load the ELF at its physical addresses, enter `e_entry`
-//! in 64-bit mode with RSI = boot params. What it reports and how: see
+//! `os "diag"` VMs: load the ELF at its physical addresses and enter its PVH
+//! entry (32-bit, EBX = start info), or `e_entry` in 64-bit mode with RSI =
+//! boot params when the PVH note is absent. What it reports and how: see
 //! docs/diag-guest.md.
 
 /// The diag kernel, an ELF64 executable linked at 0x200000.
 pub static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/diag.elf"));
 
+/// ELF program header type of a note segment.
+const PT_NOTE: u32 = 4;
+
+/// A copy of an ELF64 `kernel` whose note segments are turned into
+/// `PT_NULL`, so a VMM no longer sees its PVH note and boots it through the
+/// Linux 64-bit entry: how tests and `cargo xtask bench` exercise that path
+/// with the same diag. `None` if the bytes are not a well-formed ELF64 or
+/// have no note segment.
+pub fn without_pvh_note(kernel: &[u8]) -> Option<Vec<u8>> {
+    let field = |off: usize, len: usize| kernel.get(off..off.checked_add(len)?);
+    if field(0, 5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let phoff = usize::try_from(u64::from_le_bytes(field(32, 8)?.try_into().ok()?)).ok()?;
+    let phentsize = usize::from(u16::from_le_bytes(field(54, 2)?.try_into().ok()?));
+    let phnum = usize::from(u16::from_le_bytes(field(56, 2)?.try_into().ok()?));
+    if phentsize < 4 {
+        return None;
+    }
+    let mut out = kernel.to_vec();
+    let mut patched = false;
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        let p_type = out.get_mut(ph..ph.checked_add(4)?)?;
+        if u32::from_le_bytes(p_type[..4].try_into().ok()?) == PT_NOTE {
+            p_type.copy_from_slice(&0u32.to_le_bytes());
+            patched = true;
+        }
+    }
+    patched.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::KERNEL;
+    use super::{KERNEL, without_pvh_note};
+
+    #[test]
+    fn the_pvh_note_can_be_hidden_and_garbage_is_refused() {
+        let plain = without_pvh_note(KERNEL).expect("diag has a PVH note segment");
+        assert_eq!(plain.len(), KERNEL.len());
+        assert_eq!(without_pvh_note(&plain), None, "no note left");
+        assert_eq!(without_pvh_note(b"\x7fELF\x02"), None);
+        assert_eq!(without_pvh_note(&KERNEL[..100]), None);
+        let mut huge = KERNEL.to_vec();
+        huge[56..58].copy_from_slice(&u16::MAX.to_le_bytes());
+        huge[32..40].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+        assert_eq!(without_pvh_note(&huge), None);
+    }
 
     fn u16_at(b: &[u8], off: usize) -> u16 {
         u16::from_le_bytes(b[off..off + 2].try_into().unwrap())

@@ -725,6 +725,11 @@ fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
     assert_eq!(report["memory_verified_mib"], memory_mib, "{report}");
     assert_eq!(report["disks"][0]["id"], "root", "{report}");
     assert_eq!(report["disks"][0]["size_bytes"], 10u64 << 20, "{report}");
+    let console = lab.console(&name);
+    assert!(
+        console.contains("diag: vmctl diag guest, PVH start info at 0x6000"),
+        "diag has a PVH note, so the VMM boots it through PVH: {console}"
+    );
     let st = c.status().unwrap();
     assert_eq!(
         (st.vcpus, st.memory_mib, st.irq_mode.as_str()),
@@ -738,6 +743,42 @@ fn diag_reports_what_was_declared(cpus: u32, memory_mib: u64) {
         (lab.rt.observe(&name).unwrap().unwrap().live != RunState::Running).then_some(())
     });
     assert_no_vmm_files(&lab, &name);
+}
+
+/// Issue 16: the same diag with its PVH note hidden boots through the Linux
+/// 64-bit entry (boot params in RSI) and reports what was declared, so both
+/// entries stay first-class; the PVH one is covered by
+/// `diag_reports_what_was_declared`.
+fn diag_without_pvh_note_boots_through_the_64bit_entry() {
+    let lab = Lab::new();
+    let plain = vmctl_runtime::diag::without_pvh_note(vmctl_runtime::diag::KERNEL).unwrap();
+    let k = lab.write("diag-linux64.elf", &plain);
+    let spec = VmSpec {
+        memory_mib: 256,
+        max_memory_mib: 256,
+        cpus: 2,
+        max_cpus: 2,
+        ..lab.spec("l64", &k)
+    };
+    lab.rt.create(&spec).unwrap();
+    let c = lab.client("l64");
+    let report = wait_for("a full diag report", || {
+        let g = c.status().ok()?.guest?;
+        (!g["cpus_started"].is_null()).then_some(g)
+    });
+    assert_eq!(report["cpus"], 2, "{report}");
+    assert_eq!(report["cpus_started"], 2, "{report}");
+    assert_eq!(report["memory_mib"], 256, "{report}");
+    assert_eq!(report["memory_verified_mib"], 256, "{report}");
+    let console = lab.console("l64");
+    assert!(
+        console.contains("diag: vmctl diag guest, boot params at 0x7000"),
+        "{console}"
+    );
+    assert!(
+        c.shutdown(Duration::from_secs(30)).unwrap(),
+        "diag powers off on the power button"
+    );
 }
 
 /// Issue 15: a system call outside a thread's seccomp allow-list kills the
@@ -853,6 +894,10 @@ const TESTS: &[Test] = &[
         a_denied_syscall_kills_the_vmm_and_is_reported_in_vmm_exit,
     ),
     ("diag_1_cpu_128_mib", diag_1_cpu_128_mib),
+    (
+        "diag_without_pvh_note_boots_through_the_64bit_entry",
+        diag_without_pvh_note_boots_through_the_64bit_entry,
+    ),
     ("diag_2_cpus_1_gib", diag_2_cpus_1_gib),
     ("diag_4_cpus_3584_mib", diag_4_cpus_3584_mib),
     (

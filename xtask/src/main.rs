@@ -7,9 +7,13 @@
 //! over many seeds and require the next apply to converge with nothing lost,
 //! duplicated or corrupted (see docs/testing.md and `--help`).
 //!
+//! `cargo xtask bench [--quick]`: vmctl side by side with QEMU microvm and
+//! other peers in one run (see docs/benchmarks.md and `bench --help`).
+//!
 //! `cargo xtask fuzz --smoke | TARGET --time SECS`: build and run the
 //! libFuzzer targets in fuzz/ (see docs/fuzzing.md and `fuzz --help`).
 
+mod bench;
 mod crash;
 mod fuzz;
 mod nested;
@@ -17,7 +21,8 @@ mod nested;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask fuzz --smoke | TARGET [--time SECS] (see fuzz --help)
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N] (see bench --help)
+       cargo xtask fuzz --smoke | TARGET [--time SECS] (see fuzz --help)
        cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
                              [--vmm-only] [--repeat N] [--qemu-trace]
                              [--boot-loop N [--vmm vmctl|qemu|both] [--boot-vm NAME]]
@@ -56,6 +61,26 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     match task.as_str() {
+        "bench" => {
+            let rest: Vec<String> = args.collect();
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", bench::USAGE);
+                return ExitCode::SUCCESS;
+            }
+            let result = bench::parse(rest.into_iter()).and_then(|o| bench::main(&o));
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(bench::BenchError::Usage(m)) => {
+                    eprintln!("bench: {m}\n{}", bench::USAGE);
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("bench: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "fuzz" => {
             let rest: Vec<String> = args.collect();
             if rest.iter().any(|a| a == "-h" || a == "--help") {

@@ -2,11 +2,14 @@
 //! (Documentation/arch/x86/boot.rst) expects: a bzImage's protected-mode part
 //! at `HIMEM_START` entered at `+0x200`, or an ELF at its own addresses entered
 //! at `e_entry`; the command line, the initrd high in low RAM, the zero page,
-//! the boot GDT/IDT and the identity page tables.
+//! the boot GDT/IDT and the identity page tables. An ELF with a PVH note
+//! (`XEN_ELFNOTE_PHYS32_ENTRY`) is entered there instead, in 32-bit mode
+//! with a PVH start info (`arch/x86_64/pvh.rs`) next to the zero page.
 
 use std::io::Cursor;
 
 use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{KernelLoader, KernelLoaderResult, bzimage::BzImage, elf::Elf};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -17,7 +20,7 @@ use crate::arch::x86_64::boot_params::{
 use crate::arch::x86_64::layout::{
     BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, ZERO_PAGE_START,
 };
-use crate::arch::x86_64::{gdt, regs};
+use crate::arch::x86_64::{gdt, pvh, regs};
 
 /// Offset of the 64-bit entry point from where a bzImage's protected-mode
 /// code is loaded (boot.rst, "64-bit BOOT PROTOCOL").
@@ -46,6 +49,25 @@ pub enum BootError {
     Memory { what: &'static str, reason: String },
     #[error("cannot write the ACPI tables: {0}")]
     Acpi(String),
+    #[error(transparent)]
+    Pvh(#[from] pvh::PvhError),
+}
+
+/// How the boot vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootEntry {
+    /// Linux 64-bit boot protocol: long mode, RSI = zero page.
+    Linux64(u64),
+    /// PVH: 32-bit protected mode, EBX = start info.
+    Pvh(u64),
+}
+
+impl BootEntry {
+    pub fn addr(self) -> u64 {
+        match self {
+            BootEntry::Linux64(a) | BootEntry::Pvh(a) => a,
+        }
+    }
 }
 
 fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> BootError {
@@ -60,14 +82,15 @@ pub fn is_bzimage(kernel: &[u8]) -> bool {
     kernel.get(0x202..0x206) == Some(b"HdrS")
 }
 
-/// Load everything; returns the 64-bit entry address for the boot vCPU.
-/// `rsdp` is where the ACPI tables' RSDP was written, if any.
+/// Load everything; returns how the boot vCPU enters the kernel (the PVH
+/// entry when an ELF has one, else the 64-bit entry). `rsdp` is where the
+/// ACPI tables' RSDP was written, if any.
 pub fn load(
     mem: &GuestMemory,
     image: &BootImage,
     ram_bytes: u64,
     rsdp: Option<u64>,
-) -> Result<u64, BootError> {
+) -> Result<BootEntry, BootError> {
     let (result, entry) = load_kernel(mem, &image.kernel)?;
     let header: Option<setup_header> = result.setup_header;
 
@@ -125,6 +148,17 @@ pub fn load(
     }
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
         .map_err(mem_err("the boot params"))?;
+    if let BootEntry::Pvh(_) = entry {
+        let map = boot_params::e820_map(ram_bytes);
+        for (addr, bytes) in pvh::start_info(&pvh::StartInfoInputs {
+            cmdline_addr: CMDLINE_START,
+            rsdp_addr: rsdp,
+            memmap: &map,
+        })? {
+            mem.write_slice(&bytes, GuestAddress(addr))
+                .map_err(mem_err("the PVH start info"))?;
+        }
+    }
 
     mem.write_slice(&gdt::gdt_bytes(), GuestAddress(BOOT_GDT_START))
         .map_err(mem_err("the GDT"))?;
@@ -137,7 +171,10 @@ pub fn load(
     Ok(entry)
 }
 
-fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<(KernelLoaderResult, u64), BootError> {
+fn load_kernel(
+    mem: &GuestMemory,
+    kernel: &[u8],
+) -> Result<(KernelLoaderResult, BootEntry), BootError> {
     let mut cursor = Cursor::new(kernel);
     if is_bzimage(kernel) {
         let r = BzImage::load(
@@ -148,11 +185,14 @@ fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<(KernelLoaderResult, 
         )
         .map_err(|e| BootError::Kernel(format!("bzImage: {e}")))?;
         let entry = r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET;
-        Ok((r, entry))
+        Ok((r, BootEntry::Linux64(entry)))
     } else {
         let r = Elf::load(mem, None, &mut cursor, Some(GuestAddress(HIMEM_START)))
             .map_err(|e| BootError::Kernel(format!("not a bzImage, and as ELF: {e}")))?;
-        let entry = r.kernel_load.0;
+        let entry = match r.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => BootEntry::Pvh(addr.0),
+            _ => BootEntry::Linux64(r.kernel_load.0),
+        };
         Ok((r, entry))
     }
 }
@@ -206,7 +246,7 @@ mod tests {
             "console=ttyS0 quiet",
         );
         let entry = load(&mem, &img, RAM, Some(0xe0000)).unwrap();
-        assert_eq!(entry, 0x100200);
+        assert_eq!(entry, BootEntry::Linux64(0x100200));
         let mut payload = [0u8; 21];
         mem.read_slice(&mut payload, GuestAddress(0x100000))
             .unwrap();
@@ -282,6 +322,37 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn diag_boots_through_its_pvh_note_with_a_start_info() {
+        let mem = memory();
+        let img = image(crate::diag::KERNEL.to_vec(), None, "console=ttyS0");
+        let entry = load(&mem, &img, RAM, Some(0xe0000)).unwrap();
+        let BootEntry::Pvh(eip) = entry else {
+            panic!("diag has a PVH note: {entry:?}");
+        };
+        assert!((0x20_0000..0x100_0000).contains(&eip), "{eip:#x}");
+        let magic: u32 = mem.read_obj(GuestAddress(0x6000)).unwrap();
+        assert_eq!(magic, pvh::START_INFO_MAGIC);
+        let cmdline: u64 = mem.read_obj(GuestAddress(0x6000 + 24)).unwrap();
+        assert_eq!(cmdline, CMDLINE_START);
+        let entries: u32 = mem.read_obj(GuestAddress(0x6000 + 48)).unwrap();
+        assert_eq!(
+            entries as usize,
+            crate::arch::x86_64::boot_params::e820_map(RAM).len()
+        );
+
+        // The same ELF without its note: the 64-bit entry, no start info.
+        let mem = memory();
+        let plain = crate::diag::without_pvh_note(crate::diag::KERNEL).unwrap();
+        let entry = load(&mem, &image(plain, None, ""), RAM, None).unwrap();
+        assert!(
+            matches!(entry, BootEntry::Linux64(a) if a >= 0x20_0000),
+            "{entry:?}"
+        );
+        let magic: u32 = mem.read_obj(GuestAddress(0x6000)).unwrap();
+        assert_eq!(magic, 0);
     }
 
     #[test]

@@ -17,8 +17,9 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::arch::x86_64::{cpuid, interrupts, layout, msr, regs};
+use crate::arch::x86_64::{cpuid, interrupts, layout, msr, pvh, regs};
 use crate::devices::Bus;
+use crate::vmm::boot::BootEntry;
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
 pub fn kick_signal() -> libc::c_int {
@@ -236,7 +237,7 @@ impl Vcpu {
         vm: &VmFd,
         index: u32,
         count: u32,
-        entry: Option<u64>,
+        entry: Option<BootEntry>,
     ) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(index))
@@ -263,10 +264,12 @@ impl Vcpu {
         fd.set_lapic(&lapic).map_err(setup("LAPIC"))?;
         if let Some(entry) = entry {
             let sregs = fd.get_sregs().map_err(setup("read sregs"))?;
-            fd.set_sregs(&regs::long_mode_sregs(sregs))
-                .map_err(setup("sregs"))?;
-            fd.set_regs(&regs::entry_regs(entry))
-                .map_err(setup("regs"))?;
+            let (sregs, r) = match entry {
+                BootEntry::Linux64(rip) => (regs::long_mode_sregs(sregs), regs::entry_regs(rip)),
+                BootEntry::Pvh(eip) => (pvh::protected_mode_sregs(sregs), pvh::entry_regs(eip)),
+            };
+            fd.set_sregs(&sregs).map_err(setup("sregs"))?;
+            fd.set_regs(&r).map_err(setup("regs"))?;
         }
         Ok(Vcpu { index, fd })
     }

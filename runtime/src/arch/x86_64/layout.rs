@@ -4,6 +4,10 @@
 
 /// Where Linux boot params (the "zero page") go.
 pub const ZERO_PAGE_START: u64 = 0x7000;
+/// PVH boot: the `hvm_start_info` and, right after it, its memory map
+/// (the page below the zero page; free in the Linux-protocol layout).
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_INFO_END: u64 = 0x7000;
 /// The boot GDT.
 pub const BOOT_GDT_START: u64 = 0x500;
 /// The boot IDT (empty).

@@ -1,4 +1,5 @@
-//! x86-64: the guest physical memory map, registers, CPUID and boot params.
+//! x86-64: the guest physical memory map, registers, CPUID, boot params
+//! (Linux 64-bit protocol) and PVH start info.
 
 pub mod boot_params;
 pub mod cpuid;
@@ -7,4 +8,5 @@ pub mod interrupts;
 pub mod layout;
 pub mod memory;
 pub mod msr;
+pub mod pvh;
 pub mod regs;
