@@ -26,6 +26,19 @@ fn stopping_wait(ms: u64) -> Duration {
     (Duration::from_millis(ms) + KILL_MARGIN).min(Duration::from_secs(600))
 }
 
+/// Whether an observed live VMM is on its way out, and how long to give it:
+/// it says so (`stopping_in_ms`, while the guest is asked to power off), or
+/// it no longer answers while the VM's record says a stop was asked for
+/// (the guest is off and the VMM is tearing down: its control loop is gone
+/// before its pid file is).
+fn exit_wait(o: &Observed) -> Option<Duration> {
+    match &o.status {
+        Some(s) => s.stopping_in_ms.map(stopping_wait),
+        None if o.record.desired == Desired::Stopped => Some(KILL_MARGIN),
+        None => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
@@ -187,11 +200,11 @@ impl Runtime {
         // A VMM in the middle of a shutdown (asked by a stop whose vmctl
         // may be gone: an apply killed inside a restart) is about to exit.
         // Planning a live change for it would fail once it has, so wait for
-        // the exit it announced and observe what it leaves.
+        // the exit and observe what it leaves.
         if let Some(o) = &obs
-            && let (Some(pid), Some(ms)) = (o.pid, o.status.as_ref().and_then(|s| s.stopping_in_ms))
+            && let Some(pid) = o.pid
+            && let Some(wait) = exit_wait(o)
         {
-            let wait = stopping_wait(ms);
             tracing::info!(
                 vm = name,
                 pid,

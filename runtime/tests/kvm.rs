@@ -388,6 +388,40 @@ fn a_vmm_shutting_down_is_observed_after_it_exits() {
     assert_no_vmm_files(&lab, "d");
 }
 
+/// The other half of that window: the guest is off and the VMM is tearing
+/// down — its control loop no longer answers, its pid file is still there.
+/// With a stop recorded, a VMM that does not answer is waited for (up to 5
+/// s) instead of being reported running. Simulated with SIGSTOP (no
+/// answers) and a SIGKILL a second later (the exit).
+fn a_silent_vmm_with_a_stop_recorded_is_waited_for() {
+    let lab = Lab::new();
+    lab.rt.create(&lab.diag("s", 1, 128)).unwrap();
+    let c = lab.client("s");
+    wait_for("the guest report", || {
+        c.status().ok().filter(|s| s.guest.is_some())
+    });
+    let pid = lab.rt.observe("s").unwrap().unwrap().pid.unwrap();
+    let dir = lab.rt.vm_dir("s");
+    let mut rec = dir.read_record().unwrap();
+    rec.desired = vmctl_runtime::state::Desired::Stopped;
+    dir.write_record(&rec).unwrap();
+    // SAFETY: plain kill(2) of the VMM this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let o = lab.rt.observe("s").unwrap().unwrap();
+    killer.join().unwrap();
+    assert_ne!(
+        o.live,
+        RunState::Running,
+        "a VMM on its way out was reported running"
+    );
+    assert_eq!(o.pid, None);
+}
+
 /// Image VMs run in irqchip mode: serial and GED interrupts go through KVM's
 /// in-kernel PIC/IOAPIC. A guest that keeps interrupts disabled must survive
 /// them (on this host's /dev/kvm an interrupt actually *delivered* kills the
@@ -873,6 +907,10 @@ fn diag_pause_resume_and_console() {
 use common::Test;
 
 const TESTS: &[Test] = &[
+    (
+        "a_silent_vmm_with_a_stop_recorded_is_waited_for",
+        a_silent_vmm_with_a_stop_recorded_is_waited_for,
+    ),
     (
         "a_vmm_shutting_down_is_observed_after_it_exits",
         a_vmm_shutting_down_is_observed_after_it_exits,
