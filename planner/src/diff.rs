@@ -238,22 +238,7 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                         ),
                         &[],
                     );
-                    if have.size_bytes != want.size_bytes {
-                        let cond = if want.size_bytes > have.size_bytes {
-                            Condition::Grow
-                        } else {
-                            Condition::Shrink
-                        };
-                        cx.push(
-                            Attribute::DiskSize,
-                            cond,
-                            Some(&want.name),
-                            format!("disks.{}.size_bytes", want.name),
-                            (json!(have.size_bytes), json!(want.size_bytes)),
-                            (human_bytes(have.size_bytes), human_bytes(want.size_bytes)),
-                            &[],
-                        );
-                    }
+                    disk_size_change(&mut cx, have, want);
                 } else if have.format != want.format {
                     cx.push(
                         Attribute::Disk,
@@ -264,21 +249,8 @@ pub fn diff_vm(current: &VmSpec, desired: &VmSpec, caps: &Capabilities) -> Vec<C
                         (disk_text(have), disk_text(want)),
                         &[],
                     );
-                } else if have.size_bytes != want.size_bytes {
-                    let cond = if want.size_bytes > have.size_bytes {
-                        Condition::Grow
-                    } else {
-                        Condition::Shrink
-                    };
-                    cx.push(
-                        Attribute::DiskSize,
-                        cond,
-                        Some(&want.name),
-                        format!("disks.{}.size_bytes", want.name),
-                        (json!(have.size_bytes), json!(want.size_bytes)),
-                        (human_bytes(have.size_bytes), human_bytes(want.size_bytes)),
-                        &[],
-                    );
+                } else {
+                    disk_size_change(&mut cx, have, want);
                 }
             }
         }
@@ -383,6 +355,27 @@ fn named_text<T: PartialEq>(items: &[T], other: &[T], name: fn(&T) -> &str, mark
 
 /// Hostname, users and files: written into the root disk and applied by the
 /// guest at boot, so each difference is one restart row.
+/// A disk's size change (grow or shrink), if its size changed.
+fn disk_size_change(cx: &mut Ctx<'_>, have: &DiskSpec, want: &DiskSpec) {
+    if have.size_bytes == want.size_bytes {
+        return;
+    }
+    let cond = if want.size_bytes > have.size_bytes {
+        Condition::Grow
+    } else {
+        Condition::Shrink
+    };
+    cx.push(
+        Attribute::DiskSize,
+        cond,
+        Some(&want.name),
+        format!("disks.{}.size_bytes", want.name),
+        (json!(have.size_bytes), json!(want.size_bytes)),
+        (human_bytes(have.size_bytes), human_bytes(want.size_bytes)),
+        &[],
+    );
+}
+
 fn guest_config(cx: &mut Ctx<'_>, current: &VmSpec, desired: &VmSpec) {
     let (have, want) = (&current.config, &desired.config);
     if have.hostname != want.hostname {

@@ -84,6 +84,28 @@ pub fn gdt_bytes() -> Vec<u8> {
     BOOT_GDT.iter().flat_map(|e| e.to_le_bytes()).collect()
 }
 
+/// Point `sregs` at the boot GDT and IDT and load `code`/`data` into the
+/// segment registers and the boot TSS into TR: what both boot entries (the
+/// 64-bit one and PVH's 32-bit one) share; only the descriptors differ.
+pub fn load_boot_segments(
+    sregs: &mut kvm_bindings::kvm_sregs,
+    code: kvm_bindings::kvm_segment,
+    data: kvm_bindings::kvm_segment,
+) {
+    use super::layout::{BOOT_GDT_START, BOOT_IDT_START};
+    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = BOOT_IDT_START;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = boot_tss();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
 use super::boot_params::E820Entry;
 use super::gdt;
-use super::layout::{BOOT_GDT_START, BOOT_IDT_START, PVH_INFO_END, PVH_INFO_START};
+use super::layout::{PVH_INFO_END, PVH_INFO_START};
 
 /// `hvm_start_info.magic` ("xEn3" with the top bit of each byte cleared).
 pub const START_INFO_MAGIC: u32 = 0x336e_c578;
@@ -101,17 +101,7 @@ fn flat32(selector: u16, type_: u8) -> kvm_segment {
 pub fn protected_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     let code = flat32(0x8, 0xb);
     let data = flat32(0x10, 0x3);
-    sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (gdt::BOOT_GDT.len() * 8 - 1) as u16;
-    sregs.idt.base = BOOT_IDT_START;
-    sregs.idt.limit = 7;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = gdt::boot_tss();
+    gdt::load_boot_segments(&mut sregs, code, data);
     sregs.cr0 = (sregs.cr0 | 0x1 | 0x10) & !0x8000_0000; // PE | ET, no PG
     sregs.cr3 = 0;
     sregs.cr4 = 0;

@@ -5,10 +5,7 @@
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 use super::gdt::{self, BOOT_CS, BOOT_DS};
-use super::layout::{
-    BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
-    ZERO_PAGE_START,
-};
+use super::layout::{BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START, ZERO_PAGE_START};
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
@@ -42,17 +39,7 @@ pub fn page_tables() -> Vec<(u64, Vec<u8>)> {
 pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     let code = gdt::kvm_segment_from_gdt(gdt::BOOT_GDT[usize::from(BOOT_CS / 8)], BOOT_CS);
     let data = gdt::kvm_segment_from_gdt(gdt::BOOT_GDT[usize::from(BOOT_DS / 8)], BOOT_DS);
-    sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (gdt::BOOT_GDT.len() * 8 - 1) as u16;
-    sregs.idt.base = BOOT_IDT_START;
-    sregs.idt.limit = 7;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = gdt::boot_tss();
+    gdt::load_boot_segments(&mut sregs, code, data);
     sregs.cr3 = PML4_START;
     sregs.cr4 |= X86_CR4_PAE;
     sregs.cr0 |= X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
