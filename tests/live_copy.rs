@@ -12,6 +12,21 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
+/// Poll (until `deadline`) for the first valid record diag writes into
+/// `disk`, and return its sequence number.
+fn wait_for_record(disk: &Path, deadline: std::time::Instant) -> u64 {
+    loop {
+        if let Some(Ok(n)) = seq_record(disk) {
+            return n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "diag never wrote its record"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// What sector 1 of a disk file holds, decoded as diag's seqlog record
 /// (guest/src/seqlog.rs): `Some(Ok(seq))` valid, `Some(Err(()))` corrupt,
 /// `None` all zero.
@@ -88,16 +103,7 @@ fn a_live_copy_of_a_writing_vm_holds_one_consistent_record() {
     let src_disk = lab.state().join("vms/src/disks/data.raw");
     // The guest is writing: the record moves on.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let first = loop {
-        if let Some(Ok(n)) = seq_record(&src_disk) {
-            break n;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "diag never wrote its record"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let first = wait_for_record(&src_disk, deadline);
     loop {
         match seq_record(&src_disk) {
             Some(Ok(n)) if n > first => break,
@@ -233,14 +239,10 @@ fn on_a_reflink_filesystem_copy_and_backup_clone_the_disks() {
         // Its boot report comes before its first write: copy only once the
         // disk holds a record (else the clone is rightly all zeros).
         let src_disk = lab.state().join("vms/src/disks/data.raw");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !matches!(seq_record(&src_disk), Some(Ok(_))) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "diag never wrote its record"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_for_record(
+            &src_disk,
+            std::time::Instant::now() + std::time::Duration::from_secs(30),
+        );
         lab.write(&format!(
             "{SEQ_IMAGE}{src_vm}vm \"dst\" {{\n    copy-from \"src\"\n}}\n"
         ));

@@ -191,14 +191,7 @@ impl Lab {
 /// A failed test must not leave VMM processes behind.
 impl Drop for Lab {
     fn drop(&mut self) {
-        for rec in self.rt.list().unwrap_or_default() {
-            let dir = self.rt.vm_dir(&rec.spec.name);
-            if let Some(pid) = dir.read_pid()
-                && vmctl_runtime::process::signal_vmm(pid, &dir.path, libc::SIGKILL)
-            {
-                vmctl_runtime::process::wait_gone(pid, &dir.path, Duration::from_secs(5));
-            }
-        }
+        common::kill_vmms(&self.rt);
     }
 }
 

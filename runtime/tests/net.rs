@@ -245,14 +245,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for rec in self.rt.list().unwrap_or_default() {
-            let dir = self.rt.vm_dir(&rec.spec.name);
-            if let Some(pid) = dir.read_pid()
-                && vmctl_runtime::process::signal_vmm(pid, &dir.path, libc::SIGKILL)
-            {
-                vmctl_runtime::process::wait_gone(pid, &dir.path, Duration::from_secs(5));
-            }
-        }
+        common::kill_vmms(&self.rt);
     }
 }
 
@@ -267,10 +260,17 @@ fn ping<'a>(report: &'a Value, target: &str) -> &'a Value {
 /// Both targets answered at least `ECHO_COUNT` echo requests. (More is
 /// fine: diag stops sending at 3 replies, but replies to requests it
 /// re-sent while earlier replies were on their way still count.)
+/// The guest's report is final for the test: its own pings got their
+/// replies, and it has answered the peer's (the peer pings it at its own
+/// pace, so a report taken when only its own pings were done could be a
+/// step behind — seen: `echo_answered` 2 of 3).
 fn pings_done(report: &Value, g: &Guest) -> bool {
+    let nic = &report["nics"][0];
     [g.peer_ip, HOST_IP]
         .iter()
         .all(|t| ping(report, t)["echo_replies"].as_u64() >= Some(ECHO_COUNT))
+        && nic["arp_answered"].as_u64() >= Some(1)
+        && nic["echo_answered"].as_u64() >= Some(ECHO_COUNT)
 }
 
 /// A target answered: its MAC learnt by ARP, at least `ECHO_COUNT` distinct

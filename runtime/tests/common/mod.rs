@@ -85,3 +85,16 @@ pub fn run_tests(tests: &[Test]) {
         std::process::exit(1);
     }
 }
+
+/// Kill (SIGKILL) every VMM of `rt`'s VMs and wait for each to go: a
+/// failed test must not leave VMM processes behind.
+pub fn kill_vmms(rt: &vmctl_runtime::Runtime) {
+    for rec in rt.list().unwrap_or_default() {
+        let dir = rt.vm_dir(&rec.spec.name);
+        if let Some(pid) = dir.read_pid()
+            && vmctl_runtime::process::signal_vmm(pid, &dir.path, libc::SIGKILL)
+        {
+            vmctl_runtime::process::wait_gone(pid, &dir.path, std::time::Duration::from_secs(5));
+        }
+    }
+}
