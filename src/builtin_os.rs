@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use vmctl_image::disk_format;
 use vmctl_image::{Recipe, Variant};
-use vmctl_runtime::os::{OsProvider, SourceImage};
+use vmctl_runtime::os::{GuestNic, OsProvider, SourceImage};
 use vmctl_spec::model::{DiskSpec, ImageSpec, SourceFormat, VmSpec};
 
 /// The disk a `debian-12` VM's root filesystem lives on (the OS profile's).
@@ -50,7 +50,12 @@ impl OsProvider for BuiltinOs {
         Ok(self.image(spec)?.and_then(|img| img.rootfs))
     }
 
-    fn configure(&self, spec: &VmSpec, disks: &[(DiskSpec, PathBuf)]) -> Result<(), String> {
+    fn configure(
+        &self,
+        spec: &VmSpec,
+        disks: &[(DiskSpec, PathBuf)],
+        nics: &[GuestNic],
+    ) -> Result<(), String> {
         if Recipe::of(&spec.os) != Some(Recipe::Full) || spec.image.is_some() {
             return Ok(());
         }
@@ -60,7 +65,16 @@ impl OsProvider for BuiltinOs {
                 spec.os
             ));
         };
-        let json = vmctl_image::guest_config::ConfigFile::of(spec).to_json();
+        let nics = nics
+            .iter()
+            .map(|n| vmctl_image::guest_config::NicConfig {
+                network: n.network.clone(),
+                mac: n.mac.clone(),
+                address: n.address.clone(),
+                gateway: n.nat.then(|| n.host_address.clone()),
+            })
+            .collect();
+        let json = vmctl_image::guest_config::ConfigFile::of(spec, nics).to_json();
         // Unchanged: leave the disk alone (no write, no new inode).
         if vmctl_image::guest_config::read_from(path)
             .map_err(|e| e.to_string())?

@@ -85,6 +85,8 @@ pub enum Command {
     Console(crate::cmd::console::Args),
     /// Print a VM's console log.
     Logs(crate::cmd::logs::Args),
+    /// ssh to a VM's first NIC as its declared user, its host key checked against the one its guest reported.
+    Ssh(crate::cmd::ssh::Args),
     /// Reconcile whenever the file changes.
     Watch(crate::cmd::watch::Args),
     /// Show which changes are live, which restart a VM, and why.

@@ -19,7 +19,7 @@ use super::{Built, ImageError, Variant, digest, kmod, rootfs};
 /// The OS name in KDL (`os "debian-12"`).
 pub const NAME: &str = "debian-12";
 /// Bump whenever the layout, the guest files or the package list change.
-pub const RECIPE: u32 = 4;
+pub const RECIPE: u32 = 5;
 /// What every debian-12 image has, before the VM's own `packages`.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
@@ -118,6 +118,13 @@ pub fn customise(root: &Path) -> Result<(), ImageError> {
         root,
         "/etc/systemd/system/sysinit.target.wants/vmctl-config.service",
         "/etc/systemd/system/vmctl-config.service",
+    )?;
+    // NICs are configured by systemd-networkd from the files vmctl-config
+    // writes (none: it does nothing).
+    symlink(
+        root,
+        "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+        "/lib/systemd/system/systemd-networkd.service",
     )?;
     for unit in MASKED {
         symlink(root, &format!("/etc/systemd/system/{unit}"), "/dev/null")?;

@@ -25,17 +25,35 @@ pub struct ConfigFile<'a> {
     pub packages: &'a [String],
     pub users: &'a [UserSpec],
     pub files: &'a [FileSpec],
+    /// One systemd-networkd file per NIC (matched by MAC).
+    pub nics: Vec<NicConfig>,
+}
+
+/// A NIC as the guest configures it: a static address on the NIC with
+/// this MAC, and a default route only through a NAT network's host side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NicConfig {
+    /// The network's name (for people reading the file).
+    pub network: String,
+    pub mac: String,
+    /// `10.20.0.10/24`.
+    pub address: String,
+    /// The default route: the host side of a `nat #true` network; none
+    /// otherwise (a lab network reaches only the host and its peers).
+    pub gateway: Option<String>,
 }
 
 impl<'a> ConfigFile<'a> {
-    /// The configuration `spec` declares (hostname default: the VM name).
-    pub fn of(spec: &'a VmSpec) -> Self {
+    /// The configuration `spec` declares (hostname default: the VM name),
+    /// with its resolved NICs.
+    pub fn of(spec: &'a VmSpec, nics: Vec<NicConfig>) -> Self {
         ConfigFile {
             format_version: "1",
             hostname: spec.config.hostname.as_deref().unwrap_or(&spec.name),
             packages: &spec.packages,
             users: &spec.config.users,
             files: &spec.config.files,
+            nics,
         }
     }
 
@@ -137,13 +155,27 @@ mod tests {
     fn the_hostname_defaults_to_the_vm_name() {
         let s = spec();
         let json: serde_json::Value =
-            serde_json::from_slice(&ConfigFile::of(&s).to_json()).unwrap();
+            serde_json::from_slice(&ConfigFile::of(&s, vec![]).to_json()).unwrap();
         assert_eq!(json["hostname"], "web");
         assert_eq!(json["users"][0]["sudo"], true);
         assert_eq!(json["files"][0]["mode"], 420);
         let mut named = spec();
         named.config.hostname = Some("www".into());
-        assert_eq!(ConfigFile::of(&named).hostname, "www");
+        assert_eq!(ConfigFile::of(&named, vec![]).hostname, "www");
+        assert_eq!(json["nics"], serde_json::json!([]));
+        let nic = NicConfig {
+            network: "lab".into(),
+            mac: "52:54:00:12:34:56".into(),
+            address: "10.20.0.10/24".into(),
+            gateway: None,
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&ConfigFile::of(&s, vec![nic]).to_json()).unwrap();
+        assert_eq!(
+            json["nics"],
+            serde_json::json!([{"network": "lab", "mac": "52:54:00:12:34:56",
+                "address": "10.20.0.10/24", "gateway": null}])
+        );
     }
 
     /// Real e2fsprogs on a real (small) ext4 file: written, read back,
@@ -168,14 +200,14 @@ mod tests {
         assert!(ok.success());
         assert_eq!(read_from(&disk).unwrap(), None);
         let s = spec();
-        write_into(&disk, &ConfigFile::of(&s).to_json()).unwrap();
+        write_into(&disk, &ConfigFile::of(&s, vec![]).to_json()).unwrap();
         assert_eq!(
             read_from(&disk).unwrap().unwrap(),
-            ConfigFile::of(&s).to_json()
+            ConfigFile::of(&s, vec![]).to_json()
         );
         let mut changed = spec();
         changed.config.hostname = Some("other".into());
-        write_into(&disk, &ConfigFile::of(&changed).to_json()).unwrap();
+        write_into(&disk, &ConfigFile::of(&changed, vec![]).to_json()).unwrap();
         let back = read_from(&disk).unwrap().unwrap();
         assert!(String::from_utf8_lossy(&back).contains("\"other\""));
         // Not an ext4 filesystem: a clear error, not silence.

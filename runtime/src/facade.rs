@@ -125,6 +125,25 @@ pub struct Observed {
     pub status: Option<Status>,
 }
 
+/// Pin the SSH host key the guest reported (the first one only; see
+/// `host_key`). A failure to write the pin is logged: observing must not
+/// fail for it, and `vmctl ssh` says when there is no pin.
+fn pin_host_key(name: &str, dir: &VmDir, key: &str) {
+    match crate::host_key::pin(dir, key) {
+        Ok(crate::host_key::Pin::Pinned) => {
+            tracing::info!(vm = name, "pinned the SSH host key the guest reported");
+        }
+        Ok(crate::host_key::Pin::Same) => {}
+        Ok(crate::host_key::Pin::Changed { pinned }) => tracing::warn!(
+            vm = name,
+            reported = key,
+            pinned = %pinned,
+            "the guest reports a different SSH host key than the one pinned at its first boot; `vmctl ssh` keeps checking against the pinned one"
+        ),
+        Err(e) => tracing::warn!(vm = name, error = %e, "cannot pin the guest's SSH host key"),
+    }
+}
+
 /// The VMs of one state directory.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -250,6 +269,13 @@ impl Runtime {
         } else {
             (RunState::Stopped, None)
         };
+        if let Some(key) = status
+            .as_ref()
+            .and_then(|s| s.guest.as_ref())
+            .and_then(crate::host_key::from_report)
+        {
+            pin_host_key(name, &dir, &key);
+        }
         Ok(Some(Observed {
             record,
             live,
@@ -299,6 +325,15 @@ impl Runtime {
             if let Some(start) = start {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                // A disk made anew from an image or a source is a new
+                // guest identity: its host key is pinned again when it
+                // first reports one.
+                let pin = dir.ssh_host_key();
+                if let Err(e) = std::fs::remove_file(&pin)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(io(&pin)(e));
                 }
                 self.import(spec, start, &path)?;
             }
@@ -448,7 +483,11 @@ impl Runtime {
                 .iter()
                 .map(|d| (d.clone(), dir.disk_path(d)))
                 .collect();
-            os.configure(spec, &disks)
+            let nics: Vec<_> = crate::resolve::resolve_nics(&self.state, spec)?
+                .into_iter()
+                .map(|n| n.guest)
+                .collect();
+            os.configure(spec, &disks, &nics)
                 .map_err(|message| RuntimeError::Os {
                     vm: name.into(),
                     message,

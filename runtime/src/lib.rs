@@ -8,7 +8,8 @@
 //! directory), `process` (spawning and finding VMM processes), `diag` (the
 //! embedded diagnostic guest), `confine` (the VMM's seccomp filters and
 //! process limits), and the [`Runtime`] facade the apply engine drives.
-//! `fuzzing` (hidden) is what the fuzz targets in `fuzz/` reach.
+//! `host_key` pins the SSH host key a guest reports. `fuzzing` (hidden) is
+//! what the fuzz targets in `fuzz/` reach.
 
 pub mod acpi;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod disk_file;
 pub mod facade;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host_key;
 pub mod hotplug;
 pub mod os;
 pub mod process;

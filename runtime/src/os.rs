@@ -19,6 +19,23 @@ pub struct SourceImage {
     pub virtual_size: u64,
 }
 
+/// One NIC as its guest should configure it (a debian-12 guest writes a
+/// systemd-networkd file from it): the VM's record joined with its
+/// network's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNic {
+    /// The network's name.
+    pub network: String,
+    /// `52:54:00:12:34:56` form.
+    pub mac: String,
+    /// The NIC's address with its network's prefix, `10.20.0.10/24`.
+    pub address: String,
+    /// The network's host (bridge) address; the default route when the
+    /// network has NAT.
+    pub host_address: String,
+    pub nat: bool,
+}
+
 /// The control plane's answer for OSes the runtime does not know itself.
 pub trait OsProvider: Send + Sync + std::fmt::Debug {
     /// The kernel, initrd and command line that boot `spec`; `Ok(None)` when
@@ -32,8 +49,14 @@ pub trait OsProvider: Send + Sync + std::fmt::Debug {
 
     /// Called with the VM stopped, before each boot: bring what the guest
     /// reads at boot (its first-boot configuration) up to date with `spec`.
-    /// `disks` are the VM's disks with their files.
-    fn configure(&self, spec: &VmSpec, disks: &[(DiskSpec, PathBuf)]) -> Result<(), String>;
+    /// `disks` are the VM's disks with their files, `nics` its NICs as the
+    /// guest should configure them.
+    fn configure(
+        &self,
+        spec: &VmSpec,
+        disks: &[(DiskSpec, PathBuf)],
+        nics: &[GuestNic],
+    ) -> Result<(), String>;
 
     /// What the image `path` (a disk's `source`) is: `declared` (its
     /// `source-format`) or detected, and the size of the disk it holds. A

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use vmctl_spec::model::VmSpec;
 
-use crate::os::OsProvider;
+use crate::os::{GuestNic, OsProvider};
 use crate::state::{StateDir, VmDir};
 use crate::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig, NicConfig};
 use crate::vmm::irq::IrqMode;
@@ -145,49 +145,79 @@ pub fn machine_config(
     })
 }
 
-/// The VM's NICs for its VMM — each on the persistent TAP the control plane
-/// made for it (vmctl-hostnet's names) — and the diag guest's network
-/// arguments: each NIC's address with its network's prefix, and its
-/// networks' host addresses to ping (docs/diag-guest.md). The subnets come
-/// from the lab's network records, which apply writes before any VM on the
-/// network is created.
-fn nics(state: &StateDir, spec: &VmSpec) -> Result<(Vec<NicConfig>, String), ResolveError> {
+/// One NIC of the VM, resolved: what its guest configures and the
+/// persistent TAP the control plane made for it (vmctl-hostnet's names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedNic {
+    pub guest: GuestNic,
+    pub tap: String,
+}
+
+/// The VM's NICs joined with their networks' records, which apply writes
+/// before any VM on the network is created.
+pub fn resolve_nics(state: &StateDir, spec: &VmSpec) -> Result<Vec<ResolvedNic>, ResolveError> {
     if spec.nics.is_empty() {
-        return Ok((Vec::new(), String::new()));
+        return Ok(Vec::new());
     }
     let hn = vmctl_hostnet::HostNet::new(&state.root);
     let records = hn.records().map_err(|e| ResolveError::NetRecords {
         vm: spec.name.clone(),
         message: e.to_string(),
     })?;
-    let mut cfg = Vec::with_capacity(spec.nics.len());
-    let mut addrs = Vec::new();
-    let mut gateways: Vec<String> = Vec::new();
-    for (i, nic) in spec.nics.iter().enumerate() {
-        let net = records
-            .iter()
-            .find(|r| r.spec.name == nic.network)
-            .ok_or_else(|| ResolveError::NoNetwork {
-                vm: spec.name.clone(),
-                nic: i,
-                network: nic.network.clone(),
-            })?;
-        cfg.push(NicConfig {
-            name: nic.network.clone(),
-            mac: nic.mac.to_string(),
-            tap: hn.tap(&spec.name, i),
-        });
-        addrs.push(format!("{}/{}", nic.ip, net.spec.subnet.prefix()));
-        let gw = net.spec.subnet.host_ip().to_string();
-        if !gateways.contains(&gw) && gateways.len() < 4 {
-            gateways.push(gw);
+    spec.nics
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| {
+            let net = records
+                .iter()
+                .find(|r| r.spec.name == nic.network)
+                .ok_or_else(|| ResolveError::NoNetwork {
+                    vm: spec.name.clone(),
+                    nic: i,
+                    network: nic.network.clone(),
+                })?;
+            Ok(ResolvedNic {
+                guest: GuestNic {
+                    network: nic.network.clone(),
+                    mac: nic.mac.to_string(),
+                    address: format!("{}/{}", nic.ip, net.spec.subnet.prefix()),
+                    host_address: net.spec.subnet.host_ip().to_string(),
+                    nat: net.spec.nat,
+                },
+                tap: hn.tap(&spec.name, i),
+            })
+        })
+        .collect()
+}
+
+/// The VM's NICs for its VMM and the diag guest's network arguments: each
+/// NIC's address with its network's prefix, and its networks' host
+/// addresses to ping (docs/diag-guest.md).
+fn nics(state: &StateDir, spec: &VmSpec) -> Result<(Vec<NicConfig>, String), ResolveError> {
+    let resolved = resolve_nics(state, spec)?;
+    if resolved.is_empty() {
+        return Ok((Vec::new(), String::new()));
+    }
+    let mut gateways: Vec<&str> = Vec::new();
+    for n in &resolved {
+        if !gateways.contains(&n.guest.host_address.as_str()) && gateways.len() < 4 {
+            gateways.push(&n.guest.host_address);
         }
     }
+    let addrs: Vec<&str> = resolved.iter().map(|n| n.guest.address.as_str()).collect();
     let args = format!(
         " vmctl.net={} vmctl.ping={}",
         addrs.join(","),
         gateways.join(",")
     );
+    let cfg = resolved
+        .into_iter()
+        .map(|n| NicConfig {
+            name: n.guest.network,
+            mac: n.guest.mac,
+            tap: n.tap,
+        })
+        .collect();
     Ok((cfg, args))
 }
 

@@ -85,6 +85,10 @@ impl VmDir {
     pub fn console_sock(&self) -> PathBuf {
         self.path.join("console.sock")
     }
+    /// The SSH host key the guest reported first (`host_key`).
+    pub fn ssh_host_key(&self) -> PathBuf {
+        self.path.join("ssh_host_key")
+    }
     pub fn exit_note(&self) -> PathBuf {
         self.path.join("vmm.exit")
     }

@@ -1,6 +1,6 @@
 //! `vmctl completions bash|zsh|fish` and `vmctl man`: shell completion
 //! scripts and the man page, generated from the clap definition so they
-//! cannot drift from the CLI. VM names after `console`, `logs` and
+//! cannot drift from the CLI. VM names after `console`, `logs`, `ssh` and
 //! `destroy` complete from the KDL file the command line names (`-f`, else
 //! `./vmctl.kdl`): each script asks the hidden `vmctl __complete-vms`, which
 //! prints the names the file declares (nothing if it does not load).
@@ -136,7 +136,7 @@ fn zsh_vm_names(script: &str) -> String {
 
 /// bash: wrap clap's `_vmctl`; complete a VM name where one belongs.
 const BASH: &str = r#"
-# VM names from the KDL file (vmctl __complete-vms), for console/logs/destroy.
+# VM names from the KDL file (vmctl __complete-vms), for console/logs/ssh/destroy.
 _vmctl_with_vms() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     local i sub="" file=()
@@ -150,7 +150,7 @@ _vmctl_with_vms() {
         esac
     done
     case "$sub" in
-        console|logs|destroy)
+        console|logs|ssh|destroy)
             if [[ "$cur" != -* && "$prev" != -f && "$prev" != --file && "$prev" != --state-dir && "$prev" != --lock-timeout && "$prev" != --parallelism ]]; then
                 local IFS=$'\n'
                 COMPREPLY=($(compgen -W "$(vmctl __complete-vms "${file[@]}" 2>/dev/null)" -- "$cur"))
@@ -164,7 +164,7 @@ complete -F _vmctl_with_vms -o bashdefault -o default vmctl
 
 /// zsh: the function the rewritten `_arguments` specs call.
 const ZSH: &str = r#"
-# VM names from the KDL file (vmctl __complete-vms), for console/logs/destroy.
+# VM names from the KDL file (vmctl __complete-vms), for console/logs/ssh/destroy.
 _vmctl_vms() {
     local -a file vms
     local i
@@ -181,7 +181,7 @@ _vmctl_vms() {
 
 /// fish: complete VM names (from `-f` when given) after the VM-name commands.
 const FISH: &str = r#"
-# VM names from the KDL file (vmctl __complete-vms), for console/logs/destroy.
+# VM names from the KDL file (vmctl __complete-vms), for console/logs/ssh/destroy.
 function __vmctl_vms
     set -l tokens (commandline -opc)
     set -l file
@@ -195,5 +195,5 @@ function __vmctl_vms
     end
     vmctl __complete-vms $file 2>/dev/null
 end
-complete -c vmctl -n "__fish_seen_subcommand_from console logs destroy" -f -a "(__vmctl_vms)"
+complete -c vmctl -n "__fish_seen_subcommand_from console logs ssh destroy" -f -a "(__vmctl_vms)"
 "#;

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod plan;
 pub mod restore;
 pub mod show;
+pub mod ssh;
 pub mod status;
 pub mod validate;
 pub mod vmm;
@@ -116,6 +117,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::run(&g, a),
         Command::Console(a) => console::run(&g, a),
         Command::Logs(a) => logs::run(&g, a),
+        Command::Ssh(a) => ssh::run(&g, a),
         Command::Watch(a) => watch::run(&g, a),
         Command::Explain(a) => explain::run(&g, a),
         Command::Image(a) => image::run(&g, a),

@@ -159,6 +159,19 @@ fn guest_summary(guest: &Value) -> String {
         if !failed.is_empty() {
             line.push_str(&format!(" failed_units={}", failed.join(",")));
         }
+        // The addresses the guest's own kernel has on its NICs.
+        let addrs: Vec<&str> = guest
+            .get("nics")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.get("addresses").and_then(Value::as_array))
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !addrs.is_empty() {
+            line.push_str(&format!(" addresses={}", addrs.join(",")));
+        }
     }
     line
 }
@@ -279,12 +292,15 @@ mod tests {
     fn a_debian_guest_says_what_it_is() {
         let g = serde_json::json!({"cpus": 2, "memory_mib": 469, "disks": [{}],
             "os": "Debian GNU/Linux 12 (bookworm)", "hostname": "web", "systemd": "degraded",
-            "root_fs_bytes": 1038462976u64, "failed_units": ["ssh.service"]});
+            "root_fs_bytes": 1038462976u64, "failed_units": ["ssh.service"],
+            "nics": [{"name": "enp0s1", "mac": "52:54:00:12:34:56", "state": "UP",
+                      "addresses": ["10.20.0.10/24"]}]});
         assert_eq!(
             guest_summary(&g),
             format!(
                 "guest sees cpus=2 memory_mib=469 disks=1\n{:<16} os=\"Debian GNU/Linux 12 (bookworm)\" \
-                 hostname=web systemd=degraded root_fs=990MiB failed_units=ssh.service",
+                 hostname=web systemd=degraded root_fs=990MiB failed_units=ssh.service \
+                 addresses=10.20.0.10/24",
                 ""
             )
         );

@@ -12,7 +12,9 @@
 # Scenario parameters come from /lab/scenario.env (written by the harness).
 
 PATH=/sbin:/bin:/usr/sbin:/usr/bin
-export PATH
+# `vmctl ssh` finds the lab's key in root's ~/.ssh.
+HOME=/root
+export PATH HOME
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -157,6 +159,60 @@ wait_root_fs() {
     return 1
 }
 
+# wait_nic VM IP STEP: until the VM's guest reports IP on one of its NICs
+# (systemd-networkd configured it from what vmctl declared).
+wait_nic() {
+    t=0
+    while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+        if last_agent_line "$1" | grep -q "\"$2/"; then
+            say "@@NESTED step=$3 rc=0 want=0 secs=$t vm=$1 ip=$2"
+            return 0
+        fi
+        sleep 2; t=$((t + 2))
+    done
+    say "@@NESTED step=$3 rc=1 want=0 vm=$1 ip=$2 last=$(last_agent_line "$1")"
+    FAILED=1
+    dump_logs
+    return 1
+}
+
+# expect_out STEP WANT CMD...: CMD must exit 0 and print exactly WANT.
+expect_out() {
+    name=$1; want=$2; shift 2
+    say "@@STEP-BEGIN $name: $*"
+    out=$("$@" 2>/tmp/expect.err)
+    rc=$?
+    sed 's/^/  | /' /tmp/expect.err | tail -n 20
+    if [ "$rc" = 0 ] && [ "$out" = "$want" ]; then r=0; else r=1; FAILED=1; fi
+    say "@@NESTED step=$name rc=$r want=0 exit=$rc out=$(printf '%s' "$out" | head -c 200 | tr '\n' ' ')"
+}
+
+# The interfaces L1 has (names only), to show destroy removed the lab's
+# bridge and TAPs.
+links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
+
+# The network phase: two debian-12 VMs on the lab network. Each guest
+# reports the address vmctl declared for it; `vmctl ssh` (host key pinned
+# from the guest's own report) reaches both from L1, the bridge's side; a
+# byte stream goes from the client VM to a TCP listener on the other.
+net_phase() {
+    say "@@NET links after apply: $(links | tr '\n' ' ')"
+    wait_nic "$NET_LISTENER" "$NET_LISTENER_IP" nic-listener || return
+    wait_nic "$NET_CLIENT" "$NET_CLIENT_IP" nic-client || return
+    expect_out ssh-listener-hostname "$NET_LISTENER_HOST" vmctl ssh "$NET_LISTENER" -- hostname
+    expect_out ssh-client-hostname "$NET_CLIENT_HOST" vmctl ssh "$NET_CLIENT" -- hostname
+    expect_out ssh-system-running running vmctl ssh "$NET_CLIENT" -- systemctl is-system-running --wait
+    step tcp-listen-start 0 vmctl ssh "$NET_LISTENER" -- \
+        "setsid -f sh -c 'nc -l 7000 > /tmp/vmctl-tcp' < /dev/null > /dev/null 2>&1"
+    step tcp-listening 0 vmctl ssh "$NET_LISTENER" -- \
+        "for i in \$(seq 100); do ss -Hltn 'sport = :7000' | grep -q . && exit 0; sleep 0.1; done; exit 1"
+    step tcp-send 0 vmctl ssh "$NET_CLIENT" -- \
+        "echo bytes-from-\$(hostname) | nc -N -w 10 $NET_LISTENER_IP 7000"
+    # nc -l exits once the sender closed; then the file is complete.
+    expect_out tcp-received "bytes-from-$NET_CLIENT_HOST" vmctl ssh "$NET_LISTENER" -- \
+        "for i in \$(seq 50); do pgrep -x nc > /dev/null || break; sleep 0.1; done; cat /tmp/vmctl-tcp"
+}
+
 report() {
     for vm in $VMS; do
         say "@@GUEST phase=$1 vm=$vm $(last_agent_line "$vm")"
@@ -189,6 +245,7 @@ say "@@NESTED step=kvm rc=$rc want=0 svm=$(grep -c -w svm /proc/cpuinfo) npt=$(c
 scenario() {
     step validate 0 vmctl validate || return
     step image-cached 0 vmctl image list
+    links > /tmp/links-before
     step apply 0 vmctl apply --auto-approve || return
     wait_agents 1
     report 1
@@ -203,6 +260,7 @@ scenario() {
         [ "$rc" = 0 ] || FAILED=1
         say "@@NESTED step=console-login rc=$rc want=0 vm=$vm secs=$t"
     done
+    [ -n "$NET_LISTENER" ] && net_phase
     step plan-noop 0 vmctl plan --detailed-exitcode
     cp /lab/vmctl-2.kdl /lab/vmctl.kdl
     step plan-change 2 vmctl plan --detailed-exitcode
@@ -395,6 +453,11 @@ elif [ "$rc" = 0 ]; then
     scenario
     [ "$FAILED" = 0 ] && [ "$ALWAYS_DUMP" != 1 ] || LOG_LINES=400 dump_logs
     step destroy 0 vmctl destroy --auto-approve
+    if [ -n "$NET_LISTENER" ]; then
+        links > /tmp/links-after
+        if diff /tmp/links-before /tmp/links-after > /tmp/links.diff; then rc=0; else rc=1; FAILED=1; fi
+        say "@@NESTED step=no-net-left rc=$rc want=0 links=$(tr '\n' ' ' < /tmp/links-after) diff=$(tr '\n' ' ' < /tmp/links.diff)"
+    fi
     left=$(pidof vmctl)
     if [ -z "$left" ]; then rc=0; else rc=1; FAILED=1; fi
     say "@@NESTED step=no-vmm-left rc=$rc want=0 pids=$left"

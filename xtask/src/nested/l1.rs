@@ -16,8 +16,9 @@ use vmctl_image::{apt, kmod, minimal};
 use super::trace;
 
 pub const INIT_SCRIPT: &str = include_str!("l1-init.sh");
-/// kvm-amd pulls in kvm and irqbypass.
-pub const MODULES: &[&str] = &["kvm_amd"];
+/// kvm-amd pulls in kvm and irqbypass; bridge (+ stp, llc) and tun are the
+/// lab networks' host side (vmctl-hostnet makes a bridge and TAPs in L1).
+pub const MODULES: &[&str] = &["kvm_amd", "bridge", "tun"];
 /// Modules for the lab disk (`/lab`, a virtio-pci disk on L1's q35).
 pub const DISK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
 
@@ -92,6 +93,10 @@ pub struct L1Contents<'a> {
     /// `qemu-system-x86_64`, its shared libraries and the firmware files a
     /// `-M microvm` guest needs, under `/usr/share/qemu`.
     pub with_qemu: bool,
+    /// The private key `vmctl ssh` logs in with (the lab's users declare its
+    /// public half): L1 gets it as root's `~/.ssh/id_ed25519`, the OpenSSH
+    /// client and a passwd entry for root (ssh needs one).
+    pub ssh_key: Option<&'a Path>,
 }
 
 /// QEMU firmware a `-M microvm -kernel` guest needs (from `/usr/share/qemu`,
@@ -218,6 +223,26 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
     // debugfs (e2fsprogs).
     let debugfs = which("debugfs").ok_or("debugfs is not on PATH (apt-get install e2fsprogs)")?;
     add_binary(&mut a, &debugfs, "usr/sbin/debugfs")?;
+    // vmctl-hostnet drives iproute2's `ip` (busybox's lacks bridges and
+    // TAPs): it goes first on PATH, before busybox's applet.
+    let ip = which("ip").ok_or("ip is not on PATH (apt-get install iproute2)")?;
+    add_binary(&mut a, &ip, "sbin/ip")?;
+    if let Some(key) = c.ssh_key {
+        let ssh = which("ssh").ok_or("ssh is not on PATH (apt-get install openssh-client)")?;
+        add_binary(&mut a, &ssh, "usr/bin/ssh")?;
+        let private = std::fs::read(key).map_err(err("reading the lab's SSH key"))?;
+        for d in ["root", "root/.ssh"] {
+            a.dir(d, 0o700).map_err(e)?;
+        }
+        a.file("root/.ssh/id_ed25519", 0o600, private)
+            .map_err(e)?;
+        a.file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        )
+        .map_err(e)?;
+    }
     if c.with_qemu {
         add_qemu(&mut a)?;
     }

@@ -136,6 +136,27 @@ pub fn with_cpus(text: &str, vm: &str, cpus: u32) -> Result<String, String> {
     Ok(s)
 }
 
+/// The KDL text with every `ssh-key "..."` value replaced by `key` (the
+/// public half of the key pair the harness made for the run, so `vmctl ssh`
+/// in L1 can log in as the lab's users). Other lines are kept as they are.
+pub fn with_ssh_key(text: &str, key: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        match t.strip_prefix("ssh-key \"") {
+            Some(rest) if rest.contains('"') => {
+                let indent = &line[..line.len() - t.len()];
+                let after = &rest[rest.find('"').map_or(rest.len(), |i| i + 1)..];
+                out.push(format!("{indent}ssh-key \"{key}\"{after}"));
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
 /// Line numbers of `vm "NAME" {` and of its closing brace.
 fn vm_block(text: &str, vm: &str) -> Result<(usize, usize), String> {
     let header = format!("vm \"{vm}\"");
@@ -177,6 +198,16 @@ mod tests {
         );
         assert!(with_memory("vm \"a\" {\n", "a", 1).is_err());
         assert!(with_memory("", "a", 1).is_err());
+    }
+
+    #[test]
+    fn ssh_keys_replaced() {
+        let t = "vm \"a\" {\n    user \"alice\" {\n        ssh-key \"ssh-ed25519 AAAA old@x\"\n    }\n    file \"/k\" content=\"ssh-key \\\"x\\\"\"\n}\n";
+        let got = with_ssh_key(t, "ssh-ed25519 BBBB lab");
+        assert_eq!(
+            got,
+            "vm \"a\" {\n    user \"alice\" {\n        ssh-key \"ssh-ed25519 BBBB lab\"\n    }\n    file \"/k\" content=\"ssh-key \\\"x\\\"\"\n}\n"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmctl_image::{LockFile, apt, minimal};
+use vmctl_spec::model::VmSpec;
 use vmctl_runtime::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
 use vmctl_runtime::vmm::irq::IrqMode;
 
@@ -135,6 +136,9 @@ struct Prepared {
     /// Phases 4 (vCPU and memory hot-added) and 5 (the vCPU hot-removed),
     /// when the lab has a VM with hot-add headroom.
     hot: Option<(vmctl_spec::DesiredState, vmctl_spec::DesiredState)>,
+    /// The network phase runs (the lab has two debian-12 VMs with a NIC
+    /// and a user).
+    net: bool,
     timeout: Duration,
     start: Instant,
 }
@@ -207,6 +211,38 @@ fn repeat_report(outcomes: &[Outcome]) -> String {
     out
 }
 
+fn net_pair(lab: &vmctl_spec::DesiredState) -> Option<(&VmSpec, &VmSpec)> {
+    let net_vms: Vec<&VmSpec> = lab
+        .vms
+        .iter()
+        .filter(|v| v.os == "debian-12" && !v.nics.is_empty() && !v.config.users.is_empty())
+        .collect();
+    match net_vms[..] {
+        [listener, client, ..] => Some((listener, client)),
+        _ => None,
+    }
+}
+
+/// The network phase's parameters: the first two debian-12 VMs with a NIC
+/// and a user — the first listens on TCP, the second sends it bytes, both
+/// are reached with `vmctl ssh` (docs/nested-lab.md). Empty when the lab
+/// has no such pair.
+fn net_env(lab: &vmctl_spec::DesiredState) -> String {
+    let Some((listener, client)) = net_pair(lab) else {
+        return "NET_LISTENER=\"\"\n".to_string();
+    };
+    let host = |v: &VmSpec| v.config.hostname.clone().unwrap_or(v.name.clone());
+    format!(
+        "NET_LISTENER=\"{}\"\nNET_LISTENER_IP={}\nNET_LISTENER_HOST=\"{}\"\nNET_CLIENT=\"{}\"\nNET_CLIENT_IP={}\nNET_CLIENT_HOST=\"{}\"\n",
+        listener.name,
+        listener.nics[0].ip,
+        host(listener),
+        client.name,
+        client.nics[0].ip,
+        host(client),
+    )
+}
+
 fn prepare(opts: &Options) -> Result<Prepared, String> {
     let start = Instant::now();
     for tool in ["qemu-system-x86_64", "ldd"] {
@@ -242,8 +278,25 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         .lab
         .clone()
         .unwrap_or_else(|| root.join("xtask/labs/two-debian.kdl"));
-    let text = std::fs::read_to_string(&lab_src)
+    let mut text = std::fs::read_to_string(&lab_src)
         .map_err(|e| format!("reading {}: {e}", lab_src.display()))?;
+    // The lab's users log in with a key pair made for this run: `vmctl ssh`
+    // in L1 holds the private half.
+    let ssh_key = if text.contains("ssh-key ") {
+        let key = work.join("lab_ed25519");
+        run_checked(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "nested-lab", "-f"])
+                .arg(&key),
+            "ssh-keygen (apt-get install openssh-client)",
+        )?;
+        let public = std::fs::read_to_string(key.with_extension("pub"))
+            .map_err(|e| format!("reading the lab's public key: {e}"))?;
+        text = lab::with_ssh_key(&text, public.trim());
+        Some(key)
+    } else {
+        None
+    };
     let kdl = lab_dir.join("vmctl.kdl");
     std::fs::write(&kdl, &text).map_err(|e| format!("writing {}: {e}", kdl.display()))?;
     if let Some(lock) = lab_src
@@ -451,8 +504,9 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         .map(|v| v.name.as_str())
         .collect::<Vec<_>>()
         .join(" ");
+    let net_env = net_env(&before);
     let env = format!(
-        "MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nGROW_ROOT_MIN={grow_root_min}\nLOGIN_VMS=\"{login_vms}\"\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
+        "{net_env}MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nGROW_ROOT_MIN={grow_root_min}\nLOGIN_VMS=\"{login_vms}\"\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
@@ -481,6 +535,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
             vmctl: &vmctl,
             lab_dir: &lab_dir,
             with_qemu: opts.boot_loop.is_some() && opts.boot_vmm != BootVmm::Vmctl,
+            ssh_key: ssh_key.as_deref(),
         },
         &l1_initrd,
     )?;
@@ -497,6 +552,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         }
         None => DEFAULT_TIMEOUT_SECS,
     }));
+    let net = net_pair(&before).is_some();
     Ok(Prepared {
         work,
         l1_kernel,
@@ -506,6 +562,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         after,
         grown,
         hot,
+        net,
         timeout,
         start,
     })
@@ -616,6 +673,9 @@ fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outc
         grown.is_some(),
         p.hot.is_some(),
     );
+    if p.net && !opts.vmm_only {
+        check::require_steps(&log, check::NET_STEPS, &mut verdict);
+    }
     if res.timed_out {
         verdict
             .problems
