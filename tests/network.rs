@@ -562,4 +562,15 @@ fn two_diag_vms_on_a_network_reach_the_host_and_are_reached() {
     );
     let text = lab.ok(&["status"]);
     assert!(text.contains("nic lab ip 10.20.0.10 mac "), "{text}");
+    // `vmctl ssh`: diag declares no user and reports no SSH host key, so
+    // it says what is missing rather than trusting whatever answers (the
+    // login itself is the nested lab's network phase).
+    let text = lab.fails(&["ssh", "db"]);
+    assert!(text.contains("declares no user to log in as"), "{text}");
+    let text = lab.fails(&["ssh", "db", "-l", "root"]);
+    assert!(
+        text.contains("has not reported its SSH host key yet"),
+        "{text}"
+    );
+    assert!(!state.join("vms/db/ssh_host_key").exists());
 }

@@ -65,13 +65,19 @@ last_agent_line() {
     grep -o '{"agent":"debian-12"[^}]*\(}[^}]*\)*}' "/lab/.vmctl/vms/$1/console.log" 2>/dev/null | tail -n 1
 }
 
-# wait_agents PHASE: until every VM's guest has reported (or timeout).
+# wait_agents PHASE: until every VM's guest has reported and, for a
+# debian-12 guest, systemd has finished booting (its report no longer says
+# "starting": the phase's checks then judge running vs degraded, not how
+# far the boot got) — or timeout.
 wait_agents() {
     t=0
     while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
         missing=""
         for vm in $VMS; do
-            [ -n "$(last_agent_line "$vm")" ] || missing="$missing $vm"
+            line=$(last_agent_line "$vm")
+            case "$line" in
+                "" | *'"systemd":"starting"'* | *'"systemd":"initializing"'*) missing="$missing $vm" ;;
+            esac
         done
         [ -z "$missing" ] && { say "@@NESTED step=guests-$1 rc=0 want=0 secs=$t"; return 0; }
         sleep 2; t=$((t + 2))

@@ -26,7 +26,7 @@ use vmctl_runtime::vmm::irq::IrqMode;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub lab: Option<PathBuf>,
-    /// L1 budget; None: 540 s, or enough for the `--boot-loop`.
+    /// L1 budget; None: [`DEFAULT_TIMEOUT_SECS`], or enough for the `--boot-loop`.
     pub timeout_secs: Option<u64>,
     pub release: bool,
     pub verbose: bool,
