@@ -83,7 +83,10 @@ mod tests {
 
     #[test]
     fn only_well_formed_ed25519_keys_are_taken_from_a_report() {
-        assert_eq!(from_report(&json!({"ssh_host_key": KEY})).as_deref(), Some(KEY));
+        assert_eq!(
+            from_report(&json!({"ssh_host_key": KEY})).as_deref(),
+            Some(KEY)
+        );
         for bad in [
             json!({}),
             json!({"ssh_host_key": null}),

@@ -263,6 +263,9 @@ mod tests {
             Some(d.path().join("work"))
         );
         assert_eq!(matching_identity(d.path(), &[]), None);
-        assert_eq!(matching_identity(&d.path().join("missing"), &declared), None);
+        assert_eq!(
+            matching_identity(&d.path().join("missing"), &declared),
+            None
+        );
     }
 }

@@ -27,6 +27,7 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N] (see bench --
                              [--vmm-only] [--repeat N] [--qemu-trace]
                              [--boot-loop N [--vmm vmctl|qemu|both] [--boot-vm NAME]]
                              [--guest-append WORDS] [--l1-thp MODE] [--kvm-amd-args A]
+                             [--net-bench]
 
   --lab FILE           lab of debian-12 VMs to run (default: xtask/labs/two-debian.kdl)
   --timeout SECS       give up on L1 after this long (default 1500; boot loop: enough for it)
@@ -46,6 +47,9 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N] (see bench --
   --l1-thp MODE        L1's transparent hugepages: always (the kernel's default), madvise, never
   --kvm-amd-args A     parameters for kvm-amd.ko in L1 (default \"npt=0\": shadow paging;
                        \"npt=1\" uses QEMU's emulated nested paging, see docs/nested-lab.md)
+  --net-bench          instead of the scenario: iperf3 throughput VM<->VM and VM<->L1 under
+                       vmctl, then the same guests under QEMU microvm's virtio-net
+                       (default lab: xtask/labs/net-bench.kdl; needs iperf3 on this host)
 
        cargo xtask crash [--kills N] [--seeds S | --seed X] [--keep]
 
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
                     },
                     "--debug" => opts.release = false,
                     "--vmm-only" => opts.vmm_only = true,
+                    "--net-bench" => opts.net_bench = true,
                     "--verbose" | "-v" => opts.verbose = true,
                     "-h" | "--help" => {
                         println!("{USAGE}");

@@ -9,7 +9,7 @@
 
 mod apply;
 mod boot;
-mod stats;
+pub(crate) mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -566,7 +566,10 @@ pub fn judge(
     }
     require_steps(log, &required, &mut v);
     for s in &log.steps {
-        if s.rc != s.want && !required.contains(&s.name.as_str()) && !NET_STEPS.contains(&s.name.as_str()) {
+        if s.rc != s.want
+            && !required.contains(&s.name.as_str())
+            && !NET_STEPS.contains(&s.name.as_str())
+        {
             v.problems.push(format!(
                 "step {}: exit code {}, want {}",
                 s.name, s.rc, s.want

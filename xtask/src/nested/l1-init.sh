@@ -451,7 +451,106 @@ scenario_boot_loop() {
     say "@@NESTED step=boot-loop rc=0 want=0"
 }
 
-if [ "$rc" = 0 ] && [ "$MODE" = vmm-only ]; then
+# --net-bench (docs/nested-lab.md): iperf3 throughput under vmctl's VMM,
+# then with the same two guests (live copies of their disks: `vmctl
+# backup`) under QEMU microvm's virtio-net (userspace, no vhost) on a bridge
+# and TAPs of the same shape, one marker per run:
+#   @@NETBENCH vmm=<vmctl|qemu> path=<vm-host|host-vm|vm-vm> n=<i> mbits=<f>
+jstr() { sed -n "s/^ *\"$2\": \"\([^\"]*\)\".*/\1/p" "$1" | head -n 1; }
+jnum() { sed -n "s/^ *\"$2\": \([0-9]*\).*/\1/p" "$1" | head -n 1; }
+
+# gssh VMM VM CMD: CMD in the guest as its user (vmctl: `vmctl ssh`; QEMU:
+# ssh with the host keys vmctl pinned for the same guests).
+gssh() {
+    g_vmm=$1; g_vm=$2; shift 2
+    if [ "$g_vmm" = vmctl ]; then
+        vmctl ssh "$g_vm" -- "$@"
+    else
+        ssh -o UserKnownHostsFile=/tmp/qemu-known_hosts -o GlobalKnownHostsFile=/dev/null \
+            -o StrictHostKeyChecking=yes -o HostKeyAlgorithms=ssh-ed25519 -o BatchMode=yes \
+            -o ConnectTimeout=10 -l alice "$(cat "/tmp/qemu-ip-$g_vm")" "$@"
+    fi
+}
+
+net_bench_round() {
+    vmm=$1
+    iperf3 -s -D -B "$NET_HOST_IP" -I /tmp/iperf3-host.pid
+    step "$vmm-iperf3-server" 0 gssh "$vmm" "$NET_LISTENER" \
+        "setsid -f iperf3 -s -B $NET_LISTENER_IP < /dev/null > /dev/null 2>&1; for i in \$(seq 100); do ss -Hltn 'sport = :5201' | grep -q . && exit 0; sleep 0.1; done; exit 1"
+    n=1
+    while [ "$n" -le "$NET_BENCH_N" ]; do
+        for path in vm-host host-vm vm-vm; do
+            case $path in
+                vm-host) args="-c $NET_HOST_IP" ;;
+                host-vm) args="-R -c $NET_HOST_IP" ;;
+                vm-vm) args="-c $NET_LISTENER_IP" ;;
+            esac
+            m=$(gssh "$vmm" "$NET_CLIENT" "iperf3 -f m -t $NET_BENCH_SECS $args" 2>/tmp/iperf3.err | awk '/receiver/ {v=$7} END {print v}')
+            [ -n "$m" ] || { FAILED=1; sed 's/^/  iperf3 | /' /tmp/iperf3.err | tail -n 5; }
+            say "@@NETBENCH vmm=$vmm path=$path n=$n mbits=$m"
+        done
+        n=$((n + 1))
+    done
+    kill "$(cat /tmp/iperf3-host.pid)" 2>/dev/null
+}
+
+scenario_net_bench() {
+    step apply 0 vmctl apply --auto-approve || return
+    wait_agents 1
+    wait_nic "$NET_LISTENER" "$NET_LISTENER_IP" nic-listener || return
+    wait_nic "$NET_CLIENT" "$NET_CLIENT_IP" nic-client || return
+    expect_out ssh-listener-hostname "$NET_LISTENER_HOST" vmctl ssh "$NET_LISTENER" -- hostname
+    expect_out ssh-client-hostname "$NET_CLIENT_HOST" vmctl ssh "$NET_CLIENT" -- hostname
+    net_bench_round vmctl
+    : > /tmp/qemu-known_hosts
+    for vm in $NET_LISTENER $NET_CLIENT; do
+        q=/lab/qemu/$vm
+        mkdir -p /lab/qemu
+        step "backup-$vm" 0 vmctl backup "$vm" -o "$q" || return
+        cp "/lab/.vmctl/vms/$vm/machine.json" "$q/machine.json"
+        [ "$vm" = "$NET_LISTENER" ] && ip=$NET_LISTENER_IP || ip=$NET_CLIENT_IP
+        echo "$ip" > "/tmp/qemu-ip-$vm"
+        echo "$ip $(cat "/lab/.vmctl/vms/$vm/ssh_host_key")" >> /tmp/qemu-known_hosts
+    done
+    step destroy 0 vmctl destroy --auto-approve || return
+    ip link add qbr0 type bridge
+    ip addr add "$NET_HOST_IP/24" dev qbr0
+    ip link set qbr0 up
+    printf '#!/bin/sh\nip link set "$1" master qbr0 up\n' > /tmp/qemu-ifup
+    chmod 755 /tmp/qemu-ifup
+    for vm in $NET_LISTENER $NET_CLIENT; do
+        q=/lab/qemu/$vm
+        m=$q/machine.json
+        qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
+            -m "$(jnum "$m" memory_mib)" -smp "$(jnum "$m" cpus)" -nodefaults -no-user-config \
+            -display none -monitor none -no-reboot \
+            -kernel "$(jstr "$m" kernel)" -initrd "$(jstr "$m" initrd)" -append "$(jstr "$m" cmdline)" \
+            -serial "file:$q/console.log" \
+            -drive "file=$q/root.raw,if=none,format=raw,id=d0" -device virtio-blk-device,drive=d0 \
+            -netdev "tap,id=n0,ifname=qt-$vm,script=/tmp/qemu-ifup,downscript=no" \
+            -device "virtio-net-device,netdev=n0,mac=$(jstr "$m" mac)" > "$q/qemu.out" 2>&1 &
+        echo $! > "$q/qemu.pid"
+    done
+    for vm in $NET_LISTENER $NET_CLIENT; do
+        t=0; rc=1
+        while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+            gssh qemu "$vm" true 2>/dev/null && { rc=0; break; }
+            sleep 5; t=$((t + 5))
+        done
+        [ "$rc" = 0 ] || { FAILED=1; tail -n 20 "/lab/qemu/$vm/console.log" | sed "s|^|@@LOG qemu-$vm console.log: |"; cat "/lab/qemu/$vm/qemu.out"; }
+        say "@@NESTED step=qemu-ssh-$vm rc=$rc want=0 secs=$t"
+    done
+    [ "$FAILED" = 0 ] && net_bench_round qemu
+    for vm in $NET_LISTENER $NET_CLIENT; do
+        kill "$(cat "/lab/qemu/$vm/qemu.pid")" 2>/dev/null
+    done
+    sleep 1
+    ip link del qbr0
+}
+
+if [ "$rc" = 0 ] && [ "$MODE" = net-bench ]; then
+    scenario_net_bench
+elif [ "$rc" = 0 ] && [ "$MODE" = vmm-only ]; then
     scenario_vmm_only
 elif [ "$rc" = 0 ] && [ "$MODE" = boot-loop ]; then
     scenario_boot_loop

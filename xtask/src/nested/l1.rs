@@ -93,6 +93,8 @@ pub struct L1Contents<'a> {
     /// `qemu-system-x86_64`, its shared libraries and the firmware files a
     /// `-M microvm` guest needs, under `/usr/share/qemu`.
     pub with_qemu: bool,
+    /// Also put the host's iperf3 into L1 (`--net-bench`).
+    pub with_iperf3: bool,
     /// The private key `vmctl ssh` logs in with (the lab's users declare its
     /// public half): L1 gets it as root's `~/.ssh/id_ed25519`, the OpenSSH
     /// client and a passwd entry for root (ssh needs one).
@@ -234,8 +236,7 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
         for d in ["root", "root/.ssh"] {
             a.dir(d, 0o700).map_err(e)?;
         }
-        a.file("root/.ssh/id_ed25519", 0o600, private)
-            .map_err(e)?;
+        a.file("root/.ssh/id_ed25519", 0o600, private).map_err(e)?;
         a.file(
             "etc/passwd",
             0o644,
@@ -245,6 +246,10 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
     }
     if c.with_qemu {
         add_qemu(&mut a)?;
+    }
+    if c.with_iperf3 {
+        let iperf3 = which("iperf3").ok_or("iperf3 is not on PATH (apt-get install iperf3)")?;
+        add_binary(&mut a, &iperf3, "usr/bin/iperf3")?;
     }
     let env = c.lab_dir.join("scenario.env");
     let data = std::fs::read(&env).map_err(err("reading scenario.env"))?;

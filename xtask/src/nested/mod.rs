@@ -9,6 +9,7 @@ mod bootloop;
 mod check;
 mod l1;
 mod lab;
+mod netbench;
 mod trace;
 
 pub use bootloop::BootVmm;
@@ -18,9 +19,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmctl_image::{LockFile, apt, minimal};
-use vmctl_spec::model::VmSpec;
 use vmctl_runtime::vmm::config::{DiskConfig, MACHINE_CONFIG_VERSION, MachineConfig};
 use vmctl_runtime::vmm::irq::IrqMode;
+use vmctl_spec::model::VmSpec;
 
 /// Command-line options of `nested-lab`.
 #[derive(Debug, Clone)]
@@ -52,6 +53,9 @@ pub struct Options {
     pub l1_thp: Option<String>,
     /// Module parameters for kvm-amd.ko in L1; None: [`DEFAULT_KVM_AMD_ARGS`].
     pub kvm_amd_args: Option<String>,
+    /// Instead of the scenario: iperf3 throughput VM↔VM and VM↔L1 under
+    /// vmctl, then under QEMU microvm (default lab: `xtask/labs/net-bench.kdl`).
+    pub net_bench: bool,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             repeat: 1,
             l1_thp: None,
             kvm_amd_args: None,
+            net_bench: false,
         }
     }
 }
@@ -87,6 +92,9 @@ const BOOT_TIMEOUT_SECS: u64 = 90;
 
 /// How long guests may take to report inside L1 (each wait).
 const GUEST_TIMEOUT_SECS: u64 = 240;
+/// `--net-bench`: iperf3 runs per path and VMM, and each run's length.
+const NET_BENCH_RUNS: u32 = 3;
+const NET_BENCH_SECS: u32 = 5;
 /// The memory step: the changed VM gets this much more RAM.
 const MEMORY_STEP_MIB: u64 = 128;
 /// The disk step: the changed VM's last disk grows by this much.
@@ -148,6 +156,9 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let p = prepare(opts)?;
     if let Some(n) = opts.boot_loop {
         return boot_loop(&p, opts, n);
+    }
+    if opts.net_bench {
+        return net_bench(&p, opts);
     }
     let runs = opts.repeat.max(1);
     if runs == 1 {
@@ -232,8 +243,14 @@ fn net_env(lab: &vmctl_spec::DesiredState) -> String {
         return "NET_LISTENER=\"\"\n".to_string();
     };
     let host = |v: &VmSpec| v.config.hostname.clone().unwrap_or(v.name.clone());
+    let host_ip = lab
+        .networks
+        .iter()
+        .find(|n| n.name == listener.nics[0].network)
+        .map(|n| n.host_ip.to_string())
+        .unwrap_or_default();
     format!(
-        "NET_LISTENER=\"{}\"\nNET_LISTENER_IP={}\nNET_LISTENER_HOST=\"{}\"\nNET_CLIENT=\"{}\"\nNET_CLIENT_IP={}\nNET_CLIENT_HOST=\"{}\"\n",
+        "NET_HOST_IP={host_ip}\nNET_BENCH_N={NET_BENCH_RUNS}\nNET_BENCH_SECS={NET_BENCH_SECS}\nNET_LISTENER=\"{}\"\nNET_LISTENER_IP={}\nNET_LISTENER_HOST=\"{}\"\nNET_CLIENT=\"{}\"\nNET_CLIENT_IP={}\nNET_CLIENT_HOST=\"{}\"\n",
         listener.name,
         listener.nics[0].ip,
         host(listener),
@@ -274,10 +291,13 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     phase("vmctl built", start);
 
     // 2. The lab: as declared, and with one VM's memory changed.
-    let lab_src = opts
-        .lab
-        .clone()
-        .unwrap_or_else(|| root.join("xtask/labs/two-debian.kdl"));
+    let lab_src = opts.lab.clone().unwrap_or_else(|| {
+        root.join(if opts.net_bench {
+            "xtask/labs/net-bench.kdl"
+        } else {
+            "xtask/labs/two-debian.kdl"
+        })
+    });
     let mut text = std::fs::read_to_string(&lab_src)
         .map_err(|e| format!("reading {}: {e}", lab_src.display()))?;
     // The lab's users log in with a key pair made for this run: `vmctl ssh`
@@ -467,7 +487,9 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         image_dir.join("initrd.img").display(),
         cmdline,
     );
-    let mode = if opts.boot_loop.is_some() {
+    let mode = if opts.net_bench {
+        "net-bench"
+    } else if opts.boot_loop.is_some() {
         "boot-loop"
     } else if opts.vmm_only {
         "vmm-only"
@@ -534,7 +556,9 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
             packages: &pkgs,
             vmctl: &vmctl,
             lab_dir: &lab_dir,
-            with_qemu: opts.boot_loop.is_some() && opts.boot_vmm != BootVmm::Vmctl,
+            with_qemu: (opts.boot_loop.is_some() && opts.boot_vmm != BootVmm::Vmctl)
+                || opts.net_bench,
+            with_iperf3: opts.net_bench,
             ssh_key: ssh_key.as_deref(),
         },
         &l1_initrd,
@@ -708,6 +732,40 @@ fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outc
 }
 
 /// `--boot-loop N`: boot one VM N times per VMM in one L1; print crash rates.
+/// `--net-bench`: boot L1 once, print the throughput table, keep it as
+/// `net-bench.json` beside the serial log.
+fn net_bench(p: &Prepared, opts: &Options) -> Result<bool, String> {
+    let L1Run {
+        res, serial_log, ..
+    } = boot_l1(p, opts, None)?;
+    let log = check::parse(&res.serial);
+    let samples = netbench::parse(&res.serial);
+    let rows = netbench::rows(&samples);
+    let (table, json) = netbench::report(&rows);
+    println!("\n{table}");
+    let out = p.work.join("net-bench.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&json).unwrap_or_default())
+        .map_err(|e| format!("writing {}: {e}", out.display()))?;
+    let failed: Vec<String> = log
+        .steps
+        .iter()
+        .filter(|s| s.rc != s.want)
+        .map(|s| s.line.clone())
+        .collect();
+    println!(
+        "nested-lab: net bench: {} samples; L1 ran {:.1} s; serial log: {}; results: {}",
+        samples.len(),
+        res.elapsed.as_secs_f64(),
+        serial_log.display(),
+        out.display()
+    );
+    for f in &failed {
+        println!("  failed step: {f}");
+    }
+    let complete = rows.iter().all(|r| r.vmctl.is_some() && r.qemu.is_some());
+    Ok(log.done && failed.is_empty() && complete)
+}
+
 fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
     let L1Run {
         res,
