@@ -464,7 +464,21 @@ fn host_routes_warn_a_declared_subnet_and_an_automatic_one_is_recorded() {
 #[test]
 fn two_diag_vms_on_a_network_reach_the_host_and_are_reached() {
     let Some(ns) = ready() else { return };
-    let lab = Lab::new(&ns, LAB);
+    // web starts after db, so its diag also pings db (a VM recorded on its
+    // network when it starts): VM to VM through the lab bridge.
+    let lab = Lab::new(
+        &ns,
+        &LAB.replace(
+            "vm \"web\" {\n    os \"diag\"\n",
+            "vm \"web\" {\n    os \"diag\"\n    depends-on \"db\"\n",
+        ),
+    );
+    assert!(
+        std::fs::read_to_string(lab.file())
+            .expect("lab file")
+            .contains("depends-on"),
+        "the lab file has web depend on db"
+    );
     lab.ok(&["apply", "--auto-approve"]);
     let state = lab.state();
     let web: Value = serde_json::from_str(
@@ -493,8 +507,13 @@ fn two_diag_vms_on_a_network_reach_the_host_and_are_reached() {
         let done = st["vms"].as_array().is_some_and(|vms| {
             vms.len() == 2
                 && vms.iter().all(|v| {
-                    let p = &v["guest"]["nics"][0]["pings"][0];
-                    p["echo_replies"].as_u64().is_some_and(|n| n >= 3)
+                    let pings = v["guest"]["nics"][0]["pings"].as_array();
+                    let want = if v["name"] == "web" { 2 } else { 1 };
+                    pings.is_some_and(|p| {
+                        p.len() == want
+                            && p.iter()
+                                .all(|p| p["echo_replies"].as_u64().is_some_and(|n| n >= 3))
+                    })
                 })
         });
         if done {
@@ -531,6 +550,19 @@ fn two_diag_vms_on_a_network_reach_the_host_and_are_reached() {
             "{name}: ARP answered by the bridge"
         );
         assert_eq!(p["bad_replies"], 0, "{name}: {p:#}");
+        if name == "web" {
+            // web → db: db's diag answered web's ARP with db's declared
+            // MAC and echoed web's payloads intact.
+            let db: Value = serde_json::from_str(
+                &std::fs::read_to_string(state.join("vms/db/vm.json")).expect("db's record"),
+            )
+            .expect("vm.json parses");
+            let p = &g["pings"][1];
+            assert_eq!(p["target"], "10.20.0.10", "{p:#}");
+            assert_eq!(p["mac"], db["spec"]["nics"][0]["mac"], "{p:#}");
+            assert_eq!(p["bad_replies"], 0, "{p:#}");
+            assert!(p["echo_replies"].as_u64().is_some_and(|n| n >= 3), "{p:#}");
+        }
         let nic = &v["nics"][0];
         assert_eq!(
             nic["tap"],

@@ -190,18 +190,29 @@ pub fn resolve_nics(state: &StateDir, spec: &VmSpec) -> Result<Vec<ResolvedNic>,
         .collect()
 }
 
+/// Most targets diag pings (docs/diag-guest.md).
+const DIAG_PING_TARGETS: usize = 4;
+
 /// The VM's NICs for its VMM and the diag guest's network arguments: each
-/// NIC's address with its network's prefix, and its networks' host
-/// addresses to ping (docs/diag-guest.md).
+/// NIC's address with its network's prefix, and what to ping: its
+/// networks' host addresses, then the addresses of the lab's other VMs on
+/// those networks that have a record when this one starts (a VM that
+/// `depends-on` another is started after it, so it pings it) — at most
+/// [`DIAG_PING_TARGETS`] (docs/diag-guest.md).
 fn nics(state: &StateDir, spec: &VmSpec) -> Result<(Vec<NicConfig>, String), ResolveError> {
     let resolved = resolve_nics(state, spec)?;
     if resolved.is_empty() {
         return Ok((Vec::new(), String::new()));
     }
-    let mut gateways: Vec<&str> = Vec::new();
+    let mut gateways: Vec<String> = Vec::new();
     for n in &resolved {
-        if !gateways.contains(&n.guest.host_address.as_str()) && gateways.len() < 4 {
-            gateways.push(&n.guest.host_address);
+        if !gateways.contains(&n.guest.host_address) && gateways.len() < DIAG_PING_TARGETS {
+            gateways.push(n.guest.host_address.clone());
+        }
+    }
+    for peer in peer_addresses(state, spec) {
+        if !gateways.contains(&peer) && gateways.len() < DIAG_PING_TARGETS {
+            gateways.push(peer);
         }
     }
     let addrs: Vec<&str> = resolved.iter().map(|n| n.guest.address.as_str()).collect();
@@ -219,6 +230,28 @@ fn nics(state: &StateDir, spec: &VmSpec) -> Result<(Vec<NicConfig>, String), Res
         })
         .collect();
     Ok((cfg, args))
+}
+
+/// The addresses of the other VMs recorded in `state` on the networks
+/// `spec` has a NIC on, in name order. Unreadable records are skipped:
+/// this only chooses what diag pings.
+fn peer_addresses(state: &StateDir, spec: &VmSpec) -> Vec<String> {
+    let networks: Vec<&str> = spec.nics.iter().map(|n| n.network.as_str()).collect();
+    let mut out = Vec::new();
+    for name in state.vm_names().unwrap_or_default() {
+        if name == spec.name {
+            continue;
+        }
+        let Ok(Some(rec)) = state.vm(&name).read_record_if_exists() else {
+            continue;
+        };
+        for nic in &rec.spec.nics {
+            if networks.contains(&nic.network.as_str()) {
+                out.push(nic.ip.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Resolve and write `machine.json` for the VM in `dir`.
@@ -303,6 +336,28 @@ mod tests {
         assert_eq!(
             cfg.cmdline,
             "console=ttyS0 vmctl.net=10.20.0.7/24 vmctl.ping=10.20.0.1"
+        );
+        // A VM already recorded on the same network is pinged too; one on
+        // another network is not.
+        for (name, network, ip) in [("db", "lab", [10, 20, 0, 9]), ("x", "other", [10, 9, 0, 2])] {
+            let mut peer = VmSpec::diag(name);
+            peer.nics.push(NicSpec {
+                network: network.into(),
+                ip: ip.into(),
+                mac: MacAddr([0x02, 0, 0, 0, 0, 9]),
+            });
+            let d = state.vm(name);
+            std::fs::create_dir_all(&d.path).unwrap();
+            d.write_record(&crate::state::Record::new(
+                peer,
+                crate::state::Desired::Running,
+            ))
+            .unwrap();
+        }
+        let cfg = machine_config(&state, &dir, &spec, None).unwrap();
+        assert_eq!(
+            cfg.cmdline,
+            "console=ttyS0 vmctl.net=10.20.0.7/24 vmctl.ping=10.20.0.1,10.20.0.9"
         );
     }
 
