@@ -141,9 +141,20 @@ impl RuntimeBackend {
     }
 }
 
+/// This host's RAM and CPUs: the planner refuses a VM that cannot fit.
+fn host_capacity() -> Option<vmctl_planner::HostCapacity> {
+    Some(vmctl_planner::HostCapacity {
+        memory_mib: vmctl_runtime::vmm::host::total_mib()?,
+        cpus: std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+            .unwrap_or(1),
+    })
+}
+
 impl Backend for RuntimeBackend {
     fn observe(&self) -> Result<ObservedState, BackendError> {
         let mut state = ObservedState::new();
+        state.host = host_capacity();
         for n in self.net.observe().map_err(net_err)? {
             state.insert_network(ObservedNetwork {
                 spec: n.spec,

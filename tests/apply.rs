@@ -166,6 +166,25 @@ fn apply_without_tty_or_auto_approve_refuses_and_changes_nothing() {
     assert!(!lab.state().join("vms/alpha").exists());
 }
 
+/// A VM that needs more RAM than this host has is refused at plan time,
+/// with both sizes, and nothing of it is created (no VMM that dies after
+/// its record was written).
+#[test]
+fn a_vm_bigger_than_the_host_is_refused_at_plan_time() {
+    let lab = Lab::new("vm \"huge\" {\n    os \"diag\"\n    memory \"64TiB\"\n}\n");
+    let plan = lab.ok(&["plan"]);
+    assert!(plan.contains("! huge create (refused)"), "{plan}");
+    assert!(
+        plan.contains("memory 64 TiB does not fit on this host, which has "),
+        "{plan}"
+    );
+    let out = lab.run(&["apply", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("huge: memory 64 TiB does not fit"), "{err}");
+    assert!(!lab.state().join("vms/huge").exists());
+}
+
 #[test]
 fn an_empty_file_never_destroys_everything() {
     if !kvm_available() {

@@ -51,7 +51,7 @@ pub use capabilities::{ActionKind, Disruption};
 pub use engine::{Event, Options, Outcome, SkipReason};
 pub use journal::{Journal, JournalEntry, JournalEvent};
 pub use observed::{
-    Capabilities, Desired, Live, LiveDisk, LiveNic, ObservedNetwork, ObservedState, ObservedVm,
-    Record, RunState,
+    Capabilities, Desired, HostCapacity, Live, LiveDisk, LiveNic, ObservedNetwork, ObservedState,
+    ObservedVm, Record, RunState,
 };
 pub use plan::{Action, Plan, PlanError, Resource, Summary, plan};

@@ -109,12 +109,25 @@ pub struct ObservedNetwork {
     pub present: bool,
 }
 
+/// What the host the VMs run on has, as far as planning depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    /// The host's RAM (`MemTotal` of /proc/meminfo), MiB.
+    pub memory_mib: u64,
+    /// CPUs this process may run on.
+    pub cpus: u32,
+}
+
 /// Everything observed, keyed by name (sorted, so output is deterministic).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObservedState {
     pub vms: BTreeMap<String, ObservedVm>,
     #[serde(default)]
     pub networks: BTreeMap<String, ObservedNetwork>,
+    /// The host's capacity (None: not known, e.g. an in-memory backend):
+    /// a VM whose boot memory exceeds the host's RAM is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostCapacity>,
 }
 
 impl ObservedState {

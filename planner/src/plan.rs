@@ -18,7 +18,7 @@ use vmctl_spec::{DesiredState, NetworkSpec, VmSpec};
 
 use crate::capabilities::{self, ActionKind, Attribute, Condition, Disruption};
 use crate::diff::{Change, diff_vm};
-use crate::observed::{Capabilities, ObservedState, ObservedVm, RunState};
+use crate::observed::{Capabilities, HostCapacity, ObservedState, ObservedVm, RunState};
 
 mod network;
 
@@ -327,8 +327,25 @@ pub fn plan(
 
     for spec in &desired.vms {
         match observed.get(&spec.name) {
-            None => plan_new(&mut b, spec, &wanted, observed, caps, &mut copies),
-            Some(ovm) => plan_existing(&mut b, spec, ovm, caps),
+            None => match too_big(spec, observed.host) {
+                // A VM that cannot fit on this host is not created (its
+                // VMM would fail to get the memory after the record was
+                // written).
+                Some(why) => {
+                    let kind = if spec.copy_from.is_some() {
+                        ActionKind::Copy
+                    } else {
+                        ActionKind::Create
+                    };
+                    let mut a = action(&spec.name, kind, Disruption::Refused);
+                    a.id.push_str(":refused");
+                    a.reason = Some(why);
+                    a.new = Some(spec.clone());
+                    b.push(a);
+                }
+                None => plan_new(&mut b, spec, &wanted, observed, caps, &mut copies),
+            },
+            Some(ovm) => plan_existing(&mut b, spec, ovm, caps, observed.host),
         }
     }
     for (name, ovm) in &observed.vms {
@@ -392,7 +409,27 @@ fn plan_new(
     }
 }
 
-fn plan_existing(b: &mut Builder, spec: &VmSpec, ovm: &ObservedVm, caps: &Capabilities) {
+/// Why `spec` cannot fit on `host`: its boot memory is more than the
+/// host's RAM. Memory across VMs may be overcommitted (guests touch their
+/// memory lazily), one VM bigger than the whole host may not.
+fn too_big(spec: &VmSpec, host: Option<HostCapacity>) -> Option<String> {
+    let host = host?;
+    (spec.memory_mib > host.memory_mib).then(|| {
+        format!(
+            "memory {} does not fit on this host, which has {} of RAM (MemTotal): refused",
+            crate::size::human_mib(spec.memory_mib),
+            crate::size::human_mib(host.memory_mib)
+        )
+    })
+}
+
+fn plan_existing(
+    b: &mut Builder,
+    spec: &VmSpec,
+    ovm: &ObservedVm,
+    caps: &Capabilities,
+    host: Option<HostCapacity>,
+) {
     let name = spec.name.as_str();
     let current = ovm.current();
     // A paused VM (a copy in flight) has its VMM: plan it as running.
@@ -402,7 +439,23 @@ fn plan_existing(b: &mut Builder, spec: &VmSpec, ovm: &ObservedVm, caps: &Capabi
     };
     let running = state == RunState::Running;
     let want_run = spec.autostart;
-    let (refused, effective): (Vec<Change>, Vec<Change>) = diff_vm(&current, spec, caps)
+    let mut changes = diff_vm(&current, spec, caps);
+    // More boot memory than the host has: the memory change is refused,
+    // and so is the rest of the VM's changes (a restart would boot the new
+    // memory), until the file asks for what fits.
+    if let Some(why) = too_big(spec, host)
+        && changes.iter().any(|c| c.attribute == Attribute::Memory)
+    {
+        for c in &mut changes {
+            c.disruption = Disruption::Refused;
+            c.reason = if c.attribute == Attribute::Memory {
+                why.clone()
+            } else {
+                format!("{}: refused with the memory change", c.reason)
+            };
+        }
+    }
+    let (refused, effective): (Vec<Change>, Vec<Change>) = changes
         .into_iter()
         .partition(|c| c.disruption == Disruption::Refused);
 

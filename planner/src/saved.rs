@@ -20,7 +20,8 @@ use serde_json::Value;
 use vmctl_spec::DesiredState;
 
 use crate::observed::{
-    Capabilities, Live, LiveDisk, ObservedNetwork, ObservedState, ObservedVm, Record, RunState,
+    Capabilities, HostCapacity, Live, LiveDisk, ObservedNetwork, ObservedState, ObservedVm, Record,
+    RunState,
 };
 use crate::plan::{Plan, PlanError};
 
@@ -68,6 +69,9 @@ pub struct Basis {
     /// applied and whether its bridge is there (docs/networking-hosts.md).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<String, ObservedNetwork>,
+    /// The host's capacity the plan was checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostCapacity>,
 }
 
 /// The image pin file: its path and the SHA-256 of its bytes (`null`: absent).
@@ -128,6 +132,7 @@ impl Basis {
             capabilities,
             vms,
             networks: observed.networks.clone(),
+            host: observed.host,
         }
     }
 
@@ -136,6 +141,7 @@ impl Basis {
     pub fn observed(&self) -> ObservedState {
         let mut o = ObservedState::new();
         o.networks = self.networks.clone();
+        o.host = self.host;
         for v in self.vms.values() {
             o.insert(ObservedVm {
                 record: v.record.clone(),

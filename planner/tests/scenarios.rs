@@ -873,3 +873,52 @@ fn network_subnet_changed_is_readdressed_before_its_vms_restart() {
     let ids: Vec<_> = p.actions.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["network:lab:replace", "db:restart", "web:restart"]);
 }
+
+/// A host of 4 GiB: a new VM of 6 GiB is refused (the rest of the lab is
+/// created); an existing VM asked to grow past the host is refused whole
+/// (a restart would boot the memory that does not fit), one that fits
+/// changes as usual.
+#[test]
+fn a_vm_bigger_than_the_host_is_refused() {
+    let host = vmctl_planner::HostCapacity {
+        memory_mib: 4096,
+        cpus: 2,
+    };
+    let big = vmctl_spec::VmSpec {
+        memory_mib: 6144,
+        max_memory_mib: 6144,
+        ..vm("big")
+    };
+    let mut o = ObservedState::new();
+    o.host = Some(host);
+    let p = snap(
+        "host_too_small_create",
+        &desired(vec![big, vm("small")]),
+        &o,
+        all(),
+    );
+    let refused: Vec<_> = p.actions.iter().filter(|a| a.is_refused()).collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].vm, "big");
+    assert!(p.executable().any(|a| a.vm == "small"));
+
+    let old = debian("db");
+    let grown = vmctl_spec::VmSpec {
+        memory_mib: 8192,
+        max_memory_mib: 8192,
+        cpus: 2,
+        ..old.clone()
+    };
+    let mut o = observed(&[(&old, RunState::Running)]);
+    o.host = Some(host);
+    let p = snap("host_too_small_grow", &desired(vec![grown]), &o, all());
+    assert_eq!(p.executable().count(), 0, "nothing of db runs");
+    assert!(p.actions.iter().all(|a| a.is_refused()));
+    let fits = vmctl_spec::VmSpec {
+        memory_mib: 2048,
+        ..old.clone()
+    };
+    let p = plan(&desired(vec![fits]), &o, &all()).unwrap();
+    assert!(p.actions.iter().all(|a| !a.is_refused()), "{p:?}");
+    assert_eq!(p.executable().count(), 1);
+}

@@ -38,6 +38,13 @@ pub fn available_mib(meminfo: &str, overcommit_mode: &str) -> Option<(u64, &'sta
     Some(((avail + swap) >> 10, "MemAvailable + SwapFree"))
 }
 
+/// The host's RAM in MiB (`MemTotal`), for plan-time checks: a VM bigger
+/// than this can never start here.
+pub fn total_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_kib(&meminfo, "MemTotal").map(|k| k >> 10)
+}
+
 /// Refuse `memory_mib` the host cannot back.
 pub fn check_memory(memory_mib: u64) -> Result<(), HostError> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
