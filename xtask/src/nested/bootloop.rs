@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use super::check::field;
+
 /// Which VMM(s) boot the guest in the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootVmm {
@@ -43,11 +45,6 @@ pub struct Boot {
     pub result: String,
     pub secs: u32,
     pub detail: String,
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Every `@@BOOT` marker in L1's serial log.

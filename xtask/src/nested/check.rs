@@ -56,7 +56,8 @@ pub struct Log {
     pub done: bool,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+/// The value of `key=value` among a marker line's words.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use super::check::field;
+
 use crate::bench::stats::{Stats, ratio};
 
 /// One `@@NETBENCH` marker.
@@ -16,11 +18,6 @@ pub struct Sample {
     pub vmm: String,
     pub path: String,
     pub mbits: f64,
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Every `@@NETBENCH` marker in L1's serial log (a run that failed prints
