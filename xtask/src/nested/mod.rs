@@ -762,7 +762,9 @@ fn net_bench(p: &Prepared, opts: &Options) -> Result<bool, String> {
     for f in &failed {
         println!("  failed step: {f}");
     }
-    let complete = rows.iter().all(|r| r.vmctl.is_some() && r.qemu.is_some());
+    let complete = rows
+        .iter()
+        .all(|r| r.vmctl.is_some() && r.qemu.is_some() && r.qemu_plain.is_some());
     Ok(log.done && failed.is_empty() && complete)
 }
 

@@ -2,8 +2,11 @@
 //! the same L1. L1's script runs iperf3 (`-f m`, one stream) over three
 //! paths — a VM to L1 (`vm-host`), L1 to a VM (`host-vm`) and VM to VM
 //! (`vm-vm`) — with the two guests under vmctl, then the same guests
-//! (live copies of their disks) under QEMU microvm, and prints one marker
-//! per run: `@@NETBENCH vmm=<vmctl|qemu> path=<path> n=<i> mbits=<f>`.
+//! (live copies of their disks) under QEMU microvm — once with its
+//! virtio-net as it comes (`qemu`: checksum/TSO offloads, mergeable RX
+//! buffers, event index) and once with those off (`qemu-plain`: the
+//! features vmctl's device offers) — and prints one marker per run:
+//! `@@NETBENCH vmm=<vmctl|qemu|qemu-plain> path=<path> n=<i> mbits=<f>`.
 //! Under TCG the absolute figures mean little; the ratio is the result.
 
 use std::collections::BTreeMap;
@@ -42,6 +45,7 @@ pub struct Row {
     pub path: String,
     pub vmctl: Option<Stats>,
     pub qemu: Option<Stats>,
+    pub qemu_plain: Option<Stats>,
 }
 
 pub fn rows(samples: &[Sample]) -> Vec<Row> {
@@ -56,6 +60,7 @@ pub fn rows(samples: &[Sample]) -> Vec<Row> {
             path: p.to_string(),
             vmctl: stat(p, "vmctl"),
             qemu: stat(p, "qemu"),
+            qemu_plain: stat(p, "qemu-plain"),
         })
         .collect()
 }
@@ -64,20 +69,26 @@ pub fn rows(samples: &[Sample]) -> Vec<Row> {
 pub fn report(rows: &[Row]) -> (String, serde_json::Value) {
     let cell = |s: &Option<Stats>| s.as_ref().map_or("—".into(), |s| s.cell(0));
     let mut text = String::from(
-        "| path | vmctl Mbit/s | QEMU microvm Mbit/s | vmctl / QEMU |\n|---|---|---|---|\n",
+        "| path | vmctl Mbit/s | QEMU microvm Mbit/s | vmctl / QEMU | QEMU, offloads off | vmctl / that |\n\
+         |---|---|---|---|---|---|\n",
     );
     let mut json = Vec::new();
+    let r2 = |x: Option<f64>| x.map_or("—".into(), |x| format!("{x:.2}"));
     for r in rows {
-        let ratio = ratio(r.vmctl.as_ref(), r.qemu.as_ref());
+        let ratio_qemu = ratio(r.vmctl.as_ref(), r.qemu.as_ref());
+        let ratio_plain = ratio(r.vmctl.as_ref(), r.qemu_plain.as_ref());
         text.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             r.path,
             cell(&r.vmctl),
             cell(&r.qemu),
-            ratio.map_or("—".into(), |x| format!("{x:.2}"))
+            r2(ratio_qemu),
+            cell(&r.qemu_plain),
+            r2(ratio_plain),
         ));
         json.push(serde_json::json!({
-            "path": r.path, "vmctl": r.vmctl, "qemu": r.qemu, "ratio": ratio,
+            "path": r.path, "vmctl": r.vmctl, "qemu": r.qemu, "qemu_plain": r.qemu_plain,
+            "ratio": ratio_qemu, "ratio_plain": ratio_plain,
         }));
     }
     (
