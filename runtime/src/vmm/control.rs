@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::serve::Vmm;
 use super::{CAPABILITIES, Outcome};
 use crate::api::protocol::{
-    DEFAULT_QUIESCE_RESUME_AFTER_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, NicStatus, Request,
+    DEFAULT_AGENT_TIMEOUT_MS, DEFAULT_QUIESCE_RESUME_AFTER_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, NicStatus, Request,
     Response, RunState, ShutdownResult, Status,
 };
 use crate::api::server::Pending;
@@ -65,6 +65,33 @@ impl Vmm {
         }
     }
 
+    /// Start an agent command: register it, then put its line into COM2's
+    /// receive FIFO — after a newline, which ends whatever partial line an
+    /// earlier command the guest did not finish reading left behind.
+    fn send_agent_command(
+        &mut self,
+        command: &serde_json::Value,
+        timeout: Duration,
+        reply: std::sync::mpsc::Sender<Response>,
+    ) {
+        let answer: crate::devices::agent::Answer = Box::new(move |r| {
+            let _ = reply.send(match r {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(e.to_string()),
+            });
+        });
+        let Some(line) = self.keep.agent.begin(command, timeout, answer) else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&line);
+        match self.machine.com2.lock() {
+            Ok(mut com2) => com2.send(&bytes),
+            Err(_) => self.keep.agent.fail("COM2's device is poisoned"),
+        }
+    }
+
     /// Answer one request; `Some` when the VMM must exit.
     pub(super) fn on_request(&mut self, p: Pending) -> Option<Outcome> {
         // A quiesced VM's disks must not change until its thaw.
@@ -120,6 +147,16 @@ impl Vmm {
             }
             Request::HotAddMemory { memory_mib } => {
                 self.start_memory_add(memory_mib, p);
+                return None;
+            }
+            Request::Agent {
+                command,
+                timeout_ms,
+            } => {
+                // Answered by the guest's reply (on a vCPU thread) or by
+                // the loop's timeout (`expire_agent`).
+                let timeout = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_AGENT_TIMEOUT_MS));
+                self.send_agent_command(&command, timeout, p.reply);
                 return None;
             }
             Request::Shutdown { timeout_ms } => {
