@@ -139,11 +139,7 @@ impl AgentLink {
         let id = obj.get("id").and_then(Value::as_u64);
         let mut st = self.state();
         let matches = id.is_some() && st.outstanding.as_ref().map(|o| o.id) == id;
-        let taken = if matches {
-            st.outstanding.take()
-        } else {
-            None
-        };
+        let taken = if matches { st.outstanding.take() } else { None };
         drop(st);
         let Some(o) = taken else {
             tracing::debug!(?id, "agent reply to no outstanding command dropped");
@@ -249,7 +245,10 @@ mod tests {
         assert!(rx.try_recv().is_err());
         assert!(link.deadline().is_some());
         link.reply(obj(json!({"id":1,"ok":true,"seq":4})), 24);
-        assert_eq!(rx.try_recv().unwrap(), Ok(json!({"id":1,"ok":true,"seq":4})));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Ok(json!({"id":1,"ok":true,"seq":4}))
+        );
         assert!(link.deadline().is_none(), "nothing outstanding");
         // A duplicate of the same reply is dropped.
         link.reply(obj(json!({"id":1,"ok":true})), 12);
@@ -279,7 +278,10 @@ mod tests {
     fn a_bad_command_is_answered_at_once_and_takes_no_slot() {
         let link = AgentLink::default();
         let (a, rx) = answer();
-        assert!(link.begin(&json!("ping"), Duration::from_secs(5), a).is_none());
+        assert!(
+            link.begin(&json!("ping"), Duration::from_secs(5), a)
+                .is_none()
+        );
         assert_eq!(rx.try_recv().unwrap(), Err(AgentError::NotACommand));
         assert!(link.deadline().is_none());
     }

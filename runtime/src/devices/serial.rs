@@ -397,10 +397,7 @@ mod tests {
             Ok(serde_json::json!({"id":1,"ok":true,"seq":5}))
         );
         // Neither reply became the report.
-        assert_eq!(
-            *report.lock().unwrap(),
-            Some(serde_json::json!({"seq":6}))
-        );
+        assert_eq!(*report.lock().unwrap(), Some(serde_json::json!({"seq":6})));
     }
 
     /// Input longer than the 64-byte receive FIFO reaches the guest whole,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::serve::Vmm;
 use super::{CAPABILITIES, Outcome};
 use crate::api::protocol::{
-    DEFAULT_AGENT_TIMEOUT_MS, DEFAULT_QUIESCE_RESUME_AFTER_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, NicStatus, Request,
-    Response, RunState, ShutdownResult, Status,
+    DEFAULT_AGENT_TIMEOUT_MS, DEFAULT_QUIESCE_RESUME_AFTER_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS,
+    DiskStatus, NicStatus, Request, Response, RunState, ShutdownResult, Status,
 };
 use crate::api::server::Pending;
 

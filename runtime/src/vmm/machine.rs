@@ -22,10 +22,10 @@ use super::boot::{self, BootError, BootImage};
 use super::config::MachineConfig;
 use super::irq;
 use crate::arch::x86_64::layout;
+use crate::devices::agent::AgentLink;
 use crate::devices::legacy::cpu_hotplug::{CpuHotplug, CpuHotplugError};
 use crate::devices::legacy::memory_hotplug::{MemoryHotplug, MemoryHotplugError};
 use crate::devices::legacy::{GedDevice, I8042Device, PowerDevice, ged::GedEvents, i8042, power};
-use crate::devices::agent::AgentLink;
 use crate::devices::serial::{
     AgentChannel, ConsoleOutput, GuestReport, RotatingLog, SerialDevice, SerialIrq,
 };
