@@ -14,6 +14,14 @@ use vmctl_runtime::api::client::ClientError;
 
 const VM: &str = "vm \"a\" {\n    os \"diag\"\n    cpus 2\n    memory \"64MiB\"\n}\n";
 
+/// `vmctl backup a -o DIR --json`, its stdout parsed.
+fn backup_json(lab: &Lab, dir: &std::path::Path) -> serde_json::Value {
+    let out = lab.run(&["backup", "a", "-o", dir.to_str().expect("utf-8"), "--json"]);
+    assert!(out.status.success(), "backup failed:\n{}", text(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json parses: {e}\n{}", text(&out)))
+}
+
 fn client(lab: &Lab) -> ApiClient {
     ApiClient::new(lab.state().join("vms/a/api.sock"))
 }
@@ -88,4 +96,60 @@ fn a_command_reaches_diag_and_its_own_answer_comes_back() {
     let status = lab.vm("a");
     assert_eq!(status["guest"]["agent"], "diag", "{status}");
     assert!(status["guest"].get("id").is_none(), "{status}");
+}
+
+/// A backup of a running VM whose agent offers `freeze` asks for it and
+/// thaws afterwards; diag freezes nothing (it has no filesystem), so the
+/// backup says it is crash-consistent and why — in its output, its
+/// `--json` and its manifest — and the guest counted both commands.
+#[test]
+fn a_backup_asks_the_agent_to_freeze_and_thaw_and_states_the_level_it_reached() {
+    if !kvm_available() {
+        return;
+    }
+    let lab = Lab::new(&VM.replace("memory", "disk \"data\" size=\"1MiB\"\n    memory"));
+    lab.ok(&["apply", "--auto-approve"]);
+    lab.wait_vm("a", "a report listing its commands", |v| {
+        v["guest"]["commands"].is_array()
+    });
+    let bk = lab.dir.path().join("bk");
+    let out = lab.ok(&["backup", "a", "-o", bk.to_str().expect("utf-8")]);
+    assert!(
+        out.contains("for a crash-consistent copy"),
+        "the level is stated:\n{out}"
+    );
+    assert!(
+        out.contains("Not filesystem-consistent: the guest agent froze no filesystem."),
+        "and why:\n{out}"
+    );
+    // The guest saw the freeze and the thaw (this ping is its third command).
+    let pong = client(&lab)
+        .agent(json!({"cmd":"ping"}), Duration::from_secs(10))
+        .expect("ping");
+    assert_eq!(pong["handled"], 3, "freeze, thaw, ping: {pong}");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bk.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(manifest["consistency"], "crash-consistent", "{manifest:#}");
+    assert_eq!(manifest["frozen"], json!([]), "{manifest:#}");
+    assert_eq!(
+        manifest["consistency_note"], "the guest agent froze no filesystem",
+        "{manifest:#}"
+    );
+    let bk2 = lab.dir.path().join("bk2");
+    let v = backup_json(&lab, &bk2);
+    assert_eq!(v["consistency"], "crash-consistent", "{v:#}");
+    assert!(v["format_version"].is_string(), "{v:#}");
+
+    // A stopped VM's copy is `offline`: nothing is asked of any agent.
+    lab.write(&VM.replace(
+        "memory",
+        "disk \"data\" size=\"1MiB\"\n    autostart #false\n    memory",
+    ));
+    lab.ok(&["apply", "--auto-approve"]);
+    let bk3 = lab.dir.path().join("bk3");
+    let v = backup_json(&lab, &bk3);
+    assert_eq!(v["consistency"], "offline", "{v:#}");
+    assert_eq!(v["live"], false, "{v:#}");
 }
