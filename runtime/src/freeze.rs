@@ -7,9 +7,12 @@
 //! instead of only *crash-consistent*.
 //!
 //! The agent's replies are hostile input: only a reply with `"ok":true` and
-//! a `frozen` list of at most [`MAX_FROZEN`] short strings counts, and the
-//! level is claimed only when the thaw reply shows the same filesystems
-//! were still frozen (not thawed meanwhile by the agent's own watchdog).
+//! a `frozen` list of at most [`MAX_FROZEN`] short strings counts. The
+//! agent thaws by itself `thaw_after_s` after it received the freeze (its
+//! watchdog, in case vmctl dies), so the level is claimed only when the VM
+//! was paused sooner than that after vmctl *sent* the freeze: then the
+//! filesystems were frozen at the pause instant, whatever the watchdog did
+//! after the VM resumed (a long pause lets the guest's clock jump past it).
 //! An agent that does not answer within [`AGENT_WAIT`] costs that long and
 //! the copy goes on crash-consistent, saying why. Whatever happens after a
 //! freeze was asked — a failed quiesce, a failed copy — the thaw is sent
@@ -118,10 +121,26 @@ pub fn frozen_from(reply: &Value) -> Result<Vec<String>, String> {
     Ok(frozen)
 }
 
-/// The level reached, from what was frozen and the `thaw` reply: the
-/// filesystems must have been frozen until the thaw (the agent thaws by
-/// itself after a while, and then its thaw lists nothing).
-pub fn judge(frozen: Result<Vec<String>, String>, thaw: Result<Value, String>) -> Outcome {
+/// How long the agent keeps a freeze without a thaw, from its `freeze`
+/// reply's `thaw_after_s` (1 s .. 1 h; [`AGENT_WAIT`] if it gives none).
+pub fn thaw_after(reply: &Value) -> Duration {
+    reply
+        .get("thaw_after_s")
+        .and_then(Value::as_u64)
+        .map_or(AGENT_WAIT, |s| Duration::from_secs(s.clamp(1, 3600)))
+}
+
+/// The level reached: `frozen` is what the freeze reply froze, `held` the
+/// time from sending the freeze to the VM being paused (`None`: it was not
+/// paused), `limit` the agent's own freeze deadline. The thaw's outcome
+/// does not change the level (the filesystems were frozen at the pause);
+/// an unconfirmed thaw is logged — the agent's watchdog thaws anyway.
+pub fn judge(
+    frozen: Result<Vec<String>, String>,
+    held: Option<Duration>,
+    limit: Duration,
+    thaw: Result<Value, String>,
+) -> Outcome {
     let crash = |note: String| Outcome {
         consistency: Consistency::CrashConsistent,
         frozen: Vec::new(),
@@ -131,18 +150,24 @@ pub fn judge(frozen: Result<Vec<String>, String>, thaw: Result<Value, String>) -
         Ok(f) => f,
         Err(note) => return crash(note),
     };
-    let thawed = match thaw.and_then(|t| listed(&t, "thawed")) {
-        Ok(t) => t,
-        Err(e) => return crash(format!("the thaw was not confirmed: {e}")),
+    match thaw.and_then(|t| listed(&t, "thawed")) {
+        Ok(t) if t.is_empty() => {
+            tracing::info!("the guest agent had thawed by itself before vmctl's thaw")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "guest thaw not confirmed (the agent thaws by itself)")
+        }
+    }
+    let Some(held) = held else {
+        return crash("the VM was not paused".into());
     };
-    let mut a = frozen.clone();
-    let mut b = thawed;
-    a.sort();
-    b.sort();
-    if a != b {
-        return crash(
-            "the guest agent's freeze ended before its thaw (its own deadline): the filesystems may not have been frozen at the pause".into(),
-        );
+    if held >= limit {
+        return crash(format!(
+            "the pause came {} ms after the freeze was asked, not within the guest agent's {} s freeze deadline: its filesystems may have been thawed by then",
+            held.as_millis(),
+            limit.as_secs()
+        ));
     }
     Outcome {
         consistency: Consistency::FilesystemConsistent,
@@ -158,20 +183,33 @@ pub struct GuestFreeze<'a> {
     /// `None`: no freeze was asked (the note says why).
     frozen: Option<Result<Vec<String>, String>>,
     note: Option<String>,
+    asked: std::time::Instant,
+    limit: Duration,
+    /// From asking the freeze to the VM paused.
+    held: Option<Duration>,
 }
 
 impl<'a> GuestFreeze<'a> {
     /// Ask the agent to freeze if its report says it can.
     pub fn begin(client: &'a ApiClient, report: Option<&Value>) -> Self {
+        let asked = std::time::Instant::now();
+        let mut freeze = GuestFreeze {
+            client,
+            frozen: None,
+            note: None,
+            asked,
+            limit: AGENT_WAIT,
+            held: None,
+        };
         if !offers_freeze(report) {
-            return GuestFreeze {
-                client,
-                frozen: None,
-                note: Some("the guest agent does not offer freeze".into()),
-            };
+            freeze.note = Some("the guest agent does not offer freeze".into());
+            return freeze;
         }
         let frozen = match client.agent(json!({"cmd":"freeze"}), AGENT_WAIT) {
-            Ok(reply) => frozen_from(&reply),
+            Ok(reply) => {
+                freeze.limit = thaw_after(&reply);
+                frozen_from(&reply)
+            }
             Err(e) => Err(format!("freeze: {e}")),
         };
         match &frozen {
@@ -180,11 +218,13 @@ impl<'a> GuestFreeze<'a> {
                 tracing::info!(why = %e, "no filesystem freeze: the copy is crash-consistent")
             }
         }
-        GuestFreeze {
-            client,
-            frozen: Some(frozen),
-            note: None,
-        }
+        freeze.frozen = Some(frozen);
+        freeze
+    }
+
+    /// The VM is paused (quiesced) now.
+    pub fn paused(&mut self) {
+        self.held = Some(self.asked.elapsed());
     }
 
     fn send_thaw(&mut self) -> Option<(Result<Vec<String>, String>, Result<Value, String>)> {
@@ -195,16 +235,13 @@ impl<'a> GuestFreeze<'a> {
             .client
             .agent(json!({"cmd":"thaw"}), AGENT_WAIT)
             .map_err(|e| e.to_string());
-        if let Err(e) = &thaw {
-            tracing::warn!(error = %e, "guest thaw not confirmed (the agent thaws by itself)");
-        }
         Some((frozen, thaw))
     }
 
     /// Thaw (after the VM resumed) and say what level the copy reached.
     pub fn thaw(mut self) -> Outcome {
         match self.send_thaw() {
-            Some((frozen, thaw)) => judge(frozen, thaw),
+            Some((frozen, thaw)) => judge(frozen, self.held, self.limit, thaw),
             None => Outcome {
                 consistency: Consistency::CrashConsistent,
                 frozen: Vec::new(),
@@ -216,7 +253,9 @@ impl<'a> GuestFreeze<'a> {
 
 impl Drop for GuestFreeze<'_> {
     fn drop(&mut self) {
-        let _ = self.send_thaw();
+        if let Some((_, Err(e))) = self.send_thaw() {
+            tracing::warn!(error = %e, "guest thaw not confirmed (the agent thaws by itself)");
+        }
     }
 }
 
@@ -262,27 +301,35 @@ mod tests {
     }
 
     #[test]
-    fn the_level_needs_the_same_filesystems_thawed() {
+    fn the_level_needs_the_pause_within_the_agents_freeze_deadline() {
         let frozen = || Ok(vec!["/data".to_string(), "/".to_string()]);
-        let ok = judge(
-            frozen(),
-            Ok(json!({"id":2,"ok":true,"thawed":["/","/data"]})),
-        );
+        let limit = Duration::from_secs(10);
+        let soon = Some(Duration::from_millis(40));
+        let thawed = || Ok(json!({"id":2,"ok":true,"thawed":["/","/data"]}));
+        let ok = judge(frozen(), soon, limit, thawed());
         assert_eq!(ok.consistency, Consistency::FilesystemConsistent);
         assert_eq!(ok.frozen, ["/data", "/"]);
         assert_eq!(ok.note, None);
-
-        // The watchdog thawed first: the agent's thaw lists nothing.
-        let late = judge(frozen(), Ok(json!({"id":2,"ok":true,"thawed":[]})));
+        // Frozen at the pause: what the thaw says afterwards (the watchdog
+        // was first, no answer) does not change that.
+        for thaw in [
+            Ok(json!({"id":2,"ok":true,"thawed":[]})),
+            Err("no reply within 10000 ms".to_string()),
+        ] {
+            let o = judge(frozen(), soon, limit, thaw);
+            assert_eq!(o.consistency, Consistency::FilesystemConsistent);
+        }
+        // Paused too late: the watchdog may have thawed before the pause.
+        let late = judge(frozen(), Some(limit), limit, thawed());
         assert_eq!(late.consistency, Consistency::CrashConsistent);
-        assert!(late.note.unwrap().contains("own deadline"));
-        // No thaw answer.
-        let lost = judge(frozen(), Err("no reply within 10000 ms".into()));
-        assert_eq!(lost.consistency, Consistency::CrashConsistent);
-        assert!(lost.note.unwrap().contains("not confirmed"));
+        assert!(late.note.unwrap().contains("freeze deadline"));
+        let unpaused = judge(frozen(), None, limit, thawed());
+        assert_eq!(unpaused.consistency, Consistency::CrashConsistent);
         // No freeze: its reason is the note, whatever the thaw says.
         let none = judge(
             Err("the guest agent froze no filesystem".into()),
+            soon,
+            limit,
             Ok(json!({"id":2,"ok":true,"thawed":[]})),
         );
         assert_eq!(none.consistency, Consistency::CrashConsistent);
@@ -291,6 +338,24 @@ mod tests {
             Some("the guest agent froze no filesystem")
         );
         assert!(none.frozen.is_empty());
+    }
+
+    #[test]
+    fn the_agents_deadline_is_read_and_bounded() {
+        assert_eq!(
+            thaw_after(&json!({"thaw_after_s":10})),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            thaw_after(&json!({"thaw_after_s":0})),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            thaw_after(&json!({"thaw_after_s":u64::MAX})),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(thaw_after(&json!({"thaw_after_s":"10"})), AGENT_WAIT);
+        assert_eq!(thaw_after(&json!({})), AGENT_WAIT);
     }
 
     #[test]

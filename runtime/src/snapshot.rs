@@ -98,7 +98,7 @@ impl Runtime {
         // thawed in the reverse order, also on every error path below
         // (GuestFreeze's drop).
         let report = obs.status.as_ref().and_then(|s| s.guest.as_ref());
-        let freeze = live.then(|| GuestFreeze::begin(&client, report));
+        let mut freeze = live.then(|| GuestFreeze::begin(&client, report));
         let quiesced = if live {
             let froms: Vec<PathBuf> = pairs.iter().map(|(_, f, _)| f.clone()).collect();
             Some(
@@ -109,6 +109,9 @@ impl Runtime {
         } else {
             None
         };
+        if let Some(f) = &mut freeze {
+            f.paused();
+        }
         // While paused: only the copies (a reflink is one ioctl).
         let mut copied = Vec::with_capacity(pairs.len());
         let mut failure = None;
