@@ -176,12 +176,15 @@ pub fn judge(
     }
 }
 
+/// What a freeze froze, or why nothing counts.
+type Frozen = Result<Vec<String>, String>;
+
 /// A freeze asked of the guest agent, thawed exactly once: by
 /// [`GuestFreeze::thaw`], or on drop (an error path).
 pub struct GuestFreeze<'a> {
     client: &'a ApiClient,
     /// `None`: no freeze was asked (the note says why).
-    frozen: Option<Result<Vec<String>, String>>,
+    frozen: Option<Frozen>,
     note: Option<String>,
     asked: std::time::Instant,
     limit: Duration,
@@ -227,7 +230,7 @@ impl<'a> GuestFreeze<'a> {
         self.held = Some(self.asked.elapsed());
     }
 
-    fn send_thaw(&mut self) -> Option<(Result<Vec<String>, String>, Result<Value, String>)> {
+    fn send_thaw(&mut self) -> Option<(Frozen, Result<Value, String>)> {
         let frozen = self.frozen.take()?;
         // Sent even when the freeze failed or timed out: the agent may have
         // frozen something after all.

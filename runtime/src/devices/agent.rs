@@ -110,7 +110,7 @@ impl AgentLink {
     /// Answer the outstanding command with a timeout if its deadline passed.
     pub fn expire(&self, now: Instant) {
         let mut st = self.state();
-        if !st.outstanding.as_ref().is_some_and(|o| now >= o.deadline) {
+        if st.outstanding.as_ref().is_none_or(|o| now < o.deadline) {
             return;
         }
         if let Some(o) = st.outstanding.take() {
