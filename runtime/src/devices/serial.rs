@@ -56,8 +56,9 @@ impl<W: Write + Send> SerialDevice<W> {
     }
 
     /// Send `bytes` to the guest whole: what does not fit the receive FIFO
-    /// now is kept and fed in as the guest reads. Bounded: input the guest
-    /// never read is dropped (oldest first) rather than kept growing.
+    /// now is kept and fed in as the guest reads. Bounded: when the new
+    /// bytes would take the backlog past [`MAX_PENDING_INPUT`], the backlog
+    /// the guest never read is dropped first.
     pub fn send(&mut self, bytes: &[u8]) {
         if self.pending.len() + bytes.len() > MAX_PENDING_INPUT {
             tracing::debug!(
