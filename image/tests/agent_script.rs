@@ -91,13 +91,50 @@ true
         "one freeze per filesystem, root frozen last and thawed first"
     );
     let expect = serde_json::json!([
-        {"id":7,"ok":true,"frozen":["/data","/"],"thaw_after_s":10},
-        {"id":8,"ok":true,"agent":"debian-12","nonce":"n\"1","seq":0,"frozen":["/data","/"]},
+        {"id":7,"ok":true,"frozen":["/data","/"],"thaw_after_s":20},
+        {"id":8,"ok":true,"agent":"debian-12","nonce":"n\"1","frozen":["/data","/"]},
         {"id":9,"ok":true,"thawed":["/data","/"]},
         {"id":10,"ok":true,"thawed":[]},
         {"id":11,"ok":false,"error":"unknown command"},
     ]);
     assert_eq!(serde_json::Value::Array(replies), expect);
+    // Every reply is on the console too.
+    let console = std::fs::read_to_string(dir.path().join("console")).unwrap();
+    assert_eq!(
+        console.matches("vmctl-agent: reply {\"id\":").count(),
+        5,
+        "{console}"
+    );
+}
+
+/// Lines read one by one (as command_loop reads fd 3) are answered in
+/// order; blank and non-command lines get no answer.
+#[test]
+fn command_lines_are_answered_in_order_and_noise_is_ignored() {
+    assert!(jq_available(), "jq is needed (.ci/run installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("commands"),
+        "\n{\"id\":1,\"cmd\":\"ping\"}\nnoise\n{\"id\":2,\"cmd\":\"freeze\"}\n{\"id\":3,\"cmd\":\"thaw\"}\n",
+    )
+    .unwrap();
+    let (replies, calls) = run(
+        dir.path(),
+        r#"
+# fd 3 reads the commands (and replies go to a file): EOF ends the read,
+# so one pass of the loop body per line.
+exec 4>>$D/replies
+reply() { printf '%s\n' "$1" >&4; }
+exec 3<$D/commands
+while IFS= read -r -u 3 line; do handle_command "$line"; done
+kill $(jobs -p) 2>/dev/null
+true
+"#,
+    );
+    let ids: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(replies[2]["thawed"], serde_json::json!(["/data", "/"]));
+    assert_eq!(calls, ["-f /data", "-f /", "-u /", "-u /data"]);
 }
 
 #[test]
@@ -117,6 +154,7 @@ handle_command '{"id":1,"cmd":"freeze"}'
     assert!(!dir.path().join("frozen").exists(), "the freeze ended");
     let console = std::fs::read_to_string(dir.path().join("console")).unwrap();
     assert!(console.contains("no thaw within 1 s: thawed"), "{console}");
+    assert!(console.contains("\"thaw_after_s\":1"), "{console}");
 }
 
 #[test]
@@ -137,5 +175,7 @@ true
         replies,
         [serde_json::json!({"id":3,"ok":false,"error":"fsfreeze -f / failed","frozen":[]})]
     );
+    let console = std::fs::read_to_string(dir.path().join("console")).unwrap();
+    assert!(console.contains("fsfreeze -f / failed"), "{console}");
     assert_eq!(calls, ["-f /data", "-f /", "-u /", "-u /data"]);
 }

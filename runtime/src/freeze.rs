@@ -24,8 +24,27 @@ use serde_json::{Value, json};
 
 use crate::api::ApiClient;
 
-/// How long vmctl waits for the agent's answer to `freeze` and to `thaw`.
+/// How long vmctl waits for the agent's answer to `freeze` and to `thaw`
+/// ([`agent_wait`]), and the freeze deadline assumed of an agent that
+/// does not state its own.
 pub const AGENT_WAIT: Duration = Duration::from_secs(10);
+
+/// `VMCTL_AGENT_WAIT_MS` overrides [`AGENT_WAIT`] (100 ms .. 60 s) for
+/// slow guests — an emulated nested lab answers in seconds, not ms.
+pub const AGENT_WAIT_ENV: &str = "VMCTL_AGENT_WAIT_MS";
+
+/// How long to wait for each agent answer here.
+pub fn agent_wait() -> Duration {
+    parse_wait(std::env::var(AGENT_WAIT_ENV).ok().as_deref())
+}
+
+fn parse_wait(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(AGENT_WAIT, |ms| {
+            Duration::from_millis(ms.clamp(100, 60_000))
+        })
+}
 
 /// Most filesystems taken from one `frozen` list.
 pub const MAX_FROZEN: usize = 64;
@@ -208,7 +227,7 @@ impl<'a> GuestFreeze<'a> {
             freeze.note = Some("the guest agent does not offer freeze".into());
             return freeze;
         }
-        let frozen = match client.agent(json!({"cmd":"freeze"}), AGENT_WAIT) {
+        let frozen = match client.agent(json!({"cmd":"freeze"}), agent_wait()) {
             Ok(reply) => {
                 freeze.limit = thaw_after(&reply);
                 frozen_from(&reply)
@@ -236,7 +255,7 @@ impl<'a> GuestFreeze<'a> {
         // frozen something after all.
         let thaw = self
             .client
-            .agent(json!({"cmd":"thaw"}), AGENT_WAIT)
+            .agent(json!({"cmd":"thaw"}), agent_wait())
             .map_err(|e| e.to_string());
         Some((frozen, thaw))
     }
@@ -359,6 +378,15 @@ mod tests {
         );
         assert_eq!(thaw_after(&json!({"thaw_after_s":"10"})), AGENT_WAIT);
         assert_eq!(thaw_after(&json!({})), AGENT_WAIT);
+    }
+
+    #[test]
+    fn the_wait_can_be_set_within_bounds() {
+        assert_eq!(parse_wait(None), AGENT_WAIT);
+        assert_eq!(parse_wait(Some("60000")), Duration::from_secs(60));
+        assert_eq!(parse_wait(Some("999999")), Duration::from_secs(60));
+        assert_eq!(parse_wait(Some("1")), Duration::from_millis(100));
+        assert_eq!(parse_wait(Some("ten")), AGENT_WAIT);
     }
 
     #[test]

@@ -11,7 +11,8 @@ backup_check() {
     rm -rf "$out"
     pid=$(cat "/lab/.vmctl/vms/$vm/vmm.pid" 2>/dev/null)
     say "@@STEP-BEGIN backup-live: vmctl backup $vm -o $out --json"
-    vmctl backup "$vm" -o "$out" --json > /tmp/backup.json 2> /tmp/backup.err
+    # L2 runs under TCG: the agent answers in seconds, not milliseconds.
+    VMCTL_AGENT_WAIT_MS=60000 vmctl backup "$vm" -o "$out" --json > /tmp/backup.json 2> /tmp/backup.err
     rc=$?
     sed 's/^/  | /' /tmp/backup.json | tail -n 40
     sed 's/^/  | /' /tmp/backup.err | tail -n 20
@@ -22,8 +23,12 @@ backup_check() {
     level=$(echo "$flat" | sed -n 's/.*"consistency": *"\([a-z-]*\)".*/\1/p')
     frozen=$(echo "$flat" | sed -n 's/.*"frozen": *\(\[[^]]*\]\).*/\1/p' | tr -d ' ')
     paused=$(echo "$flat" | sed -n 's/.*"paused_us": *\([0-9]*\).*/\1/p')
+    note=$(echo "$flat" | sed -n 's/.*"consistency_note": *"\([^"]*\)".*/\1/p')
     if [ "$level" = filesystem-consistent ] && echo "$frozen" | grep -q '"/"'; then rc=0; else rc=1; FAILED=1; fi
-    say "@@NESTED step=backup-filesystem-consistent rc=$rc want=0 level=$level frozen=$frozen paused_us=$paused"
+    say "@@NESTED step=backup-filesystem-consistent rc=$rc want=0 level=$level frozen=$frozen paused_us=$paused note=$note"
+    # What the agent answered (it echoes every reply on the console).
+    grep "vmctl-agent: reply\|vmctl-agent: no thaw" "/lab/.vmctl/vms/$vm/console.log" | tail -n 6 \
+        | sed "s|^|@@LOG $vm console.log: |"
     img=$out/root.raw
     features=$(debugfs -R stats "$img" 2>/dev/null | grep -i '^Filesystem features:')
     say "  | $features"
@@ -34,10 +39,10 @@ backup_check() {
     sed 's/^/  | /' /tmp/fsck.out | tail -n 20
     [ "$rc" = 0 ] || FAILED=1
     say "@@NESTED step=backup-fsck-clean rc=$rc want=0"
-    # Who thawed: vmctl's thaw, or the agent's 10 s watchdog (after a pause
+    # Who thawed: vmctl's thaw, or the agent's 20 s watchdog (after a pause
     # longer than that the guest's clock jumps and the watchdog may be
     # first; the level is the same). Informational.
-    sleep 12
+    sleep 22
     if grep -q "no thaw within" "/lab/.vmctl/vms/$vm/console.log"; then by=watchdog; else by=vmctl; fi
     say "@@BACKUP vm=$vm thawed_by=$by paused_us=$paused"
     rm -rf "$out"
