@@ -282,6 +282,8 @@ impl Backend for RuntimeBackend {
                 .iter()
                 .map(|d| d.method.as_str().to_string())
                 .collect(),
+            consistency: snap.consistency.as_str().to_string(),
+            consistency_note: snap.consistency_note,
         })
     }
 

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The disks are taken with [`vmctl_runtime::Runtime::snapshot_disks`]: a
-//! running VM is paused for the copy, not stopped (crash-consistent). A
+//! running VM is paused for the copy, not stopped (crash-consistent, or
+//! filesystem-consistent when its guest agent froze its filesystems). A
 //! bundle is hostile input when read back: every file name is checked to be
 //! a plain name inside the bundle, every hash and size is verified before
 //! anything is created.
@@ -44,6 +45,17 @@ pub struct Manifest {
     /// Of which: parking its vCPUs, draining and flushing its disks.
     #[serde(default)]
     pub quiesce_us: Option<u64>,
+    /// `filesystem-consistent`, `crash-consistent` or `offline`
+    /// (docs/disks.md, "Consistency levels"); empty in bundles written
+    /// before it was recorded.
+    #[serde(default)]
+    pub consistency: String,
+    /// The guest filesystems frozen over the pause.
+    #[serde(default)]
+    pub frozen: Vec<String>,
+    /// Why a live copy is only crash-consistent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_note: Option<String>,
     /// The KDL file beside the manifest.
     pub kdl: String,
     pub disks: Vec<BundleDisk>,
@@ -269,6 +281,9 @@ fn write_into(
         live: snap.live,
         paused_us: snap.paused_us,
         quiesce_us: snap.quiesce_us,
+        consistency: snap.consistency.as_str().to_string(),
+        frozen: snap.frozen.clone(),
+        consistency_note: snap.consistency_note.clone(),
         kdl: KDL.to_string(),
         disks,
     };

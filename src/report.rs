@@ -165,7 +165,7 @@ impl Reporter {
                     Mode::Json => {
                         let mut line = json!({"event":"finished","action":action.id,"vm":action.vm,"resource":action.resource,"kind":action.kind.label(),"duration_ms":duration.as_millis() as u64,"ts_ms":ts});
                         if let Some(c) = copy {
-                            line["copy"] = json!({"live":c.live,"paused_us":c.paused_us,"methods":c.methods});
+                            line["copy"] = json!({"live":c.live,"paused_us":c.paused_us,"methods":c.methods,"consistency":c.consistency,"consistency_note":c.consistency_note});
                         }
                         self.json_line(line)
                     }
@@ -214,9 +214,14 @@ fn copy_note(c: &vmctl_planner::CopyReport, source: Option<&str>) -> String {
     } else {
         c.methods.join(", ")
     };
+    let level = match (c.consistency.as_str(), &c.consistency_note) {
+        ("", _) => String::new(),
+        (level, Some(why)) => format!("; {level}: {why}"),
+        (level, None) => format!("; {level}"),
+    };
     match c.paused_us {
         Some(us) => format!(
-            "; source {source} paused {:.1} ms, not stopped ({methods})",
+            "; source {source} paused {:.1} ms, not stopped ({methods}){level}",
             us as f64 / 1000.0
         ),
         None => format!("; source {source} not running ({methods})"),

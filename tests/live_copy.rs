@@ -125,6 +125,12 @@ fn a_live_copy_of_a_writing_vm_holds_one_consistent_record() {
         .find(|e| e["event"] == "finished" && e["kind"] == "copy")
         .unwrap_or_else(|| panic!("no finished copy event: {events:#?}"));
     assert_eq!(copy["copy"]["live"], true, "{copy}");
+    // diag's agent freezes nothing: the level says so, and why.
+    assert_eq!(copy["copy"]["consistency"], "crash-consistent", "{copy}");
+    assert_eq!(
+        copy["copy"]["consistency_note"], "the guest agent froze no filesystem",
+        "{copy}"
+    );
     let paused_us = copy["copy"]["paused_us"].as_u64().expect("pause reported");
     eprintln!("source paused {paused_us} us ({})", copy["copy"]["methods"]);
 

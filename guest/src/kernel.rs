@@ -5,6 +5,7 @@
 //! report. Interrupts stay off throughout; every wait is bounded.
 
 use crate::acpi::{self, Cpus};
+use crate::agentcmd::{self, LineBuf};
 use crate::bootparams::{self, Options};
 use crate::clock::{self, Deadline, idle_ms};
 use crate::cpu::{self, mmio_read32};
@@ -34,6 +35,8 @@ use crate::virtio_net::Nic;
 const POLL_MS: u64 = 20;
 /// The same with NICs: frames are answered within about this long.
 const NET_POLL_MS: u64 = 2;
+/// COM2 bytes read per polling pass at most (a command line is ≤ 256).
+const COMMAND_BYTES_PER_PASS: usize = 1024;
 /// Time between two rescans of disks and tables.
 const RESCAN_MS: u64 = 250;
 
@@ -80,6 +83,10 @@ struct Diag {
     net_slots: [bool; VIRTIO_MMIO_MAX_DEVICES],
     /// `diag.seqwrite`: the next sequence record to write.
     next_seq: u64,
+    /// The command line being received on COM2.
+    command: LineBuf,
+    /// Commands answered so far.
+    handled: u64,
 }
 
 /// Low memory diag and the VMM's boot structures use (zero page, page
@@ -259,6 +266,8 @@ fn run_with(zero_page: u64) -> ! {
         nets: [const { None }; MAX_NICS],
         net_slots: [false; VIRTIO_MMIO_MAX_DEVICES],
         next_seq: 1,
+        command: LineBuf::new(),
+        handled: 0,
     };
     diag.scan_memory();
     diag.scan_cpus();
@@ -676,6 +685,36 @@ impl Diag {
         COM2.write_raw(b"\n");
     }
 
+    /// Reads what the VMM sent on COM2 (bounded per pass) and answers each
+    /// command line (agentcmd). A line that is not a command — what a
+    /// person or an older host may send — gets the last report again.
+    fn service_commands(&mut self) {
+        for _ in 0..COMMAND_BYTES_PER_PASS {
+            let Some(b) = COM2.try_read() else {
+                return;
+            };
+            if !self.command.push(b) {
+                continue;
+            }
+            let line = self.command.line();
+            if let Some(c) = agentcmd::parse(line) {
+                self.handled += 1;
+                let ctx = agentcmd::Context {
+                    seq: self.seq,
+                    cpus: self.sent.as_ref().map_or(0, |r| r.cpus),
+                    handled: self.handled,
+                };
+                let mut reply = Text::<512>::new();
+                agentcmd::write_reply(&c, &ctx, &mut reply);
+                COM2.write_raw(reply.as_bytes());
+                COM2.write_raw(b"\n");
+            } else if !line.is_empty() {
+                self.send_json();
+            }
+            self.command.clear();
+        }
+    }
+
     fn poll_forever(&mut self) -> ! {
         log(&["diag: polling (power button, COM2 requests, resources)"]);
         let idles = clock::vmm_idles();
@@ -709,15 +748,7 @@ impl Diag {
                 self.scan_hotplug();
                 self.send_if_changed();
             }
-            if COM2.try_read().is_some() {
-                // Drain (bounded), then answer once.
-                for _ in 0..64 {
-                    if COM2.try_read().is_none() {
-                        break;
-                    }
-                }
-                self.send_json();
-            }
+            self.service_commands();
             if COM1.try_read().is_some() {
                 // Someone at the console: show the summary again.
                 for _ in 0..64 {

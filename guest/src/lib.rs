@@ -14,6 +14,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod acpi;
+pub mod agentcmd;
 pub mod bootparams;
 pub mod fnv;
 pub mod layout;

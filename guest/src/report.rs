@@ -145,6 +145,7 @@ impl Report {
     /// The COM2 line, without the trailing newline.
     pub fn write_json<const N: usize>(&self, seq: u64, out: &mut Text<N>) {
         out.str("{\"agent\":\"diag\",\"seq\":").dec(seq);
+        out.str(",\"commands\":").str(crate::agentcmd::COMMANDS);
         out.str(",\"cpus\":").dec(u64::from(self.cpus));
         out.str(",\"max_cpus\":").dec(u64::from(self.max_cpus));
         out.str(",\"cpus_started\":");
@@ -348,7 +349,7 @@ mod tests {
         sample().write_json(7, &mut t);
         assert_eq!(
             text(&t),
-            r#"{"agent":"diag","seq":7,"cpus":2,"max_cpus":4,"cpus_started":null,"cpus_online":1,"memory_mib":128,"memory_bytes":133823488,"memory_verified_mib":128,"disks":[{"index":0,"id":"root","size_bytes":10737418240,"sector0_fnv1a":"0123456789abcdef","whole_fnv1a":null},{"index":3,"id":"a\"b\\c\u0001\u00ffdefghijklmnop","size_bytes":512,"sector0_fnv1a":null,"whole_fnv1a":null}],"nics":[]}"#
+            r#"{"agent":"diag","seq":7,"commands":["ping","freeze","thaw"],"cpus":2,"max_cpus":4,"cpus_started":null,"cpus_online":1,"memory_mib":128,"memory_bytes":133823488,"memory_verified_mib":128,"disks":[{"index":0,"id":"root","size_bytes":10737418240,"sector0_fnv1a":"0123456789abcdef","whole_fnv1a":null},{"index":3,"id":"a\"b\\c\u0001\u00ffdefghijklmnop","size_bytes":512,"sector0_fnv1a":null,"whole_fnv1a":null}],"nics":[]}"#
         );
     }
 
@@ -446,7 +447,7 @@ mod tests {
         r.write_json(3, &mut t);
         assert_eq!(
             text(&t),
-            r#"{"agent":"diag","seq":3,"cpus":3,"max_cpus":4,"cpus_started":2,"cpus_online":3,"memory_mib":256,"memory_bytes":268041216,"memory_verified_mib":256,"disks":[],"nics":[]}"#
+            r#"{"agent":"diag","seq":3,"commands":["ping","freeze","thaw"],"cpus":3,"max_cpus":4,"cpus_started":2,"cpus_online":3,"memory_mib":256,"memory_bytes":268041216,"memory_verified_mib":256,"disks":[],"nics":[]}"#
         );
         // Any change is a different report (a new seq is sent).
         assert_ne!(

@@ -19,7 +19,7 @@ use super::{Built, ImageError, Variant, digest, kmod, rootfs};
 /// The OS name in KDL (`os "debian-12"`).
 pub const NAME: &str = "debian-12";
 /// Bump whenever the layout, the guest files or the package list change.
-pub const RECIPE: u32 = 5;
+pub const RECIPE: u32 = 6;
 /// What every debian-12 image has, before the VM's own `packages`.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",

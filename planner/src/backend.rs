@@ -26,6 +26,11 @@ pub struct CopyReport {
     pub paused_us: Option<u64>,
     /// How the files were copied (`reflink`, `sparse`), one per disk.
     pub methods: Vec<String>,
+    /// `filesystem-consistent`, `crash-consistent` or `offline`
+    /// (docs/disks.md, "Consistency levels"); empty if unknown.
+    pub consistency: String,
+    /// Why a live copy is only crash-consistent.
+    pub consistency_note: Option<String>,
 }
 
 /// The runtime as the planner and the apply engine see it.

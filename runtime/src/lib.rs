@@ -20,6 +20,7 @@ pub mod devices;
 pub mod diag;
 pub mod disk_file;
 pub mod facade;
+pub mod freeze;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host_key;

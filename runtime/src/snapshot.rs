@@ -7,15 +7,19 @@
 //! crate::vmm::quiesce), the files are copied — by reflink (`FICLONE`)
 //! where the filesystem shares blocks, else sparsely — and the VMM is
 //! `thaw`ed. The copy is *crash-consistent*: exactly what a power cut at
-//! the pause instant would have left on the disks. The copies are written
-//! as `<to>.partial` and renamed into place only once complete and synced
-//! (after the thaw: syncing does not need the guest paused).
+//! the pause instant would have left on the disks — or, when the guest
+//! agent offers it, *filesystem-consistent*: the agent freezes the guest's
+//! filesystems before the pause and thaws them after (crate::freeze). The
+//! copies are written as `<to>.partial` and renamed into place only once
+//! complete and synced (after the thaw: syncing does not need the guest
+//! paused).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::ApiClient;
 use crate::facade::{RunState, Runtime, RuntimeError};
+use crate::freeze::{Consistency, GuestFreeze};
 use crate::sparse::{CopyMethod, clone_or_copy_unsynced, partial_path};
 
 /// One disk file copied.
@@ -40,6 +44,13 @@ pub struct Snapshot {
     pub paused_us: Option<u64>,
     /// Of which: parking the vCPUs, draining and flushing the disks.
     pub quiesce_us: Option<u64>,
+    /// How consistent the copies are (docs/disks.md, "Consistency levels").
+    pub consistency: Consistency,
+    /// The guest filesystems frozen over the pause (mount points as the
+    /// guest agent named them).
+    pub frozen: Vec<String>,
+    /// Why a live copy is only crash-consistent.
+    pub consistency_note: Option<String>,
 }
 
 /// How long the VMM waits for the thaw before resuming by itself: a minute
@@ -83,6 +94,11 @@ impl Runtime {
         };
         let live = obs.live == RunState::Running;
         let client = ApiClient::new(dir.api_sock());
+        // First the guest's filesystems (if its agent can), then the VM:
+        // thawed in the reverse order, also on every error path below
+        // (GuestFreeze's drop).
+        let report = obs.status.as_ref().and_then(|s| s.guest.as_ref());
+        let mut freeze = live.then(|| GuestFreeze::begin(&client, report));
         let quiesced = if live {
             let froms: Vec<PathBuf> = pairs.iter().map(|(_, f, _)| f.clone()).collect();
             Some(
@@ -93,6 +109,9 @@ impl Runtime {
         } else {
             None
         };
+        if let Some(f) = &mut freeze {
+            f.paused();
+        }
         // While paused: only the copies (a reflink is one ioctl).
         let mut copied = Vec::with_capacity(pairs.len());
         let mut failure = None;
@@ -128,6 +147,11 @@ impl Runtime {
             }
             None => None,
         };
+        let level = freeze.map(GuestFreeze::thaw);
+        let (consistency, frozen, consistency_note) = match level {
+            Some(o) => (o.consistency, o.frozen, o.note),
+            None => (Consistency::Offline, Vec::new(), None),
+        };
         let mut disks = Vec::with_capacity(copied.len());
         for (file, disk, from, to, method, bytes) in copied {
             let partial = partial_path(to);
@@ -153,6 +177,9 @@ impl Runtime {
             live,
             paused_us,
             quiesce_us,
+            consistency,
+            frozen,
+            consistency_note,
         })
     }
 }

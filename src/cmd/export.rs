@@ -138,11 +138,25 @@ fn summary(m: &Manifest, dir: &std::path::Path) -> String {
     }
     match m.paused_us {
         Some(us) if m.live => out.push_str(&format!(
-            "The VM kept running: paused {:.1} ms for a crash-consistent copy ({:.1} ms of it to park the vCPUs and flush the disks).\n",
+            "The VM kept running: paused {:.1} ms for a {} copy ({:.1} ms of it to park the vCPUs and flush the disks).\n",
             us as f64 / 1000.0,
+            if m.consistency.is_empty() {
+                "crash-consistent"
+            } else {
+                &m.consistency
+            },
             m.quiesce_us.unwrap_or(0) as f64 / 1000.0
         )),
         _ => out.push_str("The VM was not running.\n"),
+    }
+    if !m.frozen.is_empty() {
+        out.push_str(&format!(
+            "The guest agent froze {} around the pause.\n",
+            m.frozen.join(", ")
+        ));
+    }
+    if let Some(why) = &m.consistency_note {
+        out.push_str(&format!("Not filesystem-consistent: {why}.\n"));
     }
     out
 }

@@ -141,6 +141,22 @@ impl ApiClient {
         self.call(&Request::HotAddMemory { memory_mib }, wait + self.timeout)
     }
 
+    /// Send `command` (a JSON object with a string `cmd`) to the guest
+    /// agent on COM2 and return the guest's reply object (which carries the
+    /// VMM-assigned `id`); refused when the guest did not answer within
+    /// `wait` (docs/runtime.md, "The agent channel").
+    pub fn agent(
+        &self,
+        command: serde_json::Value,
+        wait: Duration,
+    ) -> Result<serde_json::Value, ClientError> {
+        let req = Request::Agent {
+            command,
+            timeout_ms: Some(wait.as_millis() as u64),
+        };
+        self.call(&req, wait + self.timeout)
+    }
+
     /// Pause the VM with its disks drained and flushed, for a copy. The
     /// quiesce is held by the returned session's connection: its
     /// [`QuiesceSession::thaw`] resumes the VM, and so does the VMM when

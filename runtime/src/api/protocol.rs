@@ -51,7 +51,19 @@ pub enum Request {
     Thaw {
         id: u64,
     },
+    /// Send one command line to the guest agent on COM2 and wait up to
+    /// `timeout_ms` (default 5 s, at most 60 s) for its reply line with the
+    /// same `id` (docs/runtime.md, "The agent channel"). `command` is a JSON
+    /// object with a string `cmd`; the VMM sets its `id`.
+    Agent {
+        command: serde_json::Value,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
 }
+
+/// Default `timeout_ms` of `agent`.
+pub const DEFAULT_AGENT_TIMEOUT_MS: u64 = 5_000;
 
 /// Default `resume_after_ms` of `quiesce`.
 pub const DEFAULT_QUIESCE_RESUME_AFTER_MS: u64 = 60_000;
@@ -207,6 +219,16 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Thaw { id: 3 }).unwrap(),
             r#"{"verb":"thaw","id":3}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"verb":"agent","command":{"cmd":"ping","nonce":"n1"},"timeout_ms":800}"#
+            )
+            .unwrap(),
+            Request::Agent {
+                command: serde_json::json!({"cmd":"ping","nonce":"n1"}),
+                timeout_ms: Some(800)
+            }
         );
         assert_eq!(
             serde_json::to_string(&Response::err("no")).unwrap(),

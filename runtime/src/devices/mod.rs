@@ -5,6 +5,7 @@
 //! range. Devices raise interrupts through [`Interrupt`], which the VMM backs
 //! with KVM (irqfd or irq line) — or with nothing, for guests that poll.
 
+pub mod agent;
 pub mod bus;
 pub mod legacy;
 pub mod serial;

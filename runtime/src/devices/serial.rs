@@ -1,14 +1,17 @@
 //! The two 16550A UARTs (vm-superio): COM1 is the console — its output is
 //! appended to `console.log` and copied to attached console clients, its input
 //! comes from them — and COM2 is the guest agent channel, where the guest
-//! writes one JSON object per line and the VMM keeps the latest as the guest
-//! report.
+//! writes one JSON object per line: reports, of which the VMM keeps the
+//! latest as the guest report, and replies to the commands the VMM sends
+//! it on the same port (crate::devices::agent).
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use vm_superio::{Serial, Trigger};
 
+use super::agent::AgentLink;
 use super::{BusDevice, Interrupt};
 
 /// Longest agent line kept; longer lines are dropped whole.
@@ -28,21 +31,62 @@ impl Trigger for SerialIrq {
     }
 }
 
+/// Most bytes [`SerialDevice::send`] keeps waiting for the guest to read.
+pub const MAX_PENDING_INPUT: usize = 2 * super::agent::MAX_COMMAND_LINE;
+
 /// A UART on the PIO bus, writing what the guest transmits to `W`.
 pub struct SerialDevice<W: Write + Send> {
     serial: Serial<SerialIrq, vm_superio::serial::NoEvents, W>,
+    /// Input that did not fit the 64-byte receive FIFO yet: moved into it
+    /// as the guest reads (see [`SerialDevice::send`]).
+    pending: VecDeque<u8>,
 }
 
 impl<W: Write + Send> SerialDevice<W> {
     pub fn new(irq: SerialIrq, out: W) -> Self {
         SerialDevice {
             serial: Serial::new(irq, out),
+            pending: VecDeque::new(),
         }
     }
 
     /// Queue bytes for the guest to read; returns how many fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    /// Send `bytes` to the guest whole: what does not fit the receive FIFO
+    /// now is kept and fed in as the guest reads. Bounded: when the new
+    /// bytes would take the backlog past [`MAX_PENDING_INPUT`], the backlog
+    /// the guest never read is dropped first.
+    pub fn send(&mut self, bytes: &[u8]) {
+        if self.pending.len() + bytes.len() > MAX_PENDING_INPUT {
+            tracing::debug!(
+                dropped = self.pending.len(),
+                "serial input the guest did not read was dropped"
+            );
+            self.pending.clear();
+        }
+        let keep = bytes.len().min(MAX_PENDING_INPUT);
+        self.pending.extend(&bytes[bytes.len() - keep..]);
+        self.feed();
+    }
+
+    /// Move pending input into the receive FIFO as far as it has room.
+    fn feed(&mut self) {
+        if self.pending.is_empty() || self.serial.fifo_capacity() == 0 {
+            return;
+        }
+        let taken = self
+            .serial
+            .enqueue_raw_bytes(self.pending.make_contiguous())
+            .unwrap_or(0);
+        self.pending.drain(..taken.min(self.pending.len()));
+    }
+
+    /// Bytes sent but not yet in the receive FIFO.
+    pub fn pending_input(&self) -> usize {
+        self.pending.len()
     }
 
     pub fn writer(&self) -> &W {
@@ -56,6 +100,8 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
         if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *first = self.serial.read(off);
         }
+        // A read may have made room in the FIFO.
+        self.feed();
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -176,19 +222,23 @@ impl Write for ConsoleOutput {
 /// The latest JSON object the guest wrote on the agent channel.
 pub type GuestReport = Arc<Mutex<Option<serde_json::Value>>>;
 
-/// COM2's output: assembles lines, keeps the latest JSON object.
+/// COM2's output: assembles lines; a JSON object with a top-level `id` is
+/// a reply to a command (routed by `link`), any other object is a report
+/// (the latest is kept).
 pub struct AgentChannel {
     line: Vec<u8>,
     overflowed: bool,
     report: GuestReport,
+    link: AgentLink,
 }
 
 impl AgentChannel {
-    pub fn new(report: GuestReport) -> Self {
+    pub fn new(report: GuestReport, link: AgentLink) -> Self {
         AgentChannel {
             line: Vec::new(),
             overflowed: false,
             report,
+            link,
         }
     }
 
@@ -198,10 +248,16 @@ impl AgentChannel {
             tracing::debug!("dropped an over-long agent line");
             return;
         }
-        if let Some(obj) = parse_agent_line(&line)
-            && let Ok(mut r) = self.report.lock()
-        {
-            *r = Some(obj);
+        match parse_agent_line(&line) {
+            Some(serde_json::Value::Object(obj)) if super::agent::is_reply(&obj) => {
+                self.link.reply(obj, line.len());
+            }
+            Some(obj) => {
+                if let Ok(mut r) = self.report.lock() {
+                    *r = Some(obj);
+                }
+            }
+            None => {}
         }
     }
 }
@@ -272,7 +328,7 @@ mod tests {
 
     fn feed(bytes: &[u8]) -> Option<serde_json::Value> {
         let report = GuestReport::default();
-        let mut ch = AgentChannel::new(report.clone());
+        let mut ch = AgentChannel::new(report.clone(), AgentLink::default());
         ch.write_all(bytes).unwrap();
         report.lock().unwrap().clone()
     }
@@ -302,7 +358,10 @@ mod tests {
     #[test]
     fn serial_transmits_to_the_writer() {
         let report = GuestReport::default();
-        let mut dev = SerialDevice::new(SerialIrq::default(), AgentChannel::new(report.clone()));
+        let mut dev = SerialDevice::new(
+            SerialIrq::default(),
+            AgentChannel::new(report.clone(), AgentLink::default()),
+        );
         for b in b"{\"a\":1}\n" {
             dev.write(0, &[*b]);
         }
@@ -311,5 +370,63 @@ mod tests {
         let mut lsr = [0u8; 1];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn a_reply_goes_to_its_command_and_reports_keep_flowing() {
+        let report = GuestReport::default();
+        let link = AgentLink::default();
+        let mut ch = AgentChannel::new(report.clone(), link.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let line = link
+            .begin(
+                &serde_json::json!({"cmd":"ping"}),
+                std::time::Duration::from_secs(5),
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )
+            .unwrap();
+        assert_eq!(line, b"{\"id\":1,\"cmd\":\"ping\"}\n");
+        ch.write_all(b"{\"agent\":\"diag\",\"seq\":5}\n{\"id\":7,\"ok\":true}\n")
+            .unwrap();
+        assert!(rx.try_recv().is_err(), "id 7 is not outstanding");
+        ch.write_all(b"{\"id\":1,\"ok\":true,\"seq\":5}\r\n{\"seq\":6}\n")
+            .unwrap();
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Ok(serde_json::json!({"id":1,"ok":true,"seq":5}))
+        );
+        // Neither reply became the report.
+        assert_eq!(*report.lock().unwrap(), Some(serde_json::json!({"seq":6})));
+    }
+
+    /// Input longer than the 64-byte receive FIFO reaches the guest whole,
+    /// in order, as it reads; input it never reads stays bounded.
+    #[test]
+    fn sent_input_is_fed_as_the_guest_reads_and_stays_bounded() {
+        let mut dev = SerialDevice::new(SerialIrq::default(), Vec::<u8>::new());
+        let line: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+        dev.send(&line);
+        assert_eq!(dev.pending_input(), 200 - 64);
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        for _ in 0..1000 {
+            dev.read(5, &mut b);
+            if b[0] & 1 == 0 {
+                break;
+            }
+            dev.read(0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, line);
+        assert_eq!(dev.pending_input(), 0);
+        // A guest that never reads: at most MAX_PENDING_INPUT kept.
+        for _ in 0..100 {
+            dev.send(&line);
+        }
+        assert!(dev.pending_input() <= MAX_PENDING_INPUT);
+        dev.send(&vec![b'x'; MAX_PENDING_INPUT * 3]);
+        assert!(dev.pending_input() <= MAX_PENDING_INPUT);
     }
 }

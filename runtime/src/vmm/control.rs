@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::serve::Vmm;
 use super::{CAPABILITIES, Outcome};
 use crate::api::protocol::{
-    DEFAULT_QUIESCE_RESUME_AFTER_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS, DiskStatus, NicStatus, Request,
-    Response, RunState, ShutdownResult, Status,
+    DEFAULT_AGENT_TIMEOUT_MS, DEFAULT_QUIESCE_RESUME_AFTER_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS,
+    DiskStatus, NicStatus, Request, Response, RunState, ShutdownResult, Status,
 };
 use crate::api::server::Pending;
 
@@ -62,6 +62,33 @@ impl Vmm {
                 t.saturating_duration_since(std::time::Instant::now())
                     .as_millis() as u64
             }),
+        }
+    }
+
+    /// Start an agent command: register it, then put its line into COM2's
+    /// receive FIFO — after a newline, which ends whatever partial line an
+    /// earlier command the guest did not finish reading left behind.
+    fn send_agent_command(
+        &mut self,
+        command: &serde_json::Value,
+        timeout: Duration,
+        reply: std::sync::mpsc::Sender<Response>,
+    ) {
+        let answer: crate::devices::agent::Answer = Box::new(move |r| {
+            let _ = reply.send(match r {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(e.to_string()),
+            });
+        });
+        let Some(line) = self.keep.agent.begin(command, timeout, answer) else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&line);
+        match self.machine.com2.lock() {
+            Ok(mut com2) => com2.send(&bytes),
+            Err(_) => self.keep.agent.fail("COM2's device is poisoned"),
         }
     }
 
@@ -120,6 +147,16 @@ impl Vmm {
             }
             Request::HotAddMemory { memory_mib } => {
                 self.start_memory_add(memory_mib, p);
+                return None;
+            }
+            Request::Agent {
+                command,
+                timeout_ms,
+            } => {
+                // Answered by the guest's reply (on a vCPU thread) or by
+                // the loop's timeout (`expire_agent`).
+                let timeout = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_AGENT_TIMEOUT_MS));
+                self.send_agent_command(&command, timeout, p.reply);
                 return None;
             }
             Request::Shutdown { timeout_ms } => {

@@ -22,6 +22,7 @@ use super::boot::{self, BootError, BootImage};
 use super::config::MachineConfig;
 use super::irq;
 use crate::arch::x86_64::layout;
+use crate::devices::agent::AgentLink;
 use crate::devices::legacy::cpu_hotplug::{CpuHotplug, CpuHotplugError};
 use crate::devices::legacy::memory_hotplug::{MemoryHotplug, MemoryHotplugError};
 use crate::devices::legacy::{GedDevice, I8042Device, PowerDevice, ged::GedEvents, i8042, power};
@@ -55,6 +56,8 @@ pub struct NicHost {
 #[derive(Clone, Default)]
 pub struct Persistent {
     pub report: GuestReport,
+    /// The agent command waiting for the guest's reply (a reset fails it).
+    pub agent: AgentLink,
     pub console_clients: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
     pub console_log: Option<Arc<Mutex<RotatingLog>>>,
     pub ged: GedEvents,
@@ -107,11 +110,14 @@ pub enum MachineError {
 }
 
 pub type Com1 = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
+pub type Com2 = Arc<Mutex<SerialDevice<AgentChannel>>>;
 
 pub struct Machine {
     pub vm: Vm,
     pub control: Arc<VcpuControl>,
     pub com1: Com1,
+    /// The agent channel: commands go into its receive FIFO.
+    pub com2: Com2,
     pub ged_irq: Option<Arc<dyn Interrupt>>,
     /// The virtio-blk devices, for live changes (resize, new memory view).
     pub disks: Vec<BlockDevice>,
@@ -166,12 +172,12 @@ impl Machine {
             clients: keep.console_clients.clone(),
         };
         let com1: Com1 = Arc::new(Mutex::new(SerialDevice::new(com1_irq, console)));
-        let com2 = Arc::new(Mutex::new(SerialDevice::new(
+        let com2: Com2 = Arc::new(Mutex::new(SerialDevice::new(
             com2_irq,
-            AgentChannel::new(keep.report.clone()),
+            AgentChannel::new(keep.report.clone(), keep.agent.clone()),
         )));
         pio.insert(com1.clone(), u64::from(layout::COM1_PORT), 8)?;
-        pio.insert(com2, u64::from(layout::COM2_PORT), 8)?;
+        pio.insert(com2.clone(), u64::from(layout::COM2_PORT), 8)?;
         pio.insert(
             Arc::new(Mutex::new(I8042Device::new(events.clone()))),
             u64::from(i8042::I8042_BASE),
@@ -289,6 +295,7 @@ impl Machine {
             vm,
             control,
             com1,
+            com2,
             ged_irq,
             disks,
             nics,

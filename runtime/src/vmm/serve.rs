@@ -51,6 +51,14 @@ impl Vmm {
                 Some(q) => Some(q.deadline.saturating_duration_since(Instant::now())),
                 None => self.in_flight.is_some().then_some(HOTPLUG_TICK),
             };
+            // An agent command waiting for the guest times out on time.
+            let tick = match (tick, self.keep.agent.deadline()) {
+                (t, Some(d)) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    Some(t.map_or(left, |t| t.min(left)))
+                }
+                (t, None) => t,
+            };
             let ev = if let Some(tick) = tick {
                 match self.rx.recv_timeout(tick) {
                     Ok(ev) => Some(ev),
@@ -65,6 +73,7 @@ impl Vmm {
             };
             self.poll_in_flight();
             self.expire_quiesce();
+            self.keep.agent.expire(Instant::now());
             let Some(ev) = ev else { continue };
             match ev {
                 MainEvent::Vm { generation, event } => {
@@ -122,6 +131,7 @@ impl Vmm {
         tracing::info!("guest reset: rebuilding the VM");
         self.fail_in_flight("the guest reset");
         self.end_quiesce("the guest reset");
+        self.keep.agent.fail("the guest reset");
         self.machine.stop();
         self.machine.release_memory();
         // What the guest reported describes the boot that just ended.
@@ -151,6 +161,7 @@ impl Vmm {
     pub(super) fn shutdown(&mut self, grace: Duration) -> Outcome {
         self.fail_in_flight("the VM is shutting down");
         self.end_quiesce("the VM is shutting down");
+        self.keep.agent.fail("the VM is shutting down");
         self.machine.resume();
         self.keep.ged.raise(GED_POWER_BUTTON);
         if let Some(irq) = &self.machine.ged_irq {

@@ -255,6 +255,8 @@ scenario() {
     step apply 0 vmctl apply --auto-approve || return
     wait_agents 1
     report 1
+    # Issue 14: a live backup of a debian-12 VM is filesystem-consistent.
+    [ -n "${BACKUP_VM:-}" ] && . /etc/l1/backup-check.sh && backup_check "$BACKUP_VM"
     # debian-12 guests: systemd's serial getty on ttyS0 gives `vmctl
     # console` a login prompt.
     for vm in $LOGIN_VMS; do

@@ -244,6 +244,18 @@ pub fn initramfs(c: &L1Contents<'_>, out: &Path) -> Result<(), String> {
         )
         .map_err(e)?;
     }
+    // The live-backup check (backup_check.rs).
+    for (name, inside) in super::backup_check::BINARIES {
+        let path = which(name)
+            .ok_or_else(|| format!("{name} is not on PATH (apt-get install e2fsprogs)"))?;
+        add_binary(&mut a, &path, inside)?;
+    }
+    a.file(
+        super::backup_check::SCRIPT_PATH,
+        0o644,
+        super::backup_check::SCRIPT.as_bytes().to_vec(),
+    )
+    .map_err(e)?;
     if c.with_qemu {
         add_qemu(&mut a)?;
     }

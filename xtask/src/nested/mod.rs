@@ -5,6 +5,7 @@
 //! real KVM; inside it vmctl applies a lab of `debian-12` VMs with its own
 //! VMM (L2) and the guests report what they see. See docs/nested-lab.md.
 
+mod backup_check;
 mod bootloop;
 mod check;
 mod l1;
@@ -528,7 +529,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         .join(" ");
     let net_env = net_env(&before);
     let env = format!(
-        "{net_env}MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nGROW_ROOT_MIN={grow_root_min}\nLOGIN_VMS=\"{login_vms}\"\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}",
+        "{net_env}MODE={mode}\nVMS=\"{}\"\nCHANGED_VM=\"{}\"\nEXPECT_MIN_MIB={floor}\nEXPECT_MAX_MIB={new_mib}\nGUEST_TIMEOUT={GUEST_TIMEOUT_SECS}\nALWAYS_DUMP={}\nGROW_DISKS='{}'\nGROW_ROOT_MIN={grow_root_min}\nLOGIN_VMS=\"{login_vms}\"\nL1_THP={}\nKVM_AMD_ARGS='{}'\n{hot_env}{boot_env}{}",
         vms.join(" "),
         changed.name,
         u8::from(opts.verbose),
@@ -538,7 +539,8 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
             .map(disks_json)
             .unwrap_or_default(),
         opts.l1_thp.as_deref().unwrap_or(""),
-        opts.kvm_amd_args.as_deref().unwrap_or(DEFAULT_KVM_AMD_ARGS)
+        opts.kvm_amd_args.as_deref().unwrap_or(DEFAULT_KVM_AMD_ARGS),
+        backup_check::env(&before)
     );
     std::fs::write(lab_dir.join("scenario.env"), env)
         .map_err(|e| format!("writing scenario.env: {e}"))?;
