@@ -453,47 +453,99 @@ scenario_boot_loop() {
     say "@@NESTED step=boot-loop rc=0 want=0"
 }
 
-# --net-bench (docs/nested-lab.md): iperf3 throughput under vmctl's VMM,
-# then with the same two guests (live copies of their disks: `vmctl
-# backup`) under QEMU microvm's virtio-net (userspace, no vhost) on a bridge
-# and TAPs of the same shape, one marker per run:
-#   @@NETBENCH vmm=<vmctl|qemu> path=<vm-host|host-vm|vm-vm> n=<i> mbits=<f>
+# --net-bench (docs/nested-lab.md): iperf3 throughput of the same two
+# guests under vmctl's VMM and under QEMU microvm, all running at once,
+# measured interleaved (vmctl, qemu, qemu-plain, vmctl, ...). The QEMU
+# pairs boot from live copies of the vmctl VMs' disks (`vmctl backup`), so
+# they have the same addresses, MACs and host keys: each QEMU pair lives in
+# its own network namespace inside L1 (a bridge with the same host address,
+# its TAPs, its iperf3 server). `qemu` is QEMU's virtio-net as it comes
+# (checksum and TSO offloads, mergeable RX buffers, event index, indirect
+# descriptors); `qemu-plain` has all of those and the control queue off,
+# the features vmctl's device offers. One marker per run:
+#   @@NETBENCH vmm=<vmctl|qemu|qemu-plain> path=<vm-host|host-vm|vm-vm> n=<i> mbits=<f>
 jstr() { sed -n "s/^ *\"$2\": \"\([^\"]*\)\".*/\1/p" "$1" | head -n 1; }
 jnum() { sed -n "s/^ *\"$2\": \([0-9]*\).*/\1/p" "$1" | head -n 1; }
 
+# in VMM CMD...: CMD in the VMM's network namespace (vmctl's is L1's own).
+in_ns() {
+    i_vmm=$1; shift
+    if [ "$i_vmm" = vmctl ]; then "$@"; else ip netns exec "$i_vmm" "$@"; fi
+}
+
 # gssh VMM VM CMD: CMD in the guest as its user (vmctl: `vmctl ssh`; QEMU:
-# ssh with the host keys vmctl pinned for the same guests).
+# ssh in its namespace with the host keys vmctl pinned for the same guests).
 gssh() {
     g_vmm=$1; g_vm=$2; shift 2
     if [ "$g_vmm" = vmctl ]; then
         vmctl ssh "$g_vm" -- "$@"
     else
-        ssh -o UserKnownHostsFile=/tmp/qemu-known_hosts -o GlobalKnownHostsFile=/dev/null \
-            -o StrictHostKeyChecking=yes -o HostKeyAlgorithms=ssh-ed25519 -o BatchMode=yes \
-            -o ConnectTimeout=10 -l alice "$(cat "/tmp/qemu-ip-$g_vm")" "$@"
+        ip netns exec "$g_vmm" ssh -o UserKnownHostsFile=/tmp/qemu-known_hosts \
+            -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes \
+            -o HostKeyAlgorithms=ssh-ed25519 -o BatchMode=yes -o ConnectTimeout=10 \
+            -l alice "$(cat "/tmp/qemu-ip-$g_vm")" "$@"
     fi
 }
 
-net_bench_round() {
-    vmm=$1
-    iperf3 -s -D -B "$NET_HOST_IP" -I /tmp/iperf3-host.pid
-    step "$vmm-iperf3-server" 0 gssh "$vmm" "$NET_LISTENER" \
+# bench_servers VMM: iperf3 servers on the host side and on the listener VM.
+bench_servers() {
+    in_ns "$1" iperf3 -s -D -B "$NET_HOST_IP" -I "/tmp/iperf3-$1.pid"
+    step "$1-iperf3-server" 0 gssh "$1" "$NET_LISTENER" \
         "setsid -f iperf3 -s -B $NET_LISTENER_IP < /dev/null > /dev/null 2>&1; for i in \$(seq 100); do ss -Hltn 'sport = :5201' | grep -q . && exit 0; sleep 0.1; done; exit 1"
-    n=1
-    while [ "$n" -le "$NET_BENCH_N" ]; do
-        for path in vm-host host-vm vm-vm; do
-            case $path in
-                vm-host) args="-c $NET_HOST_IP" ;;
-                host-vm) args="-R -c $NET_HOST_IP" ;;
-                vm-vm) args="-c $NET_LISTENER_IP" ;;
-            esac
-            m=$(gssh "$vmm" "$NET_CLIENT" "iperf3 -f m -t $NET_BENCH_SECS $args" 2>/tmp/iperf3.err | awk '/receiver/ {v=$7} END {print v}')
-            [ -n "$m" ] || { FAILED=1; sed 's/^/  iperf3 | /' /tmp/iperf3.err | tail -n 5; }
-            say "@@NETBENCH vmm=$vmm path=$path n=$n mbits=$m"
-        done
-        n=$((n + 1))
+}
+
+# bench_run VMM N: one iperf3 run of each path.
+bench_run() {
+    for path in vm-host host-vm vm-vm; do
+        case $path in
+            vm-host) args="-c $NET_HOST_IP" ;;
+            host-vm) args="-R -c $NET_HOST_IP" ;;
+            vm-vm) args="-c $NET_LISTENER_IP" ;;
+        esac
+        m=$(gssh "$1" "$NET_CLIENT" "iperf3 -f m -t $NET_BENCH_SECS $args" 2>/tmp/iperf3.err | awk '/receiver/ {v=$7} END {print v}')
+        [ -n "$m" ] || { FAILED=1; sed 's/^/  iperf3 | /' /tmp/iperf3.err | tail -n 5; }
+        say "@@NETBENCH vmm=$1 path=$path n=$2 mbits=$m"
     done
-    kill "$(cat /tmp/iperf3-host.pid)" 2>/dev/null
+}
+
+# qemu_pair NAME NET_OPTS: the two guests under QEMU in namespace NAME,
+# on the backed-up disks (`snapshot=on`: each QEMU writes to its own
+# temporary overlay, so both pairs share the copies).
+qemu_pair() {
+    ip netns add "$1"
+    ip -n "$1" link set lo up
+    ip -n "$1" link add qbr0 type bridge
+    ip -n "$1" addr add "$NET_HOST_IP/24" dev qbr0
+    ip -n "$1" link set qbr0 up
+    for vm in $NET_LISTENER $NET_CLIENT; do
+        q=/lab/qemu/$vm
+        m=$q/machine.json
+        TMPDIR=/tmp ip netns exec "$1" qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
+            -m "$(jnum "$m" memory_mib)" -smp "$(jnum "$m" cpus)" -nodefaults -no-user-config \
+            -display none -monitor none -no-reboot \
+            -kernel "$(jstr "$m" kernel)" -initrd "$(jstr "$m" initrd)" -append "$(jstr "$m" cmdline)" \
+            -serial "file:$q/console-$1.log" \
+            -drive "file=$q/root.raw,if=none,format=raw,id=d0,snapshot=on" -device virtio-blk-device,drive=d0 \
+            -netdev "tap,id=n0,ifname=qt-$vm,script=/tmp/qemu-ifup,downscript=no" \
+            -device "virtio-net-device,netdev=n0,mac=$(jstr "$m" mac)$2" > "$q/qemu-$1.out" 2>&1 &
+        echo $! >> /tmp/qemu.pids
+    done
+}
+
+qemu_wait() {
+    for vm in $NET_LISTENER $NET_CLIENT; do
+        t=0; rc=1
+        while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
+            gssh "$1" "$vm" true 2>/dev/null && { rc=0; break; }
+            sleep 5; t=$((t + 5))
+        done
+        if [ "$rc" != 0 ]; then
+            FAILED=1
+            tail -n 20 "/lab/qemu/$vm/console-$1.log" | sed "s|^|@@LOG $1-$vm console.log: |"
+            sed "s|^|@@LOG $1-$vm qemu.out: |" "/lab/qemu/$vm/qemu-$1.out"
+        fi
+        say "@@NESTED step=$1-ssh-$vm rc=$rc want=0 secs=$t"
+    done
 }
 
 scenario_net_bench() {
@@ -503,68 +555,37 @@ scenario_net_bench() {
     wait_nic "$NET_CLIENT" "$NET_CLIENT_IP" nic-client || return
     expect_out ssh-listener-hostname "$NET_LISTENER_HOST" vmctl ssh "$NET_LISTENER" -- hostname
     expect_out ssh-client-hostname "$NET_CLIENT_HOST" vmctl ssh "$NET_CLIENT" -- hostname
-    net_bench_round vmctl
     : > /tmp/qemu-known_hosts
+    : > /tmp/qemu.pids
+    mkdir -p /lab/qemu
     for vm in $NET_LISTENER $NET_CLIENT; do
         q=/lab/qemu/$vm
-        mkdir -p /lab/qemu
         step "backup-$vm" 0 vmctl backup "$vm" -o "$q" || return
         cp "/lab/.vmctl/vms/$vm/machine.json" "$q/machine.json"
         [ "$vm" = "$NET_LISTENER" ] && ip=$NET_LISTENER_IP || ip=$NET_CLIENT_IP
         echo "$ip" > "/tmp/qemu-ip-$vm"
         echo "$ip $(cat "/lab/.vmctl/vms/$vm/ssh_host_key")" >> /tmp/qemu-known_hosts
     done
-    step destroy 0 vmctl destroy --auto-approve || return
-    ip link add qbr0 type bridge
-    ip addr add "$NET_HOST_IP/24" dev qbr0
-    ip link set qbr0 up
     printf '#!/bin/sh\nip link set "$1" master qbr0 up\n' > /tmp/qemu-ifup
     chmod 755 /tmp/qemu-ifup
-    # QEMU's virtio-net as it comes (checksum and TSO offloads, mergeable
-    # RX buffers, event index), then with all of those off — what vmctl's
-    # device offers — to tell how much of any gap they make.
-    qemu_round qemu ""
-    qemu_round qemu-plain ",csum=off,guest_csum=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,mrg_rxbuf=off,event_idx=off,indirect_desc=off,ctrl_vq=off,guest_announce=off,status=off"
-    ip link del qbr0
-}
-
-# qemu_round NAME NET_OPTS: boot both guests under QEMU with the
-# virtio-net-device options NET_OPTS, measure, stop them.
-qemu_round() {
-    for vm in $NET_LISTENER $NET_CLIENT; do
-        q=/lab/qemu/$vm
-        m=$q/machine.json
-        qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
-            -m "$(jnum "$m" memory_mib)" -smp "$(jnum "$m" cpus)" -nodefaults -no-user-config \
-            -display none -monitor none -no-reboot \
-            -kernel "$(jstr "$m" kernel)" -initrd "$(jstr "$m" initrd)" -append "$(jstr "$m" cmdline)" \
-            -serial "file:$q/console-$1.log" \
-            -drive "file=$q/root.raw,if=none,format=raw,id=d0" -device virtio-blk-device,drive=d0 \
-            -netdev "tap,id=n0,ifname=qt-$vm,script=/tmp/qemu-ifup,downscript=no" \
-            -device "virtio-net-device,netdev=n0,mac=$(jstr "$m" mac)$2" > "$q/qemu-$1.out" 2>&1 &
-        echo $! > "$q/qemu.pid"
-    done
-    ok=1
-    for vm in $NET_LISTENER $NET_CLIENT; do
-        t=0; rc=1
-        while [ "$t" -lt "$GUEST_TIMEOUT" ]; do
-            gssh qemu "$vm" true 2>/dev/null && { rc=0; break; }
-            sleep 5; t=$((t + 5))
+    qemu_pair qemu ""
+    qemu_pair qemu-plain ",csum=off,guest_csum=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,mrg_rxbuf=off,event_idx=off,indirect_desc=off,ctrl_vq=off,guest_announce=off,status=off"
+    qemu_wait qemu
+    qemu_wait qemu-plain
+    if [ "$FAILED" = 0 ]; then
+        for vmm in vmctl qemu qemu-plain; do bench_servers "$vmm"; done
+        n=1
+        while [ "$n" -le "$NET_BENCH_N" ]; do
+            for vmm in vmctl qemu qemu-plain; do bench_run "$vmm" "$n"; done
+            n=$((n + 1))
         done
-        if [ "$rc" != 0 ]; then
-            FAILED=1; ok=0
-            tail -n 20 "/lab/qemu/$vm/console-$1.log" | sed "s|^|@@LOG $1-$vm console.log: |"
-            sed "s|^|@@LOG $1-$vm qemu.out: |" "/lab/qemu/$vm/qemu-$1.out"
-        fi
-        say "@@NESTED step=$1-ssh-$vm rc=$rc want=0 secs=$t"
-    done
-    [ "$ok" = 1 ] && net_bench_round "$1"
-    for vm in $NET_LISTENER $NET_CLIENT; do
-        pid=$(cat "/lab/qemu/$vm/qemu.pid")
-        kill "$pid" 2>/dev/null
-        t=0
-        while kill -0 "$pid" 2>/dev/null && [ "$t" -lt 20 ]; do sleep 1; t=$((t + 1)); done
-    done
+    fi
+    for pid in $(cat /tmp/qemu.pids); do kill "$pid" 2>/dev/null; done
+    for vmm in vmctl qemu qemu-plain; do kill "$(cat "/tmp/iperf3-$vmm.pid" 2>/dev/null)" 2>/dev/null; done
+    sleep 2
+    ip netns del qemu
+    ip netns del qemu-plain
+    step destroy 0 vmctl destroy --auto-approve
 }
 
 if [ "$rc" = 0 ] && [ "$MODE" = net-bench ]; then

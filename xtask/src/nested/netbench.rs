@@ -1,13 +1,13 @@
 //! `--net-bench`: TCP throughput under vmctl's virtio-net against QEMU's in
-//! the same L1. L1's script runs iperf3 (`-f m`, one stream) over three
-//! paths — a VM to L1 (`vm-host`), L1 to a VM (`host-vm`) and VM to VM
-//! (`vm-vm`) — with the two guests under vmctl, then the same guests
-//! (live copies of their disks) under QEMU microvm — once with its
-//! virtio-net as it comes (`qemu`: checksum/TSO offloads, mergeable RX
-//! buffers, event index) and once with those off (`qemu-plain`: the
-//! features vmctl's device offers) — and prints one marker per run:
+//! the same L1. The same two guests run under vmctl and, from live copies
+//! of their disks, under QEMU microvm twice — its virtio-net as it comes
+//! (`qemu`: checksum/TSO offloads, mergeable RX buffers, event index) and
+//! with those off (`qemu-plain`: the features vmctl's device offers) — all
+//! at once; L1's script runs iperf3 (`-f m`, one stream) over three paths,
+//! a VM to L1 (`vm-host`), L1 to a VM (`host-vm`) and VM to VM (`vm-vm`),
+//! interleaving the VMMs run by run, and prints one marker per run:
 //! `@@NETBENCH vmm=<vmctl|qemu|qemu-plain> path=<path> n=<i> mbits=<f>`.
-//! Under TCG the absolute figures mean little; the ratio is the result.
+//! Under TCG the absolute figures mean little; the ratios are the result.
 
 use std::collections::BTreeMap;
 
