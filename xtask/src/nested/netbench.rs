@@ -2,7 +2,7 @@
 //! the same L1. The same two guests run under vmctl and, from live copies
 //! of their disks, under QEMU microvm twice — its virtio-net as it comes
 //! (`qemu`: checksum/TSO offloads, mergeable RX buffers, event index) and
-//! with those off (`qemu-plain`: the features vmctl's device offers) — all
+//! with those off (`qemu-plain`: close to what vmctl's device offers) — all
 //! at once; L1's script runs iperf3 (`-f m`, one stream) over three paths,
 //! a VM to L1 (`vm-host`), L1 to a VM (`host-vm`) and VM to VM (`vm-vm`),
 //! interleaving the VMMs run by run, and prints one marker per run:
