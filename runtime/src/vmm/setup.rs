@@ -77,7 +77,7 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     // Set-up is done: the main thread's filter goes on before the guest
     // runs. vCPU threads it starts now run under it and their own.
     crate::confine::install_main()?;
-    crate::state::write_atomic(
+    crate::state::write_replace(
         &dir.pid_file(),
         format!("{}\n", std::process::id()).as_bytes(),
     )?;
