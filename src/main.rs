@@ -18,7 +18,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse_from(cli::normalise_args(std::env::args_os()));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A VMM process skips clap (src/cmd/vmm.rs says why).
+    if let Some(code) = cmd::vmm::fast_path(&args) {
+        return code;
+    }
+    let cli = cli::Cli::parse_from(cli::normalise_args(args));
     cmd::init_tracing(&cli);
     match cmd::run(cli) {
         Ok(code) => code,

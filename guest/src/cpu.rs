@@ -66,6 +66,15 @@ pub fn pause() {
     core::hint::spin_loop();
 }
 
+/// Stops this CPU for good: interrupts masked, `hlt` (only INIT or an NMI
+/// would wake it, and then it halts again).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: masks interrupts and halts; touches no memory.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}
+
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: callers read architectural MSRs that KVM always provides.

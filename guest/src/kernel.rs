@@ -718,6 +718,10 @@ impl Diag {
     fn poll_forever(&mut self) -> ! {
         log(&["diag: polling (power button, COM2 requests, resources)"]);
         let idles = clock::vmm_idles();
+        if self.options.halt && !idles {
+            log(&["diag: halted (diag.halt, the VMM has no idle port)"]);
+            crate::cpu::halt_forever();
+        }
         let mut rescan = Deadline::after_ms(RESCAN_MS);
         loop {
             // With NICs, a shorter idle: a frame waits at most this long.

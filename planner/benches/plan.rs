@@ -4,65 +4,8 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use vmctl_planner::{
-    Capabilities, Desired, Live, ObservedState, ObservedVm, Record, RunState, plan,
-};
-use vmctl_spec::{DesiredState, DiskFormat, DiskSpec, VmSpec};
-
-fn lab(n: usize) -> DesiredState {
-    let vms = (0..n)
-        .map(|i| VmSpec {
-            name: format!("vm{i}"),
-            os: "diag".into(),
-            cpus: 1,
-            max_cpus: 2,
-            memory_mib: 128,
-            max_memory_mib: 256,
-            disks: vec![DiskSpec {
-                name: "root".into(),
-                size_bytes: 1 << 30,
-                format: DiskFormat::Raw,
-                path: None,
-                source: None,
-                source_format: None,
-            }],
-            depends_on: if i % 10 != 0 {
-                vec![format!("vm{}", i - 1)]
-            } else {
-                vec![]
-            },
-            copy_from: if i % 10 == 5 {
-                Some(format!("vm{}", i - 5))
-            } else {
-                None
-            },
-            cpu_weight: 100,
-            autostart: true,
-            image: None,
-            ..VmSpec::diag("")
-        })
-        .collect();
-    DesiredState {
-        format_version: "1".into(),
-        vms,
-        images: vec![],
-        networks: vec![],
-    }
-}
-
-fn converged(d: &DesiredState) -> ObservedState {
-    let mut o = ObservedState::new();
-    for s in &d.vms {
-        o.insert(ObservedVm {
-            record: Record::new(s.clone(), Desired::Running),
-            live: Live {
-                state: RunState::Running,
-                ..Live::stopped()
-            },
-        });
-    }
-    o
-}
+use vmctl_planner::synthetic::{converged, lab};
+use vmctl_planner::{Capabilities, ObservedState, plan};
 
 fn bench(c: &mut Criterion) {
     let caps = Capabilities::all();

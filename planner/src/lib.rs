@@ -31,6 +31,7 @@
 //!   what changed since (`plan -out`, `apply FILE`, `show`).
 //! * [`engine`] — walks the DAG with bounded parallelism; [`journal`] — the
 //!   fsync'd intent log that makes a killed apply recoverable.
+//! * [`synthetic`] — generated labs of N VMs for the benchmarks.
 //!
 //! docs/planning.md describes the decisions (and embeds the table).
 
@@ -45,6 +46,7 @@ pub mod plan;
 pub mod render;
 pub mod saved;
 pub mod size;
+pub mod synthetic;
 
 pub use backend::{Backend, BackendError, CopyReport};
 pub use capabilities::{ActionKind, Disruption};

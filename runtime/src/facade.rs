@@ -503,8 +503,16 @@ impl Runtime {
             self.console_log_max,
         )?;
         // spawn() clears stale files itself, under the VM's lock.
-        let pid = process::spawn(&self.vmm_command()?, &dir.path)?;
-        self.enforce_cpu_weight(name, pid, obs.record.spec.cpu_weight);
+        // The VM's cgroup is set while its VMM sets up.
+        let weight = obs.record.spec.cpu_weight;
+        let mut placed = false;
+        let pid = process::spawn_then(&self.vmm_command()?, &dir.path, |pid| {
+            self.enforce_cpu_weight(name, pid, weight);
+            placed = true;
+        })?;
+        if !placed {
+            self.enforce_cpu_weight(name, pid, weight);
+        }
         Ok(pid as i32)
     }
 

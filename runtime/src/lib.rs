@@ -30,6 +30,7 @@ pub mod process;
 pub mod resolve;
 pub mod snapshot;
 pub mod sparse;
+pub mod spawn_wake;
 pub mod state;
 pub mod testing;
 pub mod vmm;

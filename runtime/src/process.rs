@@ -4,7 +4,8 @@
 //! stdin from /dev/null, stdout/stderr appended to `vmm.log`) so it outlives
 //! the vmctl that started it. It is ready when `vmm.pid` exists and its
 //! control socket answers; if it exits first, the last lines of `vmm.log` say
-//! why.
+//! why. The spawner re-checks every millisecond and is woken at once by the
+//! child's exit (`spawn_wake`).
 //!
 //! One VM, one VMM: the spawner takes an exclusive flock on `DIR/vmm.lock`
 //! and hands that descriptor to the VMM, which holds it for as long as it
@@ -22,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::api::ApiClient;
+use crate::spawn_wake::{self, SpawnWake};
 use crate::state::VmDir;
 
 /// How long a VMM may take to become ready.
@@ -153,6 +155,19 @@ pub(crate) fn remove_stale_files(dir: &VmDir) {
 /// When a VMM already holds the VM's lock, waits for it and returns its pid
 /// instead of starting another.
 pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
+    spawn_then(cmd, vm_dir, |_| {})
+}
+
+/// [`spawn`], calling `started(pid)` as soon as a new VMM process exists,
+/// before waiting for it to be ready, so the caller's own work on it (the
+/// cpu-weight cgroup: a `cgroup.procs` write took ~10 ms here) overlaps the
+/// VMM's set-up instead of following it. Not called when an already
+/// running VMM was found instead.
+pub fn spawn_then(
+    cmd: &VmmCommand,
+    vm_dir: &Path,
+    started: impl FnOnce(u32),
+) -> Result<u32, ProcessError> {
     let dir = VmDir::new(vm_dir);
     let lock = loop {
         if let Some(lock) = try_vmm_lock(vm_dir)? {
@@ -183,7 +198,6 @@ pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
     })?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(dir.exit_note());
-
     let mut command = Command::new(&cmd.exe);
     command
         .args(&cmd.args)
@@ -215,8 +229,10 @@ pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
         source,
     })?;
     let pid = child.id();
+    let wake = SpawnWake::child(pid);
     // The child has its own descriptor for the lock now.
     drop(lock);
+    started(pid);
 
     let deadline = Instant::now() + READY_TIMEOUT;
     let client = ApiClient::new(dir.api_sock()).with_timeout(Duration::from_secs(2));
@@ -238,12 +254,14 @@ pub fn spawn(cmd: &VmmCommand, vm_dir: &Path) -> Result<u32, ProcessError> {
         if dir.read_pid() == Some(pid as i32) && client.status().is_ok() {
             break;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             return Err(ProcessError::Timeout(READY_TIMEOUT));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Re-check soon; woken at once if the child exits.
+        wake.wait((deadline - now).min(spawn_wake::RECHECK));
     }
     // Reap the VMM whenever it exits, so a long-lived vmctl (watch) leaves no
     // zombies; the VMM itself keeps running when this process exits.

@@ -264,7 +264,7 @@ pub fn write_machine_config(
 ) -> Result<MachineConfig, ResolveError> {
     let mut cfg = machine_config(state, dir, spec, os)?;
     cfg.console_log_max_bytes = console_log_max_bytes;
-    crate::state::write_atomic(&dir.machine_config(), &cfg.to_json())?;
+    crate::state::write_replace(&dir.machine_config(), &cfg.to_json())?;
     Ok(cfg)
 }
 

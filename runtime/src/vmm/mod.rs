@@ -20,6 +20,7 @@
 //! | `console` | `console.sock` |
 //! | [`machine`] | one boot: KVM VM, devices, I/O thread, vCPU threads |
 //! | [`boot`], [`host`], [`irq`], [`signals`] | kernel loading, host checks, interrupt lines, signals |
+//! | `trim` | gives the start-up code's pages back once the vCPUs run |
 
 pub mod boot;
 pub mod config;
@@ -35,6 +36,7 @@ mod quiesce;
 mod serve;
 mod setup;
 pub mod signals;
+mod trim;
 
 use std::path::Path;
 use std::time::Duration;

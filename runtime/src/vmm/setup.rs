@@ -74,10 +74,12 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     let console = server::bind(&dir.console_sock()).map_err(io("console.sock"))?;
     console::spawn(console, keep.console_clients.clone(), com1.clone())
         .map_err(io("the console thread"))?;
+    // Read before the filter goes on (it need not allow /proc reads).
+    let trim = super::trim::Trim::read();
     // Set-up is done: the main thread's filter goes on before the guest
     // runs. vCPU threads it starts now run under it and their own.
     crate::confine::install_main()?;
-    crate::state::write_atomic(
+    crate::state::write_replace(
         &dir.pid_file(),
         format!("{}\n", std::process::id()).as_bytes(),
     )?;
@@ -99,5 +101,7 @@ pub(super) fn setup(dir: &VmDir) -> Result<Vmm, VmmError> {
     };
     vmm.machine.start()?;
     vmm.booted = Instant::now();
+    let advised = trim.apply();
+    tracing::debug!(kib = advised >> 10, "start-up pages of the binary dropped");
     Ok(vmm)
 }

@@ -3,14 +3,19 @@
 //! `vmctl apply` returns once every VMM answers `status` (docs/runtime.md);
 //! the peer loop runs `qemu-system-x86_64 ... -daemonize`, which returns once
 //! QEMU has set the VM up and detached: both stop at "started", neither waits
-//! for the guest.
+//! for the guest. Each start is measured as wall time and as the CPU time
+//! (user + system) of the command and the children it waited for — the
+//! detached VMMs' own CPU is not counted on either side. QEMU's guests get
+//! `diag.halt`: without vmctl's idle port an idle diag spins its vCPU, and
+//! fifty spinning guests on two cores would slow the loop by what the
+//! guests do, not by what QEMU does (docs/benchmarks.md).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use super::BenchError;
-use super::boot::qemu_args;
+use super::boot::{DIAG_CMDLINE, qemu_args};
+use super::lab::{Timed, lab_dir, timed, vmctl, vmctl_timed};
 
 /// A KDL lab of `n` diag VMs of 128 MiB.
 pub fn lab_kdl(n: usize, autostart: bool) -> String {
@@ -27,45 +32,15 @@ pub fn lab_kdl(n: usize, autostart: bool) -> String {
     kdl
 }
 
-/// Runs `vmctl --state-dir STATE ARGS -f LAB`, returns its wall time in ms.
-fn vmctl(vmctl: &Path, dir: &Path, args: &[&str]) -> Result<f64, BenchError> {
-    let t0 = Instant::now();
-    let out = Command::new(vmctl)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .args(args)
-        .arg("-f")
-        .arg(dir.join("vmctl.kdl"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| BenchError::Spawn {
-            what: format!("vmctl {}", args.join(" ")),
-            source,
-        })?;
-    let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    if !out.status.success() {
-        return Err(BenchError::Run(format!(
-            "vmctl {} failed ({}):\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(ms)
-}
-
-fn lab_dir(work: &Path, tag: &str, kdl: &str) -> Result<std::path::PathBuf, BenchError> {
-    let dir = work.join(tag);
-    std::fs::create_dir_all(&dir).map_err(BenchError::io("creating a lab directory"))?;
-    std::fs::write(dir.join("vmctl.kdl"), kdl).map_err(BenchError::io("writing vmctl.kdl"))?;
-    Ok(dir)
-}
-
-/// `vmctl apply` of `n` fresh diag VMs: wall ms; then destroys them.
-pub fn vmctl_apply(vmctl_bin: &Path, work: &Path, n: usize, tag: &str) -> Result<f64, BenchError> {
+/// `vmctl apply` of `n` fresh diag VMs, timed; then destroys them.
+pub fn vmctl_apply(
+    vmctl_bin: &Path,
+    work: &Path,
+    n: usize,
+    tag: &str,
+) -> Result<Timed, BenchError> {
     let dir = lab_dir(work, tag, &lab_kdl(n, true))?;
-    let ms = vmctl(vmctl_bin, &dir, &["apply", "--auto-approve"]);
+    let ms = vmctl_timed(vmctl_bin, &dir, &["apply", "--auto-approve"]);
     let destroyed = vmctl(vmctl_bin, &dir, &["destroy", "--auto-approve"]);
     let ms = ms?;
     destroyed?;
@@ -73,28 +48,26 @@ pub fn vmctl_apply(vmctl_bin: &Path, work: &Path, n: usize, tag: &str) -> Result
     Ok(ms)
 }
 
-/// A shell loop starting `n` QEMU microvm diag VMs with `-daemonize`:
-/// wall ms; then kills them.
-pub fn qemu_loop(kernel: &Path, work: &Path, n: usize, tag: &str) -> Result<f64, BenchError> {
+/// A shell loop starting `n` QEMU microvm diag VMs (with `diag.halt`)
+/// with `-daemonize`, timed; then kills them.
+pub fn qemu_loop(kernel: &Path, work: &Path, n: usize, tag: &str) -> Result<Timed, BenchError> {
     let dir = lab_dir(work, tag, "")?;
-    let args = qemu_args(kernel, 128).join(" ");
+    let cmdline = format!("{DIAG_CMDLINE} diag.halt");
+    let args = qemu_args(kernel, 128, &cmdline)
+        .into_iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let script = format!(
         "set -e; cd '{}'; for i in $(seq {n}); do \
          qemu-system-x86_64 {args} -serial file:console-$i.log -daemonize -pidfile $i.pid \
          2>>qemu.log; done",
         dir.display()
     );
-    let t0 = Instant::now();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|source| BenchError::Spawn {
-            what: "sh (QEMU loop)".into(),
-            source,
-        })?;
-    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(&script).stdin(Stdio::null());
+    let (out, ms) = timed(&mut cmd, "sh (QEMU loop)")?;
+    let status = out.status;
     kill_pidfiles(&dir, n);
     if !status.success() {
         return Err(BenchError::Run(format!(

@@ -83,7 +83,7 @@ pub fn boot_once(
         }
         Vmm::Qemu => {
             let mut c = Command::new("qemu-system-x86_64");
-            c.args(qemu_args(kernel, mib))
+            c.args(qemu_args(kernel, mib, DIAG_CMDLINE))
                 .arg("-serial")
                 .arg(format!("file:{}", console.display()));
             c
@@ -120,7 +120,7 @@ pub fn boot_once(
 
 /// QEMU's arguments besides the serial port: the same guest, CPU count and
 /// memory as vmctl's, no default devices, no firmware config beyond PVH.
-pub fn qemu_args(kernel: &Path, mib: u64) -> Vec<String> {
+pub fn qemu_args(kernel: &Path, mib: u64, cmdline: &str) -> Vec<String> {
     [
         "-M",
         "microvm",
@@ -141,7 +141,7 @@ pub fn qemu_args(kernel: &Path, mib: u64) -> Vec<String> {
         "-kernel".into(),
         kernel.display().to_string(),
         "-append".into(),
-        DIAG_CMDLINE.into(),
+        cmdline.into(),
     ])
     .collect()
 }
@@ -249,7 +249,7 @@ Rss:                  16 kB
 
     #[test]
     fn qemu_gets_the_same_guest() {
-        let a = qemu_args(Path::new("/k/diag.elf"), 128).join(" ");
+        let a = qemu_args(Path::new("/k/diag.elf"), 128, DIAG_CMDLINE).join(" ");
         assert!(a.contains("-M microvm -accel kvm"), "{a}");
         assert!(
             a.ends_with("-m 128 -kernel /k/diag.elf -append console=ttyS0"),

@@ -9,7 +9,12 @@
 
 mod apply;
 mod boot;
+mod copy;
+mod hotadd;
+mod inproc;
+mod lab;
 pub(crate) mod stats;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +27,10 @@ use stats::{Stats, ratio};
 pub const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N]
 
   --quick    every row once, 1-2 samples a side, debug build: checks the harness
-  --runs N   samples per side for the boot and RSS rows (default 10; apply rows use N/2)
+  --runs N   samples per side for the boot and RSS rows (default 10; apply, copy and
+             hot-add rows use N/2)
+
+VMCTL_BENCH_DIR=DIR puts the copy row's 10 GiB disk on DIR's filesystem.
 
 Needs /dev/kvm and qemu-system-x86_64 (Debian: apt-get install -y qemu-system-x86).
 Writes target/bench/results.json; see docs/benchmarks.md.";
@@ -57,6 +65,10 @@ impl BenchError {
 pub struct Options {
     pub quick: bool,
     pub runs: usize,
+    /// Internal: `--plan-inproc N`: only time N-VM no-op plans in this
+    /// process and print the samples as JSON (the full run re-executes
+    /// xtask in release for this row).
+    pub plan_inproc: Option<usize>,
 }
 
 impl Default for Options {
@@ -64,6 +76,7 @@ impl Default for Options {
         Options {
             quick: false,
             runs: 10,
+            plan_inproc: None,
         }
     }
 }
@@ -80,6 +93,13 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Options, BenchError> 
                     .and_then(|v| v.parse().ok())
                     .filter(|&n: &usize| n >= 1)
                     .ok_or_else(|| BenchError::Usage("--runs takes a number ≥ 1".into()))?;
+            }
+            "--plan-inproc" => {
+                o.plan_inproc = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| BenchError::Usage("--plan-inproc takes a number".into()))?,
+                );
             }
             other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
         }
@@ -146,6 +166,14 @@ struct Machine {
 }
 
 pub fn main(opts: &Options) -> Result<bool, BenchError> {
+    if let Some(n) = opts.plan_inproc {
+        let samples = inproc::noop_plan(n, opts.runs)?;
+        println!(
+            "{}",
+            serde_json::to_string(&samples).map_err(|e| BenchError::Run(e.to_string()))?
+        );
+        return Ok(true);
+    }
     if !Path::new("/dev/kvm").exists() {
         return Err(BenchError::Missing("bench needs /dev/kvm".into()));
     }
@@ -255,10 +283,16 @@ pub fn main(opts: &Options) -> Result<bool, BenchError> {
     }
 
     let apply_runs = if opts.quick { 1 } else { (runs / 2).max(1) };
-    let counts: &[usize] = if opts.quick { &[1, 2] } else { &[1, 10] };
+    let counts: &[usize] = if opts.quick { &[1, 2] } else { &[1, 10, 50] };
     for &n in counts {
+        // 50 VMs take ~15 s a side here: 3 samples keep the run in 10 min.
+        let samples = if n >= 50 {
+            apply_runs.min(3)
+        } else {
+            apply_runs
+        };
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        for i in 0..apply_runs {
+        for i in 0..samples {
             a.push(apply::vmctl_apply(
                 &vmctl,
                 &work,
@@ -272,13 +306,32 @@ pub fn main(opts: &Options) -> Result<bool, BenchError> {
                 &format!("qloop{n}-{i}"),
             )?);
         }
-        eprintln!("bench: apply of {n} done ({apply_runs} a side)");
+        eprintln!("bench: apply of {n} done ({samples} a side)");
+        let wall = |s: &[lab::Timed]| s.iter().map(|t| t.wall_ms).collect::<Vec<_>>();
+        let cpu = |s: &[lab::Timed]| s.iter().map(|t| t.cpu_ms).collect::<Vec<_>>();
+        let per_vm = |s: &[lab::Timed]| s.iter().map(|t| t.wall_ms / n as f64).collect::<Vec<_>>();
         rows.push(Row::new(
             &format!("apply_{n}"),
             &format!("start {n} diag VM(s) of 128 MiB, wall"),
             "ms",
-            ("vmctl apply", &a),
-            Some(("sh loop: qemu -daemonize", &b)),
+            ("vmctl apply", &wall(&a)),
+            Some(("sh loop: qemu -daemonize", &wall(&b))),
+        ));
+        rows.push(Row::new(
+            &format!("apply_{n}_cpu"),
+            &format!(
+                "start {n} diag VM(s), CPU (user+sys of the command and its waited-for children)"
+            ),
+            "ms",
+            ("vmctl apply", &cpu(&a)),
+            Some(("sh loop: qemu -daemonize", &cpu(&b))),
+        ));
+        rows.push(Row::new(
+            &format!("apply_{n}_per_vm"),
+            &format!("start {n} diag VM(s), wall per VM"),
+            "ms",
+            ("vmctl apply", &per_vm(&a)),
+            Some(("sh loop: qemu -daemonize", &per_vm(&b))),
         ));
     }
 
@@ -302,6 +355,79 @@ pub fn main(opts: &Options) -> Result<bool, BenchError> {
         ));
     }
 
+    let plan_n = if opts.quick { 100 } else { 10_000 };
+    let plan_samples = plan_inproc(&root, plan_n, runs, opts.quick)?;
+    eprintln!("bench: in-process plan of {plan_n} done");
+    rows.push(Row::new(
+        &format!("inproc_plan_{plan_n}"),
+        &format!(
+            "no-op plan of a {plan_n}-VM lab, in process ({} build)",
+            if opts.quick { "debug" } else { "release" }
+        ),
+        "ms",
+        ("vmctl_planner::plan", &plan_samples),
+        None,
+    ));
+
+    let copy = copy::copy_row(&vmctl, &work, apply_runs)?;
+    eprintln!("bench: copy done ({apply_runs} a side)");
+    let copy_measure = "copy of a 10 GiB disk holding 200 MiB";
+    rows.push(Row::new(
+        "copy_10g_cp",
+        &format!("{copy_measure} (vs cp)"),
+        "ms",
+        ("vmctl backup (live)", &copy.backup),
+        Some(("cp --sparse=always", &copy.cp)),
+    ));
+    rows.push(Row::new(
+        "copy_10g_qemu_img",
+        &format!("{copy_measure} (vs qemu-img)"),
+        "ms",
+        ("vmctl backup (live)", &copy.backup),
+        Some(("qemu-img convert -O raw", &copy.qemu_img)),
+    ));
+    rows.push(Row::new(
+        "copy_10g_paused",
+        "guest paused during that backup",
+        "ms",
+        ("vmctl backup", &copy.paused),
+        None,
+    ));
+
+    let w = watch::watch_row(&vmctl, &work, if opts.quick { 1 } else { runs })?;
+    eprintln!("bench: watch done");
+    rows.push(Row::new(
+        "watch_save_to_reconcile",
+        "watch: file save → reconcile started (no-op change)",
+        "ms",
+        ("vmctl watch", &w.save_to_start),
+        None,
+    ));
+    rows.push(Row::new(
+        "watch_debounce",
+        "of which the debounce: last file event → settled (--debounce-ms 100)",
+        "ms",
+        ("vmctl watch", &w.debounce),
+        None,
+    ));
+    rows.push(Row::new(
+        "watch_reconcile",
+        "then the no-op reconcile: start → end",
+        "ms",
+        ("vmctl watch", &w.reconcile),
+        None,
+    ));
+
+    let (live, restart) = hotadd::hotadd_row(&vmctl, &work, apply_runs)?;
+    eprintln!("bench: hot-add done ({apply_runs} a side)");
+    rows.push(Row::new(
+        "hotadd_vs_restart",
+        "vCPUs 1 → 2 of a diag VM: apply until the guest reports 2",
+        "ms",
+        ("vmctl hot-add (live)", &live),
+        Some(("vmctl restart (same change)", &restart)),
+    ));
+
     print_table(&rows);
     let results = Results {
         format_version: "1",
@@ -318,6 +444,35 @@ pub fn main(opts: &Options) -> Result<bool, BenchError> {
     let _ = std::fs::remove_dir_all(&work);
     println!("\nwrote {}", path.display());
     Ok(true)
+}
+
+/// Samples of the in-process no-op plan of an `n`-VM lab: in this process
+/// for `--quick` (a debug build: it only checks the row works), otherwise
+/// from xtask itself rebuilt and run in release, so the planner is measured
+/// as vmctl ships it.
+fn plan_inproc(root: &Path, n: usize, runs: usize, quick: bool) -> Result<Vec<f64>, BenchError> {
+    if quick {
+        return inproc::noop_plan(n, runs);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["run", "--quiet", "--release", "-p", "xtask", "--", "bench"])
+        .args(["--runs", &runs.to_string(), "--plan-inproc", &n.to_string()])
+        .output()
+        .map_err(|source| BenchError::Spawn {
+            what: "cargo run --release -p xtask".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BenchError::Run(format!(
+            "xtask bench --plan-inproc: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| BenchError::Run(format!("xtask bench --plan-inproc output: {e}")))
 }
 
 /// The table as markdown (docs/benchmarks.md takes it as printed).
@@ -395,6 +550,8 @@ mod tests {
         assert_eq!(p(&["--runs", "4"]).unwrap().runs, 4);
         assert!(p(&["--runs", "0"]).is_err());
         assert!(p(&["--fast"]).is_err());
+        assert_eq!(p(&["--plan-inproc", "100"]).unwrap().plan_inproc, Some(100));
+        assert!(p(&["--plan-inproc"]).is_err());
     }
 
     #[test]
