@@ -46,8 +46,8 @@ mod tests {
     #[test]
     fn the_first_debian_vm_with_a_root_disk_is_backed_up() {
         let two = lab(include_str!("../../labs/two-debian.kdl"));
-        assert_eq!(vm(&two), Some("beta"));
-        assert_eq!(env(&two), "BACKUP_VM=\"beta\"\n");
+        assert_eq!(vm(&two), Some("db"));
+        assert_eq!(env(&two), "BACKUP_VM=\"db\"\n");
         let minimal =
             lab("vm \"a\" {\n    os \"debian-12-minimal\"\n    disk \"root\" size=\"64MiB\"\n}\n");
         assert_eq!(vm(&minimal), None);
