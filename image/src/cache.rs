@@ -72,14 +72,19 @@ pub fn image_id(kernel_sha256: &str, initrd_sha256: &str) -> String {
     digest::sha256_hex(format!("{kernel_sha256}\n{initrd_sha256}\n").as_bytes())
 }
 
-/// The cache key of an image with a root filesystem: its kernel, initrd and
-/// exact package set (name, version, `.deb` digest of each).
+/// The cache key of an image with a root filesystem: its kernel, initrd,
+/// exact package set (name, version, `.deb` digest of each) and `vmctl_files`,
+/// the digest of what vmctl itself puts into the root filesystem (the
+/// agent, the configuration service, the recipe's version). Without the
+/// last, an image built by a vmctl with another agent had the same id and
+/// the cache kept serving the old root filesystem.
 pub fn image_id_with_packages(
     kernel_sha256: &str,
     initrd_sha256: &str,
     packages: &[LockedPackage],
+    vmctl_files: &str,
 ) -> String {
-    let mut text = format!("{kernel_sha256}\n{initrd_sha256}\n");
+    let mut text = format!("{kernel_sha256}\n{initrd_sha256}\n{vmctl_files}\n");
     for p in packages {
         text.push_str(&format!("{} {} {}\n", p.name, p.version, p.sha256));
     }
@@ -246,6 +251,16 @@ pub fn remove(state_dir: &Path, id_prefix: &str) -> Result<CachedImage, ImageErr
 
 #[cfg(test)]
 mod tests {
+
+    /// Two builds with the same kernel, initrd and packages but different
+    /// vmctl files (another agent) are different images.
+    #[test]
+    fn the_id_covers_vmctl_s_own_files() {
+        let a = image_id_with_packages("k", "i", &[], "agent-1");
+        assert_ne!(a, image_id_with_packages("k", "i", &[], "agent-2"));
+        assert_eq!(a, image_id_with_packages("k", "i", &[], "agent-1"));
+    }
+
     use super::*;
 
     fn fake(state: &Path, kernel: &[u8], initrd: &[u8]) -> Manifest {

@@ -92,6 +92,17 @@ fn remove_matching(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(), ImageE
     Ok(())
 }
 
+/// The digest of what vmctl itself adds to the root filesystem (part of
+/// the image id, so a changed agent or service never reuses a cached image).
+pub fn vmctl_files_sha256() -> String {
+    let mut text = format!("recipe {RECIPE}\n");
+    for f in [INIT, AGENT, AGENT_UNIT, CONFIG, CONFIG_UNIT] {
+        text.push_str(&digest::sha256_hex(f.as_bytes()));
+        text.push('\n');
+    }
+    digest::sha256_hex(text.as_bytes())
+}
+
 /// vmctl's part of the root filesystem: the guest agent and configuration
 /// service, enabled; nothing that must differ per VM.
 pub fn customise(root: &Path) -> Result<(), ImageError> {
@@ -288,7 +299,12 @@ pub fn build(
     let manifest = Manifest {
         format_version: "1".into(),
         name: NAME.into(),
-        id: cache::image_id_with_packages(&kernel_sha256, &initrd_sha256, &packages),
+        id: cache::image_id_with_packages(
+            &kernel_sha256,
+            &initrd_sha256,
+            &packages,
+            &vmctl_files_sha256(),
+        ),
         recipe: RECIPE,
         kernel_version,
         kernel_sha256,

@@ -464,7 +464,7 @@ mod tests {
         let manifest = Manifest {
             format_version: "1".into(),
             name: debian12::NAME.into(),
-            id: cache::image_id_with_packages(&k, &i, &[]),
+            id: cache::image_id_with_packages(&k, &i, &[], &debian12::vmctl_files_sha256()),
             recipe: debian12::RECIPE,
             kernel_version: "6.1.0-test".into(),
             kernel_sha256: k.clone(),
