@@ -467,10 +467,12 @@ scenario_boot_loop() {
 jstr() { sed -n "s/^ *\"$2\": \"\([^\"]*\)\".*/\1/p" "$1" | head -n 1; }
 jnum() { sed -n "s/^ *\"$2\": \([0-9]*\).*/\1/p" "$1" | head -n 1; }
 
+# iproute2's ip by path: L1's busybox shell runs its own `ip` applet
+# first, which has no `netns` and no `-n`.
 # in VMM CMD...: CMD in the VMM's network namespace (vmctl's is L1's own).
 in_ns() {
     i_vmm=$1; shift
-    if [ "$i_vmm" = vmctl ]; then "$@"; else ip netns exec "$i_vmm" "$@"; fi
+    if [ "$i_vmm" = vmctl ]; then "$@"; else /sbin/ip netns exec "$i_vmm" "$@"; fi
 }
 
 # gssh VMM VM CMD: CMD in the guest as its user (vmctl: `vmctl ssh`; QEMU:
@@ -480,7 +482,7 @@ gssh() {
     if [ "$g_vmm" = vmctl ]; then
         vmctl ssh "$g_vm" -- "$@"
     else
-        ip netns exec "$g_vmm" ssh -o UserKnownHostsFile=/tmp/qemu-known_hosts \
+        /sbin/ip netns exec "$g_vmm" ssh -o UserKnownHostsFile=/tmp/qemu-known_hosts \
             -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes \
             -o HostKeyAlgorithms=ssh-ed25519 -o BatchMode=yes -o ConnectTimeout=10 \
             -l alice "$(cat "/tmp/qemu-ip-$g_vm")" "$@"
@@ -512,15 +514,15 @@ bench_run() {
 # on the backed-up disks (`snapshot=on`: each QEMU writes to its own
 # temporary overlay, so both pairs share the copies).
 qemu_pair() {
-    ip netns add "$1"
-    ip -n "$1" link set lo up
-    ip -n "$1" link add qbr0 type bridge
-    ip -n "$1" addr add "$NET_HOST_IP/24" dev qbr0
-    ip -n "$1" link set qbr0 up
+    /sbin/ip netns add "$1"
+    /sbin/ip -n "$1" link set lo up
+    /sbin/ip -n "$1" link add qbr0 type bridge
+    /sbin/ip -n "$1" addr add "$NET_HOST_IP/24" dev qbr0
+    /sbin/ip -n "$1" link set qbr0 up
     for vm in $NET_LISTENER $NET_CLIENT; do
         q=/lab/qemu/$vm
         m=$q/machine.json
-        TMPDIR=/tmp ip netns exec "$1" qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
+        TMPDIR=/tmp /sbin/ip netns exec "$1" qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
             -m "$(jnum "$m" memory_mib)" -smp "$(jnum "$m" cpus)" -nodefaults -no-user-config \
             -display none -monitor none -no-reboot \
             -kernel "$(jstr "$m" kernel)" -initrd "$(jstr "$m" initrd)" -append "$(jstr "$m" cmdline)" \
@@ -566,7 +568,7 @@ scenario_net_bench() {
         echo "$ip" > "/tmp/qemu-ip-$vm"
         echo "$ip $(cat "/lab/.vmctl/vms/$vm/ssh_host_key")" >> /tmp/qemu-known_hosts
     done
-    printf '#!/bin/sh\nip link set "$1" master qbr0 up\n' > /tmp/qemu-ifup
+    printf '#!/bin/sh\n/sbin/ip link set "$1" master qbr0 up\n' > /tmp/qemu-ifup
     chmod 755 /tmp/qemu-ifup
     qemu_pair qemu ""
     qemu_pair qemu-plain ",csum=off,guest_csum=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,mrg_rxbuf=off,event_idx=off"
@@ -583,8 +585,8 @@ scenario_net_bench() {
     for pid in $(cat /tmp/qemu.pids); do kill "$pid" 2>/dev/null; done
     for vmm in vmctl qemu qemu-plain; do kill "$(cat "/tmp/iperf3-$vmm.pid" 2>/dev/null)" 2>/dev/null; done
     sleep 2
-    ip netns del qemu
-    ip netns del qemu-plain
+    /sbin/ip netns del qemu
+    /sbin/ip netns del qemu-plain
     step destroy 0 vmctl destroy --auto-approve
 }
 
