@@ -522,7 +522,7 @@ qemu_pair() {
     for vm in $NET_LISTENER $NET_CLIENT; do
         q=/lab/qemu/$vm
         m=$q/machine.json
-        TMPDIR=/tmp /sbin/ip netns exec "$1" qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
+        /sbin/ip netns exec "$1" qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -cpu host \
             -m "$(jnum "$m" memory_mib)" -smp "$(jnum "$m" cpus)" -nodefaults -no-user-config \
             -display none -monitor none -no-reboot \
             -kernel "$(jstr "$m" kernel)" -initrd "$(jstr "$m" initrd)" -append "$(jstr "$m" cmdline)" \
@@ -568,6 +568,8 @@ scenario_net_bench() {
         echo "$ip" > "/tmp/qemu-ip-$vm"
         echo "$ip $(cat "/lab/.vmctl/vms/$vm/ssh_host_key")" >> /tmp/qemu-known_hosts
     done
+    # QEMU puts a snapshot=on overlay in /var/tmp (it ignores TMPDIR).
+    mkdir -p /var/tmp
     printf '#!/bin/sh\n/sbin/ip link set "$1" master qbr0 up\n' > /tmp/qemu-ifup
     chmod 755 /tmp/qemu-ifup
     qemu_pair qemu ""
