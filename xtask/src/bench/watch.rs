@@ -41,9 +41,7 @@ fn monotonic_ns() -> u64 {
 
 /// The `key=value` number of a `timing` line.
 fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
+    crate::nested::check::field(line, key)?.parse().ok()
 }
 
 fn lab_text(i: usize) -> String {

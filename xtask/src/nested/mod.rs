@@ -7,7 +7,7 @@
 
 mod backup_check;
 mod bootloop;
-mod check;
+pub(crate) mod check;
 mod l1;
 mod lab;
 mod netbench;
