@@ -13,7 +13,7 @@ use crate::clock::Deadline;
 use crate::cpu::{mmio_read32, mmio_write32, pause};
 use crate::layout::VIRTIO_MMIO_MAX_DEVICES;
 use crate::virtio_mmio::{
-    CONFIG, CONFIG_GENERATION, QUEUE_NOTIFY, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, ack_interrupts,
+    CONFIG, CONFIG_GENERATION, QUEUE_NOTIFY, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, ISR_CONFIG_CHANGE, ack_interrupts,
     driver_ok, negotiate, r8, r16, setup_queue, w8, w16, w32, w64, write_desc,
 };
 pub use crate::virtio_mmio::{Slot, probe, slot_base};
@@ -98,6 +98,9 @@ pub struct Blk {
     last_used: u16,
     /// A request was lost: the queue state is unknown, issue no more.
     wedged: bool,
+    /// A configuration-change interrupt was acked by a request and not yet
+    /// taken by [`Blk::config_changed`].
+    config_changed: bool,
 }
 
 impl Blk {
@@ -127,6 +130,7 @@ impl Blk {
             next_avail: 0,
             last_used: 0,
             wedged: false,
+            config_changed: false,
         })
     }
 
@@ -136,6 +140,14 @@ impl Blk {
 
     pub fn capacity_sectors(&self) -> u64 {
         capacity_sectors(self.slot)
+    }
+
+    /// Whether the device said its configuration (capacity) changed since
+    /// the last call: one register read, so the idle loop can ask every
+    /// pass instead of re-probing every slot.
+    pub fn config_changed(&mut self) -> bool {
+        let now = ack_interrupts(self.base) & ISR_CONFIG_CHANGE != 0;
+        core::mem::take(&mut self.config_changed) || now
     }
 
     /// Issues one request (header, `len` device-writable data bytes,
@@ -218,7 +230,9 @@ impl Blk {
         }
         fence(Ordering::SeqCst);
         self.last_used = self.last_used.wrapping_add(1);
-        ack_interrupts(self.base);
+        if ack_interrupts(self.base) & ISR_CONFIG_CHANGE != 0 {
+            self.config_changed = true;
+        }
         let status = r8(page + STATUS_OFF);
         if status != 0 {
             return Err(if status == 2 {

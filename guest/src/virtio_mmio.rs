@@ -164,12 +164,18 @@ pub fn driver_ok(base: u64, status: u32) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Keep the (unused) interrupt line quiet.
-pub fn ack_interrupts(base: u64) {
+/// The interrupt status bit for "the configuration space changed" (a disk
+/// resize).
+pub const ISR_CONFIG_CHANGE: u32 = 2;
+
+/// Keep the (unused) interrupt line quiet; returns the bits it acked, so a
+/// configuration change acked along with a used buffer is not lost.
+pub fn ack_interrupts(base: u64) -> u32 {
     let isr = mmio_read32(base + INTERRUPT_STATUS);
     if isr != 0 {
         mmio_write32(base + INTERRUPT_ACK, isr);
     }
+    isr
 }
 
 /// Write one descriptor of the table at `table`.

@@ -40,6 +40,9 @@ pub struct SerialDevice<W: Write + Send> {
     /// Input that did not fit the 64-byte receive FIFO yet: moved into it
     /// as the guest reads (see [`SerialDevice::send`]).
     pending: VecDeque<u8>,
+    /// Told of every input byte, for a guest that polls with its UART
+    /// interrupts off (the VMM's idle-port wake; None with an irqchip).
+    wake: Option<Arc<dyn Interrupt>>,
 }
 
 impl<W: Write + Send> SerialDevice<W> {
@@ -47,12 +50,30 @@ impl<W: Write + Send> SerialDevice<W> {
         SerialDevice {
             serial: Serial::new(irq, out),
             pending: VecDeque::new(),
+            wake: None,
+        }
+    }
+
+    /// Also signal `wake` whenever input arrives (a polled guest: its UART
+    /// raises no interrupt because the guest never enables one).
+    pub fn with_wake(mut self, wake: Option<Arc<dyn Interrupt>>) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    fn woken(&self) {
+        if let Some(w) = &self.wake {
+            w.trigger();
         }
     }
 
     /// Queue bytes for the guest to read; returns how many fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
+        let n = self.serial.enqueue_raw_bytes(bytes).unwrap_or(0);
+        if n > 0 {
+            self.woken();
+        }
+        n
     }
 
     /// Send `bytes` to the guest whole: what does not fit the receive FIFO
@@ -70,6 +91,9 @@ impl<W: Write + Send> SerialDevice<W> {
         let keep = bytes.len().min(MAX_PENDING_INPUT);
         self.pending.extend(&bytes[bytes.len() - keep..]);
         self.feed();
+        if !bytes.is_empty() {
+            self.woken();
+        }
     }
 
     /// Move pending input into the receive FIFO as far as it has room.
@@ -370,6 +394,26 @@ mod tests {
         let mut lsr = [0u8; 1];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn input_wakes_a_polling_guest() {
+        #[derive(Default)]
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Interrupt for Count {
+            fn trigger(&self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count::default());
+        let mut dev = SerialDevice::new(SerialIrq::default(), Vec::<u8>::new())
+            .with_wake(Some(count.clone()));
+        dev.send(b"{\"id\":1,\"cmd\":\"ping\"}\n");
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(dev.enqueue_input(b"x"), 1);
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        dev.send(b"");
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

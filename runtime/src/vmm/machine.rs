@@ -165,17 +165,26 @@ impl Machine {
 
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        let com1_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM1_IRQ)?);
-        let com2_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM2_IRQ)?);
+        // Created first: in polled mode every device line wakes its vCPU 0.
+        let control = Arc::new(VcpuControl::default());
+        let com1_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM1_IRQ, &control)?);
+        let com2_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM2_IRQ, &control)?);
+        let serial_wake: Option<Arc<dyn Interrupt>> = (cfg.irq_mode == irq::IrqMode::Polled)
+            .then(|| Arc::new(irq::GuestWake(control.clone())) as Arc<dyn Interrupt>);
         let console = ConsoleOutput {
             log: keep.console_log.clone(),
             clients: keep.console_clients.clone(),
         };
-        let com1: Com1 = Arc::new(Mutex::new(SerialDevice::new(com1_irq, console)));
-        let com2: Com2 = Arc::new(Mutex::new(SerialDevice::new(
-            com2_irq,
-            AgentChannel::new(keep.report.clone(), keep.agent.clone()),
-        )));
+        let com1: Com1 = Arc::new(Mutex::new(
+            SerialDevice::new(com1_irq, console).with_wake(serial_wake.clone()),
+        ));
+        let com2: Com2 = Arc::new(Mutex::new(
+            SerialDevice::new(
+                com2_irq,
+                AgentChannel::new(keep.report.clone(), keep.agent.clone()),
+            )
+            .with_wake(serial_wake),
+        ));
         pio.insert(com1.clone(), u64::from(layout::COM1_PORT), 8)?;
         pio.insert(com2.clone(), u64::from(layout::COM2_PORT), 8)?;
         pio.insert(
@@ -188,7 +197,7 @@ impl Machine {
             u64::from(power::POWER_PORT),
             power::POWER_PORT_LEN,
         )?;
-        let ged_irq = irq::line(&vm.fd, cfg.irq_mode, crate::acpi::GED_GSI)?;
+        let ged_irq = irq::line(&vm.fd, cfg.irq_mode, crate::acpi::GED_GSI, &control)?;
         mmio.insert(
             Arc::new(Mutex::new(GedDevice::new(
                 keep.ged.clone(),
@@ -221,7 +230,12 @@ impl Machine {
                     name: disk.name.clone(),
                     source,
                 })?;
-            let irq = irq::line(&vm.fd, cfg.irq_mode, layout::VIRTIO_GSI_BASE + i as u32)?;
+            let irq = irq::line(
+                &vm.fd,
+                cfg.irq_mode,
+                layout::VIRTIO_GSI_BASE + i as u32,
+                &control,
+            )?;
             let dev: BlockDevice = Arc::new(Mutex::new(MmioTransport::new(
                 block,
                 vm.memory.clone(),
@@ -249,7 +263,12 @@ impl Machine {
                     name: nic.name.clone(),
                     mac: nic.mac.clone(),
                 })?;
-            let irq = irq::line(&vm.fd, cfg.irq_mode, layout::VIRTIO_GSI_BASE + i as u32)?;
+            let irq = irq::line(
+                &vm.fd,
+                cfg.irq_mode,
+                layout::VIRTIO_GSI_BASE + i as u32,
+                &control,
+            )?;
             let device = Net::new(mac, Box::new(tap_file), counters);
             let dev: NetDevice = Arc::new(Mutex::new(MmioTransport::new(
                 device,
@@ -284,7 +303,6 @@ impl Machine {
             let entry = (index == 0).then_some(entry);
             vcpus.push(Vcpu::new(&vm.kvm, &vm.fd, index, max_cpus, entry)?);
         }
-        let control = Arc::new(VcpuControl::default());
         let ctx = ExitContext {
             pio,
             mmio,

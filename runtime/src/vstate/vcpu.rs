@@ -132,6 +132,10 @@ pub struct VcpuFlags {
     pub ejected: std::collections::BTreeSet<u32>,
     /// How many threads are parked (paused or ejected, and waiting).
     pub parked: usize,
+    /// A device has something for a polling guest (serial input, a GED
+    /// event, a used virtio buffer) since vCPU 0 last entered the idle
+    /// port: its next idle returns at once (see [`VcpuControl::wake_guest`]).
+    pub wake: bool,
 }
 
 impl VcpuFlags {
@@ -168,14 +172,38 @@ impl VcpuControl {
     }
 
     /// Park this vCPU thread for up to `d` (the guest's idle port), waking
-    /// early when a pause, an eject or a stop is requested.
+    /// early when a pause, an eject or a stop is requested, and — vCPU 0
+    /// only, the one a polling guest services its devices on — when a device
+    /// woke the guest since vCPU 0 last idled. Consuming the wake at the
+    /// start as well as the end means an event that arrives while the guest
+    /// is between its device checks and the idle port costs one extra poll,
+    /// never a full idle interval.
     fn idle(&self, index: u32, d: Duration) {
-        let Ok(s) = self.state.lock() else {
+        let Ok(mut s) = self.state.lock() else {
             return;
         };
-        let _ = self
-            .cv
-            .wait_timeout_while(s, d, |s| !s.must_park(index) && !s.stop);
+        let wakes = index == 0;
+        if wakes && s.wake {
+            s.wake = false;
+            return;
+        }
+        let woken = |s: &mut VcpuFlags| s.must_park(index) || s.stop || (wakes && s.wake);
+        if let Ok((mut s, _)) = self.cv.wait_timeout_while(s, d, |s| !woken(s))
+            && wakes
+        {
+            s.wake = false;
+        }
+    }
+
+    /// A device has work for the guest: end vCPU 0's idle-port wait (or the
+    /// next one). This is how a polling guest that idles for long intervals
+    /// still answers a console byte, an agent request, a hot-add or a
+    /// frame at once.
+    pub fn wake_guest(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.wake = true;
+        }
+        self.cv.notify_all();
     }
 
     /// Park (`true`) or release (`false`) vCPU `index`'s thread.
@@ -400,6 +428,36 @@ fn handle_exit(index: u32, exit: VcpuExit<'_>, ctx: &ExitContext) -> Option<VmEv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An hour: if a wake were not honoured, the test would hang, not pass.
+    const FOREVER: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_device_wake_ends_vcpu0s_idle_and_is_consumed() {
+        let c = Arc::new(VcpuControl::default());
+        // A wake before the idle: the idle returns at once, the wake is used.
+        c.wake_guest();
+        c.idle(0, FOREVER);
+        assert!(!c.state.lock().unwrap().wake);
+        // An AP never takes vCPU 0's wake.
+        c.wake_guest();
+        c.idle(1, Duration::from_millis(1));
+        assert!(
+            c.state.lock().unwrap().wake,
+            "an AP consumed the BSP's wake"
+        );
+        c.idle(0, FOREVER);
+        // A wake while vCPU 0 waits ends the wait.
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || c.idle(0, FOREVER))
+        };
+        while !waiter.is_finished() {
+            c.wake_guest();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        waiter.join().unwrap();
+    }
 
     #[test]
     fn a_partial_msr_write_fails_the_vcpu_and_names_the_refused_msr() {

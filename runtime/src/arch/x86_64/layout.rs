@@ -63,10 +63,12 @@ pub const APIC_START: u64 = 0xfee0_0000;
 
 /// The idle port: a guest that polls with interrupts off (diag) writes a
 /// 32-bit millisecond count here and the VMM parks the vCPU thread for up to
-/// that long (capped at [`IDLE_MAX_MS`]), waking early for pause or stop. It
-/// is what `hlt` is to a guest with a timer interrupt.
+/// that long (capped at [`IDLE_MAX_MS`]), waking early for pause or stop,
+/// and when a device has something for the guest (serial input, a GED event,
+/// a used virtio buffer: the interrupts a polled guest does not get). It is
+/// what `hlt` is to a guest with a timer interrupt.
 pub const IDLE_PORT: u16 = 0x610;
-pub const IDLE_MAX_MS: u64 = 50;
+pub const IDLE_MAX_MS: u64 = 1000;
 /// What a 32-bit read of the idle port returns ("IDLE"), so a guest knows
 /// the VMM sleeps for it and need not wait out the interval itself.
 pub const IDLE_MAGIC: u32 = 0x454c_4449;
