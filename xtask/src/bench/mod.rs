@@ -13,6 +13,7 @@ mod copy;
 mod hotadd;
 mod inproc;
 mod lab;
+mod nested;
 pub(crate) mod stats;
 mod watch;
 
@@ -24,11 +25,14 @@ use serde::Serialize;
 use boot::Vmm;
 use stats::{Stats, ratio};
 
-pub const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N]
+pub const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N] [--nested]
 
   --quick    every row once, 1-2 samples a side, debug build: checks the harness
   --runs N   samples per side for the boot and RSS rows (default 10; apply, copy and
              hot-add rows use N/2)
+  --nested   instead of the table: the nested lab's row, a Debian boot to the guest
+             agent's first report under vmctl vs QEMU microvm in the same L1 (N/2
+             boots a side, interleaved; ~10 min); writes target/bench/results-nested.json
 
 VMCTL_BENCH_DIR=DIR puts the copy row's 10 GiB disk on DIR's filesystem.
 
@@ -69,6 +73,8 @@ pub struct Options {
     /// process and print the samples as JSON (the full run re-executes
     /// xtask in release for this row).
     pub plan_inproc: Option<usize>,
+    /// `--nested`: only the nested lab's Debian boot row.
+    pub nested: bool,
 }
 
 impl Default for Options {
@@ -77,6 +83,7 @@ impl Default for Options {
             quick: false,
             runs: 10,
             plan_inproc: None,
+            nested: false,
         }
     }
 }
@@ -87,6 +94,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Options, BenchError> 
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--nested" => o.nested = true,
             "--runs" => {
                 o.runs = args
                     .next()
@@ -176,6 +184,9 @@ pub fn main(opts: &Options) -> Result<bool, BenchError> {
     }
     if !Path::new("/dev/kvm").exists() {
         return Err(BenchError::Missing("bench needs /dev/kvm".into()));
+    }
+    if opts.nested {
+        return nested::main(opts);
     }
     let qemu_version = Command::new("qemu-system-x86_64")
         .arg("--version")

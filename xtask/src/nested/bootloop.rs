@@ -2,7 +2,7 @@
 //! inside one L1 under vmctl's VMM and/or QEMU (`-M microvm -accel kvm`),
 //! one round at a time (every VM of the round boots at once), interleaved.
 //! L1's script prints one marker per VM and boot:
-//! `@@BOOT vmm=<vmctl|qemu> vm=<name> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>`.
+//! `@@BOOT vmm=<vmctl|qemu> vm=<name> n=<i> result=<ok|crash|timeout> secs=<s> ms=<ms> detail=<...>`.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +44,9 @@ pub struct Boot {
     pub n: u32,
     pub result: String,
     pub secs: u32,
+    /// Milliseconds from just before the VMM started (10 ms resolution;
+    /// older scripts printed only `secs`).
+    pub ms: u64,
     pub detail: String,
 }
 
@@ -58,14 +61,18 @@ pub fn parse(serial: &str) -> Vec<Boot> {
                 .find(" detail=")
                 .map(|i| rest[i + " detail=".len()..].trim().to_string())
                 .unwrap_or_default();
+            let secs = field(rest, "secs")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             Some(Boot {
                 vmm: field(rest, "vmm")?.to_string(),
                 vm: field(rest, "vm").unwrap_or("-").to_string(),
                 n: field(rest, "n")?.parse().ok()?,
                 result: field(rest, "result")?.to_string(),
-                secs: field(rest, "secs")
+                secs,
+                ms: field(rest, "ms")
                     .and_then(|s| s.parse().ok())
-                    .unwrap_or(0),
+                    .unwrap_or(u64::from(secs) * 1000),
                 detail,
             })
         })
@@ -86,6 +93,16 @@ pub fn tally(boots: &[Boot]) -> BTreeMap<String, (u32, u32, u32, u32)> {
         }
     }
     t
+}
+
+/// The milliseconds of `vmm`'s successful boots, in marker order (the
+/// `cargo xtask bench --nested` row).
+pub fn ok_ms(boots: &[Boot], vmm: &str) -> Vec<f64> {
+    boots
+        .iter()
+        .filter(|b| b.vmm == vmm && b.result == "ok")
+        .map(|b| b.ms as f64)
+        .collect()
 }
 
 /// The crash-rate table.
@@ -118,7 +135,7 @@ mod tests {
     #[test]
     fn markers_parsed_and_tallied() {
         let serial = "noise\n\
-            @@BOOT vmm=vmctl vm=a n=1 result=ok secs=9 detail=\n\
+            @@BOOT vmm=vmctl vm=a n=1 result=ok secs=9 ms=9120 detail=\n\
             @@BOOT vmm=qemu vm=a n=1 result=ok secs=8 detail=qemu exit: \r\n\
             @@BOOT vmm=vmctl vm=a n=2 result=crash secs=2 detail={\"reason\":\"crash\",\"detail\":\"vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\"}\n\
             @@LOG vmctl-2 console.log: [    0.000000] Linux version 6.1\n\
@@ -126,6 +143,10 @@ mod tests {
         let boots = parse(serial);
         assert_eq!(boots.len(), 4);
         assert_eq!(boots[2].result, "crash");
+        assert_eq!(boots[0].ms, 9120);
+        assert_eq!(boots[1].ms, 8000, "secs only: whole seconds");
+        assert_eq!(ok_ms(&boots, "vmctl"), [9120.0]);
+        assert_eq!(ok_ms(&boots, "qemu"), [8000.0]);
         assert!(boots[2].detail.contains("triple fault"));
         let t = tally(&boots);
         assert_eq!(t["vmctl"], (2, 1, 1, 0));

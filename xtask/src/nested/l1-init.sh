@@ -356,8 +356,17 @@ scenario_vmm_only() {
 # BOOT_N times under each VMM in BOOT_VMMS (interleaved), one round at a
 # time. A VM's boot ends when its guest agent reports (ok), its VMM exits
 # first (crash: a triple fault ends both vmctl's VMM and QEMU -no-reboot),
-# or after BOOT_TIMEOUT s (timeout). One marker per VM and boot:
-#   @@BOOT vmm=<vmctl|qemu> vm=<name> n=<i> result=<ok|crash|timeout> secs=<s> detail=<...>
+# or after BOOT_TIMEOUT s (timeout). Looked at every 0.1 s; `ms` is the time
+# from just before the VMM was started (L1's /proc/uptime, 10 ms ticks).
+# One marker per VM and boot:
+#   @@BOOT vmm=<vmctl|qemu> vm=<name> n=<i> result=<ok|crash|timeout> secs=<s> ms=<ms> detail=<...>
+
+# up_ms: L1's uptime in milliseconds (the `1` prefix keeps a fraction like
+# `05` from being read as octal).
+up_ms() {
+    read -r u _ < /proc/uptime
+    echo $(( (${u%.*} * 100 + 1${u#*.} - 100) * 10 ))
+}
 
 # boot_start VMM VM: start it; echoes the run directory, sets the pid file.
 boot_start() {
@@ -394,9 +403,11 @@ boot_dir() {
 # boot_round VMM N: boot every VM of BOOT_VMS at once, wait, report each.
 boot_round() {
     for vm in $BOOT_VMS; do
+        up_ms > "/tmp/boot-$vm.start"
         boot_start "$1" "$vm"
         rm -f "/tmp/boot-$vm.result"
     done
+    round_start=$(up_ms)
     t=0
     while [ "$t" -lt "$BOOT_TIMEOUT" ]; do
         pending=0
@@ -404,15 +415,16 @@ boot_round() {
             [ -f "/tmp/boot-$vm.result" ] && continue
             d=$(boot_dir "$1" "$vm")
             if grep -q '{"agent":"debian-12"' "$d/console.log" 2>/dev/null; then
-                echo "ok $t" > "/tmp/boot-$vm.result"
+                echo "ok $(( $(up_ms) - $(cat "/tmp/boot-$vm.start") ))" > "/tmp/boot-$vm.result"
             elif ! kill -0 "$(cat "/tmp/boot-$vm.pid")" 2>/dev/null; then
-                echo "crash $t" > "/tmp/boot-$vm.result"
+                echo "crash $(( $(up_ms) - $(cat "/tmp/boot-$vm.start") ))" > "/tmp/boot-$vm.result"
             else
                 pending=1
             fi
         done
         [ "$pending" = 0 ] && break
-        sleep 1; t=$((t + 1))
+        sleep 0.1
+        t=$(( ($(up_ms) - round_start) / 1000 ))
     done
     for vm in $BOOT_VMS; do
         pid=$(cat "/tmp/boot-$vm.pid")
@@ -421,7 +433,8 @@ boot_round() {
     done
     for vm in $BOOT_VMS; do
         d=$(boot_dir "$1" "$vm")
-        if [ -f "/tmp/boot-$vm.result" ]; then read -r result secs < "/tmp/boot-$vm.result"; else result=timeout; secs=$t; fi
+        if [ -f "/tmp/boot-$vm.result" ]; then read -r result ms < "/tmp/boot-$vm.result"; else result=timeout; ms=$(( $(up_ms) - $(cat "/tmp/boot-$vm.start") )); fi
+        secs=$((ms / 1000))
         if [ "$1" = vmctl ]; then
             detail=$(tr -d '\n' < "$d/vmm.exit" 2>/dev/null)
         else
@@ -431,7 +444,7 @@ boot_round() {
             tail -n 12 "$d/console.log" 2>/dev/null | sed 's/[^[:print:]]//g' | sed "s|^|@@LOG $1-$vm-$2 console.log: |"
             [ -f "$d/vmm.log" ] && tail -n 5 "$d/vmm.log" | sed "s|^|@@LOG $1-$vm-$2 vmm.log: |"
         fi
-        say "@@BOOT vmm=$1 vm=$vm n=$2 result=$result secs=$secs detail=$detail"
+        say "@@BOOT vmm=$1 vm=$vm n=$2 result=$result secs=$secs ms=$ms detail=$detail"
     done
 }
 

@@ -6,7 +6,7 @@
 //! VMM (L2) and the guests report what they see. See docs/nested-lab.md.
 
 mod backup_check;
-mod bootloop;
+pub mod bootloop;
 pub(crate) mod check;
 mod l1;
 mod lab;
@@ -770,7 +770,27 @@ fn net_bench(p: &Prepared, opts: &Options) -> Result<bool, String> {
     Ok(log.done && failed.is_empty() && complete)
 }
 
+/// `cargo xtask bench --nested`: build, run the boot loop of `opts` and
+/// return every boot with whether the loop completed cleanly.
+pub fn boot_loop_boots(opts: &Options) -> Result<(Vec<bootloop::Boot>, bool), String> {
+    let n = opts
+        .boot_loop
+        .ok_or("boot_loop_boots needs opts.boot_loop")?;
+    let p = prepare(opts)?;
+    collect_boots(&p, opts, n)
+}
+
 fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
+    collect_boots(p, opts, n).map(|(_, ok)| ok)
+}
+
+/// Run L1's boot loop, print the crash-rate table; the boots and whether
+/// every one of the `n` rounds reported ok.
+fn collect_boots(
+    p: &Prepared,
+    opts: &Options,
+    n: u32,
+) -> Result<(Vec<bootloop::Boot>, bool), String> {
     let L1Run {
         res,
         retry,
@@ -806,7 +826,8 @@ fn boot_loop(p: &Prepared, opts: &Options, n: u32) -> Result<bool, String> {
             t.triple_faults.len()
         );
     }
-    Ok(finished && boots_now == want && boots.iter().all(|b| b.result == "ok"))
+    let ok = finished && boots_now == want && boots.iter().all(|b| b.result == "ok");
+    Ok((boots, ok))
 }
 
 /// `--vmm-only` and `--boot-loop`: each VM's `vm.json` and `machine.json`
