@@ -1,0 +1,300 @@
+//! The blocking facade over the async `etcd-client`: a handle that owns a
+//! tokio current-thread runtime and turns every call into a bounded, retried,
+//! blocking one. Nothing async leaks out, so the planner and the CLI stay
+//! synchronous. Reads of shared state live here; guarded writes need the
+//! lock and live on `LockGuard` (state.rs).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue};
+use serde_json::Value;
+use tokio::runtime::Runtime;
+
+use crate::retry::{self, Backoff, Failure, GaveUp};
+use crate::{ClusterError, EtcdConfig, Keys};
+
+/// A connection to etcd for one cluster's keys. Cheap to clone; blocking.
+#[derive(Clone)]
+pub struct Etcd {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub cfg: EtcdConfig,
+    pub keys: Keys,
+    rt: Runtime,
+    client: Client,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.inner.cfg.endpoints)
+            .field("cluster", &self.inner.cfg.cluster)
+            .finish()
+    }
+}
+
+/// One journal entry as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    pub seq: u64,
+    pub value: Value,
+}
+
+impl Etcd {
+    /// Check the configuration and set the client up. Without auth no
+    /// request is made yet (connections are opened on first use); with auth
+    /// the credentials are checked here.
+    pub fn connect(cfg: EtcdConfig) -> Result<Etcd, ClusterError> {
+        cfg.validate()?;
+        let (rt, client) = open(&cfg)?;
+        Ok(Etcd {
+            inner: Arc::new(Inner {
+                keys: Keys::new(&cfg.cluster),
+                cfg,
+                rt,
+                client,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &EtcdConfig {
+        &self.inner.cfg
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// One VM's record, if it has one.
+    pub fn get_vm(&self, name: &str) -> Result<Option<Value>, ClusterError> {
+        let key = self.inner.keys.vm(name)?;
+        match self.get(&key)? {
+            Some(kv) => Ok(Some(json_of(&key, kv.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every VM record, by name. Keys under `vms/` that are not a valid
+    /// name are skipped with a warning.
+    pub fn list_vms(&self) -> Result<BTreeMap<String, Value>, ClusterError> {
+        let mut out = BTreeMap::new();
+        for kv in self.range_prefix(&self.inner.keys.vms_prefix())? {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match self.inner.keys.vm_name_of(&key) {
+                Some(name) => {
+                    out.insert(name.to_string(), json_of(&key, kv.value())?);
+                }
+                None => tracing::warn!("ignoring unexpected key {key:?} in etcd"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole journal, oldest first.
+    pub fn list_journal(&self) -> Result<Vec<JournalEntry>, ClusterError> {
+        let mut out = Vec::new();
+        for kv in self.range_prefix(&self.inner.keys.journal_prefix())? {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match self.inner.keys.seq_of(&key) {
+                Some(seq) => out.push(JournalEntry {
+                    seq,
+                    value: json_of(&key, kv.value())?,
+                }),
+                None => tracing::warn!("ignoring unexpected key {key:?} in etcd"),
+            }
+        }
+        out.sort_by_key(|e| e.seq);
+        Ok(out)
+    }
+
+    /// The member this handle's first endpoint reaches: (its id, the
+    /// leader's id as it sees it; 0 while there is none). For the test
+    /// harness and diagnostics.
+    #[doc(hidden)]
+    pub fn member_status(&self) -> Result<(u64, u64), ClusterError> {
+        let s =
+            self.retry_read(|| self.call_once("status", |mut c| async move { c.status().await }))?;
+        let id = s.header().map_or(0, |h| h.member_id());
+        Ok((id, s.leader()))
+    }
+
+    // ---- the plumbing the lock and guarded writes use ----
+
+    /// One key, read linearizably (retried).
+    pub(crate) fn get(&self, key: &str) -> Result<Option<KeyValue>, ClusterError> {
+        self.retry_read(|| self.get_once(key))
+    }
+
+    pub(crate) fn get_once(&self, key: &str) -> Result<Option<KeyValue>, Failure<ClusterError>> {
+        let key = key.to_string();
+        let mut r = self.call_once("get", |mut c| async move { c.get(key, None).await })?;
+        Ok(r.take_kvs().into_iter().next())
+    }
+
+    /// Every key under a prefix (retried).
+    pub(crate) fn range_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, ClusterError> {
+        self.retry_read(|| {
+            let p = prefix.to_string();
+            let mut r = self.call_once("range", |mut c| async move {
+                c.get(p, Some(GetOptions::new().with_prefix())).await
+            })?;
+            Ok(r.take_kvs())
+        })
+    }
+
+    /// Run `f` against the client once, bounded by the request timeout, and
+    /// sort its failure into retryable or not.
+    pub(crate) fn call_once<T, F, Fut>(
+        &self,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, Failure<ClusterError>>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let client = self.inner.client.clone();
+        let t = self.inner.cfg.request_timeout;
+        match self
+            .inner
+            .rt
+            .block_on(async { tokio::time::timeout(t, f(client)).await })
+        {
+            Err(_) => Err(Failure::Retryable(format!("{op} timed out after {t:?}"))),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(op, e)),
+        }
+    }
+
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.inner.cfg.retry_for)
+    }
+
+    pub(crate) fn retry_read<T>(
+        &self,
+        call: impl FnMut() -> Result<T, Failure<ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        retry::read(&self.backoff(), call).map_err(|g| self.gave_up(g))
+    }
+
+    pub(crate) fn retry_write<T>(
+        &self,
+        write: impl FnMut() -> Result<T, Failure<ClusterError>>,
+        landed: impl FnMut() -> Result<Option<T>, Failure<ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        retry::write(&self.backoff(), write, landed).map_err(|g| self.gave_up(g))
+    }
+
+    pub(crate) fn gave_up(&self, g: GaveUp<ClusterError>) -> ClusterError {
+        match g {
+            GaveUp::Fatal(e) => e,
+            GaveUp::Exhausted {
+                last,
+                attempts,
+                elapsed,
+                outcome_unknown,
+            } => ClusterError::Unavailable {
+                endpoints: self.inner.cfg.endpoints_display(),
+                detail: last,
+                attempts,
+                elapsed,
+                outcome_unknown,
+            },
+        }
+    }
+}
+
+/// A runtime and a client for `cfg`. The keepalive thread opens its own
+/// pair: a client's connections run on the runtime that made them.
+pub(crate) fn open(cfg: &EtcdConfig) -> Result<(Runtime, Client), ClusterError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ClusterError::Runtime)?;
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.dial_timeout)
+        .with_timeout(cfg.request_timeout)
+        .with_keep_alive(cfg.request_timeout, cfg.request_timeout)
+        // A member that lost its leader answers "no leader" at once instead
+        // of holding the request until it times out.
+        .with_require_leader(true);
+    if let Some(tls) = &cfg.tls {
+        opts = opts.with_tls(crate::tls::options(tls)?);
+    }
+    if let Some(a) = &cfg.auth {
+        opts = opts.with_user(a.user.clone(), a.password.clone());
+    }
+    let b = Backoff::new(cfg.retry_for);
+    let t = cfg.dial_timeout + cfg.request_timeout;
+    let client = retry::read(&b, || {
+        let endpoints = cfg.endpoints.clone();
+        let opts = opts.clone();
+        match rt.block_on(async {
+            tokio::time::timeout(t, Client::connect(endpoints, Some(opts))).await
+        }) {
+            Err(_) => Err(Failure::Retryable(format!("connect timed out after {t:?}"))),
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(classify("connect", e)),
+        }
+    })
+    .map_err(|g| match g {
+        GaveUp::Fatal(e) => e,
+        GaveUp::Exhausted {
+            last,
+            attempts,
+            elapsed,
+            ..
+        } => ClusterError::Unavailable {
+            endpoints: cfg.endpoints_display(),
+            detail: last,
+            attempts,
+            elapsed,
+            outcome_unknown: false,
+        },
+    })?;
+    Ok((rt, client))
+}
+
+/// Which etcd failures are worth another attempt.
+pub(crate) fn classify(op: &'static str, e: etcd_client::Error) -> Failure<ClusterError> {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    match e {
+        E::GRpcStatus(s) => match s.code() {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Unknown => Failure::Retryable(format!("{op}: {}", s.message())),
+            Code::Unauthenticated | Code::PermissionDenied => Failure::Fatal(ClusterError::Auth {
+                op,
+                message: s.message().to_string(),
+            }),
+            _ => Failure::Fatal(ClusterError::Etcd {
+                op,
+                message: s.message().to_string(),
+            }),
+        },
+        E::TransportError(t) => Failure::Retryable(format!("{op}: {t}")),
+        E::IoError(io) => Failure::Retryable(format!("{op}: {io}")),
+        E::LeaseKeepAliveError(m) => Failure::Retryable(format!("{op}: {m}")),
+        other => Failure::Fatal(ClusterError::Etcd {
+            op,
+            message: other.to_string(),
+        }),
+    }
+}
+
+/// A value vmctl wrote as JSON; anything else in etcd is reported, not
+/// trusted.
+pub(crate) fn json_of(key: &str, bytes: &[u8]) -> Result<Value, ClusterError> {
+    serde_json::from_slice(bytes).map_err(|e| ClusterError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
