@@ -494,7 +494,33 @@ fn user_name() -> String {
         return u;
     }
     // SAFETY: getuid has no preconditions.
-    format!("uid{}", unsafe { libc::getuid() })
+    let uid = unsafe { libc::getuid() };
+    let mut pw = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as libc::c_char; 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the length given; getpwuid_r writes
+    // the entry into `pw` and its strings into `buf`, and sets `result` to
+    // `pw` on success.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            pw.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() {
+        // SAFETY: on success `pw` is initialised and `pw_name` points to a
+        // NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr((*result).pw_name) };
+        if let Ok(n) = name.to_str()
+            && !n.is_empty()
+        {
+            return n.to_string();
+        }
+    }
+    format!("uid{uid}")
 }
 
 fn host_name() -> String {
