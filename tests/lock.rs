@@ -155,3 +155,62 @@ fn lock_show_and_break() {
     );
     println!("{}", text(&out));
 }
+
+#[test]
+fn lock_show_over_tls_with_etcd_auth() {
+    let Some(c) = EtcdCluster::start_or_skip_with(3, true) else {
+        return;
+    };
+    c.enable_auth("s3cret").expect("enable auth");
+    let certs = c.certs().expect("a TLS cluster has certificates");
+    let tls = [
+        "--etcd-ca",
+        certs.ca.to_str().expect("utf-8"),
+        "--etcd-cert",
+        certs.client_cert.to_str().expect("utf-8"),
+        "--etcd-key",
+        certs.client_key.to_str().expect("utf-8"),
+    ];
+    let run = |extra: &[&str], password: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmctl"));
+        cmd.args(["lock", "show", "--cluster", "lab"])
+            .args(tls)
+            .args(extra)
+            .env("VMCTL_ETCD_ENDPOINTS", c.endpoints().join(","))
+            .env_remove("VMCTL_ETCD_PASSWORD");
+        if let Some(p) = password {
+            cmd.env("VMCTL_ETCD_PASSWORD", p);
+        }
+        cmd.output().expect("run vmctl")
+    };
+    let out = run(&["--etcd-user", "root"], Some("s3cret"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "cluster \"lab\": the lock is free\n"
+    );
+
+    let pw = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(pw.path(), "s3cret\n").expect("write");
+    let out = run(
+        &[
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            pw.path().to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = run(&["--etcd-user", "root"], Some("wrong"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        flat(&out).contains("etcd refused the request"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["--etcd-user", "root"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(flat(&out).contains("needs a password"), "{}", text(&out));
+}

@@ -264,6 +264,11 @@ pub(crate) fn classify(op: &'static str, e: etcd_client::Error) -> Failure<Clust
     use etcd_client::Error as E;
     use tonic::Code;
     match e {
+        // etcd answers refused credentials with InvalidArgument.
+        E::GRpcStatus(s) if is_auth_message(s.message()) => Failure::Fatal(ClusterError::Auth {
+            op,
+            message: s.message().to_string(),
+        }),
         E::GRpcStatus(s) => match s.code() {
             Code::Unavailable
             | Code::DeadlineExceeded
@@ -288,6 +293,21 @@ pub(crate) fn classify(op: &'static str, e: etcd_client::Error) -> Failure<Clust
             message: other.to_string(),
         }),
     }
+}
+
+/// etcd's messages for missing or wrong credentials and for auth that is
+/// not enabled (its codes for them vary).
+fn is_auth_message(m: &str) -> bool {
+    let m = m.strip_prefix("etcdserver: ").unwrap_or(m);
+    [
+        "authentication failed",
+        "user name is empty",
+        "user name not found",
+        "permission denied",
+        "authentication is not enabled",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p))
 }
 
 /// A value vmctl wrote as JSON; anything else in etcd is reported, not

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Etcd, EtcdConfig};
+use crate::{Etcd, EtcdConfig, TlsFiles};
 
 /// Set (to anything) to make a missing `etcd` fail the test.
 pub const REQUIRE_ETCD: &str = "VMCTL_REQUIRE_ETCD";
@@ -36,9 +36,115 @@ struct Member {
     child: Option<Child>,
 }
 
+/// The certificates of a TLS cluster, made with the `openssl` command: a CA,
+/// one server certificate for 127.0.0.1 that every member uses, and a client
+/// certificate the members require.
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Make them in `dir`.
+    pub fn make(dir: &Path) -> Result<TestCerts, String> {
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run openssl: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(key);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vmctl-test-ca",
+        ]);
+        run(&ca)?;
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let ext = format!("{name}.ext");
+            std::fs::write(
+                dir.join(&ext),
+                format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"),
+            )
+            .map_err(|e| e.to_string())?;
+            let (k, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let subj = format!("/CN=vmctl-test-{name}");
+            let mut req = vec!["req"];
+            req.extend(key);
+            req.extend(["-keyout", &k, "-out", &csr, "-subj", &subj]);
+            run(&req)?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok(TestCerts {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        })
+    }
+
+    /// What a client needs: the CA and the client certificate.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: Some(self.ca.clone()),
+            cert: Some(self.client_cert.clone()),
+            key: Some(self.client_key.clone()),
+        }
+    }
+}
+
 /// A running etcd cluster on 127.0.0.1, stopped (by pid) on drop.
 pub struct EtcdCluster {
     dir: tempfile::TempDir,
+    tls: Option<TestCerts>,
     bin: PathBuf,
     members: Vec<Member>,
     initial_cluster: String,
@@ -60,6 +166,12 @@ impl EtcdCluster {
     /// — failing the test — when it cannot start, or when `etcd` is missing
     /// and `VMCTL_REQUIRE_ETCD` is set.
     pub fn start_or_skip(n: usize) -> Option<EtcdCluster> {
+        EtcdCluster::start_or_skip_with(n, false)
+    }
+
+    /// Like `start_or_skip`, with client TLS when `tls`: `https://`
+    /// endpoints, a client certificate required (`TestCerts`).
+    pub fn start_or_skip_with(n: usize, tls: bool) -> Option<EtcdCluster> {
         let Some(bin) = etcd_binary() else {
             if std::env::var_os(REQUIRE_ETCD).is_some() {
                 panic!(
@@ -69,18 +181,24 @@ impl EtcdCluster {
             println!("skipped: etcd not installed (apt-get install etcd-server)");
             return None;
         };
-        match EtcdCluster::start(&bin, n) {
+        match EtcdCluster::start(&bin, n, tls) {
             Ok(c) => Some(c),
             Err(e) => panic!("cannot start a {n}-member etcd: {e}"),
         }
     }
 
-    /// Start an `n`-member cluster with `bin` and wait for a leader.
-    pub fn start(bin: &Path, n: usize) -> Result<EtcdCluster, String> {
+    /// Start an `n`-member cluster with `bin` (client TLS when `tls`) and
+    /// wait for a leader.
+    pub fn start(bin: &Path, n: usize, tls: bool) -> Result<EtcdCluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("vmctl-etcd-")
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
+        let tls = if tls {
+            Some(TestCerts::make(dir.path())?)
+        } else {
+            None
+        };
         // Hold every port until all are chosen so none is picked twice.
         let listeners: Vec<TcpListener> = (0..2 * n)
             .map(|_| TcpListener::bind("127.0.0.1:0"))
@@ -108,6 +226,7 @@ impl EtcdCluster {
         let mut c = EtcdCluster {
             token: format!("vmctl-test-{}-{}", std::process::id(), ports[0]),
             dir,
+            tls,
             bin: bin.to_path_buf(),
             members,
             initial_cluster,
@@ -129,9 +248,19 @@ impl EtcdCluster {
             .open(&log_path)
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -160,16 +289,31 @@ impl EtcdCluster {
 
     /// Member `i`'s client URL.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[i].client_port
+        )
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The certificates, for a TLS cluster.
+    pub fn certs(&self) -> Option<&TestCerts> {
+        self.tls.as_ref()
     }
 
     /// A configuration for cluster name `cluster` over every member, with
-    /// test-sized timeouts (dial 1 s, request 2 s, retries for 10 s).
+    /// test-sized timeouts (dial 1 s, request 2 s, retries for 10 s) and,
+    /// for a TLS cluster, the CA and client certificate.
     pub fn config(&self, cluster: &str) -> EtcdConfig {
         let mut c = EtcdConfig::new(self.endpoints(), cluster);
         c.dial_timeout = Duration::from_secs(1);
         c.request_timeout = Duration::from_secs(2);
         c.retry_for = Duration::from_secs(10);
+        c.tls = self.tls.as_ref().map(TestCerts::files);
         c
     }
 
@@ -188,6 +332,7 @@ impl EtcdCluster {
         cfg.dial_timeout = Duration::from_millis(500);
         cfg.request_timeout = Duration::from_secs(1);
         cfg.retry_for = Duration::ZERO;
+        cfg.tls = self.tls.as_ref().map(TestCerts::files);
         let e = Etcd::connect(cfg).map_err(|e| e.to_string())?;
         e.member_status().map_err(|e| e.to_string())
     }
@@ -239,6 +384,31 @@ impl EtcdCluster {
             }
         }
         Err("no running member is the leader".into())
+    }
+
+    /// Turn etcd's auth on with a `root` user (role `root`) whose password
+    /// is `password`; from then on every request needs credentials.
+    pub fn enable_auth(&self, password: &str) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let endpoints = self.endpoints();
+        let opts = match &self.tls {
+            Some(t) => Some(
+                etcd_client::ConnectOptions::new()
+                    .with_tls(crate::tls::options(&t.files()).map_err(|e| e.to_string())?),
+            ),
+            None => None,
+        };
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect(endpoints, opts).await?;
+            c.user_add("root", password, None).await?;
+            c.user_grant_role("root", "root").await?;
+            c.auth_enable().await?;
+            Ok::<_, etcd_client::Error>(())
+        })
+        .map_err(|e| format!("enabling auth: {e}"))
     }
 
     /// `kill -9` member `i` (by pid) and reap it.

@@ -421,3 +421,63 @@ fn without_quorum_locks_and_writes_fail_as_unavailable_instead_of_hanging() {
         .expect("the lock after quorum came back");
     g.put_vm("db", &json!({"n": 2})).unwrap();
 }
+
+#[test]
+fn tls_with_a_client_certificate() {
+    let _s = serial();
+    let Some(c) = EtcdCluster::start_or_skip_with(3, true) else {
+        return;
+    };
+    assert!(
+        c.endpoints()
+            .iter()
+            .all(|e| e.starts_with("https://127.0.0.1:"))
+    );
+    let etcd = Etcd::connect(c.config("tls")).unwrap();
+    let lock = etcd.lock(&opts("apply", Duration::ZERO)).unwrap();
+    lock.put_vm("db", &json!({"tls": true})).unwrap();
+    assert_eq!(etcd.get_vm("db").unwrap(), Some(json!({"tls": true})));
+
+    // The members require a client certificate: the CA alone is refused.
+    let mut cfg = c.config("tls");
+    cfg.retry_for = Duration::from_secs(1);
+    if let Some(t) = cfg.tls.as_mut() {
+        t.cert = None;
+        t.key = None;
+    }
+    let r = Etcd::connect(cfg).and_then(|e| e.list_vms());
+    assert!(matches!(r, Err(ClusterError::Unavailable { .. })), "{r:?}");
+    // Plain http to a TLS member is refused before any traffic.
+    let mut cfg = c.config("tls");
+    cfg.endpoints = vec![c.endpoint(0).replace("https://", "http://")];
+    assert!(matches!(Etcd::connect(cfg), Err(ClusterError::Config(_))));
+}
+
+#[test]
+fn etcd_user_auth() {
+    let _s = serial();
+    let Some(c) = EtcdCluster::start_or_skip(3) else {
+        return;
+    };
+    c.enable_auth("s3cret").unwrap();
+    let mut cfg = c.config("auth");
+    cfg.auth = Some(vmctl_cluster::Auth {
+        user: "root".into(),
+        password: "s3cret".into(),
+    });
+    let etcd = Etcd::connect(cfg.clone()).unwrap();
+    let lock = etcd.lock(&opts("apply", Duration::ZERO)).unwrap();
+    lock.put_vm("db", &json!({})).unwrap();
+    assert_eq!(etcd.list_vms().unwrap().len(), 1);
+
+    // A wrong password and no credentials at all: refused, not retried.
+    cfg.auth = Some(vmctl_cluster::Auth {
+        user: "root".into(),
+        password: "wrong".into(),
+    });
+    let r = Etcd::connect(cfg.clone());
+    assert!(matches!(r, Err(ClusterError::Auth { .. })), "{r:?}");
+    cfg.auth = None;
+    let r = Etcd::connect(cfg).and_then(|e| e.list_vms());
+    assert!(matches!(r, Err(ClusterError::Auth { .. })), "{r:?}");
+}

@@ -194,7 +194,7 @@ fn details(s: &LockStatus) -> String {
     let lease = if s.lease_id == 0 {
         "none".to_string()
     } else {
-        let secs = |t: Option<i64>| t.map_or("?".to_string(), |t| humantime_secs(t));
+        let secs = |t: Option<i64>| t.map_or("?".to_string(), humantime_secs);
         format!(
             "{:x} (TTL {}, {} left)",
             s.lease_id,
