@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    Compare, CompareOp, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -145,13 +145,7 @@ impl Etcd {
                         message: "took the lock without a lease".into(),
                     })?;
                     tracing::info!(token, lease_id, "took the cluster lock");
-                    return Ok(LockGuard::start(
-                        self.clone(),
-                        token,
-                        lease_id,
-                        granted,
-                        sent,
-                    ));
+                    return LockGuard::start(self.clone(), token, lease_id, granted, sent);
                 }
                 Attempt::HeldBy(status) => {
                     let waited = start.elapsed();
@@ -327,29 +321,41 @@ pub(crate) fn first_get(responses: &[TxnOpResponse]) -> Option<KeyValue> {
 }
 
 impl LockGuard {
-    fn start(etcd: Etcd, token: i64, lease_id: i64, granted_secs: i64, sent: Instant) -> LockGuard {
-        let ttl = Duration::from_secs(u64::try_from(granted_secs).unwrap_or(1).max(1));
+    /// Start renewing the lease on a client of its own (a client's
+    /// connections run on the runtime that made it; the pair moves to the
+    /// keepalive thread). Without one the lock is given back at once.
+    fn start(
+        etcd: Etcd,
+        token: i64,
+        lease_id: i64,
+        granted_secs: i64,
+        sent: Instant,
+    ) -> Result<LockGuard, ClusterError> {
+        let ttl = Duration::from_secs(u64::try_from(granted_secs).unwrap_or(0).max(1));
         let shared = Arc::new(Shared {
             lost: AtomicBool::new(false),
             valid_until: Mutex::new(sent + ttl),
         });
         let (stop, stop_rx) = mpsc::channel();
-        let cfg = etcd.inner.cfg.clone();
-        let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("etcd-lease-{lease_id:x}"))
-            .spawn(move || keepalive(cfg, lease_id, ttl, sh, stop_rx))
-            .map_err(|e| tracing::warn!("cannot start the lease keepalive thread: {e}"))
-            .ok();
-        LockGuard {
+        let mut guard = LockGuard {
             etcd,
             token,
             lease_id,
             shared,
             stop: Some(stop),
-            thread,
+            thread: None,
             skip_local_check: AtomicBool::new(false),
-        }
+        };
+        // On any error below, dropping `guard` revokes the lease.
+        let cfg = guard.etcd.inner.cfg.clone();
+        let (rt, client) = client::open(&cfg)?;
+        let sh = guard.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("etcd-lease-{lease_id:x}"))
+            .spawn(move || keepalive(&cfg, &rt, client, lease_id, ttl, &sh, &stop_rx))
+            .map_err(ClusterError::Runtime)?;
+        guard.thread = Some(thread);
+        Ok(guard)
     }
 
     /// The fencing token: the lock key's creation revision.
@@ -431,30 +437,25 @@ impl Drop for LockGuard {
 /// The keepalive thread: renew every TTL/3 on its own client; mark the lock
 /// lost when etcd says the lease is gone or no renewal came in time.
 fn keepalive(
-    cfg: EtcdConfig,
+    cfg: &EtcdConfig,
+    rt: &tokio::runtime::Runtime,
+    client: Client,
     lease_id: i64,
     ttl: Duration,
-    shared: Arc<Shared>,
-    stop: mpsc::Receiver<()>,
+    shared: &Shared,
+    stop: &mpsc::Receiver<()>,
 ) {
     let every = ttl / 3;
     let mark_lost = |why: &str| {
         shared.lost.store(true, Ordering::SeqCst);
         tracing::warn!("the cluster lock's lease {lease_id:x} is lost: {why}");
     };
-    let opened = client::open(&cfg);
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
         match stop.recv_timeout(every) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let Ok((rt, client)) = &opened else {
-            if Instant::now() >= *shared.valid_until.lock().unwrap_or_else(|p| p.into_inner()) {
-                return mark_lost("no client to renew it with");
-            }
-            continue;
-        };
         let sent = Instant::now();
         let answer = rt.block_on(async {
             tokio::time::timeout(cfg.request_timeout, async {
