@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue};
 use serde_json::Value;
@@ -24,8 +25,14 @@ pub struct Etcd {
 pub(crate) struct Inner {
     pub cfg: EtcdConfig,
     pub keys: Keys,
-    rt: Runtime,
-    client: Client,
+    pub rt: Runtime,
+    opts: ConnectOptions,
+    /// One client per endpoint, connected on first use. A request goes to
+    /// the current endpoint; a retryable failure moves on to the next one.
+    /// (etcd-client's own balancing over several endpoints kept picking a
+    /// dead member after a `kill -9`.)
+    slots: Vec<Mutex<Option<Client>>>,
+    current: AtomicUsize,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -45,20 +52,27 @@ pub struct JournalEntry {
 }
 
 impl Etcd {
-    /// Check the configuration and set the client up. Without auth no
-    /// request is made yet (connections are opened on first use); with auth
-    /// the credentials are checked here.
+    /// Check the configuration and connect to the first endpoint that
+    /// answers (without auth that makes no request yet; with auth the
+    /// credentials are checked here).
     pub fn connect(cfg: EtcdConfig) -> Result<Etcd, ClusterError> {
         cfg.validate()?;
-        let (rt, client) = open(&cfg)?;
-        Ok(Etcd {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ClusterError::Runtime)?;
+        let etcd = Etcd {
             inner: Arc::new(Inner {
                 keys: Keys::new(&cfg.cluster),
-                cfg,
+                opts: connect_options(&cfg)?,
+                slots: cfg.endpoints.iter().map(|_| Mutex::new(None)).collect(),
+                current: AtomicUsize::new(0),
                 rt,
-                client,
+                cfg,
             }),
-        })
+        };
+        etcd.retry_read(|| etcd.current_client().map(|_| ()))?;
+        Ok(etcd)
     }
 
     pub fn config(&self) -> &EtcdConfig {
@@ -146,8 +160,51 @@ impl Etcd {
         })
     }
 
-    /// Run `f` against the client once, bounded by the request timeout, and
-    /// sort its failure into retryable or not.
+    /// The current endpoint's index and client, connecting it if needed;
+    /// a failed connect moves on to the next endpoint.
+    pub(crate) fn current_client(&self) -> Result<(usize, Client), Failure<ClusterError>> {
+        let n = self.inner.slots.len();
+        let i = self.inner.current.load(Ordering::SeqCst) % n.max(1);
+        let Some(slot) = self.inner.slots.get(i) else {
+            return Err(Failure::Fatal(ClusterError::Config("no endpoints".into())));
+        };
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok((i, c.clone()));
+        }
+        let endpoint = self.inner.cfg.endpoints[i].clone();
+        let t = self.inner.cfg.dial_timeout + self.inner.cfg.request_timeout;
+        let opts = self.inner.opts.clone();
+        let r = self.inner.rt.block_on(async {
+            tokio::time::timeout(t, Client::connect([endpoint.as_str()], Some(opts))).await
+        });
+        let failure = match r {
+            Ok(Ok(c)) => {
+                *slot = Some(c.clone());
+                return Ok((i, c));
+            }
+            Err(_) => Failure::Retryable(format!("connect to {endpoint} timed out after {t:?}")),
+            Ok(Err(e)) => classify("connect", e),
+        };
+        drop(slot);
+        if matches!(failure, Failure::Retryable(_)) {
+            self.move_on_from(i);
+        }
+        Err(failure)
+    }
+
+    /// The endpoint `i` failed: the next request goes to the next one.
+    pub(crate) fn move_on_from(&self, i: usize) {
+        let n = self.inner.slots.len().max(1);
+        let _ =
+            self.inner
+                .current
+                .compare_exchange(i, (i + 1) % n, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Run `f` against the current endpoint's client once, bounded by the
+    /// request timeout, and sort its failure into retryable or not (a
+    /// retryable one moves on to the next endpoint).
     pub(crate) fn call_once<T, F, Fut>(
         &self,
         op: &'static str,
@@ -157,17 +214,21 @@ impl Etcd {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let client = self.inner.client.clone();
+        let (i, client) = self.current_client()?;
         let t = self.inner.cfg.request_timeout;
-        match self
+        let failure = match self
             .inner
             .rt
             .block_on(async { tokio::time::timeout(t, f(client)).await })
         {
-            Err(_) => Err(Failure::Retryable(format!("{op} timed out after {t:?}"))),
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(op, e)),
+            Ok(Ok(v)) => return Ok(v),
+            Err(_) => Failure::Retryable(format!("{op} timed out after {t:?}")),
+            Ok(Err(e)) => classify(op, e),
+        };
+        if matches!(failure, Failure::Retryable(_)) {
+            self.move_on_from(i);
         }
+        Err(failure)
     }
 
     pub(crate) fn backoff(&self) -> Backoff {
@@ -208,13 +269,8 @@ impl Etcd {
     }
 }
 
-/// A runtime and a client for `cfg`. The keepalive thread opens its own
-/// pair: a client's connections run on the runtime that made them.
-pub(crate) fn open(cfg: &EtcdConfig) -> Result<(Runtime, Client), ClusterError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ClusterError::Runtime)?;
+/// etcd-client's options for `cfg`: timeouts, TLS, credentials.
+fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions, ClusterError> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(cfg.dial_timeout)
         .with_timeout(cfg.request_timeout)
@@ -228,35 +284,7 @@ pub(crate) fn open(cfg: &EtcdConfig) -> Result<(Runtime, Client), ClusterError> 
     if let Some(a) = &cfg.auth {
         opts = opts.with_user(a.user.clone(), a.password.clone());
     }
-    let b = Backoff::new(cfg.retry_for);
-    let t = cfg.dial_timeout + cfg.request_timeout;
-    let client = retry::read(&b, || {
-        let endpoints = cfg.endpoints.clone();
-        let opts = opts.clone();
-        match rt.block_on(async {
-            tokio::time::timeout(t, Client::connect(endpoints, Some(opts))).await
-        }) {
-            Err(_) => Err(Failure::Retryable(format!("connect timed out after {t:?}"))),
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(classify("connect", e)),
-        }
-    })
-    .map_err(|g| match g {
-        GaveUp::Fatal(e) => e,
-        GaveUp::Exhausted {
-            last,
-            attempts,
-            elapsed,
-            ..
-        } => ClusterError::Unavailable {
-            endpoints: cfg.endpoints_display(),
-            detail: last,
-            attempts,
-            elapsed,
-            outcome_unknown: false,
-        },
-    })?;
-    Ok((rt, client))
+    Ok(opts)
 }
 
 /// Which etcd failures are worth another attempt.

@@ -12,14 +12,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, TxnOpResponse,
+    Compare, CompareOp, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::client::{self, Etcd};
+use crate::ClusterError;
+use crate::client::Etcd;
 use crate::retry::Failure;
-use crate::{ClusterError, EtcdConfig};
 
 /// Who holds the lock: the JSON value of the lock key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,12 +347,11 @@ impl LockGuard {
             skip_local_check: AtomicBool::new(false),
         };
         // On any error below, dropping `guard` revokes the lease.
-        let cfg = guard.etcd.inner.cfg.clone();
-        let (rt, client) = client::open(&cfg)?;
+        let own = Etcd::connect(guard.etcd.inner.cfg.clone())?;
         let sh = guard.shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("etcd-lease-{lease_id:x}"))
-            .spawn(move || keepalive(&cfg, &rt, client, lease_id, ttl, &sh, &stop_rx))
+            .spawn(move || keepalive(&own, lease_id, ttl, &sh, &stop_rx))
             .map_err(ClusterError::Runtime)?;
         guard.thread = Some(thread);
         Ok(guard)
@@ -437,9 +436,7 @@ impl Drop for LockGuard {
 /// The keepalive thread: renew every TTL/3 on its own client; mark the lock
 /// lost when etcd says the lease is gone or no renewal came in time.
 fn keepalive(
-    cfg: &EtcdConfig,
-    rt: &tokio::runtime::Runtime,
-    client: Client,
+    etcd: &Etcd,
     lease_id: i64,
     ttl: Duration,
     shared: &Shared,
@@ -450,40 +447,67 @@ fn keepalive(
         shared.lost.store(true, Ordering::SeqCst);
         tracing::warn!("the cluster lock's lease {lease_id:x} is lost: {why}");
     };
-    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut stream = None;
     loop {
         match stop.recv_timeout(every) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         let sent = Instant::now();
-        let answer = rt.block_on(async {
-            tokio::time::timeout(cfg.request_timeout, async {
-                if stream.is_none() {
-                    stream = Some(client.clone().lease_keep_alive(lease_id).await?);
-                }
-                let Some((keeper, s)) = stream.as_mut() else {
-                    return Ok(None);
-                };
-                keeper.keep_alive().await?;
-                s.message().await
-            })
-            .await
-        });
-        match answer {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                let secs = u64::try_from(r.ttl()).unwrap_or(0);
+        match renew_once(etcd, lease_id, &mut stream) {
+            Ok(ttl) if ttl > 0 => {
+                let secs = u64::try_from(ttl).unwrap_or(0);
                 *shared.valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
                     sent + Duration::from_secs(secs);
             }
-            Ok(Ok(Some(_))) => return mark_lost("etcd says it expired"),
-            other => {
-                tracing::debug!("lease renewal failed: {other:?}");
+            Ok(_) => return mark_lost("etcd says it expired"),
+            Err(e) => {
+                tracing::debug!("lease renewal failed: {e}");
                 stream = None;
                 if Instant::now() >= *shared.valid_until.lock().unwrap_or_else(|p| p.into_inner()) {
                     return mark_lost("no renewal was answered within its TTL");
                 }
             }
+        }
+    }
+}
+
+/// A keepalive stream and the endpoint it runs to.
+type Renewal = (usize, LeaseKeeper, LeaseKeepAliveStream);
+
+/// One renewal on the open stream (opened first if needed): the TTL etcd
+/// answers (0: the lease is gone). A failure moves on to the next endpoint.
+fn renew_once(etcd: &Etcd, lease_id: i64, stream: &mut Option<Renewal>) -> Result<i64, String> {
+    let t = etcd.inner.cfg.request_timeout;
+    if stream.is_none() {
+        let (i, mut client) = etcd.current_client().map_err(|e| format!("{e:?}"))?;
+        match etcd
+            .inner
+            .rt
+            .block_on(async { tokio::time::timeout(t, client.lease_keep_alive(lease_id)).await })
+        {
+            Ok(Ok((keeper, s))) => *stream = Some((i, keeper, s)),
+            other => {
+                etcd.move_on_from(i);
+                return Err(format!("opening the keepalive stream: {other:?}"));
+            }
+        }
+    }
+    let Some((i, keeper, s)) = stream.as_mut() else {
+        return Err("no keepalive stream".into());
+    };
+    let r = etcd.inner.rt.block_on(async {
+        tokio::time::timeout(t, async {
+            keeper.keep_alive().await?;
+            s.message().await
+        })
+        .await
+    });
+    match r {
+        Ok(Ok(Some(resp))) => Ok(resp.ttl()),
+        other => {
+            etcd.move_on_from(*i);
+            Err(format!("{other:?}"))
         }
     }
 }

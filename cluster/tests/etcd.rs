@@ -341,33 +341,70 @@ fn writes_go_on_through_the_other_members_when_the_leader_is_killed() {
     };
     let etcd = Etcd::connect(c.config("ldr")).unwrap();
     let lock = etcd.lock(&opts("apply", Duration::ZERO)).unwrap();
-    for i in 0..5 {
-        lock.put_vm(&format!("vm{i}"), &json!({"i": i})).unwrap();
-    }
     let leader = c.leader().unwrap();
+    // A writer keeps writing records and journal entries; the leader is
+    // killed under it after its fifth write.
+    let (progress, writes) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let mut slowest = Duration::ZERO;
+        for i in 0..40 {
+            let t = Instant::now();
+            lock.put_vm(&format!("vm{i}"), &json!({"i": i}))?;
+            lock.append_journal(&json!({"i": i}))?;
+            slowest = slowest.max(t.elapsed());
+            let _ = progress.send(i);
+        }
+        Ok::<_, ClusterError>((lock, slowest))
+    });
+    while writes.recv().expect("the writer stopped early") < 5 {}
     c.kill(leader);
-    let killed = Instant::now();
-    lock.put_vm("vm5", &json!({"i": 5}))
-        .expect("the first write after the leader died");
-    println!(
-        "first write after kill -9 of the leader took {:?}",
-        killed.elapsed()
-    );
-    for i in 6..20 {
-        lock.put_vm(&format!("vm{i}"), &json!({"i": i})).unwrap();
-        lock.append_journal(&json!({"i": i})).unwrap();
-    }
-    assert_eq!(etcd.list_vms().unwrap().len(), 20);
+    let (lock, slowest) = writer
+        .join()
+        .unwrap()
+        .expect("every write, across the leader's death");
+    println!("slowest write pair while the leader was killed: {slowest:?}");
+    assert_eq!(etcd.list_vms().unwrap().len(), 40);
+    let j = etcd.list_journal().unwrap();
     assert_eq!(
-        etcd.list_journal().unwrap().len(),
-        14,
-        "no append applied twice"
+        j.iter().map(|e| e.value["i"].as_i64()).collect::<Vec<_>>(),
+        (0..40).map(Some).collect::<Vec<_>>(),
+        "each entry once, in order"
     );
     assert!(!lock.is_lost());
+    assert_ne!(c.leader().unwrap(), leader);
     // The member comes back and catches up.
     c.restart(leader).unwrap();
     c.wait_healthy(Duration::from_secs(60)).unwrap();
-    lock.put_vm("vm20", &json!({"i": 20})).unwrap();
+    lock.put_vm("vm40", &json!({"i": 40})).unwrap();
+}
+
+#[test]
+fn a_live_holder_keeps_the_lock_past_its_ttl() {
+    let _s = serial();
+    let Some(c) = EtcdCluster::start_or_skip(3) else {
+        return;
+    };
+    let mut cfg = c.config("live");
+    cfg.lock_ttl = Duration::from_secs(2);
+    let etcd = Etcd::connect(cfg).unwrap();
+    let lock = etcd.lock(&opts("apply", Duration::ZERO)).unwrap();
+    // Three TTLs: only the renewals keep it.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!lock.is_lost());
+    let s = etcd.lock_status().unwrap().expect("still held");
+    assert_eq!(s.token, lock.token());
+    assert_eq!(s.granted_ttl_secs, Some(2));
+    lock.put_vm("db", &json!({})).unwrap();
+    assert!(matches!(
+        etcd.lock(&opts("apply", Duration::ZERO)),
+        Err(ClusterError::Held { .. })
+    ));
+    lock.release().unwrap();
+    assert_eq!(
+        etcd.lock_status().unwrap(),
+        None,
+        "release revokes the lease"
+    );
 }
 
 #[test]
