@@ -339,9 +339,13 @@ fn writes_go_on_through_the_other_members_when_the_leader_is_killed() {
     let Some(mut c) = EtcdCluster::start_or_skip(3) else {
         return;
     };
-    let etcd = Etcd::connect(c.config("ldr")).unwrap();
-    let lock = etcd.lock(&opts("apply", Duration::ZERO)).unwrap();
     let leader = c.leader().unwrap();
+    // The leader's endpoint first: the client talks to the member that dies.
+    let mut cfg = c.config("ldr");
+    cfg.endpoints.rotate_left(leader);
+    assert_eq!(cfg.endpoints[0], c.endpoint(leader));
+    let etcd = Etcd::connect(cfg).unwrap();
+    let lock = etcd.lock(&opts("apply", Duration::ZERO)).unwrap();
     // A writer keeps writing records and journal entries; the leader is
     // killed under it after its fifth write.
     let (progress, writes) = std::sync::mpsc::channel();
