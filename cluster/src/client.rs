@@ -16,7 +16,8 @@ use tokio::runtime::Runtime;
 use crate::retry::{self, Backoff, Failure, GaveUp};
 use crate::{ClusterError, EtcdConfig, Keys};
 
-/// A connection to etcd for one cluster's keys. Cheap to clone; blocking.
+/// A connection to etcd for one cluster's keys. Cheap to clone; every call
+/// blocks (calls from several threads at once are served one at a time).
 #[derive(Clone)]
 pub struct Etcd {
     pub(crate) inner: Arc<Inner>,
