@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue};
@@ -34,7 +34,14 @@ pub(crate) struct Inner {
     /// dead member after a `kill -9`.)
     slots: Vec<Mutex<Option<Client>>>,
     current: AtomicUsize,
+    /// Test hook: how many more write answers to drop after etcd applied
+    /// the write (`lose_write_answers_for_tests`).
+    lose_answers: AtomicU32,
 }
+
+/// The calls whose answers the test hook can drop: the writes that are
+/// re-read after a lost answer.
+const WRITE_OPS: [&str; 2] = ["lock txn", "guarded txn"];
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,6 +75,7 @@ impl Etcd {
                 opts: connect_options(&cfg)?,
                 slots: cfg.endpoints.iter().map(|_| Mutex::new(None)).collect(),
                 current: AtomicUsize::new(0),
+                lose_answers: AtomicU32::new(0),
                 rt,
                 cfg,
             }),
@@ -124,6 +132,14 @@ impl Etcd {
         }
         out.sort_by_key(|e| e.seq);
         Ok(out)
+    }
+
+    /// Test hook: the next `n` lock or guarded-write transactions are
+    /// applied by etcd but their answers are dropped, as if they had timed
+    /// out, so a test can show they are re-read, not applied twice.
+    #[doc(hidden)]
+    pub fn lose_write_answers_for_tests(&self, n: u32) {
+        self.inner.lose_answers.store(n, Ordering::SeqCst);
     }
 
     /// The member this handle's first endpoint reaches: (its id, the
@@ -222,6 +238,16 @@ impl Etcd {
             .rt
             .block_on(async { tokio::time::timeout(t, f(client)).await })
         {
+            Ok(Ok(_))
+                if WRITE_OPS.contains(&op)
+                    && self
+                        .inner
+                        .lose_answers
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok() =>
+            {
+                Failure::Retryable(format!("{op}: answer lost (injected by a test)"))
+            }
             Ok(Ok(v)) => return Ok(v),
             Err(_) => Failure::Retryable(format!("{op} timed out after {t:?}")),
             Ok(Err(e)) => classify(op, e),

@@ -249,7 +249,7 @@ impl Etcd {
                     TxnOp::get(key.clone(), None),
                 ])
                 .or_else([TxnOp::get(key.clone(), None)]);
-            let r = self.call_once("txn", |mut c| async move { c.txn(txn).await })?;
+            let r = self.call_once("lock txn", |mut c| async move { c.txn(txn).await })?;
             let kv = first_get(&r.op_responses());
             match kv {
                 Some(kv) if r.succeeded() => Ok(Attempt::Got {

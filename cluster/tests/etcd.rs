@@ -531,3 +531,38 @@ fn etcd_user_auth() {
     let r = Etcd::connect(cfg).and_then(|e| e.list_vms());
     assert!(matches!(r, Err(ClusterError::Auth { .. })), "{r:?}");
 }
+
+#[test]
+fn writes_whose_answers_were_lost_are_re_read_not_applied_twice() {
+    let _s = serial();
+    let Some(c) = EtcdCluster::start_or_skip(3) else {
+        return;
+    };
+    let etcd = Etcd::connect(c.config("lost")).unwrap();
+    // The lock's create lands but its answer is lost: the re-read finds
+    // our lease on the key, so we hold it (not "held by" ourselves).
+    etcd.lose_write_answers_for_tests(1);
+    let lock = etcd.lock(&opts("apply", Duration::ZERO)).unwrap();
+    assert_eq!(
+        etcd.lock_status().unwrap().map(|s| s.token),
+        Some(lock.token())
+    );
+
+    assert_eq!(lock.append_journal(&json!({"n": 1})).unwrap(), 1);
+    etcd.lose_write_answers_for_tests(1);
+    assert_eq!(lock.append_journal(&json!({"n": 2})).unwrap(), 2);
+    etcd.lose_write_answers_for_tests(1);
+    assert_eq!(lock.append_journal(&json!({"n": 3})).unwrap(), 3);
+    etcd.lose_write_answers_for_tests(1);
+    lock.put_vm("db", &json!({"v": 1})).unwrap();
+    etcd.lose_write_answers_for_tests(1);
+    lock.delete_vm("db").unwrap();
+    let j = etcd.list_journal().unwrap();
+    assert_eq!(
+        j.iter()
+            .map(|e| (e.seq, e.value["n"].as_i64()))
+            .collect::<Vec<_>>(),
+        [(1, Some(1)), (2, Some(2)), (3, Some(3))]
+    );
+    assert_eq!(etcd.get_vm("db").unwrap(), None);
+}
