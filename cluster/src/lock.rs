@@ -393,6 +393,7 @@ impl LockGuard {
 
     /// Release the lock now (what dropping does), reporting a failure to
     /// revoke the lease (the lock then frees itself when the lease expires).
+    /// A lease that already expired or was broken counts as released.
     pub fn release(mut self) -> Result<(), ClusterError> {
         self.stop_keepalive();
         let id = self.lease_id;
@@ -405,6 +406,13 @@ impl LockGuard {
                 )
             })
             .map(|_| ())
+            .or_else(|e| match e {
+                // Already expired (or broken): released all the same.
+                ClusterError::Etcd { ref message, .. } if message.contains("lease not found") => {
+                    Ok(())
+                }
+                e => Err(e),
+            })
     }
 
     fn stop_keepalive(&mut self) {
