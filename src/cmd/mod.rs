@@ -11,6 +11,7 @@ pub mod fmt;
 pub mod image;
 pub mod import;
 pub mod kvm_cpuid;
+pub mod lock;
 pub mod logs;
 pub mod plan;
 pub mod restore;
@@ -125,6 +126,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => export::backup(&g, a),
         Command::Import(a) => import::run(&g, a),
         Command::Restore(a) => restore::run(&g, a),
+        Command::Lock(a) => lock::run(&g, a),
         Command::Vmm(a) => vmm::run(&g, a),
         Command::KvmCpuid => kvm_cpuid::run(),
     }
