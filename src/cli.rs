@@ -110,6 +110,8 @@ pub enum Command {
     Import(crate::cmd::import::Args),
     /// Put a backup's disk contents back into a VM (a replace of its disks).
     Restore(crate::cmd::restore::Args),
+    /// Serve this host's state directory to a coordinator over stdin/stdout (`ssh HOST vmctl host-rpc --state-dir DIR`).
+    HostRpc(crate::cmd::host_rpc::Args),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),
