@@ -146,6 +146,14 @@ pub fn shell_quote(s: &str) -> String {
 /// How much of the server's stderr is kept for error messages.
 const STDERR_TAIL: usize = 4096;
 
+/// How one exchange failed.
+enum CallError {
+    /// The request could not be written: the server never saw it, so it is
+    /// safe to send it again on a new connection.
+    NotSent(String),
+    Failed(BackendError),
+}
+
 /// One live connection.
 struct Conn {
     child: Child,
@@ -184,6 +192,14 @@ impl Conn {
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The server is known to be gone (or out of step) before a request is
+    /// sent: its output ended, it exited, or it sent a line nobody asked for.
+    fn is_dead(&mut self) -> bool {
+        use std::sync::mpsc::TryRecvError;
+        matches!(self.child.try_wait(), Ok(Some(_)))
+            || !matches!(self.lines.try_recv(), Err(TryRecvError::Empty))
     }
 
     /// Kill the child and return what it wrote to stderr. Waits a little for
@@ -388,7 +404,22 @@ impl RemoteBackend {
             Op::Hello {
                 client: env!("CARGO_PKG_VERSION").into(),
             },
-        )?;
+        )
+        .map_err(|e| match e {
+            CallError::NotSent(why) => {
+                let tail = inner
+                    .conn
+                    .take()
+                    .map(Conn::kill_for_tail)
+                    .unwrap_or_default();
+                if tail.is_empty() {
+                    unreachable(host, why)
+                } else {
+                    unreachable(host, format!("{why}; it said: {tail}"))
+                }
+            }
+            CallError::Failed(e) => e,
+        })?;
         if hello.protocol != PROTOCOL_VERSION {
             if let Some(c) = inner.conn.take() {
                 c.kill();
@@ -408,7 +439,7 @@ impl RemoteBackend {
         timeouts: &Timeouts,
         inner: &mut Inner,
         op: Op,
-    ) -> Result<T, BackendError> {
+    ) -> Result<T, CallError> {
         let id = inner.next_id;
         inner.next_id += 1;
         let op_name = op.name();
@@ -417,13 +448,17 @@ impl RemoteBackend {
         let mut line = Request { id, token, op }.encode();
         line.push('\n');
         let Some(conn) = inner.conn.as_mut() else {
-            return Err(unreachable(host, "not connected"));
+            return Err(CallError::NotSent("not connected".into()));
         };
         let sent = conn
             .stdin
             .write_all(line.as_bytes())
             .and_then(|()| conn.stdin.flush());
         let answer = match sent {
+            // The server closed its input: it read nothing of this request.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Err(CallError::NotSent(format!("sending {op_name}: {e}")));
+            }
             Err(e) => Err(format!("sending {op_name}: {e}")),
             Ok(()) => match conn.lines.recv_timeout(timeout) {
                 Ok(Ok(l)) => Ok(l),
@@ -447,11 +482,16 @@ impl RemoteBackend {
         };
         let line = match answer {
             Ok(l) => l,
-            Err(why) => return Err(fail(inner, why)),
+            Err(why) => return Err(CallError::Failed(fail(inner, why))),
         };
         let resp = match Response::decode(&line) {
             Ok(r) => r,
-            Err(e) => return Err(fail(inner, format!("bad answer to {op_name}: {e}"))),
+            Err(e) => {
+                return Err(CallError::Failed(fail(
+                    inner,
+                    format!("bad answer to {op_name}: {e}"),
+                )));
+            }
         };
         if resp.id != Some(id) {
             // A stray or late answer: this connection is out of step.
@@ -459,9 +499,9 @@ impl RemoteBackend {
                 Err(e) => format!("answer for id {:?} instead of {id}: {e}", resp.id),
                 Ok(_) => format!("answer for id {:?} instead of {id}", resp.id),
             };
-            return Err(fail(inner, why));
+            return Err(CallError::Failed(fail(inner, why)));
         }
-        match resp.result {
+        let result = match resp.result {
             Ok(v) => serde_json::from_value(v).map_err(|e| {
                 BackendError::new(format!(
                     "host {host}: cannot read the answer to {op_name}: {e}"
@@ -475,18 +515,41 @@ impl RemoteBackend {
                     e.message
                 ),
             })),
-        }
+        };
+        result.map_err(CallError::Failed)
     }
 
-    /// One call, connecting first when the last connection was lost.
+    /// One call, connecting first when the last connection was lost. A
+    /// request the server never read (its connection had died) is sent once
+    /// more on a new connection; anything else is not retried here (the
+    /// apply engine re-observes before acting).
     fn call<T: DeserializeOwned>(&self, op: Op) -> Result<T, BackendError> {
         let mut inner = self.inner.lock().map_err(|_| {
             BackendError::new(format!("host {}: connection lock poisoned", self.host))
         })?;
-        if inner.conn.is_none() {
-            Self::open(&self.host, &self.argv, &self.timeouts, &mut inner)?;
+        let mut last = String::new();
+        for _ in 0..2 {
+            if inner.conn.as_mut().is_some_and(Conn::is_dead)
+                && let Some(c) = inner.conn.take()
+            {
+                c.kill();
+            }
+            if inner.conn.is_none() {
+                Self::open(&self.host, &self.argv, &self.timeouts, &mut inner)?;
+            }
+            match Self::exchange(&self.host, &self.timeouts, &mut inner, op.clone()) {
+                Ok(v) => return Ok(v),
+                Err(CallError::Failed(e)) => return Err(e),
+                Err(CallError::NotSent(why)) => {
+                    tracing::debug!(host = %self.host, "connection lost ({why}); connecting again");
+                    if let Some(c) = inner.conn.take() {
+                        c.kill();
+                    }
+                    last = why;
+                }
+            }
         }
-        Self::exchange(&self.host, &self.timeouts, &mut inner, op)
+        Err(unreachable(&self.host, last))
     }
 }
 
