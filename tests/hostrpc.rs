@@ -336,3 +336,49 @@ fn diag_vms_on_two_ssh_hosts_are_created_observed_fenced_stopped_started_destroy
     assert!(h2.observe().expect("observe").vms.is_empty());
     assert!(common::vmm_pids_under(&hosts.host("h1").state_dir).is_empty());
 }
+
+#[test]
+fn the_planner_and_apply_engine_drive_an_ssh_host_unchanged() {
+    if !vmctl_runtime::testing::kvm_or_skip() {
+        return;
+    }
+    let Some(hosts) = Hosts::start(1) else {
+        return;
+    };
+    let h1 = hosts
+        .backend("h1", Some(1), Timeouts::default())
+        .expect("h1");
+    let kdl = "vm \"db\" {\n    os \"diag\"\n    memory \"64MiB\"\n}\n\
+               vm \"web\" {\n    os \"diag\"\n    memory \"64MiB\"\n    depends-on \"db\"\n}\n";
+    let desired = vmctl_spec::parse_str("lab.kdl", kdl, Path::new("/tmp"), 2)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .state;
+    let apply = |desired: &vmctl_spec::DesiredState| {
+        let observed = h1.observe().expect("observe");
+        let plan = vmctl_planner::plan(desired, &observed, &h1.capabilities()).expect("plan");
+        let outcome = vmctl_planner::engine::apply(
+            &h1,
+            &plan,
+            desired,
+            None,
+            &vmctl_planner::engine::Options::default(),
+            &|_| {},
+        );
+        assert!(outcome.ok(), "{:?}", outcome.failed);
+        plan.actions.len()
+    };
+    assert_eq!(apply(&desired), 2, "two creates");
+    wait_guest(&h1, "db", 1, 64);
+    wait_guest(&h1, "web", 1, 64);
+    // What comes back over ssh is faithful enough that nothing is left to do.
+    let observed = h1.observe().expect("observe");
+    let again = vmctl_planner::plan(&desired, &observed, &h1.capabilities()).expect("plan");
+    assert!(again.actions.is_empty(), "{again:#?}");
+    // An empty lab (planned explicitly, as `vmctl destroy` does) destroys both.
+    let empty = vmctl_spec::DesiredState {
+        vms: Vec::new(),
+        ..desired.clone()
+    };
+    assert_eq!(apply(&empty), 2, "two destroys");
+    assert!(h1.observe().expect("observe").vms.is_empty());
+}
