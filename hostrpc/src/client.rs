@@ -744,17 +744,21 @@ mod tests {
             connect: Duration::from_millis(300),
             ..Timeouts::default()
         };
-        // Reads its input, never answers.
-        let e = RemoteBackend::connect(
-            "h3",
-            vec!["sh".into(), "-c".into(), "cat >/dev/null".into()],
-            Some(1),
-            timeouts,
-        )
-        .map(|_| ())
-        .err()
-        .map(|e| e.0)
-        .unwrap_or_default();
+        // Reads its input, never answers. Without the timeout the connect
+        // would hang: a generous bound turns that into a failure.
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let r = RemoteBackend::connect(
+                "h3",
+                vec!["sh".into(), "-c".into(), "cat >/dev/null".into()],
+                Some(1),
+                timeouts,
+            );
+            let _ = tx.send(r.map(|_| ()).err().map(|e| e.0).unwrap_or_default());
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("connect to a silent child hung"));
         assert!(
             e.starts_with("host h3 unreachable: no answer to hello within"),
             "{e}"

@@ -25,6 +25,8 @@ pub const MAX_LINE: usize = 16 << 20;
 
 /// One operation with its arguments: the planner's `Backend` trait, plus
 /// `hello`.
+// One Op exists per request in flight; boxing the specs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
