@@ -405,20 +405,18 @@ impl RemoteBackend {
                 client: env!("CARGO_PKG_VERSION").into(),
             },
         )
-        .map_err(|e| match e {
-            CallError::NotSent(why) => {
-                let tail = inner
-                    .conn
-                    .take()
-                    .map(Conn::kill_for_tail)
-                    .unwrap_or_default();
-                if tail.is_empty() {
-                    unreachable(host, why)
-                } else {
-                    unreachable(host, format!("{why}; it said: {tail}"))
-                }
+        .map_err(|e| {
+            // Whatever went wrong, this connection is not used.
+            let tail = inner
+                .conn
+                .take()
+                .map(Conn::kill_for_tail)
+                .unwrap_or_default();
+            match e {
+                CallError::NotSent(why) if tail.is_empty() => unreachable(host, why),
+                CallError::NotSent(why) => unreachable(host, format!("{why}; it said: {tail}")),
+                CallError::Failed(e) => e,
             }
-            CallError::Failed(e) => e,
         })?;
         if hello.protocol != PROTOCOL_VERSION {
             if let Some(c) = inner.conn.take() {
@@ -782,5 +780,27 @@ mod tests {
         .map(|e| e.0)
         .unwrap_or_default();
         assert!(e.contains("protocol version 2"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_hello_is_an_error_naming_the_kind() {
+        let e = RemoteBackend::connect(
+            "h5",
+            vec![
+                "sh".into(),
+                "-c".into(),
+                r#"read l; echo '{"v":1,"id":1,"err":{"kind":"unsupported","message":"protocol version 1 is not supported"}}'; cat >/dev/null"#.into(),
+            ],
+            Some(1),
+            Timeouts::default(),
+        )
+        .map(|_| ())
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+        assert_eq!(
+            e,
+            "host h5: hello refused (unsupported): protocol version 1 is not supported"
+        );
     }
 }
