@@ -45,16 +45,27 @@ impl<'a> Server<'a> {
 
     /// Answer every line of `input` on `output` until the input ends.
     /// Returns an error only when `output` or `input` fail.
-    pub fn serve(&self, mut input: impl BufRead, mut output: impl Write) -> io::Result<()> {
+    pub fn serve(&self, input: impl BufRead, output: impl Write) -> io::Result<()> {
+        self.serve_limited(input, output, MAX_LINE)
+    }
+
+    /// [`Server::serve`] with another line limit (the fuzz target uses a
+    /// small one to reach it).
+    pub fn serve_limited(
+        &self,
+        mut input: impl BufRead,
+        mut output: impl Write,
+        max_line: usize,
+    ) -> io::Result<()> {
         loop {
-            let response = match read_line(&mut input, MAX_LINE)? {
+            let response = match read_line(&mut input, max_line)? {
                 Line::Eof => return Ok(()),
                 Line::TooLong(n) => {
-                    tracing::warn!(bytes = n, "refused a request line over {MAX_LINE} bytes");
+                    tracing::warn!(bytes = n, "refused a request line over {max_line} bytes");
                     Response::err(
                         None,
                         ErrorKind::BadRequest,
-                        format!("request line of {n} bytes is over the limit of {MAX_LINE}"),
+                        format!("request line of {n} bytes is over the limit of {max_line}"),
                     )
                 }
                 Line::Line(l) => self.handle_line(&l),
