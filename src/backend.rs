@@ -142,7 +142,7 @@ impl RuntimeBackend {
 }
 
 /// This host's RAM and CPUs: the planner refuses a VM that cannot fit.
-fn host_capacity() -> Option<vmctl_planner::HostCapacity> {
+pub fn host_capacity() -> Option<vmctl_planner::HostCapacity> {
     Some(vmctl_planner::HostCapacity {
         memory_mib: vmctl_runtime::vmm::host::total_mib()?,
         cpus: std::thread::available_parallelism()

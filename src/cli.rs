@@ -112,6 +112,8 @@ pub enum Command {
     Restore(crate::cmd::restore::Args),
     /// Show or break the shared cluster lock on etcd.
     Lock(crate::cmd::lock::Args),
+    /// Serve this host's state directory to a coordinator over stdin/stdout (`ssh HOST vmctl host-rpc --state-dir DIR`).
+    HostRpc(crate::cmd::host_rpc::Args),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),

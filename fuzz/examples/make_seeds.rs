@@ -172,6 +172,130 @@ fn main() -> Result<()> {
     );
     write_all(&dir.join("too-long"), long.as_bytes())?;
 
+    // host-rpc: one request of every op, a session with tokens rising,
+    // falling and missing, and the malformed kinds (docs/scale-out.md).
+    let dir = seed_dir(&root, "hostrpc_server")?;
+    let spec = vmctl_spec::parse_str(
+        "seed.kdl",
+        "vm \"db\" {\n    os \"diag\"\n    memory \"64MiB\"\n}\n",
+        &root,
+        2,
+    )
+    .map_err(|e| format!("{e:?}"))?
+    .state
+    .vms
+    .remove(0);
+    let net =
+        vmctl_spec::NetworkSpec::new("lab", "10.20.0.0/24".parse().map_err(|e| format!("{e:?}"))?);
+    use vmctl_hostrpc::{Op, Request};
+    let ops = vec![
+        Op::Hello {
+            client: "0.1.0".into(),
+        },
+        Op::Observe,
+        Op::ObserveVm { name: "db".into() },
+        Op::ObserveNetwork { name: "lab".into() },
+        Op::Capabilities,
+        Op::Create { spec: spec.clone() },
+        Op::Start { name: "db".into() },
+        Op::Stop { name: "db".into() },
+        Op::Restart {
+            old: spec.clone(),
+            new: spec.clone(),
+        },
+        Op::Destroy {
+            name: "db".into(),
+            delete_external_disks: false,
+        },
+        Op::HotAddCpu {
+            name: "db".into(),
+            cpus: 2,
+        },
+        Op::HotAddMemory {
+            name: "db".into(),
+            memory_mib: 128,
+        },
+        Op::ResizeDisk {
+            name: "db".into(),
+            disk: "root".into(),
+            size_bytes: 1 << 30,
+        },
+        Op::SetCpuWeight {
+            name: "db".into(),
+            weight: 200,
+        },
+        Op::Copy {
+            source: "db".into(),
+            new: spec.clone(),
+        },
+        Op::CreateNetwork { net },
+        Op::DestroyNetwork { name: "lab".into() },
+        Op::Record {
+            spec,
+            desired: vmctl_spec::state::Desired::Running,
+        },
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        let token = op.is_mutating().then_some(5);
+        let name = op.name();
+        let line = Request {
+            id: i as u64 + 1,
+            token,
+            op,
+        }
+        .encode();
+        write_all(
+            &dir.join(format!("op-{name}")),
+            format!("{line}\n").as_bytes(),
+        )?;
+    }
+    let stop = |id: u64, token: Option<u64>| {
+        Request {
+            id,
+            token,
+            op: Op::Stop { name: "db".into() },
+        }
+        .encode()
+    };
+    let session = [
+        Request {
+            id: 1,
+            token: None,
+            op: Op::Hello {
+                client: String::new(),
+            },
+        }
+        .encode(),
+        stop(2, Some(5)),
+        stop(3, Some(3)),
+        stop(4, None),
+        stop(5, Some(5)),
+        stop(6, Some(9)),
+        stop(7, Some(5)),
+        Request {
+            id: 8,
+            token: Some(1),
+            op: Op::Observe,
+        }
+        .encode(),
+    ]
+    .join("\n");
+    write_all(&dir.join("session"), format!("{session}\n").as_bytes())?;
+    write_all(
+        &dir.join("not-json"),
+        b"observe\n\n[1]\n{\"v\":1,\"op\":\"observe\"}\n",
+    )?;
+    write_all(
+        &dir.join("unknown-op-and-version"),
+        b"{\"v\":1,\"id\":1,\"op\":\"wipe\"}\n{\"v\":2,\"id\":2,\"op\":\"hello\"}\n",
+    )?;
+    let long = format!(
+        "{{\"v\":1,\"id\":1,\"op\":\"observe\",\"pad\":\"{}\"}}\n{}\n",
+        "x".repeat(600),
+        stop(2, Some(7))
+    );
+    write_all(&dir.join("too-long"), long.as_bytes())?;
+
     // virtio-blk, virtqueue and virtio-mmio: the same requests.
     let blk = seed_dir(&root, "virtio_blk")?;
     let vq = seed_dir(&root, "virtqueue")?;

@@ -18,7 +18,9 @@ impl BackendError {
 }
 
 /// What a copy did, for the apply report (`apply` prints the pause).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Serialisable: it crosses hosts as host-rpc's `copy` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CopyReport {
     /// The source was running and was paused (not stopped) for the copy.
     pub live: bool,

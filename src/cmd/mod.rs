@@ -8,6 +8,7 @@ pub mod destroy;
 pub mod explain;
 pub mod export;
 pub mod fmt;
+pub mod host_rpc;
 pub mod image;
 pub mod import;
 pub mod kvm_cpuid;
@@ -127,6 +128,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Import(a) => import::run(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::Lock(a) => lock::run(&g, a),
+        Command::HostRpc(a) => host_rpc::run(&g, a),
         Command::Vmm(a) => vmm::run(&g, a),
         Command::KvmCpuid => kvm_cpuid::run(),
     }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of it
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -433,6 +433,7 @@ mod tests {
         let t = targets(&root()).unwrap();
         for name in [
             "control_socket",
+            "hostrpc_server",
             "kdl_resolve",
             "virtio_blk",
             "virtio_mmio",
