@@ -299,6 +299,8 @@ fn build(
             packages,
             config,
             nics,
+            host: None,
+            placement: None,
         });
     }
     let uses_image = vms.iter().any(|v| v.image.is_some());
@@ -307,6 +309,8 @@ fn build(
         vms,
         images: if uses_image { vec![image] } else { Vec::new() },
         networks,
+        cluster: None,
+        hosts: Vec::new(),
     }
 }
 
