@@ -418,6 +418,8 @@ pub fn already_done(a: &Action, o: Option<&ObservedVm>) -> bool {
         ActionKind::Start => o.is_some_and(|o| o.live.state.has_vmm()),
         ActionKind::Stop => o.is_none_or(|o| o.live.state == RunState::Stopped),
         ActionKind::Destroy => o.is_none(),
+        // Never planned as executable (a move is reported, not applied).
+        ActionKind::Move => false,
         ActionKind::HotAddCpu | ActionKind::HotRemoveCpu => match (o, new) {
             (Some(o), Some(n)) => o.current().cpus == n.cpus,
             _ => false,
@@ -535,6 +537,12 @@ fn execute(
         ActionKind::HotAddCpu | ActionKind::HotRemoveCpu => backend.hot_add_cpu(&a.vm, new()?.cpus),
         ActionKind::HotAddMemory => backend.hot_add_memory(&a.vm, new()?.memory_mib),
         ActionKind::SetCpuWeight => backend.set_cpu_weight(&a.vm, new()?.cpu_weight),
+        ActionKind::Move => {
+            return Err(BackendError::new(format!(
+                "{}: apply does not move VMs between hosts; use `vmctl move`",
+                a.id
+            )));
+        }
         ActionKind::ResizeDisk => {
             let d = disk_of(a).ok_or_else(|| missing(a, "disk"))?;
             let size = new()?

@@ -59,4 +59,5 @@ pub use observed::{
     Capabilities, Desired, HostCapacity, Live, LiveDisk, LiveNic, ObservedNetwork, ObservedState,
     ObservedVm, Record, RunState,
 };
-pub use plan::{Action, Plan, PlanError, Resource, Summary, plan};
+pub use placement::{HostState, Move, MoveReason, Placement, Unplaceable, place};
+pub use plan::{Action, Plan, PlanError, Resource, Summary, plan, plan_on_hosts};
