@@ -272,3 +272,123 @@ fn bad_cluster_and_host_values() {
         ],
     );
 }
+
+// --- property: a lab over hosts renders and parses back ------------------
+
+mod generate {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use proptest::prelude::*;
+    use vmctl_spec::{ClusterSpec, DesiredState, HostSpec, PlacementSpec, Reserve, StateBackend};
+
+    use super::common::states::{state, vm_name};
+
+    fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+        proptest::collection::btree_map("[a-z][a-z0-9-]{0,5}", "[ -~]{0,6}", 0..3)
+    }
+
+    fn host() -> impl Strategy<Value = HostSpec> {
+        (
+            vm_name(),
+            "[a-z]{1,6}@[a-z0-9.]{1,10}",
+            labels(),
+            (0u64..65536, 0u32..8),
+            any::<bool>(),
+            prop_oneof![Just("vmctl".to_string()), "(/[a-z]{1,5}){1,3}"],
+            "(/[a-z]{1,5}){1,3}",
+        )
+            .prop_map(
+                |(name, ssh, labels, (mib, cpus), drain, vmctl, state_dir)| HostSpec {
+                    name,
+                    ssh,
+                    labels,
+                    reserve: Reserve {
+                        memory_mib: mib,
+                        cpus,
+                    },
+                    drain,
+                    vmctl,
+                    state_dir,
+                },
+            )
+    }
+
+    fn cluster() -> impl Strategy<Value = ClusterSpec> {
+        (
+            vm_name(),
+            proptest::collection::vec(1u16..65535, 1..4),
+            2u64..=3600,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(name, ports, ttl, tls, auth)| ClusterSpec {
+                name,
+                state: StateBackend::Etcd,
+                endpoints: ports
+                    .iter()
+                    .map(|p| format!("http://127.0.0.1:{p}"))
+                    .collect(),
+                lock_ttl_secs: ttl,
+                ca: tls.then(|| PathBuf::from("/pki/ca.pem")),
+                cert: tls.then(|| PathBuf::from("/pki/c.pem")),
+                key: tls.then(|| PathBuf::from("/pki/c-key.pem")),
+                user: auth.then(|| "vmctl".to_string()),
+                password_env: auth.then(|| "ETCD_PASSWORD".to_string()),
+            })
+    }
+
+    /// A valid single-host state, given a cluster, hosts with unique names,
+    /// and per VM a pin or placement rules that some host satisfies.
+    pub fn hosted() -> impl Strategy<Value = DesiredState> {
+        (
+            state(),
+            cluster(),
+            proptest::collection::vec(host(), 1..4),
+            proptest::collection::vec((0u8..3, any::<usize>(), any::<bool>()), 6),
+        )
+            .prop_map(|(mut s, cluster, mut hosts, picks)| {
+                let mut seen = std::collections::BTreeSet::new();
+                hosts.retain(|h| seen.insert(h.name.clone()));
+                for (vm, (how, pick, lab)) in s.vms.iter_mut().zip(picks) {
+                    let h = &hosts[pick % hosts.len()];
+                    match how {
+                        1 => vm.host = Some(h.name.clone()),
+                        2 => {
+                            vm.placement = Some(PlacementSpec {
+                                spread: h.labels.keys().next().cloned(),
+                                labels: if lab {
+                                    h.labels.clone()
+                                } else {
+                                    BTreeMap::new()
+                                },
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                s.cluster = Some(cluster);
+                s.hosts = hosts;
+                s
+            })
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn a_lab_over_hosts_renders_and_parses_back(s in generate::hosted()) {
+        let text = vmctl_spec::to_kdl(&s);
+        let loaded = vmctl_spec::parse_str("gen.kdl", &text, std::path::Path::new("/base"), u32::MAX)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{}\n{text}", common::render_all(&e))))?;
+        proptest::prop_assert_eq!(&loaded.state, &s, "{}", text);
+        let json = serde_json::to_string(&loaded.state).unwrap();
+        let back: DesiredState = serde_json::from_str(&json).unwrap();
+        proptest::prop_assert_eq!(back, s);
+        let formatted = vmctl_spec::fmt::format(&text).unwrap();
+        let again = vmctl_spec::parse_str("gen.kdl", &formatted, std::path::Path::new("/base"), u32::MAX)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{}\n{formatted}", common::render_all(&e))))?;
+        proptest::prop_assert_eq!(again.state, loaded.state);
+    }
+}

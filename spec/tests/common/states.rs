@@ -16,7 +16,7 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 /// A VM name: a DNS label (no `-` at the end).
-fn vm_name() -> impl Strategy<Value = String> {
+pub fn vm_name() -> impl Strategy<Value = String> {
     "[a-z0-9]([a-z0-9-]{0,7}[a-z0-9])?"
 }
 
