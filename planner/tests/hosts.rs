@@ -22,6 +22,7 @@ fn snap(name: &str, p: &Plan) {
     }, {
         insta::assert_snapshot!(format!("{name}_text"), render::text(p));
         insta::assert_json_snapshot!(format!("{name}_json"), render::json(p));
+        insta::assert_snapshot!(format!("{name}_markdown"), vmctl_planner::markdown::markdown(p));
     });
 }
 
