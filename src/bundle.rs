@@ -159,6 +159,8 @@ pub fn render(spec: &VmSpec) -> String {
         vms: vec![spec.clone()],
         images: spec.image.iter().cloned().collect(),
         networks: Vec::new(),
+        cluster: None,
+        hosts: Vec::new(),
     })
 }
 

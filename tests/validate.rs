@@ -239,3 +239,44 @@ fn json_carries_packages_and_guest_configuration() {
     let plain = v["vms"][1].as_object().expect("object");
     assert!(!plain.contains_key("packages") && !plain.contains_key("config"));
 }
+
+#[test]
+fn hosts_example_shows_cluster_hosts_and_placement() {
+    let out = vmctl(&["validate", "-f", "examples/hosts.kdl"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("cluster lab  etcd http://127.0.0.1:2379,"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("host h1  root@10.0.0.11  rack=a  reserve 2GiB 1 cpu(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("; on h1"), "{stdout}");
+    assert!(stdout.contains("; placement spread rack"), "{stdout}");
+    let json = vmctl(&["validate", "-f", "examples/hosts.kdl", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(v["cluster"]["lock_ttl_secs"], 15);
+    assert_eq!(v["hosts"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["hosts"][0]["state_dir"], "/var/lib/vmctl/lab");
+    assert_eq!(v["hosts"][2]["vmctl"], "/usr/local/bin/vmctl");
+    assert_eq!(v["vms"][0]["host"], "h1");
+    assert_eq!(v["vms"][1]["placement"]["spread"], "rack");
+    assert!(v["vms"][3].get("placement").is_none());
+}
+
+#[test]
+fn hosts_mistakes_are_reported_with_locations() {
+    let file = "examples/invalid/hosts.kdl";
+    let out = vmctl(&["validate", "-f", file]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("vmctl::spec::unknown-host"), "{stderr}");
+    assert!(stderr.contains(&format!("[{file}:20:10]")), "{stderr}");
+    assert!(stderr.contains("did you mean `h1`?"), "{stderr}");
+    assert!(
+        stderr.contains("vmctl::spec::unknown-spread-label"),
+        "{stderr}"
+    );
+}

@@ -174,6 +174,9 @@ pub enum ActionKind {
     HotAddMemory,
     ResizeDisk,
     SetCpuWeight,
+    /// To another host (lab over several hosts): reported by the plan,
+    /// carried out by `vmctl move` only.
+    Move,
 }
 
 impl ActionKind {
@@ -191,6 +194,7 @@ impl ActionKind {
             ActionKind::HotAddMemory => "hot-add-memory",
             ActionKind::ResizeDisk => "resize-disk",
             ActionKind::SetCpuWeight => "set-cpu-weight",
+            ActionKind::Move => "move",
         }
     }
 

@@ -23,7 +23,9 @@ use crate::plan::{Action, Plan};
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Most actions in flight at once (at least 1).
+    /// Most actions in flight at once (at least 1) — per host when the
+    /// plan's actions carry hosts (a lab over several hosts): each host,
+    /// and the actions without one, get this many.
     pub parallelism: usize,
     /// Let destroy/replace delete disks at user-chosen paths.
     pub delete_external_disks: bool,
@@ -103,6 +105,29 @@ struct Sched {
     outcome: Outcome,
     /// Per action: the failure that blocks it.
     blocked: Vec<Option<String>>,
+    /// Per bucket (see [`buckets`]): actions in flight.
+    busy: Vec<usize>,
+}
+
+/// Each action's bucket: one per distinct host (in order of first
+/// appearance), actions without a host share one. Returns the buckets and
+/// their count.
+fn buckets(actions: &[Action]) -> (Vec<usize>, usize) {
+    let mut hosts: Vec<Option<&str>> = Vec::new();
+    let of = actions
+        .iter()
+        .map(|a| {
+            let h = a.host.as_deref();
+            match hosts.iter().position(|x| *x == h) {
+                Some(i) => i,
+                None => {
+                    hosts.push(h);
+                    hosts.len() - 1
+                }
+            }
+        })
+        .collect();
+    (of, hosts.len().max(1))
 }
 
 /// For an apply whose plan has nothing to do: the actions a killed apply
@@ -188,18 +213,23 @@ pub fn apply(
         }
     }
 
+    // `parallelism` per host: a single-host plan is one bucket, so this is
+    // the plain limit there.
+    let limit = opts.parallelism.max(1);
+    let (bucket, nbuckets) = buckets(actions);
     let state = Mutex::new(Sched {
         ready,
         waiting_on,
         remaining,
         outcome,
         blocked: vec![None; actions.len()],
+        busy: vec![0; nbuckets],
     });
     let wake = Condvar::new();
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
 
     std::thread::scope(|s| {
-        for _ in 0..opts.parallelism.max(1) {
+        for _ in 0..limit.saturating_mul(nbuckets) {
             s.spawn(|| {
                 loop {
                     let i = {
@@ -209,7 +239,12 @@ pub fn apply(
                                 wake.notify_all();
                                 return;
                             }
-                            if let Some(i) = st.ready.pop_first() {
+                            // The first ready action whose host has room.
+                            let busy = &st.busy;
+                            let pick = st.ready.iter().copied().find(|&i| busy[bucket[i]] < limit);
+                            if let Some(i) = pick {
+                                st.ready.remove(&i);
+                                st.busy[bucket[i]] += 1;
                                 break i;
                             }
                             st = wake.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -224,6 +259,7 @@ pub fn apply(
                     let result = run_one(backend, a, &copies, journal, opts, on_event);
                     let mut st = lock();
                     st.remaining -= 1;
+                    st.busy[bucket[i]] -= 1;
                     match result {
                         Ok(done) => {
                             if done {
@@ -418,6 +454,8 @@ pub fn already_done(a: &Action, o: Option<&ObservedVm>) -> bool {
         ActionKind::Start => o.is_some_and(|o| o.live.state.has_vmm()),
         ActionKind::Stop => o.is_none_or(|o| o.live.state == RunState::Stopped),
         ActionKind::Destroy => o.is_none(),
+        // Never planned as executable (a move is reported, not applied).
+        ActionKind::Move => false,
         ActionKind::HotAddCpu | ActionKind::HotRemoveCpu => match (o, new) {
             (Some(o), Some(n)) => o.current().cpus == n.cpus,
             _ => false,
@@ -535,6 +573,12 @@ fn execute(
         ActionKind::HotAddCpu | ActionKind::HotRemoveCpu => backend.hot_add_cpu(&a.vm, new()?.cpus),
         ActionKind::HotAddMemory => backend.hot_add_memory(&a.vm, new()?.memory_mib),
         ActionKind::SetCpuWeight => backend.set_cpu_weight(&a.vm, new()?.cpu_weight),
+        ActionKind::Move => {
+            return Err(BackendError::new(format!(
+                "{}: apply does not move VMs between hosts; use `vmctl move`",
+                a.id
+            )));
+        }
         ActionKind::ResizeDisk => {
             let d = disk_of(a).ok_or_else(|| missing(a, "disk"))?;
             let size = new()?

@@ -25,6 +25,8 @@
 //! * [`capabilities`] — the single table deciding live / restart / replace /
 //!   refused per change; [`capabilities::markdown`] documents it.
 //! * [`diff`] — attribute differences, classified by the table.
+//! * [`placement`] — which host each VM of a lab over several hosts runs
+//!   on (pure and deterministic; sticky, pins, labels, spread, best fit).
 //! * [`plan`](mod@plan) — the action DAG (petgraph), in execution order.
 //! * [`render`] — text and JSON output; [`markdown`] — the PR-comment form.
 //! * [`saved`] — saved plans: the basis a plan was computed from, and
@@ -42,6 +44,7 @@ pub mod engine;
 pub mod journal;
 pub mod markdown;
 pub mod observed;
+pub mod placement;
 pub mod plan;
 pub mod render;
 pub mod saved;
@@ -56,4 +59,5 @@ pub use observed::{
     Capabilities, Desired, HostCapacity, Live, LiveDisk, LiveNic, ObservedNetwork, ObservedState,
     ObservedVm, Record, RunState,
 };
-pub use plan::{Action, Plan, PlanError, Resource, Summary, plan};
+pub use placement::{HostState, Move, MoveReason, Placement, Unplaceable, place};
+pub use plan::{Action, Plan, PlanError, Resource, Summary, plan, plan_on_hosts};

@@ -163,6 +163,9 @@ pub fn markdown(plan: &Plan) -> String {
         if let Some(src) = &a.source {
             let _ = write!(action, " from {src}");
         }
+        if let Some(h) = &a.host {
+            let _ = write!(action, " on {}", cell(h));
+        }
         let what = label(a);
         let _ = writeln!(
             out,

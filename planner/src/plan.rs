@@ -19,6 +19,7 @@ use vmctl_spec::{DesiredState, NetworkSpec, VmSpec};
 use crate::capabilities::{self, ActionKind, Attribute, Condition, Disruption};
 use crate::diff::{Change, diff_vm};
 use crate::observed::{Capabilities, HostCapacity, ObservedState, ObservedVm, RunState};
+use crate::placement::Placement;
 
 mod network;
 
@@ -70,6 +71,10 @@ pub struct Action {
     pub network: Option<NetworkSpec>,
     /// A network action's observed configuration (replace, destroy).
     pub network_old: Option<NetworkSpec>,
+    /// The host the action runs on in a lab over several hosts (the VM's
+    /// assigned host, see [`crate::placement`]); `None` in a single-host
+    /// lab and for network actions.
+    pub host: Option<String>,
 }
 
 impl Action {
@@ -198,6 +203,8 @@ impl Plan {
                 | ActionKind::HotAddMemory
                 | ActionKind::ResizeDisk
                 | ActionKind::SetCpuWeight => s.update_live += 1,
+                // Only ever a refused entry (counted above).
+                ActionKind::Move => s.refused += 1,
             }
         }
         s
@@ -262,6 +269,7 @@ fn action(vm: &str, kind: ActionKind, disruption: Disruption) -> Action {
         new: None,
         old: None,
         source: None,
+        host: None,
     }
 }
 
@@ -314,6 +322,36 @@ pub fn plan(
     observed: &ObservedState,
     caps: &Capabilities,
 ) -> Result<Plan, PlanError> {
+    plan_with(desired, observed, caps, None)
+}
+
+/// [`plan`] for a lab over several hosts: every VM action carries the host
+/// `placement` assigned its VM; a VM placement could not place gets one
+/// refused entry with placement's reason (instead of the single-host RAM
+/// check), and each [`crate::placement::Move`] is a refused `move` entry on
+/// the host the VM is on. One DAG spans all hosts: `depends-on` across
+/// hosts orders actions as on one host.
+pub fn plan_on_hosts(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    caps: &Capabilities,
+    placement: &Placement,
+) -> Result<Plan, PlanError> {
+    let mut p = plan_with(desired, observed, caps, Some(placement))?;
+    for a in &mut p.actions {
+        if !a.is_network() {
+            a.host = placement.host_of(&a.vm).map(str::to_string);
+        }
+    }
+    Ok(p)
+}
+
+fn plan_with(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    caps: &Capabilities,
+    on: Option<&Placement>,
+) -> Result<Plan, PlanError> {
     let wanted: HashMap<&str, &VmSpec> = desired.vms.iter().map(|v| (v.name.as_str(), v)).collect();
     let mut b = Builder {
         actions: Vec::with_capacity(desired.vms.len() + observed.vms.len()),
@@ -326,8 +364,28 @@ pub fn plan(
     let mut copies: Vec<(String, usize)> = Vec::new();
 
     for spec in &desired.vms {
+        let unplaced = on.and_then(|p| p.errors.get(&spec.name));
+        // Each VM's own host's capacity (or this host's, single-host).
+        let capacity = match on {
+            Some(p) => p
+                .host_of(&spec.name)
+                .and_then(|h| p.capacity.get(h))
+                .copied(),
+            None => observed.host,
+        };
         match observed.get(&spec.name) {
-            None => match too_big(spec, observed.host) {
+            // A VM that exists but whose host left the file: its actions
+            // cannot be addressed; one refused entry says why.
+            Some(_) if unplaced.is_some() => {
+                let mut a = action(&spec.name, ActionKind::Move, Disruption::Refused);
+                a.id.push_str(":refused");
+                a.reason = unplaced.map(|u| u.message.clone());
+                b.push(a);
+            }
+            None => match unplaced
+                .map(|u| format!("{}: refused", u.message))
+                .or_else(|| on.is_none().then(|| too_big(spec, capacity)).flatten())
+            {
                 // A VM that cannot fit on this host is not created (its
                 // VMM would fail to get the memory after the record was
                 // written).
@@ -345,8 +403,14 @@ pub fn plan(
                 }
                 None => plan_new(&mut b, spec, &wanted, observed, caps, &mut copies),
             },
-            Some(ovm) => plan_existing(&mut b, spec, ovm, caps, observed.host),
+            Some(ovm) => plan_existing(&mut b, spec, ovm, caps, capacity),
         }
+    }
+    for m in on.map(|p| p.moves.as_slice()).unwrap_or(&[]) {
+        let mut a = action(&m.vm, ActionKind::Move, Disruption::Refused);
+        a.id.push_str(":refused");
+        a.reason = Some(m.describe());
+        b.push(a);
     }
     for (name, ovm) in &observed.vms {
         if wanted.contains_key(name.as_str()) {

@@ -1,6 +1,7 @@
 //! The plan as people read it (Terraform-style text) and as scripts read it
 //! (the `plan --json` contract, `format_version` "1").
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -128,6 +129,11 @@ pub fn summary_line(s: &Summary) -> String {
 /// The text plan.
 pub fn text(plan: &Plan) -> String {
     let summary = plan.summary();
+    let hosts: HashMap<&str, &str> = plan
+        .actions
+        .iter()
+        .filter_map(|a| a.host.as_deref().map(|h| (a.id.as_str(), h)))
+        .collect();
     let mut out = String::new();
     if summary.has_changes() {
         out.push_str("vmctl will perform the following actions:\n\n");
@@ -135,6 +141,9 @@ pub fn text(plan: &Plan) -> String {
     for a in &plan.actions {
         let resource = if a.is_network() { "network " } else { "" };
         let _ = write!(out, "  {} {resource}{} {}", symbol(a), a.vm, a.kind.label());
+        if let Some(h) = &a.host {
+            let _ = write!(out, " on {h}");
+        }
         if a.is_refused() {
             out.push_str(" (refused)");
         } else if a.id.ends_with(":stop-for-copy") {
@@ -182,13 +191,26 @@ pub fn text(plan: &Plan) -> String {
             }
         }
         if !a.depends_on.is_empty() {
-            let _ = writeln!(out, "      after: {}", a.depends_on.join(", "));
+            let _ = writeln!(out, "      after: {}", after(a, &hosts));
         }
         out.push('\n');
     }
     out.push_str(&summary_line(&summary));
     out.push('\n');
     out
+}
+
+/// The `after:` line: dependency ids, each on another host than the
+/// action's marked with it (`db:create (on h1)`): a dependency across hosts.
+fn after(a: &Action, hosts: &HashMap<&str, &str>) -> String {
+    a.depends_on
+        .iter()
+        .map(|d| match (hosts.get(d.as_str()), a.host.as_deref()) {
+            (Some(h), Some(mine)) if *h != mine => format!("{d} (on {h})"),
+            _ => d.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Serialize)]
@@ -205,6 +227,9 @@ struct JsonAction<'a> {
     before: Value,
     after: Value,
     depends_on: &'a [String],
+    /// Only in a lab over several hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -244,6 +269,7 @@ pub fn json(plan: &Plan) -> Value {
                 before,
                 after,
                 depends_on: &a.depends_on,
+                host: a.host.as_deref(),
             }
         })
         .collect();

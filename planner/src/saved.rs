@@ -529,6 +529,8 @@ mod tests {
             vms,
             images: vec![],
             networks: vec![],
+            cluster: None,
+            hosts: Vec::new(),
         }
     }
 

@@ -47,6 +47,8 @@ pub fn lab(n: usize) -> DesiredState {
         vms,
         images: vec![],
         networks: vec![],
+        cluster: None,
+        hosts: Vec::new(),
     }
 }
 

@@ -323,6 +323,7 @@ fn run(
             ActionKind::Destroy => {
                 sim.remove(&a.vm).ok_or("destroy of a missing VM")?;
             }
+            ActionKind::Move => return Err(format!("{}: a move is never executable", a.id)),
             ActionKind::HotAddCpu
             | ActionKind::HotRemoveCpu
             | ActionKind::HotAddMemory

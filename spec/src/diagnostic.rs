@@ -287,4 +287,68 @@ pub const CODES: &[(&str, &str)] = &[
         "vmctl::spec::copy-packages",
         "a `copy-from` VM declaring packages other than its source's",
     ),
+    (
+        "vmctl::spec::bad-cluster-name",
+        "a `cluster` name that is not a DNS label",
+    ),
+    (
+        "vmctl::spec::unknown-state-backend",
+        "a `cluster` whose `state` is not \"etcd\"",
+    ),
+    (
+        "vmctl::spec::bad-endpoint",
+        "an etcd endpoint that is not an http(s) URL",
+    ),
+    (
+        "vmctl::spec::bad-lock-ttl",
+        "a `lock-ttl` that is not a duration from 2s to 3600s",
+    ),
+    (
+        "vmctl::spec::bad-cluster-tls",
+        "a TLS `cert` without its `key` or the other way round",
+    ),
+    (
+        "vmctl::spec::bad-cluster-auth",
+        "`user` without `password-env` (or the other way round), or a bad variable name",
+    ),
+    (
+        "vmctl::spec::bad-host-name",
+        "a `host` name that is not a DNS label",
+    ),
+    (
+        "vmctl::spec::duplicate-host",
+        "two hosts with the same name",
+    ),
+    (
+        "vmctl::spec::hosts-without-cluster",
+        "`host` nodes without a `cluster` to share their state",
+    ),
+    (
+        "vmctl::spec::bad-ssh-target",
+        "an `ssh` destination that is empty, has whitespace or starts with `-`",
+    ),
+    (
+        "vmctl::spec::bad-host-path",
+        "a host's `state-dir` that is not absolute, or a `vmctl` that is neither absolute nor a bare command",
+    ),
+    (
+        "vmctl::spec::no-hosts",
+        "`host` or `placement` in a VM of a file without `host` nodes",
+    ),
+    (
+        "vmctl::spec::unknown-host",
+        "a VM pinned to a host the file does not declare",
+    ),
+    (
+        "vmctl::spec::host-and-placement",
+        "a VM with both `host` and `placement`",
+    ),
+    (
+        "vmctl::spec::unknown-spread-label",
+        "`spread` over a label no host has",
+    ),
+    (
+        "vmctl::spec::no-matching-host",
+        "`placement` labels that no host carries all of",
+    ),
 ];

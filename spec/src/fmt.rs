@@ -14,7 +14,8 @@
 //! 4. **Quoting**: every string is a `"…"` string (bare identifiers such as
 //!    `os diag` are quoted), escaping only what must be escaped; raw
 //!    (`#"…"#`) and multi-line (`"""`) strings are kept as written.
-//! 5. **Sizes**: a size vmctl reads (`memory` and its `max`, `disk size=`)
+//! 5. **Sizes**: a size vmctl reads (`memory` and its `max`, `disk size=`,
+//!    a host's `reserve memory=`)
 //!    is written in its shortest exact spelling in its own family —
 //!    binary (`1024MiB`, `1G`, `1_024 MiB` → `1GiB`) or decimal (`1000MB` →
 //!    `1GB`). Same number of bytes, so the same meaning; a size vmctl cannot
@@ -330,12 +331,14 @@ fn align_comments(lines: &mut [String], trailing: &[String]) {
     }
 }
 
-/// `memory "S" max="S"` and `disk … size="S"` (inside `vm`/`defaults`).
+/// `memory "S" max="S"` and `disk … size="S"` (inside `vm`/`defaults`),
+/// `reserve memory="S"` (inside `host`).
 fn is_size(node: &str, entry: &KdlEntry, pos: usize) -> bool {
     match (node, entry.name().map(|n| n.value())) {
         ("memory", None) => pos == 0,
         ("memory", Some("max")) => true,
         ("disk", Some("size")) => true,
+        ("reserve", Some("memory")) => true,
         _ => false,
     }
 }

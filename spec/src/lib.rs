@@ -7,8 +7,9 @@
 //! applies cross-VM rules and defaults, [`units`] reads sizes, [`profiles`]
 //! holds OS defaults, [`guest`] holds the rules for guest-configuration values
 //! (hostname, users, SSH keys, files, packages), [`net`] holds network values
-//! and the deterministic choices of subnets, addresses and MACs, [`render`]
-//! writes a resolved state back as KDL.
+//! and the deterministic choices of subnets, addresses and MACs, `cluster`
+//! and `host` nodes (and a VM's `host`/`placement`) are checked in
+//! `resolve_hosts`, [`render`] writes a resolved state back as KDL.
 
 pub mod diagnostic;
 pub mod fmt;
@@ -19,6 +20,7 @@ pub mod net;
 pub mod profiles;
 pub mod render;
 mod resolve;
+mod resolve_hosts;
 mod resolve_net;
 pub mod state;
 pub mod suggest;

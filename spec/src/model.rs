@@ -6,6 +6,7 @@
 //! The serde form of [`DesiredState`] *is* the `validate --json` contract
 //! (`format_version` "1"); fields may be added, never renamed.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -29,9 +30,33 @@ pub struct DesiredState {
     /// (absent from the JSON when there are none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkSpec>,
+    /// The shared state of a lab spread over hosts (`cluster "name" { ... }`;
+    /// absent from the JSON in a single-host lab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpec>,
+    /// The hosts VMs are placed on (`host "name" { ... }`), in file order;
+    /// empty (and absent from the JSON) in a single-host lab.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostSpec>,
 }
 
 impl DesiredState {
+    /// A state of just these VMs (no images, networks or hosts).
+    pub fn of_vms(vms: Vec<VmSpec>) -> DesiredState {
+        DesiredState {
+            format_version: FORMAT_VERSION.to_string(),
+            vms,
+            images: Vec::new(),
+            networks: Vec::new(),
+            cluster: None,
+            hosts: Vec::new(),
+        }
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
     pub fn vm(&self, name: &str) -> Option<&VmSpec> {
         self.vms.iter().find(|v| v.name == name)
     }
@@ -115,6 +140,13 @@ pub struct VmSpec {
     /// NICs in declaration order (`nic "lab" ip="..." mac="..."`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicSpec>,
+    /// The host this VM is pinned to (`host "h1"`); `None`: placed by
+    /// [`PlacementSpec`] rules, or a single-host lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// How to choose a host for an unpinned VM (`placement { ... }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
 }
 
 /// What vmctl configures inside a built-in Linux guest: applied at every
@@ -184,6 +216,8 @@ impl VmSpec {
             packages: Vec::new(),
             config: GuestConfig::default(),
             nics: Vec::new(),
+            host: None,
+            placement: None,
         }
     }
 }
@@ -284,4 +318,97 @@ pub struct ImageSpec {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
+}
+
+/// `cluster "name" { state "etcd" endpoints="..." ... }`: where the hosts of
+/// a lab agree on its lock, records and journal (docs/scale-out.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    pub name: String,
+    /// The shared-state store; etcd is the only one.
+    pub state: StateBackend,
+    /// Client URLs (`http://` or `https://`), in the order written.
+    pub endpoints: Vec<String>,
+    /// Lifetime of the lock's lease in seconds: how long a dead holder keeps
+    /// the lock (default 15).
+    pub lock_ttl_secs: u64,
+    /// TLS: the CA that signs the servers' certificates (absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// TLS client certificate and its key (absolute paths; both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// etcd user; its password comes from the environment variable
+    /// `password_env` (never from the file). Both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+/// Default `lock-ttl` in seconds.
+pub const DEFAULT_LOCK_TTL_SECS: u64 = 15;
+
+/// The kinds of shared-state store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Etcd,
+}
+
+impl StateBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            StateBackend::Etcd => "etcd",
+        }
+    }
+}
+
+/// Default `vmctl` of a host: found on the PATH of its SSH session.
+pub const DEFAULT_HOST_VMCTL: &str = "vmctl";
+/// The default `state-dir` of a host is this directory + `/<cluster name>`.
+pub const DEFAULT_HOST_STATE_ROOT: &str = "/var/lib/vmctl";
+
+/// `host "name" { ssh "..."; labels ...; reserve ...; drain #true; ... }`:
+/// a machine VMs are placed on, reached over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSpec {
+    pub name: String,
+    /// The SSH destination (`[user@]host`), passed to `ssh` as one argument.
+    pub ssh: String,
+    /// Free-form labels (`labels rack="a"`) that placement filters and
+    /// spreads on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// What placement keeps free on this host for itself.
+    #[serde(default)]
+    pub reserve: Reserve,
+    /// No new VMs are placed here, and its VMs are to move away.
+    #[serde(default)]
+    pub drain: bool,
+    /// The `vmctl` binary on the host (default `vmctl`, on its PATH).
+    pub vmctl: String,
+    /// vmctl's state directory on the host (absolute; default
+    /// `/var/lib/vmctl/<cluster name>`).
+    pub state_dir: String,
+}
+
+/// `reserve memory="2GiB" cpus=1` (default: nothing reserved).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserve {
+    pub memory_mib: u64,
+    pub cpus: u32,
+}
+
+/// `placement { spread "rack"; labels rack="a" }` in a `vm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementSpec {
+    /// Spread the VMs that name the same key across this label's values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
+    /// Only hosts carrying all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }

@@ -7,7 +7,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::model::{DesiredState, DiskFormat, VmSpec};
+use std::collections::BTreeMap;
+
+use crate::model::{ClusterSpec, DesiredState, DiskFormat, HostSpec, VmSpec};
 use crate::units::{format_mib, format_size};
 
 /// A KDL v2 quoted string. Control, bidi-override, newline-like and other
@@ -48,6 +50,12 @@ fn path(p: &Path) -> String {
 /// Render a resolved state as a KDL document with every field explicit.
 pub fn to_kdl(state: &DesiredState) -> String {
     let mut out = String::new();
+    if let Some(c) = &state.cluster {
+        render_cluster(&mut out, c);
+    }
+    for h in &state.hosts {
+        render_host(&mut out, h);
+    }
     for img in &state.images {
         let _ = writeln!(out, "image {} {{", quote(&img.name));
         let _ = writeln!(out, "    kernel {}", path(&img.kernel));
@@ -124,6 +132,80 @@ fn render_vm(out: &mut String, vm: &VmSpec) {
             quote(&n.mac.to_string())
         );
     }
+    if let Some(h) = &vm.host {
+        let _ = writeln!(out, "    host {}", quote(h));
+    }
+    if let Some(p) = &vm.placement {
+        out.push_str("    placement {\n");
+        if let Some(s) = &p.spread {
+            let _ = writeln!(out, "        spread {}", quote(s));
+        }
+        if !p.labels.is_empty() {
+            let _ = writeln!(out, "        labels {}", labels(&p.labels));
+        }
+        out.push_str("    }\n");
+    }
+    out.push_str("}\n");
+}
+
+fn labels(l: &BTreeMap<String, String>) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{}={}", key(k), quote(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A property key: bare when KDL allows it, else quoted.
+fn key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !k.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-')
+        && !matches!(k, "true" | "false" | "null" | "inf" | "nan");
+    if bare { k.to_string() } else { quote(k) }
+}
+
+fn render_cluster(out: &mut String, c: &ClusterSpec) {
+    let _ = writeln!(out, "cluster {} {{", quote(&c.name));
+    let _ = write!(
+        out,
+        "    state {} endpoints={} lock-ttl=\"{}s\"",
+        quote(c.state.name()),
+        quote(&c.endpoints.join(",")),
+        c.lock_ttl_secs
+    );
+    for (k, v) in [("ca", &c.ca), ("cert", &c.cert), ("key", &c.key)] {
+        if let Some(p) = v {
+            let _ = write!(out, " {k}={}", path(p));
+        }
+    }
+    for (k, v) in [("user", &c.user), ("password-env", &c.password_env)] {
+        if let Some(s) = v {
+            let _ = write!(out, " {k}={}", quote(s));
+        }
+    }
+    out.push_str("\n}\n");
+}
+
+fn render_host(out: &mut String, h: &HostSpec) {
+    let _ = writeln!(out, "host {} {{", quote(&h.name));
+    let _ = writeln!(out, "    ssh {}", quote(&h.ssh));
+    if !h.labels.is_empty() {
+        let _ = writeln!(out, "    labels {}", labels(&h.labels));
+    }
+    let _ = writeln!(
+        out,
+        "    reserve memory={} cpus={}",
+        quote(&format_mib(h.reserve.memory_mib)),
+        h.reserve.cpus
+    );
+    let _ = writeln!(
+        out,
+        "    drain {}",
+        if h.drain { "#true" } else { "#false" }
+    );
+    let _ = writeln!(out, "    vmctl {}", quote(&h.vmctl));
+    let _ = writeln!(out, "    state-dir {}", quote(&h.state_dir));
     out.push_str("}\n");
 }
 

@@ -17,6 +17,7 @@ use crate::model::{
 };
 use crate::net::NetEnv;
 use crate::profiles::{self, DEFAULT_CMDLINE, DEFAULT_CPU_WEIGHT, IMAGE_PROFILE};
+use crate::resolve_hosts;
 use crate::resolve_net;
 use crate::suggest::did_you_mean;
 use crate::syntax::{RawFile, RawVm};
@@ -152,16 +153,27 @@ pub(crate) fn resolve(raw: RawFile, base: &Path, env: &NetEnv, sink: &mut Sink) 
     check_disk_paths(&vms, base, sink);
     let declared: Vec<&str> = raw.networks.iter().map(|n| n.name.val.as_str()).collect();
     let nics = resolve_net::resolve_nics(&vms, &networks, &declared, env, sink);
+    let placed = resolve_hosts::resolve(&raw, &vms, base, sink);
 
     DesiredState {
         format_version: FORMAT_VERSION.to_string(),
         vms: resolved
             .into_iter()
             .zip(nics)
-            .filter_map(|(vm, nics)| vm.map(|vm| VmSpec { nics, ..vm }))
+            .zip(placed.per_vm)
+            .filter_map(|((vm, nics), (host, placement))| {
+                vm.map(|vm| VmSpec {
+                    nics,
+                    host,
+                    placement,
+                    ..vm
+                })
+            })
             .collect(),
         images: images.into_iter().map(|(img, _)| img).collect(),
         networks: networks.into_iter().map(|(n, _)| n).collect(),
+        cluster: placed.cluster,
+        hosts: placed.hosts,
     }
 }
 
@@ -589,6 +601,10 @@ fn resolve_vm(
         config,
         // Filled in by resolve_net once every VM is known.
         nics: Vec::new(),
+        // Set from resolve_hosts (a copy is not pinned by its source's
+        // `host`: the planner puts it beside its source).
+        host: None,
+        placement: None,
     }
 }
 

@@ -15,9 +15,11 @@ use crate::suggest::did_you_mean;
 use crate::units::{self, HOT_ADD_BLOCK_MIB, MIB, SizeError};
 
 mod guest_nodes;
+mod host_nodes;
 mod net_nodes;
 
 pub(crate) use guest_nodes::RawGuest;
+pub(crate) use host_nodes::{RawCluster, RawHost, RawPlacement};
 pub(crate) use net_nodes::{RawNetwork, RawNic};
 
 /// A value and where it is written.
@@ -84,6 +86,10 @@ pub(crate) struct RawVm {
     pub guest: RawGuest,
     /// `nic "network" ...`, in the order written.
     pub nics: Vec<RawNic>,
+    /// `host "h1"`: pinned to a host.
+    pub host: Option<Spanned<String>>,
+    /// `placement { ... }`.
+    pub placement: Option<RawPlacement>,
 }
 
 #[derive(Debug, Default)]
@@ -92,9 +98,12 @@ pub(crate) struct RawFile {
     pub images: Vec<RawImage>,
     pub vms: Vec<RawVm>,
     pub networks: Vec<RawNetwork>,
+    /// Every `cluster` node (more than one is reported in `resolve_hosts`).
+    pub clusters: Vec<RawCluster>,
+    pub hosts: Vec<RawHost>,
 }
 
-pub(crate) const TOP_NODES: &[&str] = &["defaults", "image", "network", "vm"];
+pub(crate) const TOP_NODES: &[&str] = &["cluster", "defaults", "host", "image", "network", "vm"];
 pub(crate) const VM_NODES: &[&str] = &[
     "os",
     "cpus",
@@ -109,6 +118,8 @@ pub(crate) const VM_NODES: &[&str] = &[
     "packages",
     "file",
     "nic",
+    "host",
+    "placement",
 ];
 /// Children of a `vm` that may appear more than once.
 const VM_REPEATABLE: &[&str] = &["disk", "depends-on", "user", "packages", "file", "nic"];
@@ -218,6 +229,16 @@ impl Reader<'_> {
                 "network" => {
                     if let Some(net) = self.read_network(node) {
                         file.networks.push(net);
+                    }
+                }
+                "cluster" => {
+                    if let Some(c) = self.read_cluster(node) {
+                        file.clusters.push(c);
+                    }
+                }
+                "host" => {
+                    if let Some(h) = self.read_host(node) {
+                        file.hosts.push(h);
                     }
                 }
                 other => self.unknown_node(node, other, "the top level", TOP_NODES),
@@ -969,6 +990,8 @@ impl Reader<'_> {
             autostart: None,
             guest: RawGuest::default(),
             nics: Vec::new(),
+            host: None,
+            placement: None,
         };
         let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
         for child in node.iter_children() {
@@ -995,6 +1018,8 @@ impl Reader<'_> {
                         vm.nics.push(nic);
                     }
                 }
+                "host" => vm.host = self.string_node(child),
+                "placement" => vm.placement = Some(self.read_placement(child)),
                 "autostart" => {
                     self.no_children(child);
                     let (args, _) = self.split(child, &[]);
@@ -1082,6 +1107,17 @@ pub(crate) fn example(node: &str) -> &'static str {
         "subnet" => "subnet \"10.20.0.0/24\"",
         "nat" => "nat #true",
         "nic" => "nic \"lab\" ip=\"10.20.0.10\"",
+        "cluster" => "cluster \"lab\" { state \"etcd\" endpoints=\"http://127.0.0.1:2379\" }",
+        "state" => "state \"etcd\" endpoints=\"http://127.0.0.1:2379\" lock-ttl=\"15s\"",
+        "host" => "host \"h1\"",
+        "ssh" => "ssh \"root@10.0.0.11\"",
+        "labels" => "labels rack=\"a\"",
+        "reserve" => "reserve memory=\"2GiB\" cpus=1",
+        "drain" => "drain #true",
+        "vmctl" => "vmctl \"/usr/local/bin/vmctl\"",
+        "state-dir" => "state-dir \"/var/lib/vmctl/lab\"",
+        "placement" => "placement { spread \"rack\" }",
+        "spread" => "spread \"rack\"",
         _ => "see docs/kdl.md",
     }
 }

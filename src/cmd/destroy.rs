@@ -73,6 +73,8 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         } else {
             observed.networks.values().map(|n| n.spec.clone()).collect()
         },
+        cluster: None,
+        hosts: Vec::new(),
     };
     let full = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
         .map_err(|e| miette::miette!("cannot plan: {e}"))?;

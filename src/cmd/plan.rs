@@ -141,6 +141,8 @@ mod tests {
             vms,
             images: vec![],
             networks: vec![],
+            cluster: None,
+            hosts: Vec::new(),
         }
     }
 

@@ -104,6 +104,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         resource: vmctl_planner::Resource::Vm,
         network: None,
         network_old: None,
+        host: None,
     };
     crate::cmd::print_stdout(&vmctl_planner::render::text(&vmctl_planner::Plan {
         actions: vec![action],

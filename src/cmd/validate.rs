@@ -1,6 +1,6 @@
 //! `vmctl validate`: parse and validate a KDL file, print the resolved desired state.
 //!
-//! Human output is one line per VM; `--json` prints the resolved
+//! Human output is one line per network, cluster, host and VM; `--json` prints the resolved
 //! [`vmctl_spec::DesiredState`] (the `validate --json` contract). Warnings go to
 //! stderr as miette reports; problems are returned as one report (exit 1).
 
@@ -30,8 +30,9 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         t
     } else {
         format!(
-            "{}{}{}: {} VM(s), valid\n",
+            "{}{}{}{}: {} VM(s), valid\n",
             networks(&loaded.state),
+            hosts(&loaded.state),
             summary(&loaded.state),
             args.file.file.display(),
             loaded.state.vms.len()
@@ -56,7 +57,43 @@ fn networks(state: &DesiredState) -> String {
         .collect()
 }
 
-/// One line per VM: name, os, cpus/max, memory/max, disks (and NICs).
+/// The cluster (store, endpoints, lock TTL) and one line per host: name,
+/// SSH destination, labels, reserve, draining (a lab over several hosts).
+fn hosts(state: &DesiredState) -> String {
+    let mut out = String::new();
+    if let Some(c) = &state.cluster {
+        out.push_str(&format!(
+            "cluster {}  {} {}  lock-ttl {}s\n",
+            c.name,
+            c.state.name(),
+            c.endpoints.join(","),
+            c.lock_ttl_secs
+        ));
+    }
+    for h in &state.hosts {
+        let mut line = format!("host {}  {}", h.name, h.ssh);
+        let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !labels.is_empty() {
+            line.push_str(&format!("  {}", labels.join(" ")));
+        }
+        if h.reserve.memory_mib > 0 || h.reserve.cpus > 0 {
+            line.push_str(&format!(
+                "  reserve {} {} cpu(s)",
+                format_mib(h.reserve.memory_mib),
+                h.reserve.cpus
+            ));
+        }
+        if h.drain {
+            line.push_str("  draining");
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// One line per VM: name, os, cpus/max, memory/max, disks (and NICs, and
+/// its pinned host or placement rules).
 fn summary(state: &DesiredState) -> String {
     let rows: Vec<[String; 5]> = state.vms.iter().map(row).collect();
     let mut widths = [0usize; 5];
@@ -97,6 +134,15 @@ fn row(vm: &VmSpec) -> [String; 5] {
         .iter()
         .map(|n| format!("; nic {} {} {}", n.network, n.ip, n.mac))
         .collect();
+    let place = match (&vm.host, &vm.placement) {
+        (Some(h), _) => format!("; on {h}"),
+        (None, Some(p)) => {
+            let mut rules: Vec<String> = p.spread.iter().map(|s| format!("spread {s}")).collect();
+            rules.extend(p.labels.iter().map(|(k, v)| format!("{k}={v}")));
+            format!("; placement {}", rules.join(", "))
+        }
+        (None, None) => String::new(),
+    };
     [
         vm.name.clone(),
         vm.os.clone(),
@@ -106,6 +152,6 @@ fn row(vm: &VmSpec) -> [String; 5] {
             format_mib(vm.memory_mib),
             format_mib(vm.max_memory_mib)
         ),
-        format!("{disks}{nics}"),
+        format!("{disks}{nics}{place}"),
     ]
 }

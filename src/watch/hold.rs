@@ -83,6 +83,7 @@ mod tests {
             resource: Default::default(),
             network: None,
             network_old: None,
+            host: None,
         }
     }
 

@@ -62,6 +62,8 @@ pub fn desired(vms: Vec<VmSpec>) -> DesiredState {
         vms,
         images: vec![],
         networks: vec![],
+        cluster: None,
+        hosts: Vec::new(),
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) struct RawNic {
 impl Reader<'_> {
     pub(super) fn read_network(&mut self, node: &KdlNode) -> Option<RawNetwork> {
         let (args, _) = self.split(node, &[]);
-        let name = self.dns_name_arg(node, &args, "network");
+        let name = self.dns_name_arg(node, &args, "network", "vmctl::spec::bad-network-name");
         let mut net = RawNetwork {
             name: Spanned {
                 val: String::new(),
@@ -182,19 +182,21 @@ impl Reader<'_> {
         }
     }
 
-    /// The name of `network "name"`: a DNS label, like a VM's.
-    fn dns_name_arg(
+    /// The name of `network "name"` (also `host`, `cluster`): a DNS label,
+    /// like a VM's; `code` is the diagnostic of a bad one.
+    pub(super) fn dns_name_arg(
         &mut self,
         node: &KdlNode,
         args: &[&KdlEntry],
         what: &str,
+        code: &'static str,
     ) -> Option<Spanned<String>> {
         let e = self.one_arg(node, args)?;
         let s = self.string(e, node.name().value())?;
         if let Some(why) = crate::names::vm_name_problem(&s.val) {
             self.sink.push(
                 Diag::error(
-                    "vmctl::spec::bad-network-name",
+                    code,
                     format!("{:?} is not a valid {what} name: {why}", s.val),
                 )
                 .label(s.span, format!("bad {what} name"))

@@ -16,7 +16,7 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 /// A VM name: a DNS label (no `-` at the end).
-fn vm_name() -> impl Strategy<Value = String> {
+pub fn vm_name() -> impl Strategy<Value = String> {
     "[a-z0-9]([a-z0-9-]{0,7}[a-z0-9])?"
 }
 
@@ -299,6 +299,8 @@ fn build(
             packages,
             config,
             nics,
+            host: None,
+            placement: None,
         });
     }
     let uses_image = vms.iter().any(|v| v.image.is_some());
@@ -307,6 +309,8 @@ fn build(
         vms,
         images: if uses_image { vec![image] } else { Vec::new() },
         networks,
+        cluster: None,
+        hosts: Vec::new(),
     }
 }
 

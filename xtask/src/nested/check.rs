@@ -741,6 +741,8 @@ mod tests {
             vms: vec![spec("a", 1, 256, &[])],
             images: vec![],
             networks: vec![],
+            cluster: None,
+            hosts: Vec::new(),
         };
         let crash = "@@NESTED step=apply rc=0 want=0\n@@NESTED step=guests-1 rc=1 want=0 missing= a\n\
             @@LOG a vmm.exit: {\"reason\":\"crash\",\"detail\":\"vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\",\"code\":1}\n\
@@ -814,6 +816,8 @@ mod tests {
             vms: vec![spec("a", 1, 256, &[64 << 20]), spec("b", 2, 512, &[])],
             images: vec![],
             networks: vec![],
+            cluster: None,
+            hosts: Vec::new(),
         };
         let v = judge(&log, &[(1, &state)], false, false, false);
         assert!(!v.passed());
