@@ -5,6 +5,7 @@ mod backend;
 mod builtin_os;
 mod bundle;
 mod cli;
+mod cluster;
 mod cmd;
 mod gitignore_hint;
 mod lock;

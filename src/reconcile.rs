@@ -92,6 +92,33 @@ pub enum PassError {
     Image { message: String },
 }
 
+/// What a pass acts through, and the lock it holds.
+pub enum Target {
+    /// This host's state directory, under its flock.
+    Local {
+        backend: Box<backend::RuntimeBackend>,
+        _lock: crate::lock::StateLock,
+    },
+    /// A lab over `host` nodes: the etcd lock and every host over SSH.
+    Cluster(Box<crate::cluster::session::Session>),
+}
+
+impl Target {
+    pub fn backend(&self) -> &dyn Backend {
+        match self {
+            Target::Local { backend, .. } => backend.as_ref(),
+            Target::Cluster(s) => &s.backend,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&crate::cluster::session::Session> {
+        match self {
+            Target::Local { .. } => None,
+            Target::Cluster(s) => Some(s),
+        }
+    }
+}
+
 /// A loaded, locked and planned pass, ready to apply.
 pub struct Prepared {
     pub desired: DesiredState,
@@ -100,11 +127,10 @@ pub struct Prepared {
     pub observed: ObservedState,
     pub plan: Plan,
     pub unmanaged: Vec<String>,
-    pub backend: backend::RuntimeBackend,
+    pub target: Target,
     pub state_dir: PathBuf,
     /// The KDL file (its folder holds `vmctl.lock`, the image pins).
     pub file: PathBuf,
-    _lock: crate::lock::StateLock,
 }
 
 /// Load, lock, observe and plan. `prune=false` leaves VMs the file no longer
@@ -116,6 +142,9 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
         None => crate::cmd::load(g, &opts.file)?.state,
     };
     let state_dir = g.state_dir_for(&opts.file);
+    if !desired.hosts.is_empty() {
+        return prepare_cluster(desired, opts, state_dir);
+    }
     let lock = crate::lock::acquire(&state_dir, opts.lock_timeout)?;
     let backend = backend::open(&state_dir).map_err(|e| PassError::Observe {
         dir: state_dir.display().to_string(),
@@ -138,10 +167,41 @@ pub fn prepare(g: &Global, opts: &ReconcileOptions) -> miette::Result<Prepared> 
         observed,
         plan,
         unmanaged,
-        backend,
+        target: Target::Local {
+            backend: Box::new(backend),
+            _lock: lock,
+        },
         state_dir,
         file: opts.file.clone(),
-        _lock: lock,
+    })
+}
+
+/// [`prepare`] for a lab over hosts: the cluster lock instead of the state
+/// directory's, every host observed over SSH, and a plan whose actions
+/// carry their host.
+fn prepare_cluster(
+    desired: DesiredState,
+    opts: &ReconcileOptions,
+    state_dir: PathBuf,
+) -> miette::Result<Prepared> {
+    let (session, mut observed) =
+        crate::cluster::session::open(&desired, "apply", opts.lock_timeout)?;
+    let unmanaged = split_unmanaged(&desired, &mut observed, opts, &state_dir)?;
+    let plan = vmctl_planner::plan_on_hosts(
+        &desired,
+        &observed,
+        &session.backend.capabilities(),
+        &session.placement,
+    )
+    .map_err(|e| PassError::Plan(e.to_string()))?;
+    Ok(Prepared {
+        desired,
+        observed,
+        plan,
+        unmanaged,
+        target: Target::Cluster(Box::new(session)),
+        state_dir,
+        file: opts.file.clone(),
     })
 }
 
@@ -203,6 +263,10 @@ fn split_unmanaged(
 /// something to close, so a no-op apply on a fresh state directory writes
 /// nothing.
 pub fn settle(p: &Prepared, reporter: &Reporter) -> miette::Result<usize> {
+    if p.target.cluster().is_some() {
+        // A lab over hosts journals in etcd, per action, as it goes.
+        return Ok(0);
+    }
     let open = vmctl_planner::Journal::interrupted(&p.state_dir)
         .map_err(|e| PassError::Journal(e.to_string()))?;
     if open.is_empty() {
@@ -232,9 +296,19 @@ pub fn execute(
         settle(p, reporter)?;
         return Ok(out);
     }
-    ensure_images(p, reporter)?;
-    let journal = vmctl_planner::Journal::open(&p.state_dir)
-        .map_err(|e| PassError::Journal(e.to_string()))?;
+    let cluster = p.target.cluster();
+    let journal = match cluster {
+        // Images are built on the host that boots them; the journal is the
+        // cluster's (etcd), written as each action ends.
+        Some(_) => None,
+        None => {
+            ensure_images(p, reporter)?;
+            Some(
+                vmctl_planner::Journal::open(&p.state_dir)
+                    .map_err(|e| PassError::Journal(e.to_string()))?,
+            )
+        }
+    };
     let ran = std::sync::Mutex::new(Vec::new());
     let on_event = |e: &Event<'_>| {
         reporter.event(e);
@@ -243,6 +317,19 @@ pub fn execute(
             Event::Failed { action, .. } => Some((action, false)),
             _ => None,
         };
+        if let (Some(s), Some((a, ok))) = (cluster, r) {
+            let error = match e {
+                Event::Failed { error, .. } => Some(error.to_string()),
+                _ => None,
+            };
+            s.journal(
+                a.kind.label(),
+                &a.vm,
+                a.host.as_deref(),
+                ok,
+                error.as_deref(),
+            );
+        }
         // `ran` is per VM (watch tracks crash loops by VM name); network
         // actions count in `succeeded`/`failed` only.
         let r = r.filter(|(a, _)| !a.is_network());
@@ -261,10 +348,10 @@ pub fn execute(
     };
     let start = Instant::now();
     let outcome = engine::apply(
-        &p.backend,
+        p.target.backend(),
         &p.plan,
         &p.desired,
-        Some(&journal),
+        journal.as_ref(),
         &opts,
         &on_event,
     );
@@ -277,6 +364,19 @@ pub fn execute(
         .map(|(id, e)| format!("{id}: {e}"))
         .collect();
     out.ran = ran.into_inner().unwrap_or_default();
+    if let Some(s) = cluster {
+        // Where each VM ended up, from what the hosts say now.
+        if let Err(e) = s.backend.observe() {
+            out.errors
+                .push(format!("observing the hosts after the apply: {e}"));
+        }
+        s.write_records(&p.desired);
+        let refused = s.write_errors();
+        if !refused.is_empty() {
+            out.failed += refused.len();
+            out.errors.extend(refused);
+        }
+    }
     Ok(out)
 }
 

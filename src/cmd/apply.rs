@@ -118,7 +118,7 @@ fn run_saved(g: &Global, args: &Args, plan_file: &std::path::Path) -> miette::Re
     let now = crate::saved_plan::basis(
         &prepared.desired,
         &saved.file,
-        vmctl_planner::Backend::capabilities(&prepared.backend),
+        prepared.target.backend().capabilities(),
         &prepared.observed,
     );
     let changes = saved.staleness(crate::saved_plan::VMCTL_VERSION, &now);

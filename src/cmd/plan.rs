@@ -39,6 +39,9 @@ pub struct Args {
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let file = &args.file.file;
     let loaded = crate::cmd::load(g, file)?;
+    if !loaded.state.hosts.is_empty() {
+        return run_on_hosts(&loaded.state, &args);
+    }
     let state_dir = g.state_dir_for(file);
     let backend = crate::backend::open(&state_dir)
         .map_err(|e| miette::miette!("cannot open {}: {e}", state_dir.display()))?;
@@ -83,6 +86,41 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
 }
 
 /// A plan in one of the output formats.
+/// `plan` of a lab over hosts: every host observed over SSH (read-only),
+/// the VMs placed, one plan whose actions carry their host. It takes no
+/// lock and writes nothing.
+fn run_on_hosts(desired: &DesiredState, args: &Args) -> miette::Result<ExitCode> {
+    if args.out.is_some() {
+        return Err(miette::miette!(
+            help = "plan and apply it in one step: `vmctl apply` shows the plan and asks",
+            "saved plans (--out) of a lab over hosts are not supported yet"
+        ));
+    }
+    let sv = crate::cluster::session::survey_read_only(desired)?;
+    if let Some(note) = &sv.note {
+        eprintln!("warning: {note}");
+    }
+    for why in sv.backend.unreachable().values() {
+        eprintln!("warning: {why} (its VMs' actions will fail)");
+    }
+    for line in crate::cluster::session::assumed_lines(&sv.assumed) {
+        eprintln!("warning: {line}");
+    }
+    let plan = vmctl_planner::plan_on_hosts(
+        desired,
+        &sv.observed,
+        &sv.backend.capabilities(),
+        &sv.placement,
+    )
+    .map_err(|e| miette::miette!("{e}"))?;
+    let format = OutputFormat::pick(args.format, args.json);
+    crate::cmd::print_stdout(&render_as(&plan, format)?)?;
+    Ok(exit_code(
+        plan.summary().has_changes(),
+        args.detailed_exitcode,
+    ))
+}
+
 pub fn render_as(plan: &Plan, format: OutputFormat) -> miette::Result<String> {
     Ok(match format {
         OutputFormat::Text => render::text(plan),

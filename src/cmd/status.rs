@@ -176,32 +176,146 @@ fn guest_summary(guest: &Value) -> String {
     line
 }
 
+/// A lab over hosts: each host reached over SSH (read-only), or why not.
+struct Hosts {
+    /// Host → its capacity line, or why it is unreachable.
+    hosts: Vec<(String, Result<String, String>)>,
+    /// VM → the host it was found on.
+    found: std::collections::BTreeMap<String, String>,
+    /// VMs the shared state puts on a host that did not answer.
+    unreachable: Vec<(String, String)>,
+    /// Why the shared state could not be read (the hosts were, anyway).
+    note: Option<String>,
+}
+
+/// Observe a lab over hosts: every host over SSH, the records from etcd
+/// if it answers (`status` works without quorum).
+fn observe_hosts(
+    desired: &vmctl_spec::DesiredState,
+) -> miette::Result<(vmctl_planner::ObservedState, Hosts)> {
+    let sv = crate::cluster::session::survey_read_only(desired)?;
+    let (backend, placement, note) = (sv.backend, sv.placement, sv.note);
+    let mut observed = sv.observed;
+    // What is only assumed (a record on a host that did not answer) is not
+    // shown as running: those VMs are listed as unreachable instead.
+    for (vm, _) in &sv.assumed {
+        observed.vms.remove(vm);
+    }
+    let unreachable_hosts = backend.unreachable();
+    let found = backend.found();
+    let hosts = desired
+        .hosts
+        .iter()
+        .map(|h| {
+            let r = match unreachable_hosts.get(&h.name) {
+                Some(why) => Err(why.clone()),
+                None => Ok(backend.describe(&h.name)),
+            };
+            (h.name.clone(), r)
+        })
+        .collect();
+    let unreachable = placement
+        .hosts
+        .iter()
+        .filter(|(vm, h)| !found.contains_key(*vm) && unreachable_hosts.contains_key(*h))
+        .map(|(vm, h)| (vm.clone(), h.clone()))
+        .collect();
+    Ok((
+        observed,
+        Hosts {
+            hosts,
+            found,
+            unreachable,
+            note,
+        },
+    ))
+}
+
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     let state_dir = g.state_dir_for(&args.file.file);
-    let backend = backend::open(&state_dir).map_err(|e| miette::miette!("{e}"))?;
-    let observed = backend
-        .observe()
-        .map_err(|e| miette::miette!("cannot observe the VMs in {}: {e}", state_dir.display()))?;
+    let desired = if args.file.file.exists() {
+        // Quiet: status is about what runs; the file only says where.
+        crate::cmd::load_quiet(g, &args.file.file)
+            .ok()
+            .map(|l| l.state)
+            .filter(|d| !d.hosts.is_empty())
+    } else {
+        None
+    };
+    let (observed, hosts) = match &desired {
+        Some(d) => {
+            let (o, h) = observe_hosts(d)?;
+            (o, Some(h))
+        }
+        None => {
+            let backend = backend::open(&state_dir).map_err(|e| miette::miette!("{e}"))?;
+            let o = backend.observe().map_err(|e| {
+                miette::miette!("cannot observe the VMs in {}: {e}", state_dir.display())
+            })?;
+            (o, None)
+        }
+    };
+    if let Some(note) = hosts.as_ref().and_then(|h| h.note.as_ref()) {
+        eprintln!("warning: {note}");
+    }
+    let host_of = |vm: &str| hosts.as_ref().and_then(|h| h.found.get(vm).cloned());
     let text = if args.json {
         let vms: Vec<Value> = observed
             .vms
             .values()
-            .map(|vm| vm_json_with_exit(&state_dir, vm))
+            .map(|vm| {
+                // A remote VM's cgroup and exit note are on its host.
+                let mut v = match &hosts {
+                    Some(_) => vm_json(vm),
+                    None => vm_json_with_exit(&state_dir, vm),
+                };
+                if let Some(h) = host_of(vm.name()) {
+                    v["host"] = json!(h);
+                }
+                v
+            })
+            .chain(hosts.iter().flat_map(|h| {
+                h.unreachable
+                    .iter()
+                    .map(|(vm, host)| json!({"name": vm, "state": "unreachable", "host": host}))
+            }))
             .collect();
-        let doc = json!({"format_version": vmctl_spec::FORMAT_VERSION, "vms": vms});
+        let mut doc = json!({"format_version": vmctl_spec::FORMAT_VERSION, "vms": vms});
+        if let Some(h) = &hosts {
+            doc["hosts"] = h
+                .hosts
+                .iter()
+                .map(|(name, r)| match r {
+                    Ok(line) => json!({"name": name, "reachable": true, "capacity": line}),
+                    Err(why) => json!({"name": name, "reachable": false, "error": why}),
+                })
+                .collect();
+        }
         format!(
             "{}\n",
             serde_json::to_string_pretty(&doc).unwrap_or_default()
         )
-    } else if observed.vms.is_empty() {
+    } else if observed.vms.is_empty() && hosts.is_none() {
         format!("No VMs in {}.\n", state_dir.display())
     } else {
         let mut text = String::new();
+        for (name, r) in hosts.iter().flat_map(|h| h.hosts.iter()) {
+            match r {
+                Ok(line) => text.push_str(&format!("host {name:<11} reachable    {line}\n")),
+                Err(why) => text.push_str(&format!("host {name:<11} unreachable  {why}\n")),
+            }
+        }
+        for (vm, host) in hosts.iter().flat_map(|h| h.unreachable.iter()) {
+            text.push_str(&format!("{vm:<16} unreachable  on {host}\n"));
+        }
         for vm in observed.vms.values() {
             let v = vm_json(vm);
             let pid = vm.live.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+            let on = host_of(vm.name())
+                .map(|h| format!("  on {h}"))
+                .unwrap_or_default();
             text.push_str(&format!(
-                "{:<16} {:<8}{pid}  cpus {}  memory {} MiB  disks {}\n",
+                "{:<16} {:<8}{pid}  cpus {}  memory {} MiB  disks {}{on}\n",
                 vm.record.spec.name,
                 v["state"].as_str().unwrap_or("?"),
                 v["cpus"],
@@ -218,14 +332,23 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
                 }
                 None => {}
             }
-            if let Some(why) = weight_not_enforced(&state_dir, vm) {
+            if let Some(why) = hosts
+                .is_none()
+                .then(|| weight_not_enforced(&state_dir, vm))
+                .flatten()
+            {
                 text.push_str(&format!(
                     "{:<16} cpu-weight {} not enforced: {why}\n",
                     "", vm.record.spec.cpu_weight
                 ));
             }
             if vm.live.state == RunState::Crashed {
-                if let Some(note) = last_exit(&state_dir, vm).filter(|n| !n.is_clean()) {
+                if let Some(note) = hosts
+                    .is_none()
+                    .then(|| last_exit(&state_dir, vm))
+                    .flatten()
+                    .filter(|n| !n.is_clean())
+                {
                     text.push_str(&format!(
                         "{:<16} last exit: {}: {}\n",
                         "", note.reason, note.detail
