@@ -88,8 +88,14 @@ fn over_a_pipe_the_fence_holds_and_a_dead_server_is_replaced_by_a_new_connection
     );
     assert!(a.capabilities().copy, "{:?}", a.capabilities());
     assert!(a.observe().expect("observe").vms.is_empty());
-    // Observing creates nothing.
-    assert!(!state.exists());
+    // Observing creates nothing; the hello's token made only the fence.
+    let mut made: Vec<String> = std::fs::read_dir(&state)
+        .expect("the fence's directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["fence", "fence.lock"]);
 
     // `record` mutates the state directory and needs no KVM.
     let spec = diag("rec", 1, "64MiB");
@@ -102,8 +108,18 @@ fn over_a_pipe_the_fence_holds_and_a_dead_server_is_replaced_by_a_new_connection
         Some("5\n")
     );
 
-    // Another coordinator with an older token is refused and changes nothing.
-    let old = pipe(&state, Some(3));
+    // Another coordinator with an older token is refused at its hello...
+    let e = err_text(RemoteBackend::connect(
+        "local",
+        pipe_argv(&state, &[]),
+        Some(3),
+        Timeouts::default(),
+    ));
+    assert!(e.contains("fenced") && e.contains("seen token 5"), "{e}");
+    // ... and, had it connected before, at its first change: it changes
+    // nothing.
+    let old = pipe(&state, None);
+    old.set_token(Some(3));
     let e = err_text(old.record(&spec, Desired::Running));
     assert!(
         e.contains("refused (fenced)") && e.contains("seen token 5"),
@@ -144,10 +160,14 @@ fn over_a_pipe_the_fence_holds_and_a_dead_server_is_replaced_by_a_new_connection
         assert!(Instant::now() < deadline, "the killed servers live on");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(a.observe().expect("reconnected").vms.contains_key("rec"));
+    assert!(old.observe().expect("reconnected").vms.contains_key("rec"));
     assert_eq!(servers_of(&state).len(), 1);
+    // The stale coordinator cannot even connect again: its hello carries
+    // token 5, which this host has fenced.
+    let e = err_text(a.observe());
+    assert!(e.contains("fenced") && e.contains("seen token 7"), "{e}");
     old.destroy("rec", false).expect("destroy");
-    assert!(a.observe().expect("observe").vms.is_empty());
+    assert!(old.observe().expect("observe").vms.is_empty());
 }
 
 /// Median of `n` timed calls.

@@ -442,7 +442,13 @@ impl RemoteBackend {
         inner.next_id += 1;
         let op_name = op.name();
         let timeout = timeouts.for_op(&op);
-        let token = if op.is_mutating() { inner.token } else { None };
+        // Mutating calls carry the token, and so does `hello`: it raises
+        // the host's fence as soon as this coordinator connects.
+        let token = if op.is_mutating() || matches!(op, Op::Hello { .. }) {
+            inner.token
+        } else {
+            None
+        };
         let mut line = Request { id, token, op }.encode();
         line.push('\n');
         let Some(conn) = inner.conn.as_mut() else {

@@ -94,7 +94,11 @@ impl<'a> Server<'a> {
     pub fn handle(&self, req: Request) -> Response {
         let id = req.id;
         let op_name = req.op.name();
-        let _guard = if req.op.is_mutating() {
+        // A coordinator announces its token in `hello`: every host it
+        // reaches raises its fence at once, so an older coordinator is
+        // refused there even before the new one changes anything.
+        let announces = matches!(req.op, Op::Hello { .. }) && req.token.is_some();
+        let _guard = if req.op.is_mutating() || announces {
             let Some(token) = req.token else {
                 return Response::err(
                     Some(id),
@@ -384,5 +388,27 @@ mod tests {
         );
         assert_eq!(fake.calls(), ["stop a", "stop c", "stop d"]);
         assert_eq!(FenceStore::new(d.path()).highest().ok(), Some(8));
+    }
+
+    #[test]
+    fn a_hello_with_a_token_raises_the_fence_and_a_stale_one_is_refused() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let fake = Fake::default();
+        let input = [
+            "{\"v\":1,\"id\":1,\"token\":9,\"op\":\"hello\"}\n",
+            "{\"v\":1,\"id\":2,\"token\":8,\"op\":\"hello\"}\n",
+            "{\"v\":1,\"id\":3,\"token\":8,\"op\":\"stop\",\"name\":\"a\"}\n",
+            // Without a token, hello is read-only.
+            "{\"v\":1,\"id\":4,\"op\":\"hello\"}\n",
+        ]
+        .concat();
+        let out = serve(&fake, d.path(), input.as_bytes());
+        let kinds: Vec<Value> = out.iter().map(|v| v["err"]["kind"].clone()).collect();
+        assert_eq!(
+            kinds,
+            [Value::Null, "fenced".into(), "fenced".into(), Value::Null]
+        );
+        assert_eq!(FenceStore::new(d.path()).highest().ok(), Some(9));
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
     }
 }
