@@ -183,14 +183,37 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
     );
     drop(guard);
 
-    // 6. h3 becomes unreachable: status says so, and a new VM pinned to
+    // 6. destroy one VM by name: gone from its host and from etcd.
+    let out = vmctl(&lab, &hosts, &["destroy", "web-1", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    assert!(out.status.success(), "destroy:\n{}", text(&out));
+    let sd = status(&lab, &hosts);
+    assert!(
+        sd["vms"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|v| v["name"] != "web-1")),
+        "{sd:#}"
+    );
+    let records = e.list_vms().expect("records");
+    assert!(!records.contains_key("web-1"), "{records:?}");
+    assert_eq!(records.len(), 3, "{records:?}");
+    // The next apply makes it again (the file still declares it).
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("web-1 create on"), "{t}");
+
+    // 7. h3 becomes unreachable: status says so, and a new VM pinned to
     // it fails while one on h1 is created (the rest applies, exit 1).
+    let now = status(&lab, &hosts);
     let on_h3: Vec<String> = ["web-1", "web-2", "cache"]
         .iter()
-        .filter(|n| vm(&s, n)["host"] == "h3")
+        .filter(|n| vm(&now, n)["host"] == "h3")
         .map(|n| n.to_string())
         .collect();
-    assert!(on_h3.contains(&"cache".to_string()), "{s:#}");
+    assert!(on_h3.contains(&"cache".to_string()), "{now:#}");
     hosts.kill_sshd("h3");
     let s3 = status(&lab, &hosts);
     let h3 = s3["hosts"]

@@ -33,6 +33,12 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
+    if args.file.file.exists()
+        && let Ok(loaded) = crate::cmd::load_quiet(g, &args.file.file)
+        && !loaded.state.hosts.is_empty()
+    {
+        return run_on_hosts(&loaded.state, &args);
+    }
     let state_dir = g.state_dir_for(&args.file.file);
     let net = vmctl_hostnet::HostNet::new(&state_dir);
     if !state_dir.join("vms").is_dir() && !net.has_records() {
@@ -135,6 +141,109 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
             outcome.failed.len()
         ))
     }
+}
+
+/// `destroy` of a lab over hosts: under the cluster lock, the named VMs (or
+/// every VM on every reachable host) are destroyed on their hosts, and
+/// their records leave the shared state.
+fn run_on_hosts(file: &DesiredState, args: &Args) -> miette::Result<ExitCode> {
+    let (session, observed) =
+        crate::cluster::session::open(file, "destroy", args.lock_timeout.map(Duration::from_secs))?;
+    for n in &args.names {
+        if observed.get(n).is_none() {
+            return Err(miette::miette!(
+                help = "`vmctl status` lists the VMs on every host",
+                "no VM named {n:?} on any reachable host"
+            ));
+        }
+    }
+    let doomed = |n: &str| args.names.is_empty() || args.names.iter().any(|x| x == n);
+    let keep = DesiredState {
+        vms: observed
+            .vms
+            .values()
+            .filter(|v| !doomed(v.name()))
+            .map(|v| v.record.spec.clone())
+            .collect(),
+        networks: observed.networks.values().map(|n| n.spec.clone()).collect(),
+        images: Vec::new(),
+        ..file.clone()
+    };
+    let full = vmctl_planner::plan(&keep, &observed, &session.backend.capabilities())
+        .map_err(|e| miette::miette!("cannot plan: {e}"))?;
+    let mut actions: Vec<_> = full
+        .actions
+        .into_iter()
+        .filter(|a| a.kind == ActionKind::Destroy)
+        .collect();
+    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+    for a in &mut actions {
+        a.depends_on.retain(|d| ids.contains(d));
+        a.host = session.backend.host_of(&a.vm);
+        a.reason = Some("vmctl destroy: stop the VM and delete its directory and disks".into());
+    }
+    let plan = Plan { actions };
+    if plan.actions.is_empty() {
+        println!("Nothing to destroy.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render::text(&plan));
+    if !args.auto_approve && !crate::cmd::apply::confirm("destroy these VMs")? {
+        println!("Destroy cancelled.");
+        return Ok(ExitCode::from(1));
+    }
+    let reporter = Reporter::new(Mode::detect(false));
+    let opts = vmctl_planner::Options {
+        parallelism: args.parallelism.max(1),
+        delete_external_disks: args.delete_external_disks,
+        apply_id: vmctl_planner::journal::new_apply_id(),
+    };
+    let start = Instant::now();
+    let on_event = |e: &Event<'_>| {
+        reporter.event(e);
+        match e {
+            Event::Finished { action, .. } => {
+                session.journal("destroy", &action.vm, action.host.as_deref(), true, None)
+            }
+            Event::Failed { action, error, .. } => session.journal(
+                "destroy",
+                &action.vm,
+                action.host.as_deref(),
+                false,
+                Some(&error.to_string()),
+            ),
+            _ => {}
+        }
+    };
+    let outcome = engine::apply(&session.backend, &plan, &keep, None, &opts, &on_event);
+    if let Err(e) = session.backend.observe() {
+        println!("  observing the hosts after the destroy: {e}");
+    }
+    session.write_records(&keep);
+    let refused = session.write_errors();
+    if outcome.ok() && refused.is_empty() {
+        println!(
+            "\nDestroy complete: {} VM(s) in {:.1}s.",
+            outcome.finished.len(),
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (id, e) in &outcome.failed {
+        println!("  {id}: {e}");
+    }
+    for e in &refused {
+        println!("  {e}");
+    }
+    Err(miette::miette!(
+        "destroy failed for {} VM(s){}",
+        outcome.failed.len(),
+        if refused.is_empty() {
+            String::new()
+        } else {
+            format!("; {} shared-state write(s) refused", refused.len())
+        }
+    ))
 }
 
 /// Remove every bridge and tap with this lab's names (recorded or left by a
