@@ -13,6 +13,22 @@ pub fn outb(port: u16, value: u8) {
     }
 }
 
+/// `rep outsb`: all of `bytes` to `port` in one instruction — one VM exit
+/// under KVM, which hands the whole string to the VMM (up to a page).
+pub fn outsb(port: u16, bytes: &[u8]) {
+    // SAFETY: reads exactly `bytes.len()` bytes starting at `bytes`, a live
+    // slice; the direction flag is clear (Rust's ABI and diag's entry).
+    unsafe {
+        asm!(
+            "rep outsb",
+            in("dx") port,
+            inout("rsi") bytes.as_ptr() => _,
+            inout("rcx") bytes.len() => _,
+            options(nostack, preserves_flags, readonly)
+        )
+    }
+}
+
 pub fn outl(port: u16, value: u32) {
     // SAFETY: as for `outb`.
     unsafe {

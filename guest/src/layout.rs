@@ -120,6 +120,13 @@ pub const IDLE_PORT: u16 = 0x610;
 /// A VMM that sleeps for the guest answers a 32-bit read of the idle port
 /// with "IDLE".
 pub const IDLE_MAGIC: u32 = 0x454c_4449;
+/// vmctl's serial batch port: a 32-bit write of the guest-physical address
+/// of `{u16 port, u16 len, u32 0, bytes}` sends the bytes to that UART in
+/// one exit; a 32-bit read answers "BTCH" where the VMM has it.
+pub const BATCH_PORT: u16 = 0x612;
+pub const BATCH_MAGIC: u32 = 0x4843_5442;
+/// The most bytes one batch carries.
+pub const BATCH_MAX: usize = 2048;
 pub const POWER_OFF_VALUE: u8 = (5 << 2) | (1 << 5);
 
 /// The identity map the VMM sets up covers the first 4 GiB (PML4 at

@@ -129,10 +129,23 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset))
-            && let Err(e) = self.serial.write(off, value)
-        {
-            tracing::debug!(error = ?e, "serial write failed");
+        let Ok(off) = u8::try_from(offset) else {
+            return;
+        };
+        // A string write (`rep outsb`) to the data register arrives as one
+        // exit with every byte: each goes to the UART in turn, so a guest
+        // sends a FIFO's worth of output for one exit instead of one per
+        // byte (the diag guest does; docs/runtime.md). A UART has no 16-bit
+        // registers, so a wider write to it is taken the same way.
+        let bytes = if off == 0 {
+            data
+        } else {
+            &data[..data.len().min(1)]
+        };
+        for &value in bytes {
+            if let Err(e) = self.serial.write(off, value) {
+                tracing::debug!(error = ?e, "serial write failed");
+            }
         }
     }
 }
@@ -394,6 +407,17 @@ mod tests {
         let mut lsr = [0u8; 1];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn a_string_write_to_the_data_register_sends_every_byte() {
+        let mut dev = SerialDevice::new(SerialIrq::default(), Vec::<u8>::new());
+        dev.write(0, b"hello, ");
+        dev.write(0, b"w");
+        dev.write(0, b"orld");
+        // Other registers take one byte: a 2-byte write to IER is IER only.
+        dev.write(1, &[0, b'x']);
+        assert_eq!(dev.serial.writer(), b"hello, world");
     }
 
     #[test]

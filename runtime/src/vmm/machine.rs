@@ -25,6 +25,7 @@ use crate::arch::x86_64::layout;
 use crate::devices::agent::AgentLink;
 use crate::devices::legacy::cpu_hotplug::{CpuHotplug, CpuHotplugError};
 use crate::devices::legacy::memory_hotplug::{MemoryHotplug, MemoryHotplugError};
+use crate::devices::legacy::serial_batch::{self, SerialBatch, Target as BatchTarget};
 use crate::devices::legacy::{GedDevice, I8042Device, PowerDevice, ged::GedEvents, i8042, power};
 use crate::devices::serial::{
     AgentChannel, ConsoleOutput, GuestReport, RotatingLog, SerialDevice, SerialIrq,
@@ -187,6 +188,23 @@ impl Machine {
         ));
         pio.insert(com1.clone(), u64::from(layout::COM1_PORT), 8)?;
         pio.insert(com2.clone(), u64::from(layout::COM2_PORT), 8)?;
+        pio.insert(
+            Arc::new(Mutex::new(SerialBatch::new(
+                vm.memory.clone(),
+                vec![
+                    BatchTarget {
+                        port: layout::COM1_PORT,
+                        device: com1.clone(),
+                    },
+                    BatchTarget {
+                        port: layout::COM2_PORT,
+                        device: com2.clone(),
+                    },
+                ],
+            ))),
+            u64::from(serial_batch::BATCH_PORT),
+            4,
+        )?;
         pio.insert(
             Arc::new(Mutex::new(I8042Device::new(events.clone()))),
             u64::from(i8042::I8042_BASE),

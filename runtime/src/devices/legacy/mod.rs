@@ -1,13 +1,14 @@
 //! Small platform devices a PC guest expects: the ACPI power (sleep/reset)
 //! register, the i8042 controller's reset line, the ACPI GED event
 //! register the VMM uses to ask for a graceful shutdown or announce hot-add,
-//! and the CPU and memory hotplug controllers.
+//! the CPU and memory hotplug controllers, and vmctl's serial batch port.
 
 pub mod cpu_hotplug;
 pub mod ged;
 pub mod i8042;
 pub mod memory_hotplug;
 pub mod power;
+pub mod serial_batch;
 
 pub use cpu_hotplug::{CpuHotplug, CpuHotplugDevice, CpuHotplugError};
 pub use ged::{GED_POWER_BUTTON, GedDevice};
