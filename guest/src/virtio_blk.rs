@@ -62,7 +62,10 @@ struct BulkBuf(UnsafeCell<[u8; BULK_BYTES]>);
 unsafe impl Sync for BulkBuf {}
 
 /// The data buffer of whole-disk reads (identity-mapped, so its address is
-/// its guest-physical address).
+/// its guest-physical address). In `.data` like `DMA`: the device writes
+/// it before diag reads it, so it need not be zeroed at boot, and zeroing
+/// its 16 pages was a share of every boot's host CPU (docs/benchmarks.md).
+#[unsafe(link_section = ".data.diag_bulk")]
 static BULK: BulkBuf = BulkBuf(UnsafeCell::new([0; BULK_BYTES]));
 
 fn page_addr(slot: usize) -> Option<u64> {

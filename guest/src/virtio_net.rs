@@ -53,6 +53,12 @@ struct Dma(UnsafeCell<[NicDma; MAX_NICS]>);
 // SAFETY: diag's drivers run on the BSP only; APs never touch these areas.
 unsafe impl Sync for Dma {}
 
+/// In `.data`, not `.bss`: `_start` zeroes `.bss` with `rep stosb`, which
+/// this project's nested host emulates page by page — zeroing these 40
+/// pages took most of a diag boot's host CPU even on VMs without a NIC
+/// (docs/benchmarks.md). The driver writes what it uses before the device
+/// reads it.
+#[unsafe(link_section = ".data.diag_net_dma")]
 static DMA: Dma = Dma(UnsafeCell::new(
     [const {
         NicDma {
