@@ -97,6 +97,26 @@ mod tests {
         assert!(entry_covered, "e_entry {entry:#x} outside every PT_LOAD");
     }
 
+    /// `_start` zeroes `.bss` with `rep stosb`, which the nested host
+    /// emulates page by page: 234 KiB of buffers that had crept into `.bss`
+    /// were most of a boot's host CPU and of the first-byte time
+    /// (docs/benchmarks.md). Big buffers belong in `.data`.
+    #[test]
+    fn bss_stays_small() {
+        let phoff = u64_at(KERNEL, 32) as usize;
+        let phentsize = u16_at(KERNEL, 54) as usize;
+        let phnum = u16_at(KERNEL, 56) as usize;
+        let zeroed: u64 = (0..phnum)
+            .map(|i| phoff + i * phentsize)
+            .filter(|&ph| u32_at(KERNEL, ph) == 1)
+            .map(|ph| u64_at(KERNEL, ph + 40) - u64_at(KERNEL, ph + 32))
+            .sum();
+        assert!(
+            zeroed <= 32 << 10,
+            "diag's .bss is {zeroed} bytes: move big buffers to .data (link_section)"
+        );
+    }
+
     /// This machine's KVM cannot emulate SSE stores: the guest must contain
     /// no instruction that touches an xmm register.
     #[test]
