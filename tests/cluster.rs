@@ -5,7 +5,9 @@
 //! is checked: `apply` places and creates every VM on its host, `status`
 //! shows each VM's host and its guest's own report, a re-apply is a no-op,
 //! the records in etcd name the hosts, a second coordinator is told who
-//! holds the lock, and an unreachable host fails only its own VMs' actions.
+//! holds the lock, `destroy` of one VM, an unreachable host fails only its
+//! own VMs' actions, and without etcd quorum apply refuses while status
+//! still reads the hosts.
 
 mod common;
 
@@ -86,7 +88,7 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
     if !vmctl_runtime::testing::kvm_or_skip() {
         return;
     }
-    let Some(etcd) = EtcdCluster::start_or_skip(3) else {
+    let Some(mut etcd) = EtcdCluster::start_or_skip(3) else {
         return;
     };
     let Some(mut hosts) = Hosts::start(3) else {
@@ -249,4 +251,28 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
             .all(|v| v["name"] != "late" || v["state"] != "running")),
         "late cannot run on an unreachable host: {s4:#}"
     );
+
+    // 8. etcd loses its quorum: apply refuses (nothing can be agreed on),
+    // status still reads the hosts over ssh and says why the records are
+    // missing.
+    etcd.kill(0);
+    etcd.kill(1);
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    assert!(!out.status.success(), "apply without quorum:\n{t}");
+    assert!(t.contains("shared state"), "{t}");
+    let out = vmctl(&lab, &hosts, &["status", "--json"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    assert!(out.status.success(), "status without quorum:\n{t}");
+    assert!(
+        t.contains("where each VM is comes from the hosts alone"),
+        "{t}"
+    );
+    let s5: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(vm(&s5, "db")["host"], "h1", "{s5:#}");
+    assert_eq!(vm(&s5, "db")["state"], "running", "{s5:#}");
 }
