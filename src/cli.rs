@@ -114,6 +114,14 @@ pub enum Command {
     Lock(crate::cmd::lock::Args),
     /// Serve this host's state directory to a coordinator over stdin/stdout (`ssh HOST vmctl host-rpc --state-dir DIR`).
     HostRpc(crate::cmd::host_rpc::Args),
+    /// Move a VM of a lab over hosts to another host (stop, copy its disks, commit, start there, remove the old copy).
+    Move(crate::cmd::move_vm::Args),
+    /// Write a stopped VM's record and disks to stdout (internal: `vmctl move`, on the old host).
+    #[command(name = "__send-vm", hide = true)]
+    SendVm(crate::cmd::move_vm::SendArgs),
+    /// Read a VM from stdin into this host (internal: `vmctl move`, on the new host).
+    #[command(name = "__receive-vm", hide = true)]
+    ReceiveVm(crate::cmd::move_vm::ReceiveArgs),
     /// Run one VMM (internal: started by vmctl itself).
     #[command(name = "__vmm", hide = true)]
     Vmm(crate::cmd::vmm::Args),

@@ -276,3 +276,117 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
     assert_eq!(vm(&s5, "db")["host"], "h1", "{s5:#}");
     assert_eq!(vm(&s5, "db")["state"], "running", "{s5:#}");
 }
+
+/// Two hosts, a diag VM with a seeded disk pinned to h1, then pinned to
+/// h2: the plan refuses to move it by itself, `vmctl move` does, and the
+/// guest on the new host reads the same disk. Then a leftover copy (what a
+/// move killed between copy and clean-up leaves) is removed by the next
+/// apply, the VM untouched.
+#[test]
+fn a_vm_moves_with_its_disk_and_a_leftover_copy_is_removed() {
+    if !vmctl_runtime::testing::kvm_or_skip() {
+        return;
+    }
+    let Some(etcd) = EtcdCluster::start_or_skip(3) else {
+        return;
+    };
+    let Some(hosts) = Hosts::start(2) else {
+        return;
+    };
+    let lab = Lab::new("");
+    let seed = lab.path("seed.raw");
+    let bytes: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&seed, &bytes).expect("seed");
+    let kdl = |host: &str| {
+        let mut k = format!(
+            "cluster \"{CLUSTER}\" {{\n    state \"etcd\" endpoints=\"{}\" lock-ttl=\"5s\"\n}}\n",
+            etcd.endpoints().join(",")
+        );
+        for h in &hosts.hosts {
+            k.push_str(&format!(
+                "host \"{}\" {{\n    ssh \"{}\"\n    vmctl \"{}\"\n    state-dir \"{}\"\n}}\n",
+                h.name,
+                h.name,
+                env!("CARGO_BIN_EXE_vmctl"),
+                h.state_dir.display()
+            ));
+        }
+        k.push_str(&format!(
+            "vm \"db\" {{\n    os \"diag\"\n    memory \"128MiB\"\n    host \"{host}\"\n    disk \"data\" size=\"64MiB\" source=\"{}\"\n}}\n",
+            seed.display()
+        ));
+        k
+    };
+    lab.write(&kdl("h1"));
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    assert!(out.status.success(), "apply:\n{}", text(&out));
+    let before = wait_guests(&lab, &hosts, &["db"]);
+    let disk_before = vm(&before, "db")["guest"]["disks"][0].clone();
+    assert_eq!(vm(&before, "db")["host"], "h1");
+    assert!(disk_before["sector0_fnv1a"].is_string(), "{disk_before}");
+
+    // Pinned elsewhere: the plan refuses to recreate it there by itself.
+    lab.write(&kdl("h2"));
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("vmctl move db --to h2"), "{t}");
+
+    // The move.
+    let out = vmctl(&lab, &hosts, &["move", "db", "--to", "h2"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    eprintln!("move:\n{t}");
+    assert!(out.status.success(), "move:\n{t}");
+    let h1_dir = hosts.host("h1").state_dir.join("vms/db");
+    assert!(!h1_dir.exists(), "the old copy is gone");
+    let after = wait_guests(&lab, &hosts, &["db"]);
+    assert_eq!(vm(&after, "db")["host"], "h2", "{after:#}");
+    assert_eq!(vm(&after, "db")["state"], "running");
+    let disk_after = &vm(&after, "db")["guest"]["disks"][0];
+    assert_eq!(
+        disk_after["sector0_fnv1a"], disk_before["sector0_fnv1a"],
+        "the guest on h2 reads the disk it had on h1"
+    );
+    assert_eq!(disk_after["size_bytes"], disk_before["size_bytes"]);
+    let e = Etcd::connect(etcd.config(CLUSTER)).expect("etcd");
+    assert_eq!(e.list_vms().expect("records")["db"]["host"], "h2");
+    let out = vmctl(&lab, &hosts, &["plan", "--detailed-exitcode"])
+        .output()
+        .expect("run vmctl");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "after the move:\n{}",
+        text(&out)
+    );
+
+    // A leftover: the VM's directory copied back to h1 (no VMM holds it
+    // there), as a move killed after its commit leaves it.
+    let h2_dir = hosts.host("h2").state_dir.join("vms/db");
+    let cp = Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(&h2_dir)
+        .arg(&h1_dir)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let pid = vm(&after, "db")["pid"].clone();
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    assert!(out.status.success(), "apply with a leftover:\n{t}");
+    assert!(t.contains("removing the copy of db on h1"), "{t}");
+    assert!(!h1_dir.exists(), "the leftover is gone");
+    let s = status(&lab, &hosts);
+    assert_eq!(vm(&s, "db")["host"], "h2");
+    assert_eq!(vm(&s, "db")["pid"], pid, "the VM itself was not touched");
+}

@@ -99,6 +99,12 @@ impl SshTarget {
 
     /// The command line (program first).
     pub fn argv(&self) -> Vec<OsString> {
+        self.argv_running(&["host-rpc", "--state-dir", self.state_dir.as_str()])
+    }
+
+    /// The command line that runs `vmctl ARGS...` on the host instead of
+    /// `host-rpc` (a disk transfer of `vmctl move`).
+    pub fn argv_running(&self, args: &[&str]) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![
             self.ssh.clone().into(),
             "-T".into(),
@@ -118,14 +124,11 @@ impl SshTarget {
         v.push("--".into());
         v.push(self.destination.clone().into());
         // ssh joins the rest into one command line for the remote shell.
-        let remote = [
-            self.vmctl.as_str(),
-            "host-rpc",
-            "--state-dir",
-            self.state_dir.as_str(),
-        ]
-        .map(shell_quote)
-        .join(" ");
+        let remote = std::iter::once(self.vmctl.as_str())
+            .chain(args.iter().copied())
+            .map(shell_quote)
+            .collect::<Vec<_>>()
+            .join(" ");
         v.push(remote.into());
         v
     }

@@ -12,7 +12,7 @@ use std::path::Path;
 /// Where the next data extent at or after `pos` starts and ends; `None` when
 /// there is no more data. Falls back to "all of it is data" where the
 /// filesystem does not support SEEK_DATA.
-fn next_extent(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+pub fn next_extent(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
     let fd = file.as_raw_fd();
     let Ok(off) = libc::off_t::try_from(pos) else {
         return Ok(None);

@@ -5,3 +5,4 @@
 
 pub mod route;
 pub mod session;
+pub mod transfer;

@@ -33,6 +33,13 @@ pub struct ClusterBackend {
     found: Mutex<BTreeMap<String, String>>,
     /// What each reachable host has (its `hello`).
     capacity: BTreeMap<String, vmctl_planner::HostCapacity>,
+    /// VM → host as the shared state records it: when a VM is found on two
+    /// hosts (a `vmctl move` interrupted between copy and clean-up), the
+    /// recorded host is the VM and the other copy is a leftover.
+    recorded: BTreeMap<String, String>,
+    /// Copies found on a host other than the recorded one (VM, host), from
+    /// the last observe, with whether that copy runs.
+    leftovers: Mutex<Vec<(String, String, bool)>>,
 }
 
 impl ClusterBackend {
@@ -42,7 +49,26 @@ impl ClusterBackend {
             assigned,
             found: Mutex::new(BTreeMap::new()),
             capacity: BTreeMap::new(),
+            recorded: BTreeMap::new(),
+            leftovers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Where the shared state says each VM is (see `recorded`).
+    pub fn with_records(mut self, recorded: BTreeMap<String, String>) -> Self {
+        self.recorded = recorded;
+        self
+    }
+
+    /// Copies the last observe found on a host other than the recorded one:
+    /// (VM, host, running).
+    pub fn leftovers(&self) -> Vec<(String, String, bool)> {
+        self.leftovers.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// One host's own backend (for `vmctl move`, which acts on two hosts).
+    pub fn on_host(&self, host: &str) -> Result<&(dyn Backend + Send), BackendError> {
+        self.backend(host)
     }
 
     /// Remember what each host has (for `status`).
@@ -133,21 +159,41 @@ impl Backend for ClusterBackend {
         let mut found: BTreeMap<String, String> = BTreeMap::new();
         let mut networks: BTreeMap<String, (ObservedNetwork, usize)> = BTreeMap::new();
         let mut reachable = 0usize;
+        let mut leftovers = Vec::new();
         for (host, b) in self.reachable() {
             reachable += 1;
             let o = b
                 .observe()
                 .map_err(|e| BackendError::new(format!("host {host}: {e}")))?;
             for (name, vm) in o.vms {
-                if let Some(first) = found.get(&name) {
-                    return Err(BackendError::new(format!(
-                        "VM {name} has a record on two hosts, {first} and {host}: \
-                         refusing to plan (remove the stale copy with \
-                         `vmctl destroy` on the host that should not have it)"
-                    )));
+                let Some(first) = found.get(&name).cloned() else {
+                    found.insert(name, host.clone());
+                    all.insert(vm);
+                    continue;
+                };
+                // On two hosts: the recorded one is the VM, the other a
+                // copy an interrupted move left; without a record naming
+                // one of them, nothing is guessed.
+                let running = |v: &ObservedVm| v.live.state.has_vmm();
+                match self.recorded.get(&name) {
+                    Some(r) if *r == first => {
+                        leftovers.push((name, host.clone(), running(&vm)));
+                    }
+                    Some(r) if r == host => {
+                        if let Some(old) = all.vms.get(&name) {
+                            leftovers.push((name.clone(), first, running(old)));
+                        }
+                        found.insert(name, host.clone());
+                        all.insert(vm);
+                    }
+                    _ => {
+                        return Err(BackendError::new(format!(
+                            "VM {name} has a record on two hosts, {first} and {host}: \
+                             refusing to plan (remove the stale copy with \
+                             `vmctl destroy` on the host that should not have it)"
+                        )));
+                    }
                 }
-                found.insert(name, host.clone());
-                all.insert(vm);
             }
             for (name, net) in o.networks {
                 let e = networks.entry(name).or_insert((net.clone(), 0));
@@ -162,6 +208,9 @@ impl Backend for ClusterBackend {
         }
         if let Ok(mut f) = self.found.lock() {
             *f = found;
+        }
+        if let Ok(mut l) = self.leftovers.lock() {
+            *l = leftovers;
         }
         Ok(all)
     }
@@ -495,6 +544,22 @@ mod tests {
             e.contains("VM db has a record on two hosts, h1 and h2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_copy_on_a_second_host_is_a_leftover_when_the_record_names_the_other() {
+        let c = ClusterBackend::new(
+            hosts(vec![
+                ("h1", Ok(Box::new(Mem::with(&["db"])))),
+                ("h2", Ok(Box::new(Mem::with(&["db"])))),
+            ]),
+            assign(&[("db", "h2")]),
+        )
+        .with_records(assign(&[("db", "h2")]));
+        let o = c.observe().unwrap();
+        assert_eq!(o.vms.len(), 1);
+        assert_eq!(c.host_of("db").as_deref(), Some("h2"));
+        assert_eq!(c.leftovers(), [("db".to_string(), "h1".to_string(), true)]);
     }
 
     #[test]

@@ -171,16 +171,15 @@ pub fn open(
     for line in assumed_lines(&sv.assumed) {
         eprintln!("warning: {line}");
     }
-    Ok((
-        Session {
-            guard,
-            backend: sv.backend,
-            placement: sv.placement,
-            records,
-            write_errors: Mutex::new(Vec::new()),
-        },
-        sv.observed,
-    ))
+    let session = Session {
+        guard,
+        backend: sv.backend,
+        placement: sv.placement,
+        records,
+        write_errors: Mutex::new(Vec::new()),
+    };
+    session.finish_interrupted_moves()?;
+    Ok((session, sv.observed))
 }
 
 /// What a survey of the hosts found.
@@ -205,8 +204,9 @@ pub fn survey(
     records: &BTreeMap<String, Value>,
 ) -> Result<Survey, SessionError> {
     let (backends, capacity) = connect_hosts(&desired.hosts, token);
-    let mut backend =
-        ClusterBackend::new(backends, BTreeMap::new()).with_capacity(capacity.clone());
+    let mut backend = ClusterBackend::new(backends, BTreeMap::new())
+        .with_capacity(capacity.clone())
+        .with_records(recorded_hosts(records));
     let mut observed = backend
         .observe()
         .map_err(|e| SessionError::Observe(e.to_string()))?;
@@ -293,6 +293,42 @@ pub fn assumed_lines(assumed: &[(String, String)]) -> Vec<String> {
 }
 
 impl Session {
+    /// A VM found on two hosts is one `vmctl move` interrupted between the
+    /// copy and the removal of the old copy: the shared state's record says
+    /// which copy is the VM (the new host once the move was committed, the
+    /// old one before), and the other — stopped, since a move starts the
+    /// new copy only after the commit and never restarts the old one — is
+    /// removed. A running leftover is never touched: the pass stops.
+    fn finish_interrupted_moves(&self) -> Result<(), SessionError> {
+        for (vm, host, running) in self.backend.leftovers() {
+            let kept = self.backend.host_of(&vm).unwrap_or_default();
+            if running {
+                return Err(SessionError::Observe(format!(
+                    "VM {vm} runs on {host} although the shared state puts it on {kept}: \
+                     refusing to touch either (stop the one that should not run)"
+                )));
+            }
+            eprintln!(
+                "removing the copy of {vm} on {host} that an interrupted move left (the VM is on {kept})"
+            );
+            let r = self
+                .backend
+                .on_host(&host)
+                .and_then(|b| b.destroy(&vm, false));
+            self.journal(
+                "remove-leftover",
+                &vm,
+                Some(&host),
+                r.is_ok(),
+                r.as_ref().err().map(|e| e.0.as_str()),
+            );
+            r.map_err(|e| {
+                SessionError::Observe(format!("removing the leftover copy of {vm} on {host}: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
     fn guarded(&self, what: String, r: Result<(), vmctl_cluster::ClusterError>) {
         if let Err(e) = r {
             tracing::error!(%what, error = %e, "shared state write refused");

@@ -14,6 +14,7 @@ pub mod import;
 pub mod kvm_cpuid;
 pub mod lock;
 pub mod logs;
+pub mod move_vm;
 pub mod plan;
 pub mod restore;
 pub mod show;
@@ -129,6 +130,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(a) => restore::run(&g, a),
         Command::Lock(a) => lock::run(&g, a),
         Command::HostRpc(a) => host_rpc::run(&g, a),
+        Command::Move(a) => move_vm::run(&g, a),
+        Command::SendVm(a) => move_vm::send(&g, a),
+        Command::ReceiveVm(a) => move_vm::receive(&g, a),
         Command::Vmm(a) => vmm::run(&g, a),
         Command::KvmCpuid => kvm_cpuid::run(),
     }
