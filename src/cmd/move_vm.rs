@@ -36,9 +36,10 @@ pub struct Args {
     pub file: FileArg,
     /// The VM to move.
     pub vm: String,
-    /// The host it goes to (a `host` node of the file).
+    /// The host it goes to (a `host` node of the file). Without it: where
+    /// placement says it belongs (its pin, or away from a draining host).
     #[arg(long)]
-    pub to: String,
+    pub to: Option<String>,
     /// Give up waiting for the cluster lock after this many seconds.
     #[arg(long)]
     pub lock_timeout: Option<u64>,
@@ -102,12 +103,30 @@ pub fn run(g: &Global, a: Args) -> miette::Result<ExitCode> {
             a.file.file.display()
         ));
     }
+    let (s, observed) = session::open(&desired, "move", a.lock_timeout.map(Duration::from_secs))?;
+    let to_name = match &a.to {
+        Some(t) => t.clone(),
+        None => {
+            let m = s
+                .placement
+                .moves
+                .iter()
+                .find(|m| m.vm == a.vm)
+                .ok_or_else(|| {
+                    miette!(
+                        help = "name the host with --to HOST",
+                        "{} is where placement wants it (no pin elsewhere, its host is not draining)",
+                        a.vm
+                    )
+                })?;
+            m.to.clone().ok_or_else(|| miette!("{}", m.describe()))?
+        }
+    };
     let to = desired
         .hosts
         .iter()
-        .find(|h| h.name == a.to)
-        .ok_or_else(|| miette!("no host {:?} in {}", a.to, a.file.file.display()))?;
-    let (s, observed) = session::open(&desired, "move", a.lock_timeout.map(Duration::from_secs))?;
+        .find(|h| h.name == to_name)
+        .ok_or_else(|| miette!("no host {to_name:?} in {}", a.file.file.display()))?;
     let vm = observed
         .get(&a.vm)
         .ok_or_else(|| miette!("no VM {:?} on any reachable host", a.vm))?;
