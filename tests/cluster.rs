@@ -89,7 +89,7 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
     let Some(etcd) = EtcdCluster::start_or_skip(3) else {
         return;
     };
-    let Some(mut hosts) = Hosts::start(3) else {
+    let Some(mut hosts) = common::hosts::start(3) else {
         return;
     };
     let lab = Lab::new(&lab_kdl(&etcd, &hosts, ""));
