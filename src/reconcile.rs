@@ -365,8 +365,12 @@ pub fn execute(
         .collect();
     out.ran = ran.into_inner().unwrap_or_default();
     if let Some(s) = cluster {
-        // Where each VM ended up, from what the hosts say now.
+        // Where each VM ended up, from what the hosts say now. A host that
+        // stopped answering during the apply means the records cannot be
+        // brought up to date: that is a failure (exit 1, named), not a
+        // note nobody sees; the next apply records what it finds.
         if let Err(e) = s.backend.observe() {
+            out.failed += 1;
             out.errors
                 .push(format!("observing the hosts after the apply: {e}"));
         }
