@@ -4,8 +4,9 @@
 //! (tests/common/hosts.rs), and diag VMs on this machine's /dev/kvm. What
 //! is checked: `apply` places and creates every VM on its host, `status`
 //! shows each VM's host and its guest's own report, a re-apply is a no-op,
-//! the records in etcd name the hosts, a second coordinator is told who
-//! holds the lock, and an unreachable host fails only its own VMs' actions.
+//! the records in etcd name the hosts, a stale record heals on a no-op
+//! apply, a second coordinator is told who holds the lock, and an
+//! unreachable host fails only its own VMs' actions.
 
 mod common;
 
@@ -157,6 +158,32 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
             "{n} was restarted by a no-op apply"
         );
     }
+
+    // 4b. a record an interrupted apply left stale (here: deleted) heals
+    // on the next apply, though it plans nothing (found by `cargo xtask
+    // chaos`: the no-op path returned before writing any record).
+    {
+        let guard = e
+            .lock(&AcquireOptions {
+                command: "test-stale-record".into(),
+                wait: Duration::from_secs(30),
+            })
+            .expect("lock");
+        guard
+            .delete_vm("cache")
+            .expect("delete the record of cache");
+    }
+    assert!(!e.list_vms().expect("records").contains_key("cache"));
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    assert!(out.status.success(), "no-op apply:\n{}", text(&out));
+    let records = e.list_vms().expect("records");
+    assert_eq!(
+        records.get("cache").map(|r| r["host"].clone()),
+        Some(Value::from("h3")),
+        "the no-op apply did not restore the record: {records:?}"
+    );
 
     // 5. another coordinator holds the lock: apply waits, then says who.
     let guard = e
