@@ -278,3 +278,45 @@ fn write_results(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> impl Iterator<Item = String> {
+        a.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn options_parse_and_bad_ones_are_refused() {
+        let o = parse(args(&[])).unwrap();
+        assert_eq!((o.runs, o.seed), (5, None));
+        let o = parse(args(&["--quick", "--seed", "42"])).unwrap();
+        assert_eq!((o.runs, o.seed), (1, Some(42)));
+        assert_eq!(parse(args(&["--runs", "3"])).unwrap().runs, 3);
+        for bad in [&["--runs", "0"][..], &["--seed"], &["--what"]] {
+            assert!(
+                matches!(parse(args(bad)), Err(ChaosError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flip_of_the_lab_has_work_of_each_kind() {
+        let [a, b] = env::VERSIONS;
+        let names = |v: &[env::Vm]| v.iter().map(|x| x.name).collect::<Vec<_>>();
+        let (na, nb) = (names(a), names(b));
+        assert!(na.iter().any(|n| !nb.contains(n)), "a VM goes");
+        assert!(nb.iter().any(|n| !na.contains(n)), "a VM comes");
+        assert!(
+            a.iter()
+                .any(|x| b.iter().any(|y| y.name == x.name && y != x)),
+            "a VM changes"
+        );
+        assert!(a.len() >= 5 && b.len() >= 5);
+    }
+}
