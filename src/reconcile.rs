@@ -78,6 +78,8 @@ pub enum PassError {
     EmptyDesired { count: usize, dir: String },
     #[error("cannot open the journal: {0}")]
     Journal(String),
+    #[error("cannot bring the shared state up to date: {0}")]
+    SharedState(String),
     #[error(
         "this plan changes the host's network (bridges and taps), which needs CAP_NET_ADMIN; vmctl has not got it, so nothing was changed"
     )]
@@ -263,8 +265,18 @@ fn split_unmanaged(
 /// something to close, so a no-op apply on a fresh state directory writes
 /// nothing.
 pub fn settle(p: &Prepared, reporter: &Reporter) -> miette::Result<usize> {
-    if p.target.cluster().is_some() {
-        // A lab over hosts journals in etcd, per action, as it goes.
+    if let Some(s) = p.target.cluster() {
+        // A lab over hosts journals in etcd, per action, as it goes. Its
+        // records are brought up to date even when nothing is to be done:
+        // an apply that lost its lease (or was killed) after its actions
+        // ran left the VMs right and the records stale, and a re-apply
+        // that plans nothing is how that heals (found by `cargo xtask
+        // chaos`, kill-etcd-leader).
+        s.write_records(&p.desired);
+        let refused = s.write_errors();
+        if !refused.is_empty() {
+            return Err(PassError::SharedState(refused.join("; ")).into());
+        }
         return Ok(0);
     }
     let open = vmctl_planner::Journal::interrupted(&p.state_dir)
@@ -365,8 +377,12 @@ pub fn execute(
         .collect();
     out.ran = ran.into_inner().unwrap_or_default();
     if let Some(s) = cluster {
-        // Where each VM ended up, from what the hosts say now.
+        // Where each VM ended up, from what the hosts say now. A host that
+        // stopped answering during the apply means the records cannot be
+        // brought up to date: that is a failure (exit 1, named), not a
+        // note nobody sees; the next apply records what it finds.
         if let Err(e) = s.backend.observe() {
+            out.failed += 1;
             out.errors
                 .push(format!("observing the hosts after the apply: {e}"));
         }

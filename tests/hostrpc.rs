@@ -11,7 +11,6 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::hosts::Hosts;
 use vmctl_hostrpc::{PROTOCOL_VERSION, RemoteBackend, Timeouts};
 use vmctl_planner::{Backend, Desired, ObservedVm, RunState};
 use vmctl_spec::VmSpec;
@@ -201,7 +200,7 @@ fn observe_medians(n: usize, a: &RemoteBackend, b: &RemoteBackend) -> (Duration,
 
 #[test]
 fn ssh_hosts_answer_hello_and_a_dead_or_silent_host_is_unreachable() {
-    let Some(mut hosts) = Hosts::start(2) else {
+    let Some(mut hosts) = common::hosts::start(2) else {
         return;
     };
     let started = Instant::now();
@@ -288,7 +287,7 @@ fn diag_vms_on_two_ssh_hosts_are_created_observed_fenced_stopped_started_destroy
     if !vmctl_runtime::testing::kvm_or_skip() {
         return;
     }
-    let Some(hosts) = Hosts::start(2) else {
+    let Some(hosts) = common::hosts::start(2) else {
         return;
     };
     let h1 = hosts
@@ -362,7 +361,7 @@ fn the_planner_and_apply_engine_drive_an_ssh_host_unchanged() {
     if !vmctl_runtime::testing::kvm_or_skip() {
         return;
     }
-    let Some(hosts) = Hosts::start(1) else {
+    let Some(hosts) = common::hosts::start(1) else {
         return;
     };
     let h1 = hosts

@@ -67,8 +67,13 @@ impl Timeouts {
 }
 
 /// How to reach a host's vmctl over ssh: `ssh -T -o BatchMode=yes -o
-/// ConnectTimeout=5 [-F CONFIG] [-i KEY] DESTINATION -- VMCTL host-rpc
-/// --state-dir DIR`.
+/// ConnectTimeout=5 -o ServerAliveInterval=5 -o ServerAliveCountMax=3
+/// [-F CONFIG] [-i KEY] DESTINATION -- VMCTL host-rpc --state-dir DIR`.
+///
+/// The keepalives bound how long a host whose link died mid-call can hold
+/// an apply: ssh gives up after ~15 s of silence and the call fails as
+/// `unreachable`, instead of waiting out the call's own timeout (up to 300 s
+/// for an action; found by `cargo xtask chaos`, link-cut).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshTarget {
     /// ssh's destination (`root@10.0.0.11`, or a `Host` of `ssh_config`).
@@ -112,6 +117,10 @@ impl SshTarget {
             "BatchMode=yes".into(),
             "-o".into(),
             "ConnectTimeout=5".into(),
+            "-o".into(),
+            "ServerAliveInterval=5".into(),
+            "-o".into(),
+            "ServerAliveCountMax=3".into(),
         ];
         if let Some(f) = &self.ssh_config {
             v.push("-F".into());
@@ -693,6 +702,10 @@ mod tests {
                 "BatchMode=yes",
                 "-o",
                 "ConnectTimeout=5",
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=3",
                 "-F",
                 "/tmp/cfg",
                 "-i",

@@ -27,6 +27,8 @@ pub mod fence;
 pub mod lines;
 pub mod protocol;
 pub mod server;
+#[doc(hidden)]
+pub mod testkit;
 
 pub use client::{RemoteBackend, SshTarget, Timeouts};
 pub use fence::{FenceError, FenceGuard, FenceStore};

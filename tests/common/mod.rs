@@ -155,31 +155,9 @@ impl Drop for Lab {
     }
 }
 
-/// VMM processes (not zombies) whose command line names `state`.
-pub fn vmm_pids_under(state: &Path) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    let needle = state.to_string_lossy().to_string();
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-        if cmd.contains("__vmm") && cmd.contains(&needle) && !zombie {
-            out.push(pid);
-        }
-    }
-    out
-}
+/// VMM processes (not zombies) whose command line names `state` (one copy,
+/// shared with the hosts harness and `cargo xtask chaos`).
+pub use vmctl_hostrpc::testkit::vmm_pids_under;
 
 /// qemu-img (Debian's qemu-utils, which CI installs) makes the foreign
 /// images: without it the import test skips, or fails when

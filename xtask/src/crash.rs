@@ -14,7 +14,7 @@
 //! journal shows open.
 
 mod kill;
-mod scenario;
+pub(crate) mod scenario;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -188,7 +188,7 @@ pub fn run(opts: &Options) -> Result<bool, CrashError> {
 }
 
 /// `cargo build -p vmctl` (debug, like `cargo test` uses) and its path.
-fn build_vmctl() -> Result<PathBuf, CrashError> {
+pub(crate) fn build_vmctl() -> Result<PathBuf, CrashError> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().map(Path::to_path_buf).unwrap_or(manifest);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

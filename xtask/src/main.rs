@@ -7,6 +7,11 @@
 //! over many seeds and require the next apply to converge with nothing lost,
 //! duplicated or corrupted (see docs/testing.md and `--help`).
 //!
+//! `cargo xtask chaos [--runs N] [--seed S] [--quick]`: kill -9 apply, the
+//! etcd leader, cut a host's link, SIGSTOP a coordinator past its lease, on
+//! a lab over three SSH hosts; re-apply until converged and require no VM
+//! lost or duplicated (see docs/scale-out.md and `chaos --help`).
+//!
 //! `cargo xtask bench [--quick]`: vmctl side by side with QEMU microvm and
 //! other peers in one run (see docs/benchmarks.md and `bench --help`).
 //!
@@ -14,6 +19,7 @@
 //! libFuzzer targets in fuzz/ (see docs/fuzzing.md and `fuzz --help`).
 
 mod bench;
+mod chaos;
 mod crash;
 mod fuzz;
 mod nested;
@@ -22,6 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N] (see bench --help)
+       cargo xtask chaos [--runs N] [--seed S] [--quick] (see chaos --help)
        cargo xtask fuzz --smoke | TARGET [--time SECS] (see fuzz --help)
        cargo xtask nested-lab [--lab FILE] [--timeout SECS] [--debug] [--verbose]
                              [--vmm-only] [--repeat N] [--qemu-trace]
@@ -81,6 +88,25 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("bench: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        "chaos" => {
+            let rest: Vec<String> = args.collect();
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", chaos::USAGE);
+                return ExitCode::SUCCESS;
+            }
+            match chaos::parse(rest.into_iter()).and_then(|o| chaos::run(&o)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(chaos::ChaosError::Usage(m)) => {
+                    eprintln!("chaos: {m}\n{}", chaos::USAGE);
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("chaos: error: {e}");
                     ExitCode::FAILURE
                 }
             }

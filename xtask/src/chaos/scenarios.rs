@@ -1,0 +1,248 @@
+//! The four faults, each injected into a `vmctl apply` that has work (the
+//! lab file was just switched to its other version), followed by re-applies
+//! until converged and the invariants (`invariants.rs`):
+//!
+//! * `kill-apply` — SIGKILL the coordinator at a random point: a random
+//!   delay after spawn, or on a random line of its output;
+//! * `kill-etcd-leader` — SIGKILL the etcd leader once the apply is acting,
+//!   restart the member afterwards;
+//! * `link-cut` — take a host with work down (its namespace's loopback)
+//!   once the apply is acting: the apply must end non-zero within its bound;
+//! * `stop-coordinator` — SIGSTOP the coordinator past its lease, let a
+//!   second apply take over and complete, SIGCONT the first: everything it
+//!   then tries must be refused (etcd's guarded writes, the hosts' fence).
+
+use std::time::Duration;
+
+use crate::crash::scenario::Rng;
+
+use super::ChaosError;
+use super::env::{APPLY_TIMEOUT, Env, LOCK_TTL};
+use super::invariants::{self, Check};
+
+/// The scenarios, in the order they run.
+pub const NAMES: [&str; 4] = [
+    "kill-apply",
+    "kill-etcd-leader",
+    "link-cut",
+    "stop-coordinator",
+];
+
+/// What one run of a scenario did and found.
+#[derive(Debug, Default)]
+pub struct RunResult {
+    /// Faults that landed (a kill of a process still running, a cut link).
+    pub faults: usize,
+    /// What was done, in words.
+    pub fault: String,
+    /// Applies it took to converge; `None`: not within the bound.
+    pub attempts: Option<usize>,
+    pub check: Check,
+    /// Scenario-specific failures (an apply that hung, a stale coordinator
+    /// that was not refused, a take-over that did not complete).
+    pub problems: Vec<String>,
+}
+
+/// How long to wait for an apply to print its plan (it has the lock and has
+/// observed every host by then).
+const PLAN_WAIT: Duration = Duration::from_secs(120);
+
+/// An action has started (`web-1: create started`): the apply is acting.
+/// Actions on diag VMs take ~0.1-0.3 s here, so a fault aimed later than
+/// that after the first one lands after the work, not in it.
+fn acting(line: &str) -> bool {
+    line.contains(": ") && line.trim_end().ends_with(" started")
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n    ")
+}
+
+/// Run scenario `name` once.
+pub fn run(name: &str, env: &mut Env, rng: &mut Rng) -> Result<RunResult, ChaosError> {
+    env.flip()?;
+    let mut r = RunResult::default();
+    match name {
+        "kill-apply" => kill_apply(env, rng, &mut r)?,
+        "kill-etcd-leader" => kill_leader(env, rng, &mut r)?,
+        "link-cut" => link_cut(env, rng, &mut r)?,
+        "stop-coordinator" => stop_coordinator(env, rng, &mut r)?,
+        other => return Err(ChaosError::Setup(format!("no scenario {other}"))),
+    }
+    match env.converge()? {
+        Ok(n) => r.attempts = Some(n),
+        Err(last) => r.problems.push(format!(
+            "did not converge in the bound; last plan:\n    {}",
+            tail(&last)
+        )),
+    }
+    r.check = invariants::check(env)?;
+    Ok(r)
+}
+
+fn kill_apply(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
+    let mut p = env.spawn_apply("apply-killed")?;
+    if rng.chance(50) {
+        // A whole apply of this lab takes ~1 s here: most blind kills
+        // land inside it, some after (counted as no kill).
+        let ms = rng.below(1000);
+        r.fault = format!("SIGKILL {ms} ms after spawn");
+        p.run_for(Duration::from_millis(ms));
+    } else {
+        let n = 1 + rng.below(12) as usize;
+        r.fault = format!("SIGKILL on output line {n}");
+        let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
+        while p.lines().len() < n && p.exited().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    if p.kill9() {
+        r.faults += 1;
+    } else {
+        r.fault.push_str(" (it had finished: no kill)");
+    }
+    Ok(())
+}
+
+fn kill_leader(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
+    let mut p = env.spawn_apply("apply-leader-killed")?;
+    let acted = p.wait_line(PLAN_WAIT, acting);
+    let ms = rng.below(150);
+    p.run_for(Duration::from_millis(ms));
+    let leader = env.etcd.leader().map_err(ChaosError::Setup)?;
+    let mid = p.exited().is_none();
+    env.etcd.kill(leader);
+    r.faults += 1;
+    let code = match p.finish(APPLY_TIMEOUT) {
+        Ok(s) => format!("{:?}", s.code()),
+        Err(e) => {
+            r.problems.push(format!("with the etcd leader killed: {e}"));
+            "hung".into()
+        }
+    };
+    r.fault = format!(
+        "SIGKILL etcd member m{leader} (the leader) {ms} ms into the actions{}; that apply exited {code}",
+        if acted && mid {
+            ""
+        } else {
+            " (apply had already ended)"
+        }
+    );
+    env.etcd.restart(leader).map_err(ChaosError::Setup)?;
+    env.etcd
+        .wait_healthy(Duration::from_secs(60))
+        .map_err(ChaosError::Setup)?;
+    Ok(())
+}
+
+fn link_cut(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
+    let mut p = env.spawn_apply("apply-link-cut")?;
+    // The whole plan is printed before the first action starts.
+    p.wait_line(PLAN_WAIT, acting);
+    // A host the plan gives work to, so the cut lands in the apply.
+    let names: Vec<String> = env.hosts.hosts.iter().map(|h| h.name.clone()).collect();
+    let lines = p.lines();
+    let busy: Vec<&String> = names
+        .iter()
+        .filter(|h| lines.iter().any(|l| l.contains(&format!(" on {h}"))))
+        .collect();
+    let host = match busy.len() {
+        0 => names[rng.below(names.len() as u64) as usize].clone(),
+        n => busy[rng.below(n as u64) as usize].clone(),
+    };
+    let ms = rng.below(100);
+    p.run_for(Duration::from_millis(ms));
+    // Mid-apply: an action still in flight. A cut after the last action
+    // ended may come after the apply's last call to the host, and then
+    // exit 0 is right.
+    let lines = p.lines();
+    let started = lines.iter().filter(|l| acting(l)).count();
+    let ended = lines
+        .iter()
+        .filter(|l| l.contains(": ") && (l.contains(" done (") || l.contains(" failed")))
+        .count();
+    let mid = p.exited().is_none() && started > ended;
+    env.hosts
+        .try_link(&host, false)
+        .map_err(ChaosError::Setup)?;
+    r.faults += 1;
+    let started = std::time::Instant::now();
+    let outcome = p.finish(APPLY_TIMEOUT);
+    let took = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(s) if mid && s.success() => r.problems.push(format!(
+            "the apply exited 0 with {host}'s link cut mid-apply:\n    {}",
+            tail(&p.text())
+        )),
+        Ok(s) => {
+            r.fault = format!(
+                "{host}'s link cut {ms} ms into the actions{}; apply exited {:?} {took:.1} s later",
+                if mid {
+                    ""
+                } else {
+                    " (apply had already ended)"
+                },
+                s.code()
+            )
+        }
+        Err(e) => r.problems.push(format!("with {host}'s link cut: {e}")),
+    }
+    if r.fault.is_empty() {
+        r.fault = format!("{host}'s link cut {ms} ms into the actions");
+    }
+    env.hosts.try_link(&host, true).map_err(ChaosError::Setup)?;
+    Ok(())
+}
+
+fn stop_coordinator(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
+    let mut first = env.spawn_apply("apply-stopped")?;
+    first.wait_line(PLAN_WAIT, acting);
+    let ms = rng.below(60);
+    first.run_for(Duration::from_millis(ms));
+    if !first.signal(libc::SIGSTOP) {
+        r.fault = format!("SIGSTOP {ms} ms into the actions came too late: the apply had ended");
+        return Ok(());
+    }
+    r.faults += 1;
+    // Past the lease: etcd frees the lock by itself.
+    std::thread::sleep(LOCK_TTL + Duration::from_secs(2));
+    let (code, text) = env.run(
+        "apply-takeover",
+        &["apply", "--auto-approve"],
+        APPLY_TIMEOUT,
+    )?;
+    if code != Some(0) {
+        r.problems.push(format!(
+            "the second apply did not complete while the first was stopped (exit {code:?}):\n    {}",
+            tail(&text)
+        ));
+    }
+    first.signal(libc::SIGCONT);
+    match first.finish(APPLY_TIMEOUT) {
+        Ok(s) => {
+            let t = first.text().to_lowercase();
+            // The hosts' fence says `fenced`; etcd's guarded writes say
+            // `refused by etcd` (token no longer current) or the lease
+            // was lost (refused before etcd has to).
+            let by_hosts = t.contains("is fenced");
+            let by_etcd = t.contains("refused by etcd") || t.contains("lease");
+            let refused = by_hosts || by_etcd;
+            r.fault = format!(
+                "SIGSTOP {ms} ms into the actions, take-over exited {code:?}, SIGCONT: the stale apply exited {:?}, refused by{}{}",
+                s.code(),
+                if by_hosts { " the hosts" } else { "" },
+                if by_etcd { " etcd" } else { "" },
+            );
+            if s.success() || !refused {
+                r.problems.push(format!(
+                    "the stale coordinator was not refused (exit {:?}):\n    {}",
+                    s.code(),
+                    tail(&first.text())
+                ));
+            }
+        }
+        Err(e) => r.problems.push(format!("the stale coordinator: {e}")),
+    }
+    Ok(())
+}
