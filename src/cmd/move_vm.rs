@@ -104,32 +104,27 @@ pub fn run(g: &Global, a: Args) -> miette::Result<ExitCode> {
         ));
     }
     let (s, observed) = session::open(&desired, "move", a.lock_timeout.map(Duration::from_secs))?;
+    let vm = observed
+        .get(&a.vm)
+        .ok_or_else(|| miette!("no VM {:?} on any reachable host", a.vm))?;
     let to_name = match &a.to {
         Some(t) => t.clone(),
-        None => {
-            let m = s
-                .placement
-                .moves
-                .iter()
-                .find(|m| m.vm == a.vm)
-                .ok_or_else(|| {
-                    miette!(
-                        help = "name the host with --to HOST",
-                        "{} is where placement wants it (no pin elsewhere, its host is not draining)",
-                        a.vm
-                    )
-                })?;
-            m.to.clone().ok_or_else(|| miette!("{}", m.describe()))?
-        }
+        None => match s.placement.moves.iter().find(|m| m.vm == a.vm) {
+            Some(m) => m.to.clone().ok_or_else(|| miette!("{}", m.describe()))?,
+            None => {
+                // Idempotent: a move that is done (or a VM that never had
+                // to) is success, as a re-run after a kill expects.
+                let here = s.backend.host_of(&a.vm).unwrap_or_default();
+                println!("{} is on {here} already (where placement wants it).", a.vm);
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
     };
     let to = desired
         .hosts
         .iter()
         .find(|h| h.name == to_name)
         .ok_or_else(|| miette!("no host {to_name:?} in {}", a.file.file.display()))?;
-    let vm = observed
-        .get(&a.vm)
-        .ok_or_else(|| miette!("no VM {:?} on any reachable host", a.vm))?;
     let spec = vm.record.spec.clone();
     let from_name = s
         .backend

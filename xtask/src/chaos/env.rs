@@ -71,6 +71,9 @@ pub struct Env {
     pub dir: PathBuf,
     /// Which of [`VERSIONS`] the file holds now.
     pub version: usize,
+    /// The host `db` is pinned to: the `kill-move` scenario moves it
+    /// between h1 and h2 (both versions of the lab pin it here).
+    pub db_host: &'static str,
     seq: usize,
 }
 
@@ -90,6 +93,7 @@ impl Env {
             hosts,
             dir: dir.to_path_buf(),
             version: 0,
+            db_host: "h1",
             seq: 0,
         };
         env.write(0)?;
@@ -117,7 +121,12 @@ impl Env {
             ));
         }
         for vm in VERSIONS[v % 2] {
-            let place = match vm.pin {
+            let pin = if vm.name == "db" {
+                Some(self.db_host)
+            } else {
+                vm.pin
+            };
+            let place = match pin {
                 Some(h) => format!("    host \"{h}\"\n"),
                 None => "    placement {\n        spread \"rack\"\n    }\n".to_string(),
             };
@@ -170,8 +179,13 @@ impl Env {
 
     /// Start `vmctl apply --auto-approve`.
     pub fn spawn_apply(&mut self, what: &str) -> Result<Proc, ChaosError> {
+        self.spawn(what, &["apply", "--auto-approve"])
+    }
+
+    /// Start `vmctl ARGS`.
+    pub fn spawn(&mut self, what: &str, args: &[&str]) -> Result<Proc, ChaosError> {
         let log = self.log(what);
-        Proc::spawn(self.cmd(&["apply", "--auto-approve"]), "vmctl apply", &log)
+        Proc::spawn(self.cmd(args), &format!("vmctl {}", args.join(" ")), &log)
     }
 
     /// Run `vmctl ARGS` to its end (bounded); its exit code and output.

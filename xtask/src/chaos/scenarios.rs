@@ -10,7 +10,11 @@
 //!   once the apply is acting: the apply must end non-zero within its bound;
 //! * `stop-coordinator` — SIGSTOP the coordinator past its lease, let a
 //!   second apply take over and complete, SIGCONT the first: everything it
-//!   then tries must be refused (etcd's guarded writes, the hosts' fence).
+//!   then tries must be refused (etcd's guarded writes, the hosts' fence);
+//! * `kill-move` — re-pin `db` to the other of h1/h2 and SIGKILL `vmctl
+//!   move db` at a random point (stopped, copying, committed, started,
+//!   cleaning up); a second `vmctl move db` must finish or redo it, and
+//!   `db` must end on its new host exactly once.
 
 use std::time::Duration;
 
@@ -21,11 +25,12 @@ use super::env::{APPLY_TIMEOUT, Env, LOCK_TTL};
 use super::invariants::{self, Check};
 
 /// The scenarios, in the order they run.
-pub const NAMES: [&str; 4] = [
+pub const NAMES: [&str; 5] = [
     "kill-apply",
     "kill-etcd-leader",
     "link-cut",
     "stop-coordinator",
+    "kill-move",
 ];
 
 /// What one run of a scenario did and found.
@@ -68,6 +73,7 @@ pub fn run(name: &str, env: &mut Env, rng: &mut Rng) -> Result<RunResult, ChaosE
         "kill-etcd-leader" => kill_leader(env, rng, &mut r)?,
         "link-cut" => link_cut(env, rng, &mut r)?,
         "stop-coordinator" => stop_coordinator(env, rng, &mut r)?,
+        "kill-move" => kill_move(env, rng, &mut r)?,
         other => return Err(ChaosError::Setup(format!("no scenario {other}"))),
     }
     match env.converge()? {
@@ -243,6 +249,69 @@ fn stop_coordinator(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(
             }
         }
         Err(e) => r.problems.push(format!("the stale coordinator: {e}")),
+    }
+    Ok(())
+}
+
+fn kill_move(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
+    // The lab as the flipped file wants it first: the move moves a running
+    // VM, with nothing else in flight.
+    if let Err(last) = env.converge()? {
+        r.problems.push(format!(
+            "did not converge before the move:\n    {}",
+            tail(&last)
+        ));
+        return Ok(());
+    }
+    let to = if env.db_host == "h1" { "h2" } else { "h1" };
+    env.db_host = to;
+    env.write(env.version)?;
+    let mut p = env.spawn("move-killed", &["move", "db"])?;
+    if rng.chance(50) {
+        // A move of a diag VM takes ~1 s here.
+        let ms = rng.below(1500);
+        r.fault = format!("SIGKILL of `vmctl move db` (to {to}) {ms} ms after spawn");
+        p.run_for(Duration::from_millis(ms));
+    } else {
+        // Its lines: stopping, copying, starting, moved.
+        let n = 1 + rng.below(4) as usize;
+        r.fault = format!("SIGKILL of `vmctl move db` (to {to}) on output line {n}");
+        let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
+        while p.lines().len() < n && p.exited().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    if p.kill9() {
+        r.faults += 1;
+    } else {
+        r.fault.push_str(" (it had finished: no kill)");
+    }
+    // Whatever it left, a second move finishes (or redoes) it.
+    let (code, text) = env.run("move-again", &["move", "db"], APPLY_TIMEOUT)?;
+    let done = code == Some(0)
+        && (text.contains("Moved db from") || text.contains(&format!("db is on {to} already")));
+    if !done {
+        r.problems.push(format!(
+            "the second `vmctl move db` did not finish the move (exit {code:?}):\n    {}",
+            tail(&text)
+        ));
+    }
+    let status = env
+        .cmd(&["status", "--json"])
+        .output()
+        .map_err(|e| ChaosError::Setup(format!("vmctl status: {e}")))?;
+    let on = serde_json::from_slice::<serde_json::Value>(&status.stdout)
+        .ok()
+        .and_then(|s| {
+            s["vms"].as_array().and_then(|v| {
+                v.iter()
+                    .find(|v| v["name"] == "db")
+                    .map(|v| v["host"].clone())
+            })
+        });
+    if on.as_ref().and_then(|h| h.as_str()) != Some(to) {
+        r.problems
+            .push(format!("db is on {on:?} after the move, not on {to}"));
     }
     Ok(())
 }
