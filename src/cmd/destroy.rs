@@ -82,19 +82,7 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
         cluster: None,
         hosts: Vec::new(),
     };
-    let full = vmctl_planner::plan(&desired, &observed, &backend.capabilities())
-        .map_err(|e| miette::miette!("cannot plan: {e}"))?;
-    let mut actions: Vec<_> = full
-        .actions
-        .into_iter()
-        .filter(|a| a.kind == ActionKind::Destroy)
-        .collect();
-    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
-    for a in &mut actions {
-        a.depends_on.retain(|d| ids.contains(d));
-        a.reason = Some("vmctl destroy: stop the VM and delete its directory and disks".into());
-    }
-    let plan = Plan { actions };
+    let plan = destroy_plan(&desired, &observed, &backend.capabilities(), |_| None)?;
     if plan.actions.is_empty() {
         if everything {
             sweep(&net)?;
@@ -143,6 +131,30 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     }
 }
 
+/// The destroy actions (only those) of planning `keep` against what is
+/// there: what goes, in reverse dependency order, each on `host_of` its VM.
+fn destroy_plan(
+    keep: &DesiredState,
+    observed: &vmctl_planner::ObservedState,
+    caps: &vmctl_planner::Capabilities,
+    host_of: impl Fn(&str) -> Option<String>,
+) -> miette::Result<Plan> {
+    let full = vmctl_planner::plan(keep, observed, caps)
+        .map_err(|e| miette::miette!("cannot plan: {e}"))?;
+    let mut actions: Vec<_> = full
+        .actions
+        .into_iter()
+        .filter(|a| a.kind == ActionKind::Destroy)
+        .collect();
+    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+    for a in &mut actions {
+        a.depends_on.retain(|d| ids.contains(d));
+        a.host = host_of(&a.vm);
+        a.reason = Some("vmctl destroy: stop the VM and delete its directory and disks".into());
+    }
+    Ok(Plan { actions })
+}
+
 /// `destroy` of a lab over hosts: under the cluster lock, the named VMs (or
 /// every VM on every reachable host) are destroyed on their hosts, and
 /// their records leave the shared state.
@@ -169,20 +181,9 @@ fn run_on_hosts(file: &DesiredState, args: &Args) -> miette::Result<ExitCode> {
         images: Vec::new(),
         ..file.clone()
     };
-    let full = vmctl_planner::plan(&keep, &observed, &session.backend.capabilities())
-        .map_err(|e| miette::miette!("cannot plan: {e}"))?;
-    let mut actions: Vec<_> = full
-        .actions
-        .into_iter()
-        .filter(|a| a.kind == ActionKind::Destroy)
-        .collect();
-    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
-    for a in &mut actions {
-        a.depends_on.retain(|d| ids.contains(d));
-        a.host = session.backend.host_of(&a.vm);
-        a.reason = Some("vmctl destroy: stop the VM and delete its directory and disks".into());
-    }
-    let plan = Plan { actions };
+    let plan = destroy_plan(&keep, &observed, &session.backend.capabilities(), |vm| {
+        session.backend.host_of(vm)
+    })?;
     if plan.actions.is_empty() {
         println!("Nothing to destroy.");
         return Ok(ExitCode::SUCCESS);

@@ -23,6 +23,7 @@ use crate::crash::scenario::Rng;
 use super::ChaosError;
 use super::env::{APPLY_TIMEOUT, Env, LOCK_TTL};
 use super::invariants::{self, Check};
+use super::proc::Proc;
 
 /// The scenarios, in the order they run.
 pub const NAMES: [&str; 5] = [
@@ -89,15 +90,29 @@ pub fn run(name: &str, env: &mut Env, rng: &mut Rng) -> Result<RunResult, ChaosE
 
 fn kill_apply(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
     let mut p = env.spawn_apply("apply-killed")?;
+    // A whole apply of this lab takes ~1 s here: most blind kills land
+    // inside it, some after (counted as no kill).
+    kill_somewhere(&mut p, rng, r, "SIGKILL", 1000, 12);
+    Ok(())
+}
+
+/// SIGKILL `p` a random 0..`max_ms` after spawn, or on a random line
+/// 1..=`max_line` of its output; counts the kill if it landed.
+fn kill_somewhere(
+    p: &mut Proc,
+    rng: &mut Rng,
+    r: &mut RunResult,
+    what: &str,
+    max_ms: u64,
+    max_line: u64,
+) {
     if rng.chance(50) {
-        // A whole apply of this lab takes ~1 s here: most blind kills
-        // land inside it, some after (counted as no kill).
-        let ms = rng.below(1000);
-        r.fault = format!("SIGKILL {ms} ms after spawn");
+        let ms = rng.below(max_ms);
+        r.fault = format!("{what} {ms} ms after spawn");
         p.run_for(Duration::from_millis(ms));
     } else {
-        let n = 1 + rng.below(12) as usize;
-        r.fault = format!("SIGKILL on output line {n}");
+        let n = 1 + rng.below(max_line) as usize;
+        r.fault = format!("{what} on output line {n}");
         let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
         while p.lines().len() < n && p.exited().is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -108,7 +123,6 @@ fn kill_apply(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), Cha
     } else {
         r.fault.push_str(" (it had finished: no kill)");
     }
-    Ok(())
 }
 
 fn kill_leader(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
@@ -267,25 +281,10 @@ fn kill_move(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), Chao
     env.db_host = to;
     env.write(env.version)?;
     let mut p = env.spawn("move-killed", &["move", "db"])?;
-    if rng.chance(50) {
-        // A move of a diag VM takes ~1 s here.
-        let ms = rng.below(1500);
-        r.fault = format!("SIGKILL of `vmctl move db` (to {to}) {ms} ms after spawn");
-        p.run_for(Duration::from_millis(ms));
-    } else {
-        // Its lines: stopping, copying, starting, moved.
-        let n = 1 + rng.below(4) as usize;
-        r.fault = format!("SIGKILL of `vmctl move db` (to {to}) on output line {n}");
-        let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
-        while p.lines().len() < n && p.exited().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-    if p.kill9() {
-        r.faults += 1;
-    } else {
-        r.fault.push_str(" (it had finished: no kill)");
-    }
+    // A move of a diag VM takes ~1 s here; its lines: stopping, copying,
+    // starting, moved.
+    let what = format!("SIGKILL of `vmctl move db` (to {to})");
+    kill_somewhere(&mut p, rng, r, &what, 1500, 4);
     // Whatever it left, a second move finishes (or redoes) it.
     let (code, text) = env.run("move-again", &["move", "db"], APPLY_TIMEOUT)?;
     let done = code == Some(0)
