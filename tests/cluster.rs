@@ -418,3 +418,68 @@ fn a_vm_moves_with_its_disk_and_a_leftover_copy_is_removed() {
     assert_eq!(vm(&s, "db")["host"], "h2");
     assert_eq!(vm(&s, "db")["pid"], pid, "the VM itself was not touched");
 }
+
+/// The cluster node's TLS (a CA and a client certificate) and etcd user
+/// auth (the password from the variable `password-env` names), through
+/// `apply` and `status`: the lab applies over TLS with credentials, and the
+/// same file without the password variable is refused before anything runs.
+#[test]
+fn a_lab_applies_over_tls_with_etcd_auth() {
+    if !vmctl_runtime::testing::kvm_or_skip() {
+        return;
+    }
+    let Some(etcd) = EtcdCluster::start_or_skip_with(3, true) else {
+        return;
+    };
+    etcd.enable_auth("s3cret").expect("etcd auth");
+    let Some(hosts) = common::hosts::start(1) else {
+        return;
+    };
+    let certs = etcd.certs().expect("TLS certificates");
+    let h = &hosts.hosts[0];
+    let kdl = format!(
+        "cluster \"{CLUSTER}\" {{\n    state \"etcd\" endpoints=\"{}\" lock-ttl=\"5s\" ca=\"{}\" cert=\"{}\" key=\"{}\" user=\"root\" password-env=\"VMCTL_TEST_ETCD_PASSWORD\"\n}}\n\
+         host \"{}\" {{\n    ssh \"{}\"\n    vmctl \"{}\"\n    state-dir \"{}\"\n}}\n\
+         vm \"db\" {{\n    os \"diag\"\n    memory \"128MiB\"\n}}\n",
+        etcd.endpoints().join(","),
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display(),
+        h.name,
+        h.name,
+        env!("CARGO_BIN_EXE_vmctl"),
+        h.state_dir.display()
+    );
+    assert!(kdl.contains("https://"), "{kdl}");
+    let lab = Lab::new(&kdl);
+    // No password in the environment: refused, nothing created.
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("$VMCTL_TEST_ETCD_PASSWORD"), "{t}");
+    assert!(!h.state_dir.join("vms/db").exists());
+    // A wrong password: etcd refuses it.
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .env("VMCTL_TEST_ETCD_PASSWORD", "wrong")
+        .output()
+        .expect("run vmctl");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!h.state_dir.join("vms/db").exists());
+    // The right one: applied, recorded, reported.
+    let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
+        .env("VMCTL_TEST_ETCD_PASSWORD", "s3cret")
+        .output()
+        .expect("run vmctl");
+    assert!(out.status.success(), "apply over TLS:\n{}", text(&out));
+    let s = vmctl(&lab, &hosts, &["status", "--json"])
+        .env("VMCTL_TEST_ETCD_PASSWORD", "s3cret")
+        .output()
+        .expect("run vmctl");
+    let t = text(&s);
+    assert!(s.status.success(), "{t}");
+    assert!(!t.contains("hosts alone"), "status read the records: {t}");
+    let v: Value = serde_json::from_slice(&s.stdout).expect("json");
+    assert_eq!(vm(&v, "db")["host"], h.name.as_str());
+}

@@ -11,6 +11,10 @@
 //! * `stop-coordinator` — SIGSTOP the coordinator past its lease, let a
 //!   second apply take over and complete, SIGCONT the first: everything it
 //!   then tries must be refused (etcd's guarded writes, the hosts' fence);
+//! * `etcd-quorum-lost` — SIGKILL two of the three etcd members once the
+//!   apply is acting: it must end non-zero within its bound (its records
+//!   cannot be written), never hang; with the members back, re-apply
+//!   converges;
 //! * `kill-move` — re-pin `db` to the other of h1/h2 and SIGKILL `vmctl
 //!   move db` at a random point (stopped, copying, committed, started,
 //!   cleaning up); a second `vmctl move db` must finish or redo it, and
@@ -26,9 +30,10 @@ use super::invariants::{self, Check};
 use super::proc::Proc;
 
 /// The scenarios, in the order they run.
-pub const NAMES: [&str; 5] = [
+pub const NAMES: [&str; 6] = [
     "kill-apply",
     "kill-etcd-leader",
+    "etcd-quorum-lost",
     "link-cut",
     "stop-coordinator",
     "kill-move",
@@ -75,6 +80,7 @@ pub fn run(name: &str, env: &mut Env, rng: &mut Rng) -> Result<RunResult, ChaosE
         "link-cut" => link_cut(env, rng, &mut r)?,
         "stop-coordinator" => stop_coordinator(env, rng, &mut r)?,
         "kill-move" => kill_move(env, rng, &mut r)?,
+        "etcd-quorum-lost" => quorum_lost(env, rng, &mut r)?,
         other => return Err(ChaosError::Setup(format!("no scenario {other}"))),
     }
     match env.converge()? {
@@ -312,5 +318,46 @@ fn kill_move(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), Chao
         r.problems
             .push(format!("db is on {on:?} after the move, not on {to}"));
     }
+    Ok(())
+}
+
+fn quorum_lost(env: &mut Env, rng: &mut Rng, r: &mut RunResult) -> Result<(), ChaosError> {
+    let mut p = env.spawn_apply("apply-quorum-lost")?;
+    let acted = p.wait_line(PLAN_WAIT, acting);
+    let ms = rng.below(100);
+    p.run_for(Duration::from_millis(ms));
+    let mid = acted && p.exited().is_none();
+    // Two of three: the leader and one other.
+    let leader = env.etcd.leader().map_err(ChaosError::Setup)?;
+    let other = (leader + 1 + rng.below(2) as usize) % 3;
+    env.etcd.kill(leader);
+    env.etcd.kill(other);
+    r.faults += 1;
+    let started = std::time::Instant::now();
+    match p.finish(APPLY_TIMEOUT) {
+        Ok(s) if mid && s.success() => r.problems.push(format!(
+            "the apply exited 0 with etcd's quorum lost mid-apply (its records cannot have been written):\n    {}",
+            tail(&p.text())
+        )),
+        Ok(s) => {
+            r.fault = format!(
+                "SIGKILL of etcd members m{leader} (the leader) and m{other} {ms} ms into the actions{}; apply exited {:?} {:.1} s later",
+                if mid { "" } else { " (apply had already ended)" },
+                s.code(),
+                started.elapsed().as_secs_f64()
+            )
+        }
+        Err(e) => r.problems.push(format!("with etcd's quorum lost: {e}")),
+    }
+    if r.fault.is_empty() {
+        r.fault =
+            format!("SIGKILL of etcd members m{leader} and m{other} {ms} ms into the actions");
+    }
+    for m in [leader, other] {
+        env.etcd.restart(m).map_err(ChaosError::Setup)?;
+    }
+    env.etcd
+        .wait_healthy(Duration::from_secs(60))
+        .map_err(ChaosError::Setup)?;
     Ok(())
 }
