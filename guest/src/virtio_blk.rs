@@ -13,8 +13,9 @@ use crate::clock::Deadline;
 use crate::cpu::{mmio_read32, mmio_write32, pause};
 use crate::layout::VIRTIO_MMIO_MAX_DEVICES;
 use crate::virtio_mmio::{
-    CONFIG, CONFIG_GENERATION, QUEUE_NOTIFY, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, ISR_CONFIG_CHANGE, ack_interrupts,
-    driver_ok, negotiate, r8, r16, setup_queue, w8, w16, w32, w64, write_desc,
+    CONFIG, CONFIG_GENERATION, ISR_CONFIG_CHANGE, QUEUE_NOTIFY, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE, ack_interrupts, driver_ok, negotiate, r8, r16, setup_queue, w8, w16, w32,
+    w64, write_desc,
 };
 pub use crate::virtio_mmio::{Slot, probe, slot_base};
 
