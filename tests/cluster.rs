@@ -210,6 +210,12 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
         t.contains(&format!("pid {}", std::process::id())) && t.contains("test-holder"),
         "the holder is named:\n{t}"
     );
+    // `vmctl lock show -f FILE` reaches etcd through the file's cluster node.
+    let out = vmctl(&lab, &hosts, &["lock", "show"])
+        .output()
+        .expect("run vmctl");
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("test-holder"), "lock show:\n{t}");
     drop(guard);
 
     // 6. destroy one VM by name: gone from its host and from etcd.
@@ -326,26 +332,36 @@ fn a_vm_moves_with_its_disk_and_a_leftover_copy_is_removed() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(&seed, &bytes).expect("seed");
-    let kdl = |host: &str| {
+    // db pinned to `host`, or (None) placed freely while `drain` drains.
+    let kdl_with = |host: Option<&str>, drain: Option<&str>| {
         let mut k = format!(
             "cluster \"{CLUSTER}\" {{\n    state \"etcd\" endpoints=\"{}\" lock-ttl=\"5s\"\n}}\n",
             etcd.endpoints().join(",")
         );
         for h in &hosts.hosts {
+            let drains = if drain == Some(h.name.as_str()) {
+                "    drain #true\n"
+            } else {
+                ""
+            };
             k.push_str(&format!(
-                "host \"{}\" {{\n    ssh \"{}\"\n    vmctl \"{}\"\n    state-dir \"{}\"\n}}\n",
+                "host \"{}\" {{\n    ssh \"{}\"\n    vmctl \"{}\"\n    state-dir \"{}\"\n{drains}}}\n",
                 h.name,
                 h.name,
                 env!("CARGO_BIN_EXE_vmctl"),
                 h.state_dir.display()
             ));
         }
+        let pin = host
+            .map(|h| format!("    host \"{h}\"\n"))
+            .unwrap_or_default();
         k.push_str(&format!(
-            "vm \"db\" {{\n    os \"diag\"\n    memory \"128MiB\"\n    host \"{host}\"\n    disk \"data\" size=\"64MiB\" source=\"{}\"\n}}\n",
+            "vm \"db\" {{\n    os \"diag\"\n    memory \"128MiB\"\n{pin}    disk \"data\" size=\"64MiB\" source=\"{}\"\n}}\n",
             seed.display()
         ));
         k
     };
+    let kdl = |host: &str| kdl_with(Some(host), None);
     lab.write(&kdl("h1"));
     let out = vmctl(&lab, &hosts, &["apply", "--auto-approve"])
         .output()
@@ -417,6 +433,27 @@ fn a_vm_moves_with_its_disk_and_a_leftover_copy_is_removed() {
     let s = status(&lab, &hosts);
     assert_eq!(vm(&s, "db")["host"], "h2");
     assert_eq!(vm(&s, "db")["pid"], pid, "the VM itself was not touched");
+
+    // Drain h2 (db no longer pinned): `vmctl move` with no VM moves every
+    // VM placement wants elsewhere — db back to h1, with its disk.
+    lab.write(&kdl_with(None, Some("h2")));
+    let out = vmctl(&lab, &hosts, &["move"]).output().expect("run vmctl");
+    let t = text(&out);
+    assert!(out.status.success(), "move (drain):\n{t}");
+    assert!(t.contains("Moved db from h2 to h1"), "{t}");
+    let drained = wait_guests(&lab, &hosts, &["db"]);
+    assert_eq!(vm(&drained, "db")["host"], "h1");
+    assert_eq!(
+        vm(&drained, "db")["guest"]["disks"][0]["sector0_fnv1a"],
+        disk_before["sector0_fnv1a"]
+    );
+    assert!(!h2_dir.exists(), "h2 is empty");
+    let out = vmctl(&lab, &hosts, &["move"]).output().expect("run vmctl");
+    assert!(
+        text(&out).contains("Nothing to move"),
+        "a second drain has nothing left:\n{}",
+        text(&out)
+    );
 }
 
 /// The cluster node's TLS (a CA and a client certificate) and etcd user

@@ -29,6 +29,15 @@ pub enum LockCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
+    /// A KDL file whose `cluster` node says how to reach etcd (instead of
+    /// --endpoints and the TLS/auth flags).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "endpoints"
+    )]
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     /// Print JSON (`{"format_version":"1",...}`).
@@ -40,13 +49,8 @@ pub struct ShowArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {
     /// etcd client URLs, comma-separated.
-    #[arg(
-        long,
-        env = "VMCTL_ETCD_ENDPOINTS",
-        value_name = "URL,...",
-        required = true
-    )]
-    pub endpoints: String,
+    #[arg(long, env = "VMCTL_ETCD_ENDPOINTS", value_name = "URL,...")]
+    pub endpoints: Option<String>,
     /// Cluster name: the keys live under /vmctl/<cluster>/.
     #[arg(long, env = "VMCTL_CLUSTER", default_value = "default")]
     pub cluster: String,
@@ -70,7 +74,13 @@ pub struct EtcdArgs {
 impl EtcdArgs {
     /// The client configuration these flags describe.
     pub fn config(&self) -> miette::Result<EtcdConfig> {
-        let mut cfg = EtcdConfig::new(EtcdConfig::parse_endpoints(&self.endpoints), &self.cluster);
+        let endpoints = self.endpoints.as_deref().ok_or_else(|| {
+            miette::miette!(
+                help = "pass --endpoints URL,... (or VMCTL_ETCD_ENDPOINTS), or -f FILE with a `cluster` node",
+                "where is etcd?"
+            )
+        })?;
+        let mut cfg = EtcdConfig::new(EtcdConfig::parse_endpoints(endpoints), &self.cluster);
         if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
             cfg.tls = Some(TlsFiles {
                 ca: self.etcd_ca.clone(),
@@ -131,15 +141,30 @@ pub fn report(e: ClusterError) -> miette::Report {
     }
 }
 
-pub fn run(_g: &Global, args: Args) -> miette::Result<ExitCode> {
+pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     match args.command {
-        LockCommand::Show(a) => show(a),
-        LockCommand::Break(a) => break_lock(a),
+        LockCommand::Show(a) => show(g, a),
+        LockCommand::Break(a) => break_lock(g, a),
     }
 }
 
-fn show(a: ShowArgs) -> miette::Result<ExitCode> {
-    let etcd = a.etcd.connect()?;
+/// etcd as the flags, or the file's `cluster` node, say.
+fn connect(g: &Global, a: &ShowArgs) -> miette::Result<Etcd> {
+    let Some(file) = &a.file else {
+        return a.etcd.connect();
+    };
+    let loaded = crate::cmd::load(g, file)?;
+    let spec = loaded
+        .state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| miette::miette!("{} has no `cluster` node", file.display()))?;
+    let cfg = crate::cluster::session::etcd_config(spec)?;
+    Etcd::connect(cfg).map_err(report)
+}
+
+fn show(g: &Global, a: ShowArgs) -> miette::Result<ExitCode> {
+    let etcd = connect(g, &a)?;
     let status = etcd.lock_status().map_err(report)?;
     let text = if a.json {
         json_line(serde_json::json!({
@@ -163,8 +188,8 @@ fn show(a: ShowArgs) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn break_lock(a: ShowArgs) -> miette::Result<ExitCode> {
-    let etcd = a.etcd.connect()?;
+fn break_lock(g: &Global, a: ShowArgs) -> miette::Result<ExitCode> {
+    let etcd = connect(g, &a)?;
     let broken = etcd.break_lock().map_err(report)?;
     let text = if a.json {
         json_line(serde_json::json!({

@@ -34,8 +34,9 @@ use crate::cmd::Global;
 pub struct Args {
     #[command(flatten)]
     pub file: FileArg,
-    /// The VM to move.
-    pub vm: String,
+    /// The VM to move (none: every VM placement wants elsewhere — the VMs
+    /// of a draining host, the re-pinned ones).
+    pub vm: Option<String>,
     /// The host it goes to (a `host` node of the file). Without it: where
     /// placement says it belongs (its pin, or away from a draining host).
     #[arg(long)]
@@ -104,46 +105,79 @@ pub fn run(g: &Global, a: Args) -> miette::Result<ExitCode> {
         ));
     }
     let (s, observed) = session::open(&desired, "move", a.lock_timeout.map(Duration::from_secs))?;
-    let vm = observed
-        .get(&a.vm)
-        .ok_or_else(|| miette!("no VM {:?} on any reachable host", a.vm))?;
+    let Some(name) = &a.vm else {
+        // Every VM placement wants elsewhere: a drained host emptied, or
+        // every re-pinned VM moved, in one command.
+        if a.to.is_some() {
+            return Err(miette!("--to needs a VM to move"));
+        }
+        let moves: Vec<_> = s.placement.moves.clone();
+        if moves.is_empty() {
+            println!("Nothing to move: every VM is where placement wants it.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut failed = 0;
+        for m in &moves {
+            let r = match &m.to {
+                Some(to) => move_one(&s, &observed, &desired, &m.vm, to),
+                None => Err(miette!("{}", m.describe())),
+            };
+            if let Err(e) = r {
+                eprintln!("{:?}", e);
+                failed += 1;
+            }
+        }
+        return Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    };
     let to_name = match &a.to {
         Some(t) => t.clone(),
-        None => match s.placement.moves.iter().find(|m| m.vm == a.vm) {
+        None => match s.placement.moves.iter().find(|m| &m.vm == name) {
             Some(m) => m.to.clone().ok_or_else(|| miette!("{}", m.describe()))?,
             None => {
+                if observed.get(name).is_none() {
+                    return Err(miette!("no VM {name:?} on any reachable host"));
+                }
                 // Idempotent: a move that is done (or a VM that never had
                 // to) is success, as a re-run after a kill expects.
-                let here = s.backend.host_of(&a.vm).unwrap_or_default();
-                println!("{} is on {here} already (where placement wants it).", a.vm);
+                let here = s.backend.host_of(name).unwrap_or_default();
+                println!("{name} is on {here} already (where placement wants it).");
                 return Ok(ExitCode::SUCCESS);
             }
         },
     };
-    let to = desired
-        .hosts
-        .iter()
-        .find(|h| h.name == to_name)
-        .ok_or_else(|| miette!("no host {to_name:?} in {}", a.file.file.display()))?;
+    move_one(&s, &observed, &desired, name, &to_name)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Move one VM to host `to_name` (module comment: stop, copy, commit,
+/// start, remove the old copy).
+fn move_one(
+    s: &session::Session,
+    observed: &vmctl_planner::ObservedState,
+    desired: &vmctl_spec::DesiredState,
+    name: &str,
+    to_name: &str,
+) -> miette::Result<()> {
+    let vm = observed
+        .get(name)
+        .ok_or_else(|| miette!("no VM {name:?} on any reachable host"))?;
+    let host = |h: &str| desired.hosts.iter().find(|x| x.name == h);
+    let to = host(to_name).ok_or_else(|| miette!("no host {to_name:?} in the file"))?;
     let spec = vm.record.spec.clone();
     let from_name = s
         .backend
-        .host_of(&a.vm)
-        .ok_or_else(|| miette!("where {} is is not known", a.vm))?;
+        .host_of(name)
+        .ok_or_else(|| miette!("where {name} is is not known"))?;
     if from_name == to.name {
-        println!("{} is on {} already.", a.vm, to.name);
-        return Ok(ExitCode::SUCCESS);
+        println!("{name} is on {} already.", to.name);
+        return Ok(());
     }
-    let from = desired
-        .hosts
-        .iter()
-        .find(|h| h.name == from_name)
-        .ok_or_else(|| {
-            miette!(
-                "{} is on {from_name}, which the file no longer declares",
-                a.vm
-            )
-        })?;
+    let from = host(&from_name)
+        .ok_or_else(|| miette!("{name} is on {from_name}, which the file no longer declares"))?;
     let token = u64::try_from(s.guard.token()).map_err(|_| miette!("bad fencing token"))?;
     let was_running = vm.live.state.has_vmm();
     let src = s.backend.on_host(&from.name).map_err(|e| miette!("{e}"))?;
@@ -151,34 +185,29 @@ pub fn run(g: &Global, a: Args) -> miette::Result<ExitCode> {
 
     // 1. Stop.
     if was_running {
-        println!("{}: stopping on {}", a.vm, from.name);
-        src.stop(&a.vm)
-            .map_err(|e| miette!("stopping {} on {}: {e}", a.vm, from.name))?;
+        println!("{name}: stopping on {}", from.name);
+        src.stop(name)
+            .map_err(|e| miette!("stopping {name} on {}: {e}", from.name))?;
     }
     // 2. Copy.
-    println!("{}: copying its disks {} → {}", a.vm, from.name, to.name);
+    println!("{name}: copying its disks {} → {}", from.name, to.name);
     let started = std::time::Instant::now();
-    let send_argv = ssh_target(from).argv_running(&[
-        "--state-dir",
-        from.state_dir.as_str(),
-        "__send-vm",
-        a.vm.as_str(),
-    ]);
+    let send_argv =
+        ssh_target(from).argv_running(&["--state-dir", from.state_dir.as_str(), "__send-vm", name]);
     let token_s = token.to_string();
     let recv_argv = ssh_target(to).argv_running(&[
         "--state-dir",
         to.state_dir.as_str(),
         "__receive-vm",
-        a.vm.as_str(),
+        name,
         "--token",
         token_s.as_str(),
     ]);
     pipe(&send_argv, &recv_argv).map_err(|e| {
-        s.journal("move-copy", &a.vm, Some(&to.name), false, Some(&e));
+        s.journal("move-copy", name, Some(&to.name), false, Some(&e));
         miette!(
             help = "nothing was committed: the VM is still on its old host (`vmctl apply` starts it again)",
-            "copying {} from {} to {}: {e}",
-            a.vm,
+            "copying {name} from {} to {}: {e}",
             from.name,
             to.name
         )
@@ -187,36 +216,33 @@ pub fn run(g: &Global, a: Args) -> miette::Result<ExitCode> {
     // 3. Commit.
     let record = json!({"format_version": "1", "spec": spec, "host": to.name});
     s.guard
-        .put_vm(&a.vm, &record)
-        .map_err(|e| miette!("committing the move of {} in the shared state: {e}", a.vm))?;
-    s.journal("move", &a.vm, Some(&to.name), true, None);
+        .put_vm(name, &record)
+        .map_err(|e| miette!("committing the move of {name} in the shared state: {e}"))?;
+    s.journal("move", name, Some(&to.name), true, None);
     // 4. Start there.
     if was_running || spec.autostart {
-        println!("{}: starting on {}", a.vm, to.name);
-        dst.start(&a.vm).map_err(|e| {
+        println!("{name}: starting on {}", to.name);
+        dst.start(name).map_err(|e| {
             miette!(
-                "starting {} on {} (the move is committed; `vmctl apply` retries): {e}",
-                a.vm,
+                "starting {name} on {} (the move is committed; `vmctl apply` retries): {e}",
                 to.name
             )
         })?;
     }
     // 5. The old copy, last.
-    src.destroy(&a.vm, false).map_err(|e| {
+    src.destroy(name, false).map_err(|e| {
         miette!(
-            "removing the old copy of {} on {} (the move is committed; the next apply removes it): {e}",
-            a.vm,
+            "removing the old copy of {name} on {} (the move is committed; the next apply removes it): {e}",
             from.name
         )
     })?;
     println!(
-        "\nMoved {} from {} to {} (disks copied in {:.1}s).",
-        a.vm,
+        "\nMoved {name} from {} to {} (disks copied in {:.1}s).",
         from.name,
         to.name,
         copied.as_secs_f64()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Run `send | receive`; both must succeed. The error has both sides'
