@@ -215,7 +215,10 @@ fn a_lab_over_three_hosts_applies_places_and_reports() {
         .output()
         .expect("run vmctl");
     let t = text(&out);
-    assert!(out.status.success() && t.contains("test-holder"), "lock show:\n{t}");
+    assert!(
+        out.status.success() && t.contains("test-holder"),
+        "lock show:\n{t}"
+    );
     drop(guard);
 
     // 6. destroy one VM by name: gone from its host and from etcd.
