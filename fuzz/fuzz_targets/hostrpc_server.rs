@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use vmctl_hostrpc::{ErrorKind, FenceStore, Request, Response, Server, ServerInfo};
+use vmctl_hostrpc::{ErrorKind, FenceStore, Op, Request, Response, Server, ServerInfo};
 use vmctl_planner::{Backend, BackendError, Capabilities, CopyReport, Desired, ObservedState};
 use vmctl_spec::{NetworkSpec, VmSpec};
 
@@ -118,6 +118,18 @@ fn model(input: &[u8]) -> (Vec<Expect>, u64) {
         }
         out.push(match Request::decode(line) {
             Err(resp) => (resp.id, resp.result.err().map(|e| e.kind)),
+            // A hello with a token announces it: fenced if lower, else
+            // it raises the fence (no backend call).
+            Ok(req) if matches!(req.op, Op::Hello { .. }) && req.token.is_some() => {
+                match req.token {
+                    Some(t) if t < highest => (Some(req.id), Some(ErrorKind::Fenced)),
+                    Some(t) => {
+                        highest = t;
+                        (Some(req.id), None)
+                    }
+                    None => (Some(req.id), None),
+                }
+            }
             Ok(req) if !req.op.is_mutating() => (Some(req.id), None),
             Ok(req) => match req.token {
                 None => (Some(req.id), Some(ErrorKind::BadRequest)),
