@@ -524,14 +524,7 @@ mod tests {
     use vmctl_spec::VmSpec;
 
     fn desired(vms: Vec<VmSpec>) -> DesiredState {
-        DesiredState {
-            format_version: "1".into(),
-            vms,
-            images: vec![],
-            networks: vec![],
-            cluster: None,
-            hosts: Vec::new(),
-        }
+        DesiredState::of_vms(vms)
     }
 
     fn running(spec: VmSpec, pid: u32) -> ObservedVm {

@@ -42,14 +42,7 @@ pub fn lab(n: usize) -> DesiredState {
             ..VmSpec::diag("")
         })
         .collect();
-    DesiredState {
-        format_version: "1".into(),
-        vms,
-        images: vec![],
-        networks: vec![],
-        cluster: None,
-        hosts: Vec::new(),
-    }
+    DesiredState::of_vms(vms)
 }
 
 /// What is observed once `d` has been applied: every VM recorded and running.

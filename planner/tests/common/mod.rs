@@ -57,14 +57,7 @@ pub fn disk(name: &str, size: u64) -> DiskSpec {
 }
 
 pub fn desired(vms: Vec<VmSpec>) -> DesiredState {
-    DesiredState {
-        format_version: "1".into(),
-        vms,
-        images: vec![],
-        networks: vec![],
-        cluster: None,
-        hosts: Vec::new(),
-    }
+    DesiredState::of_vms(vms)
 }
 
 /// An observed VM in `state` whose live view matches its record.
