@@ -61,8 +61,23 @@ step() {
     return $rc
 }
 
+# The agent's report shares the console with the kernel: a kernel message
+# can land inside a report line and cut it (seen in CI: db's phase-4 line
+# ended at `"files":{}` and the check read a truncated report as none). So
+# only a report whose braces balance counts; a cut one is skipped and the
+# last whole one is used.
 last_agent_line() {
-    grep -o '{"agent":"debian-12"[^}]*\(}[^}]*\)*}' "/lab/.vmctl/vms/$1/console.log" 2>/dev/null | tail -n 1
+    awk '{
+        i = index($0, "{\"agent\":\"debian-12\"")
+        if (i == 0) next
+        s = substr($0, i)
+        sub(/[^}]*$/, "", s)
+        t = s
+        o = gsub(/\{/, "", t)
+        t = s
+        c = gsub(/\}/, "", t)
+        if (o == c && o > 0) last = s
+    } END { if (last != "") print last }' "/lab/.vmctl/vms/$1/console.log" 2>/dev/null
 }
 
 # wait_agents PHASE: until every VM's guest has reported and, for a
