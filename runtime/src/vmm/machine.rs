@@ -168,8 +168,10 @@ impl Machine {
         let mut mmio = Bus::new();
         // Created first: in polled mode every device line wakes its vCPU 0.
         let control = Arc::new(VcpuControl::default());
-        let com1_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM1_IRQ, &control)?);
-        let com2_irq = SerialIrq(irq::line(&vm.fd, cfg.irq_mode, layout::COM2_IRQ, &control)?);
+        // Every device's interrupt line (or, polled, its wake of vCPU 0).
+        let line = |gsi: u32| irq::line(&vm.fd, cfg.irq_mode, gsi, &control);
+        let com1_irq = SerialIrq(line(layout::COM1_IRQ)?);
+        let com2_irq = SerialIrq(line(layout::COM2_IRQ)?);
         let serial_wake: Option<Arc<dyn Interrupt>> = (cfg.irq_mode == irq::IrqMode::Polled)
             .then(|| Arc::new(irq::GuestWake(control.clone())) as Arc<dyn Interrupt>);
         let console = ConsoleOutput {
@@ -215,7 +217,7 @@ impl Machine {
             u64::from(power::POWER_PORT),
             power::POWER_PORT_LEN,
         )?;
-        let ged_irq = irq::line(&vm.fd, cfg.irq_mode, crate::acpi::GED_GSI, &control)?;
+        let ged_irq = line(crate::acpi::GED_GSI)?;
         mmio.insert(
             Arc::new(Mutex::new(GedDevice::new(
                 keep.ged.clone(),
@@ -248,12 +250,7 @@ impl Machine {
                     name: disk.name.clone(),
                     source,
                 })?;
-            let irq = irq::line(
-                &vm.fd,
-                cfg.irq_mode,
-                layout::VIRTIO_GSI_BASE + i as u32,
-                &control,
-            )?;
+            let irq = line(layout::VIRTIO_GSI_BASE + i as u32)?;
             let dev: BlockDevice = Arc::new(Mutex::new(MmioTransport::new(
                 block,
                 vm.memory.clone(),
@@ -281,12 +278,7 @@ impl Machine {
                     name: nic.name.clone(),
                     mac: nic.mac.clone(),
                 })?;
-            let irq = irq::line(
-                &vm.fd,
-                cfg.irq_mode,
-                layout::VIRTIO_GSI_BASE + i as u32,
-                &control,
-            )?;
+            let irq = line(layout::VIRTIO_GSI_BASE + i as u32)?;
             let device = Net::new(mac, Box::new(tap_file), counters);
             let dev: NetDevice = Arc::new(Mutex::new(MmioTransport::new(
                 device,
