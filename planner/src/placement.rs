@@ -142,6 +142,17 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// `vm` fits nowhere (or may not stay where it is), because `message`.
+    fn refuse(&mut self, vm: &str, message: String) {
+        self.errors.insert(
+            vm.to_string(),
+            Unplaceable {
+                vm: vm.to_string(),
+                message,
+            },
+        );
+    }
+
     /// The host of a VM's actions.
     pub fn host_of(&self, vm: &str) -> Option<&str> {
         self.hosts.get(vm).map(String::as_str)
@@ -358,16 +369,13 @@ pub fn place(hosts: &[HostState], vms: &[VmSpec], current: &BTreeMap<String, Str
                 // Its host left the file: the VM is still there, so its
                 // actions stay addressed to it (and fail, naming the host).
                 out.hosts.remove(&vm.name);
-                out.errors.insert(
-                    vm.name.clone(),
-                    Unplaceable {
-                        vm: vm.name.clone(),
-                        message: format!(
-                            "{} runs on host {h}, which the file no longer declares: declare {h} \
+                out.refuse(
+                    &vm.name,
+                    format!(
+                        "{} runs on host {h}, which the file no longer declares: declare {h} \
                              again (and `vmctl move` it away), or remove {} from the file",
-                            vm.name, vm.name
-                        ),
-                    },
+                        vm.name, vm.name
+                    ),
                 );
             }
         }
@@ -381,12 +389,9 @@ pub fn place(hosts: &[HostState], vms: &[VmSpec], current: &BTreeMap<String, Str
             continue;
         };
         let Some(host) = by_name.get(pin.as_str()) else {
-            out.errors.insert(
-                vm.name.clone(),
-                Unplaceable {
-                    vm: vm.name.clone(),
-                    message: format!("{} is pinned to host {pin}, which is not declared", vm.name),
-                },
+            out.refuse(
+                &vm.name,
+                format!("{} is pinned to host {pin}, which is not declared", vm.name),
             );
             continue;
         };
@@ -397,13 +402,7 @@ pub fn place(hosts: &[HostState], vms: &[VmSpec], current: &BTreeMap<String, Str
         };
         match problem {
             Some(p) => {
-                out.errors.insert(
-                    vm.name.clone(),
-                    Unplaceable {
-                        vm: vm.name.clone(),
-                        message: format!("{} (pinned to {pin}); {p}", needs(vm)),
-                    },
-                );
+                out.refuse(&vm.name, format!("{} (pinned to {pin}); {p}", needs(vm)));
             }
             None => {
                 load.add(host, vm);
@@ -421,12 +420,9 @@ pub fn place(hosts: &[HostState], vms: &[VmSpec], current: &BTreeMap<String, Str
         for vm in waiting {
             if let Some(src) = &vm.copy_from {
                 if out.errors.contains_key(src) {
-                    out.errors.insert(
-                        vm.name.clone(),
-                        Unplaceable {
-                            vm: vm.name.clone(),
-                            message: format!("{} is a copy of {src}, which has no host", vm.name),
-                        },
+                    out.refuse(
+                        &vm.name,
+                        format!("{} is a copy of {src}, which has no host", vm.name),
                     );
                     continue;
                 }
@@ -449,15 +445,12 @@ pub fn place(hosts: &[HostState], vms: &[VmSpec], current: &BTreeMap<String, Str
                         out.hosts.insert(vm.name.clone(), h);
                     }
                     Some(p) => {
-                        out.errors.insert(
-                            vm.name.clone(),
-                            Unplaceable {
-                                vm: vm.name.clone(),
-                                message: format!(
-                                    "{} (a copy of {src}, so on {src}'s host {h}); {p}",
-                                    needs(vm)
-                                ),
-                            },
+                        out.refuse(
+                            &vm.name,
+                            format!(
+                                "{} (a copy of {src}, so on {src}'s host {h}); {p}",
+                                needs(vm)
+                            ),
                         );
                     }
                 }
@@ -469,13 +462,7 @@ pub fn place(hosts: &[HostState], vms: &[VmSpec], current: &BTreeMap<String, Str
                     out.hosts.insert(vm.name.clone(), host.name.clone());
                 }
                 Err(message) => {
-                    out.errors.insert(
-                        vm.name.clone(),
-                        Unplaceable {
-                            vm: vm.name.clone(),
-                            message,
-                        },
-                    );
+                    out.refuse(&vm.name, message);
                 }
             }
         }
@@ -487,12 +474,9 @@ pub fn place(hosts: &[HostState], vms: &[VmSpec], current: &BTreeMap<String, Str
             // validation refuses): nothing to place beside.
             for vm in next {
                 let src = vm.copy_from.as_deref().unwrap_or("?");
-                out.errors.insert(
-                    vm.name.clone(),
-                    Unplaceable {
-                        vm: vm.name.clone(),
-                        message: format!("{} is a copy of {src}, which has no host", vm.name),
-                    },
+                out.refuse(
+                    &vm.name,
+                    format!("{} is a copy of {src}, which has no host", vm.name),
                 );
             }
             break;
