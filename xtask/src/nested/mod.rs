@@ -183,15 +183,16 @@ pub fn run(opts: &Options) -> Result<bool, String> {
 
 /// The result of one L1 run of the scenario.
 struct Outcome {
-    /// The recognised L1 kernel panic that made the harness run L1 once more.
-    l1_retry: Option<String>,
+    /// The recognised L1 failures that made the harness boot L1 again.
+    l1_retry: Vec<String>,
     failure: Option<check::Failure>,
     l1_secs: f64,
 }
 
 fn repeat_report(outcomes: &[Outcome]) -> String {
     let passed = outcomes.iter().filter(|o| o.failure.is_none()).count();
-    let retried = outcomes.iter().filter(|o| o.l1_retry.is_some()).count();
+    let retried = outcomes.iter().filter(|o| !o.l1_retry.is_empty()).count();
+    let reruns: usize = outcomes.iter().map(|o| o.l1_retry.len()).sum();
     let mut longest = 0;
     let mut streak = 0;
     for o in outcomes {
@@ -200,7 +201,7 @@ fn repeat_report(outcomes: &[Outcome]) -> String {
     }
     let mut out = format!(
         "nested-lab --repeat: {passed} of {} runs passed ({:.0} %), longest streak of passes {longest}; \
-         {retried} run(s) needed the one L1 re-run after a recognised L1 kernel panic\n",
+         {retried} run(s) needed L1 re-runs ({reruns} in all) after a recognised L1 kernel panic or stall\n",
         outcomes.len(),
         100.0 * passed as f64 / outcomes.len() as f64
     );
@@ -209,11 +210,11 @@ fn repeat_report(outcomes: &[Outcome]) -> String {
             None => "passed".to_string(),
             Some(f) => format!("FAILED: {f}"),
         };
-        let retry = o
-            .l1_retry
-            .as_ref()
-            .map(|p| format!(" (after an L1 re-run: {p})"))
-            .unwrap_or_default();
+        let retry = if o.l1_retry.is_empty() {
+            String::new()
+        } else {
+            format!(" (after L1 re-run(s): {})", o.l1_retry.join("; "))
+        };
         out.push_str(&format!(
             "  run {:>2}: {verdict}{retry} [L1 {:.0} s]\n",
             i + 1,
@@ -597,13 +598,21 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
 /// How L1 was booted for one run.
 struct L1Run {
     res: l1::RunResult,
-    /// The recognised L1 kernel panic that made us boot L1 once more, and
-    /// that first L1's serial console.
-    retry: Option<(String, String)>,
+    /// Each recognised failure of L1 itself that made us boot L1 again,
+    /// with that L1's serial console.
+    retry: Vec<(String, String)>,
     serial_log: PathBuf,
 }
 
-/// Boot L1 once (and once more after a recognised L1 kernel panic).
+/// How many times the harness boots L1 again after a recognised failure of
+/// L1 itself — its kernel panicked (`check::l1_kernel_panic`) or it stalled
+/// — which is the emulated-SVM environment, never a vmctl check
+/// (docs/nested-lab.md, "L1's own kernel panics"). Every re-run is
+/// announced, its log kept, and `--repeat` counts them; a vmctl check that
+/// fails is never re-run.
+pub const L1_ENV_RERUNS: usize = 2;
+
+/// Boot L1 (again after a recognised L1 failure, at most [`L1_ENV_RERUNS`] times).
 /// `iteration`: the run's number under `--repeat` (its logs get it in their names).
 fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run, String> {
     let name = |base: &str, ext: &str| match iteration {
@@ -623,28 +632,36 @@ fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run
     };
     let mut res = l1::boot(&boot)?;
     report_trace(&res, &trace_log);
-    let mut retry = None;
-    let env_failure = match check::l1_kernel_panic(&res.serial) {
-        Some(panic) => Some(format!("L1's own kernel crashed ({panic})")),
-        None if res.stalled => Some(l1::stall_reason()),
-        None => None,
-    };
-    if let Some(panic) = env_failure {
-        // L1's own kernel died or stalled (QEMU TCG's emulated SVM
-        // occasionally corrupts L1 state on a nested VM exit, or stops
-        // delivering L1's interrupts while L2 runs): the environment
-        // failed, not vmctl. Say so and run the scenario once more — once.
-        let kept = serial_log.with_extension("crashed.log");
-        eprintln!(
-            "nested-lab: {panic}; this is the emulated-SVM environment, \
-             not a vmctl check. Serial log kept as {}; running L1 once more.",
-            kept.display()
-        );
+    let mut retry = Vec::new();
+    while let Some(failure) = l1_env_failure(&res) {
+        let attempt = retry.len() + 1;
+        let kept = serial_log.with_extension(format!("crashed.{attempt}.log"));
         let _ = std::fs::rename(&serial_log, &kept);
         if opts.qemu_trace {
-            let _ = std::fs::rename(&trace_log, trace_log.with_extension("crashed.log"));
+            let _ = std::fs::rename(
+                &trace_log,
+                trace_log.with_extension(format!("crashed.{attempt}.log")),
+            );
         }
-        retry = Some((panic, std::mem::take(&mut res.serial)));
+        retry.push((failure.clone(), std::mem::take(&mut res.serial)));
+        if retry.len() > L1_ENV_RERUNS {
+            eprintln!(
+                "nested-lab: {failure}; L1 itself failed {} times in a row, giving up.",
+                retry.len(),
+            );
+            // Judge the last L1 as it is: its panic is in its console.
+            let _ = std::fs::rename(&kept, &serial_log);
+            if let Some((_, serial)) = retry.pop() {
+                res.serial = serial;
+            }
+            break;
+        }
+        eprintln!(
+            "nested-lab: {failure}; this is the emulated-SVM environment, \
+             not a vmctl check. Serial log kept as {}; booting L1 again \
+             (re-run {attempt} of at most {L1_ENV_RERUNS}).",
+            kept.display()
+        );
         res = l1::boot(&boot)?;
         report_trace(&res, &trace_log);
     }
@@ -655,14 +672,26 @@ fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run
     })
 }
 
+/// A recognised failure of L1 itself: its kernel panicked, or it stalled.
+fn l1_env_failure(res: &l1::RunResult) -> Option<String> {
+    // L1's own kernel died or stalled (QEMU TCG's emulated SVM now and
+    // then runs L1's kernel with an L2 guest's GS base, or stops
+    // delivering L1's interrupts while L2 runs): the environment failed.
+    match check::l1_kernel_panic(&res.serial) {
+        Some(panic) => Some(format!("L1's own kernel crashed ({panic})")),
+        None if res.stalled => Some(l1::stall_reason()),
+        None => None,
+    }
+}
+
 fn report_trace(res: &l1::RunResult, kept: &Path) {
     if let Some(t) = &res.trace {
         eprint!("{}", trace::report(t));
-        if t.triple_faults.is_empty() {
+        if t.triple_faults.is_empty() && t.double_faults.is_empty() {
             let _ = std::fs::remove_file(kept);
         } else {
             eprintln!(
-                "qemu-trace: records around each triple fault kept in {}",
+                "qemu-trace: records around each double or triple fault kept in {}",
                 kept.display()
             );
         }
@@ -679,7 +708,7 @@ fn run_once(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<Outc
         retry,
         serial_log,
     } = boot_l1(p, opts, iteration)?;
-    let l1_retry = retry.map(|(panic, _)| panic);
+    let l1_retry: Vec<String> = retry.into_iter().map(|(panic, _)| panic).collect();
     let log = check::parse(&res.serial);
     let mut phases: Vec<(u32, &vmctl_spec::DesiredState)> = vec![(1, before)];
     if !opts.vmm_only {
@@ -798,12 +827,13 @@ fn collect_boots(
     } = boot_l1(p, opts, None)?;
     // Boots L1 finished before its own kernel panicked count too.
     let mut boots = Vec::new();
-    if let Some((panic, serial)) = &retry {
-        boots = bootloop::parse(serial);
+    for (panic, serial) in &retry {
+        let before = bootloop::parse(serial);
         println!(
-            "nested-lab: boot loop: {} boots before L1's kernel panicked ({panic}) are counted too",
-            boots.len()
+            "nested-lab: boot loop: {} boots before L1 failed ({panic}) are counted too",
+            before.len()
         );
+        boots.extend(before);
     }
     boots.extend(bootloop::parse(&res.serial));
     println!("\n{}", bootloop::report(&boots));
@@ -822,8 +852,9 @@ fn collect_boots(
     );
     if let Some(t) = &res.trace {
         println!(
-            "nested-lab: qemu-trace saw {} triple fault(s)",
-            t.triple_faults.len()
+            "nested-lab: qemu-trace saw {} triple fault(s), {} double fault(s)",
+            t.triple_faults.len(),
+            t.double_faults.len()
         );
     }
     let ok = finished && boots_now == want && boots.iter().all(|b| b.result == "ok");
@@ -922,12 +953,12 @@ mod tests {
     #[test]
     fn repeat_report_counts_passes_streaks_and_retries() {
         let ok = |retry: Option<&str>| Outcome {
-            l1_retry: retry.map(String::from),
+            l1_retry: retry.map(String::from).into_iter().collect(),
             failure: None,
             l1_secs: 40.0,
         };
         let bad = Outcome {
-            l1_retry: None,
+            l1_retry: Vec::new(),
             failure: Some(check::Failure::L2Crash {
                 vm: "alpha".into(),
                 detail: "vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)".into(),
@@ -944,7 +975,7 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("run  3: passed (after an L1 re-run: BUG: x)"),
+            r.contains("run  3: passed (after L1 re-run(s): BUG: x)"),
             "{r}"
         );
     }

@@ -63,6 +63,14 @@ impl Record {
             || h.strip_prefix("check_exception old: 0x8\t").is_some()
     }
 
+    /// A delivered double fault (`v=08`): in L1 this is how a kernel stack
+    /// overflow ends (a #PF while delivering a #PF at the guard page), the
+    /// end of the exception storm in docs/nested-lab.md "L1's own kernel
+    /// panics"; the records before it show where the storm began.
+    pub fn is_double_fault(&self) -> bool {
+        self.vector() == Some(8)
+    }
+
     /// A delivered interrupt/exception (`   12: v=0e e=0002 i=0 ...`).
     pub fn vector(&self) -> Option<u8> {
         let h = self.header().trim_start();
@@ -96,6 +104,8 @@ pub struct TraceSummary {
     pub bytes: u64,
     /// Per trigger: the chain of records leading to it (compact lines).
     pub triple_faults: Vec<Vec<String>>,
+    /// The same for every delivered double fault (L1's stack overflows).
+    pub double_faults: Vec<Vec<String>>,
     /// Delivered vectors (v=..) counted over the whole log (256 entries).
     pub vector_counts: Vec<u64>,
 }
@@ -105,6 +115,8 @@ pub struct Filter<W: Write> {
     ring: VecDeque<Record>,
     current: Option<Record>,
     after_left: usize,
+    /// Ring records (at its tail) not yet written to `out`.
+    unwritten: usize,
     out: W,
     pub summary: TraceSummary,
 }
@@ -115,6 +127,7 @@ impl<W: Write> Filter<W> {
             ring: VecDeque::with_capacity(RING_RECORDS + 1),
             current: None,
             after_left: 0,
+            unwritten: 0,
             out,
             summary: TraceSummary {
                 vector_counts: vec![0; 256],
@@ -142,8 +155,15 @@ impl<W: Write> Filter<W> {
         if let Some(v) = r.vector() {
             self.summary.vector_counts[usize::from(v)] += 1;
         }
-        if r.is_triple_fault() {
-            let n = self.summary.triple_faults.len();
+        let kind = if r.is_triple_fault() {
+            Some("triple fault")
+        } else if r.is_double_fault() {
+            Some("double fault")
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            let n = self.summary.triple_faults.len() + self.summary.double_faults.len();
             let chain: Vec<String> = self
                 .ring
                 .iter()
@@ -153,26 +173,34 @@ impl<W: Write> Filter<W> {
                 .chain(std::iter::once(&r))
                 .map(Record::one_line)
                 .collect();
-            self.summary.triple_faults.push(chain);
+            if r.is_triple_fault() {
+                self.summary.triple_faults.push(chain);
+            } else {
+                self.summary.double_faults.push(chain);
+            }
             if n < MAX_TRIGGERS {
+                // Only the records not yet written (a trigger soon after
+                // another continues its "after" part).
+                let fresh = self.unwritten.min(self.ring.len());
                 let _ = writeln!(
                     self.out,
-                    "===== triple fault #{} (record {}): the {} records before it =====",
+                    "===== {kind} #{} (record {}): the {fresh} records before it =====",
                     n + 1,
                     self.summary.records,
-                    self.ring.len()
                 );
-                for old in self.ring.drain(..) {
+                for old in self.ring.iter().skip(self.ring.len() - fresh) {
                     for l in &old.lines {
                         let _ = writeln!(self.out, "{l}");
                     }
                 }
-                let _ = writeln!(self.out, "===== the triple fault =====");
+                let _ = writeln!(self.out, "===== the {kind} =====");
                 for l in &r.lines {
                     let _ = writeln!(self.out, "{l}");
                 }
                 let _ = writeln!(self.out, "===== after it =====");
                 self.after_left = AFTER_RECORDS;
+                self.unwritten = 0;
+                self.keep(r);
                 return;
             }
         }
@@ -184,8 +212,14 @@ impl<W: Write> Filter<W> {
             if self.after_left == 0 {
                 let _ = writeln!(self.out, "===== end =====");
             }
-            return;
+        } else {
+            self.unwritten += 1;
         }
+        self.keep(r);
+    }
+
+    /// Every record ends in the ring, so a later trigger's chain sees it.
+    fn keep(&mut self, r: Record) {
         self.ring.push_back(r);
         if self.ring.len() > RING_RECORDS {
             self.ring.pop_front();
@@ -223,18 +257,22 @@ pub fn filter_stream<R: Read, W: Write>(input: R, out: W) -> TraceSummary {
 /// A short human report of a summary.
 pub fn report(s: &TraceSummary) -> String {
     let mut out = format!(
-        "qemu-trace: {} records ({} MiB) read, {} triple fault(s)\n",
+        "qemu-trace: {} records ({} MiB) read, {} triple fault(s), {} double fault(s)\n",
         s.records,
         s.bytes >> 20,
-        s.triple_faults.len()
+        s.triple_faults.len(),
+        s.double_faults.len()
     );
-    for (i, chain) in s.triple_faults.iter().enumerate() {
-        out.push_str(&format!(
-            "  triple fault #{}, the records before it:\n",
-            i + 1
-        ));
-        for l in chain {
-            out.push_str(&format!("    {l}\n"));
+    let kinds = [
+        ("triple fault", &s.triple_faults),
+        ("double fault", &s.double_faults),
+    ];
+    for (kind, chains) in kinds {
+        for (i, chain) in chains.iter().enumerate() {
+            out.push_str(&format!("  {kind} #{}, the records before it:\n", i + 1));
+            for l in chain {
+                out.push_str(&format!("    {l}\n"));
+            }
         }
     }
     out
@@ -296,6 +334,11 @@ mod tests {
         let mut out = Vec::new();
         let s = filter_stream(log.as_bytes(), &mut out);
         assert_eq!(s.triple_faults.len(), 1);
+        assert_eq!(
+            s.double_faults.len(),
+            1,
+            "the #DF before it is a trigger too"
+        );
         let chain = &s.triple_faults[0];
         assert_eq!(chain.last().unwrap(), "check_exception old: 0x8 new 0xe");
         assert!(chain.iter().any(|l| l.contains("v=08")));
@@ -303,12 +346,13 @@ mod tests {
         assert_eq!(s.vector_counts[0xef], 10);
         assert_eq!(s.vector_counts[0x0e], 1);
         let kept = String::from_utf8(out).unwrap();
-        assert!(kept.contains("===== triple fault #1"));
+        assert!(kept.contains("===== double fault #1"));
+        assert!(kept.contains("===== triple fault #2"));
         assert!(
             kept.contains("v=20"),
             "the record after the trigger is kept"
         );
-        assert!(report(&s).contains("1 triple fault(s)"));
+        assert!(report(&s).contains("1 triple fault(s), 1 double fault(s)"));
     }
 
     #[test]
