@@ -31,8 +31,10 @@ pub const USAGE: &str = "usage: cargo xtask chaos [--runs N] [--seed S] [--quick
   --quick      one run of each scenario (CI)
 
 Scenarios: kill-apply (SIGKILL apply at a random point), kill-etcd-leader,
-link-cut (a host's link down mid-apply), stop-coordinator (SIGSTOP past the
-lease, a second apply takes over, SIGCONT). Needs root, /dev/kvm, etcd,
+etcd-quorum-lost (two of three etcd members SIGKILLed mid-apply), link-cut
+(a host's link down mid-apply), stop-coordinator (SIGSTOP past the lease, a
+second apply takes over, SIGCONT), kill-move (SIGKILL `vmctl move` at a random
+point). Needs root, /dev/kvm, etcd,
 sshd, ssh, socat and ip. Results: target/chaos/results.json.";
 
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +304,16 @@ mod tests {
                 matches!(parse(args(bad)), Err(ChaosError::Usage(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_usage_names_every_scenario() {
+        let words: Vec<&str> = USAGE
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '(')
+            .collect();
+        for name in scenarios::NAMES {
+            assert!(words.contains(&name), "{name} is missing from USAGE");
         }
     }
 
