@@ -93,19 +93,12 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
     if crate::reconcile::touches_host_network(&plan) && !vmctl_hostnet::has_net_admin() {
         return Err(crate::reconcile::PassError::NoNetAdmin.into());
     }
-    print!("{}", render::text(&plan));
-    if !args.auto_approve && !crate::cmd::apply::confirm("destroy these VMs")? {
-        println!("Destroy cancelled.");
+    let Some(opts) = confirm(&plan, &args)? else {
         return Ok(ExitCode::from(1));
-    }
+    };
     let journal = vmctl_planner::Journal::open(&state_dir)
         .map_err(|e| miette::miette!("cannot open the journal: {e}"))?;
     let reporter = Reporter::new(Mode::detect(false));
-    let opts = vmctl_planner::Options {
-        parallelism: args.parallelism.max(1),
-        delete_external_disks: args.delete_external_disks,
-        apply_id: vmctl_planner::journal::new_apply_id(),
-    };
     let start = Instant::now();
     let on_event = |e: &Event<'_>| reporter.event(e);
     let outcome = engine::apply(&backend, &plan, &desired, Some(&journal), &opts, &on_event);
@@ -133,6 +126,25 @@ pub fn run(g: &Global, args: Args) -> miette::Result<ExitCode> {
 
 /// The destroy actions (only those) of planning `keep` against what is
 /// there: what goes, in reverse dependency order, each on `host_of` its VM.
+/// Show the destroy plan and ask (unless `--auto-approve`); the apply
+/// options when the user said yes, None when they cancelled. One place for
+/// the local and the over-hosts destroy.
+fn confirm(
+    plan: &vmctl_planner::Plan,
+    args: &Args,
+) -> miette::Result<Option<vmctl_planner::Options>> {
+    print!("{}", render::text(plan));
+    if !args.auto_approve && !crate::cmd::apply::confirm("destroy these VMs")? {
+        println!("Destroy cancelled.");
+        return Ok(None);
+    }
+    Ok(Some(vmctl_planner::Options {
+        parallelism: args.parallelism.max(1),
+        delete_external_disks: args.delete_external_disks,
+        apply_id: vmctl_planner::journal::new_apply_id(),
+    }))
+}
+
 fn destroy_plan(
     keep: &DesiredState,
     observed: &vmctl_planner::ObservedState,
@@ -188,17 +200,10 @@ fn run_on_hosts(file: &DesiredState, args: &Args) -> miette::Result<ExitCode> {
         println!("Nothing to destroy.");
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", render::text(&plan));
-    if !args.auto_approve && !crate::cmd::apply::confirm("destroy these VMs")? {
-        println!("Destroy cancelled.");
+    let Some(opts) = confirm(&plan, args)? else {
         return Ok(ExitCode::from(1));
-    }
-    let reporter = Reporter::new(Mode::detect(false));
-    let opts = vmctl_planner::Options {
-        parallelism: args.parallelism.max(1),
-        delete_external_disks: args.delete_external_disks,
-        apply_id: vmctl_planner::journal::new_apply_id(),
     };
+    let reporter = Reporter::new(Mode::detect(false));
     let start = Instant::now();
     let on_event = |e: &Event<'_>| {
         reporter.event(e);
