@@ -720,18 +720,24 @@ mod tests {
         assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
     }
 
+    /// The error `RemoteBackend::connect` gives for a host `name` reached
+    /// by running `argv` ("" if it connected).
+    fn connect_error(name: &str, argv: Vec<OsString>, timeouts: Timeouts) -> String {
+        RemoteBackend::connect(name, argv, Some(1), timeouts)
+            .map(|_| ())
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default()
+    }
+
+    /// `sh -c SCRIPT` as a host's transport.
+    fn sh(script: &str) -> Vec<OsString> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
     #[test]
     fn a_missing_program_is_unreachable() {
-        let e = RemoteBackend::connect(
-            "h9",
-            vec!["/nonexistent/ssh".into()],
-            Some(1),
-            Timeouts::default(),
-        )
-        .map(|_| ())
-        .err()
-        .map(|e| e.0)
-        .unwrap_or_default();
+        let e = connect_error("h9", vec!["/nonexistent/ssh".into()], Timeouts::default());
         assert!(
             e.starts_with("host h9 unreachable: cannot run /nonexistent/ssh"),
             "{e}"
@@ -740,20 +746,11 @@ mod tests {
 
     #[test]
     fn a_child_that_exits_is_unreachable_with_what_it_said() {
-        let e = RemoteBackend::connect(
+        let e = connect_error(
             "h2",
-            vec![
-                "sh".into(),
-                "-c".into(),
-                "echo 'ssh: connect to host h2 port 22: Connection refused' >&2; exit 255".into(),
-            ],
-            Some(1),
+            sh("echo 'ssh: connect to host h2 port 22: Connection refused' >&2; exit 255"),
             Timeouts::default(),
-        )
-        .map(|_| ())
-        .err()
-        .map(|e| e.0)
-        .unwrap_or_default();
+        );
         assert!(e.starts_with("host h2 unreachable: "), "{e}");
         assert!(e.contains("Connection refused"), "{e}");
     }
@@ -768,13 +765,7 @@ mod tests {
         // would hang: a generous bound turns that into a failure.
         let (tx, rx) = channel();
         std::thread::spawn(move || {
-            let r = RemoteBackend::connect(
-                "h3",
-                vec!["sh".into(), "-c".into(), "cat >/dev/null".into()],
-                Some(1),
-                timeouts,
-            );
-            let _ = tx.send(r.map(|_| ()).err().map(|e| e.0).unwrap_or_default());
+            let _ = tx.send(connect_error("h3", sh("cat >/dev/null"), timeouts));
         });
         let e = rx
             .recv_timeout(Duration::from_secs(60))
@@ -787,39 +778,23 @@ mod tests {
 
     #[test]
     fn an_answer_from_another_protocol_is_refused() {
-        let e = RemoteBackend::connect(
+        let e = connect_error(
             "h4",
-            vec![
-                "sh".into(),
-                "-c".into(),
-                r#"read l; echo '{"v":2,"id":1,"ok":null}'; cat >/dev/null"#.into(),
-            ],
-            Some(1),
+            sh(r#"read l; echo '{"v":2,"id":1,"ok":null}'; cat >/dev/null"#),
             Timeouts::default(),
-        )
-        .map(|_| ())
-        .err()
-        .map(|e| e.0)
-        .unwrap_or_default();
+        );
         assert!(e.contains("protocol version 2"), "{e}");
     }
 
     #[test]
     fn a_refused_hello_is_an_error_naming_the_kind() {
-        let e = RemoteBackend::connect(
+        let e = connect_error(
             "h5",
-            vec![
-                "sh".into(),
-                "-c".into(),
-                r#"read l; echo '{"v":1,"id":1,"err":{"kind":"unsupported","message":"protocol version 1 is not supported"}}'; cat >/dev/null"#.into(),
-            ],
-            Some(1),
+            sh(
+                r#"read l; echo '{"v":1,"id":1,"err":{"kind":"unsupported","message":"protocol version 1 is not supported"}}'; cat >/dev/null"#,
+            ),
             Timeouts::default(),
-        )
-        .map(|_| ())
-        .err()
-        .map(|e| e.0)
-        .unwrap_or_default();
+        );
         assert_eq!(
             e,
             "host h5: hello refused (unsupported): protocol version 1 is not supported"
