@@ -2,22 +2,11 @@
 //! diagnostic as an insta snapshot, and how the nodes resolve (defaults,
 //! order, `copy-from` inheritance).
 
+#[macro_use]
 mod common;
 
 use common::{errors_of, parse, render};
 use vmctl_spec::{DesiredState, FileSpec, UserSpec};
-
-macro_rules! snap {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
-}
 
 /// A well-formed ed25519 public key (type, key data, comment).
 const KEY: &str =

@@ -2,22 +2,11 @@
 //! resolve, that they render and format back, and every diagnostic as a
 //! user sees it.
 
+#[macro_use]
 mod common;
 
 use common::{errors_of, parse};
 use vmctl_spec::{DesiredState, StateBackend};
-
-macro_rules! snap {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
-}
 
 const LAB: &str = r#"cluster "lab" {
     state "etcd" endpoints="http://127.0.0.1:2379,http://127.0.0.1:22379" lock-ttl="20s" ca="pki/ca.pem" cert="pki/c.pem" key="pki/c-key.pem" user="vmctl" password-env="ETCD_PASSWORD"

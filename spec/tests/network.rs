@@ -1,6 +1,7 @@
 //! Networks and NICs: resolution (automatic subnets, addresses, MACs) and one
 //! snapshot per diagnostic, exactly as a user sees it.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -10,18 +11,6 @@ use std::path::Path;
 use common::{HOST_CPUS, errors_of, render};
 use vmctl_spec::net::{HostRoute, NetEnv};
 use vmctl_spec::{DesiredState, Ipv4Subnet, MacAddr};
-
-macro_rules! snap {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
-}
 
 fn env() -> NetEnv {
     NetEnv {

@@ -2,24 +2,13 @@
 //! `max` defaults and path resolution — asserted field by field, and the
 //! resolved examples snapshotted as `validate --json` prints them.
 
+#[macro_use]
 mod common;
 
 use std::path::PathBuf;
 
 use common::parse;
 use vmctl_spec::{DesiredState, DiskFormat, VmSpec};
-
-macro_rules! snap_json {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_json_snapshot!($name, $value);
-        })
-    };
-}
 
 fn ok(text: &str) -> DesiredState {
     match parse("t.kdl", text) {

@@ -1,21 +1,10 @@
 //! One test per validation rule: the problem codes a file yields, and an insta
 //! snapshot of every diagnostic exactly as a user sees it.
 
+#[macro_use]
 mod common;
 
 use common::{errors_of, parse, render};
-
-macro_rules! snap {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!($name, $value);
-        })
-    };
-}
 
 /// Assert the codes and snapshot the rendering.
 fn check(name: &str, text: &str, codes: &[&str]) {

@@ -3,6 +3,35 @@
 
 pub mod states;
 
+/// An insta text snapshot in `snapshots/spec`, named `$name`
+/// (`#[macro_use] mod common;` brings it into a test file).
+#[allow(unused_macros)]
+macro_rules! snap {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!($name, $value);
+        })
+    };
+}
+
+/// The same for a value serialised as JSON.
+#[allow(unused_macros)]
+macro_rules! snap_json {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, {
+            insta::assert_json_snapshot!($name, $value);
+        })
+    };
+}
+
 use std::path::Path;
 
 use vmctl_spec::{Loaded, SpecError};
