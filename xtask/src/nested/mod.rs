@@ -630,46 +630,65 @@ fn boot_l1(p: &Prepared, opts: &Options, iteration: Option<u32>) -> Result<L1Run
         verbose: opts.verbose,
         trace: opts.qemu_trace.then_some(trace_log.as_path()),
     };
-    let mut res = l1::boot(&boot)?;
-    report_trace(&res, &trace_log);
-    let mut retry = Vec::new();
-    while let Some(failure) = l1_env_failure(&res) {
-        let attempt = retry.len() + 1;
-        let kept = serial_log.with_extension(format!("crashed.{attempt}.log"));
-        let _ = std::fs::rename(&serial_log, &kept);
-        if opts.qemu_trace {
-            let _ = std::fs::rename(
-                &trace_log,
-                trace_log.with_extension(format!("crashed.{attempt}.log")),
-            );
-        }
-        retry.push((failure.clone(), std::mem::take(&mut res.serial)));
-        if retry.len() > L1_ENV_RERUNS {
-            eprintln!(
-                "nested-lab: {failure}; L1 itself failed {} times in a row, giving up.",
-                retry.len(),
-            );
-            // Judge the last L1 as it is: its panic is in its console.
-            let _ = std::fs::rename(&kept, &serial_log);
-            if let Some((_, serial)) = retry.pop() {
-                res.serial = serial;
+    let (res, retry) = rerun_on_l1_failure(
+        || {
+            let res = l1::boot(&boot)?;
+            report_trace(&res, &trace_log);
+            Ok(res)
+        },
+        |attempt, failure, last| {
+            let kept = serial_log.with_extension(format!("crashed.{attempt}.log"));
+            if last {
+                eprintln!(
+                    "nested-lab: {failure}; L1 itself failed {attempt} times in a row, giving up."
+                );
+                return;
             }
-            break;
-        }
-        eprintln!(
-            "nested-lab: {failure}; this is the emulated-SVM environment, \
-             not a vmctl check. Serial log kept as {}; booting L1 again \
-             (re-run {attempt} of at most {L1_ENV_RERUNS}).",
-            kept.display()
-        );
-        res = l1::boot(&boot)?;
-        report_trace(&res, &trace_log);
-    }
+            let _ = std::fs::rename(&serial_log, &kept);
+            if opts.qemu_trace {
+                let _ = std::fs::rename(
+                    &trace_log,
+                    trace_log.with_extension(format!("crashed.{attempt}.log")),
+                );
+            }
+            eprintln!(
+                "nested-lab: {failure}; this is the emulated-SVM environment, \
+                 not a vmctl check. Serial log kept as {}; booting L1 again \
+                 (re-run {attempt} of at most {L1_ENV_RERUNS}).",
+                kept.display()
+            );
+        },
+    )?;
     Ok(L1Run {
         res,
         retry,
         serial_log,
     })
+}
+
+/// The re-run rule: boot L1 (`boot`); while it ends in a recognised L1
+/// failure ([`l1_env_failure`]) and fewer than [`L1_ENV_RERUNS`] re-runs
+/// were made, `report(attempt, failure, false)` and boot again. The last
+/// L1 is returned as it is — a vmctl failure, or the failure that used up
+/// the re-runs (`report(.., true)`) — with each earlier failure and its
+/// serial console.
+fn rerun_on_l1_failure(
+    mut boot: impl FnMut() -> Result<l1::RunResult, String>,
+    mut report: impl FnMut(usize, &str, bool),
+) -> Result<(l1::RunResult, Vec<(String, String)>), String> {
+    let mut res = boot()?;
+    let mut retry = Vec::new();
+    while let Some(failure) = l1_env_failure(&res) {
+        let attempt = retry.len() + 1;
+        if retry.len() == L1_ENV_RERUNS {
+            report(attempt, &failure, true);
+            break;
+        }
+        report(attempt, &failure, false);
+        retry.push((failure, std::mem::take(&mut res.serial)));
+        res = boot()?;
+    }
+    Ok((res, retry))
 }
 
 /// A recognised failure of L1 itself: its kernel panicked, or it stalled.
@@ -949,6 +968,77 @@ fn disks_json(vm: &vmctl_spec::VmSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn l1_run(serial: &str) -> l1::RunResult {
+        l1::RunResult {
+            serial: serial.to_string(),
+            timed_out: false,
+            stalled: false,
+            elapsed: std::time::Duration::from_secs(1),
+            trace: None,
+        }
+    }
+
+    /// Boots that end as `serials` say, one after the other; how many ran.
+    fn rerun(serials: &[&str]) -> (l1::RunResult, Vec<(String, String)>, usize, Vec<bool>) {
+        let mut next = serials.iter();
+        let mut boots = 0;
+        let mut reports = Vec::new();
+        let (res, retry) = rerun_on_l1_failure(
+            || {
+                boots += 1;
+                Ok(l1_run(
+                    next.next().copied().unwrap_or("@@NESTED done failed=0"),
+                ))
+            },
+            |_, _, last| reports.push(last),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (res, retry, boots, reports)
+    }
+
+    const PANIC: &str =
+        "[ 30.1] BUG: TASK stack guard page was hit at 0\n[ 30.4] Kernel panic - not syncing: x\n";
+
+    #[test]
+    fn l1_is_booted_again_only_after_its_own_failure_and_at_most_twice() {
+        // A vmctl failure (an L2 guest crash) is never re-run.
+        let (res, retry, boots, _) = rerun(&["@@NESTED step=guests-1 rc=1 want=0\n"]);
+        assert_eq!((boots, retry.len()), (1, 0));
+        assert!(res.serial.contains("rc=1"));
+        // One L1 panic, then a clean run: passed after one re-run.
+        let (res, retry, boots, reports) = rerun(&[PANIC, "@@NESTED done failed=0\n"]);
+        assert_eq!((boots, retry.len(), reports), (2, 1, vec![false]));
+        assert!(retry[0].0.contains("stack guard page"), "{:?}", retry[0].0);
+        assert!(
+            retry[0].1.contains("Kernel panic"),
+            "the crashed console is kept"
+        );
+        assert!(res.serial.contains("done"));
+        // A stall counts as L1's own failure too.
+        let mut boots = 0;
+        let (_, retry) = rerun_on_l1_failure(
+            || {
+                boots += 1;
+                let mut r = l1_run("");
+                r.stalled = boots == 1;
+                Ok(r)
+            },
+            |_, _, _| {},
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((boots, retry.len()), (2, 1));
+        assert_eq!(retry[0].0, l1::stall_reason());
+        // Three panics in a row: two re-runs, then the third is judged as it is.
+        let (res, retry, boots, reports) =
+            rerun(&[PANIC, PANIC, PANIC, "@@NESTED done failed=0\n"]);
+        assert_eq!((boots, retry.len()), (3, L1_ENV_RERUNS));
+        assert_eq!(reports, vec![false, false, true]);
+        assert!(
+            res.serial.contains("Kernel panic"),
+            "the last L1 is judged with its panic"
+        );
+    }
 
     #[test]
     fn repeat_report_counts_passes_streaks_and_retries() {
