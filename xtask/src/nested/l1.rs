@@ -292,16 +292,25 @@ pub struct RunResult {
 }
 
 /// L1's init prints a heartbeat line every 10 s (`~~HB <uptime>`); this
-/// long without any line from L1 means its kernel no longer runs at all.
+/// long without it or any other line from L1's user space means L1 no
+/// longer runs. Kernel messages do not count: a wedged L1 can go on
+/// printing soft-lockup and RCU-stall reports from its other CPU for as
+/// long as it is let.
 pub const STALL_SECS: u64 = 180;
+
+/// A line from L1's user space (its init's heartbeat or a scenario
+/// marker), not from its kernel.
+pub fn is_l1_userspace(line: &str) -> bool {
+    line.contains("~~HB ") || line.contains("@@")
+}
 
 /// Why a stalled L1 is the emulator's failure, not vmctl's: said when the
 /// harness gives up on a silent L1 (docs/nested-lab.md, "Known environment
 /// failures").
 pub fn stall_reason() -> String {
     format!(
-        "L1 printed nothing, not even its heartbeat, for {STALL_SECS} s while QEMU's vCPU \
-         threads kept executing guest code: QEMU TCG's emulated SVM stopped delivering L1's \
+        "L1's user space printed nothing, not even its heartbeat, for {STALL_SECS} s while \
+         QEMU's vCPU threads kept executing guest code: QEMU TCG's emulated SVM stopped delivering L1's \
          own timer interrupts as VM exits while L1's CPUs ran L2 guests (on real hardware \
          an L1 interrupt always exits L2)"
     )
@@ -476,7 +485,9 @@ pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
         }
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
-                last_line = Instant::now();
+                if is_l1_userspace(&line) {
+                    last_line = Instant::now();
+                }
                 let _ = log.write_all(line.as_bytes());
                 if verbose || line.contains("@@") {
                     eprint!("[{:>5.1}s] {line}", start.elapsed().as_secs_f64());
@@ -513,6 +524,20 @@ pub fn boot(b: &Boot<'_>) -> Result<RunResult, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_l1_user_space_lines_prove_l1_alive() {
+        assert!(super::is_l1_userspace("~~HB 255.13\n"));
+        assert!(super::is_l1_userspace("[  30.1] cut~~HB 40.00\n"));
+        assert!(super::is_l1_userspace("@@NESTED step=apply rc=0 want=0\n"));
+        // What a wedged L1 kept printing for 450 s (2026-11-30 boot loop).
+        for kernel in [
+            "[  748.992761] watchdog: BUG: soft lockup - CPU#0 stuck for 454s! [vmctl:7289]\n",
+            "[  724.564755] rcu: INFO: rcu_preempt self-detected stall on CPU\n",
+        ] {
+            assert!(!super::is_l1_userspace(kernel), "{kernel}");
+        }
+    }
+
     #[test]
     fn ldd_output() {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
