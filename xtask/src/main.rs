@@ -44,7 +44,8 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--runs N] (see bench --
   --repeat N           run the scenario N times (built once); print the pass rate and
                        each failure's cause
   --qemu-trace         run L1's QEMU with -d int,cpu_reset; keep the records around every
-                       triple fault (L1's or an L2 guest's) in target/nested-lab/qemu-trace.log
+                       double or triple fault (L1's or an L2 guest's), and the last ones before
+                       QEMU exits (a stall), in target/nested-lab/qemu-trace.log
   --boot-loop N        instead of the scenario: boot the lab's VMs (all at once, as apply
                        does; or only --boot-vm NAME) N times per VMM inside one L1,
                        one round at a time; print crash rates

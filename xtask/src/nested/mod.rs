@@ -706,11 +706,12 @@ fn l1_env_failure(res: &l1::RunResult) -> Option<String> {
 fn report_trace(res: &l1::RunResult, kept: &Path) {
     if let Some(t) = &res.trace {
         eprint!("{}", trace::report(t));
-        if t.triple_faults.is_empty() && t.double_faults.is_empty() {
+        if t.records == 0 {
             let _ = std::fs::remove_file(kept);
         } else {
             eprintln!(
-                "qemu-trace: records around each double or triple fault kept in {}",
+                "qemu-trace: records around each double or triple fault, and the last {}, kept in {}",
+                t.tail_kept,
                 kept.display()
             );
         }

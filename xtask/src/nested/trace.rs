@@ -106,6 +106,9 @@ pub struct TraceSummary {
     pub triple_faults: Vec<Vec<String>>,
     /// The same for every delivered double fault (L1's stack overflows).
     pub double_faults: Vec<Vec<String>>,
+    /// Records written at the end of the kept log (the last ones QEMU
+    /// logged, for a stall or a timeout).
+    pub tail_kept: usize,
     /// Delivered vectors (v=..) counted over the whole log (256 entries).
     pub vector_counts: Vec<u64>,
 }
@@ -231,6 +234,22 @@ impl<W: Write> Filter<W> {
         if let Some(r) = self.current.take() {
             self.finish(r);
         }
+        // The end of the log is kept too: when L1 stalls or times out and
+        // QEMU is killed, what the CPUs did last is the only evidence.
+        let fresh = self.unwritten.min(self.ring.len());
+        if fresh > 0 {
+            let _ = writeln!(
+                self.out,
+                "===== end of the log: the last {fresh} records (of {}) =====",
+                self.summary.records
+            );
+            for old in self.ring.iter().skip(self.ring.len() - fresh) {
+                for l in &old.lines {
+                    let _ = writeln!(self.out, "{l}");
+                }
+            }
+        }
+        self.summary.tail_kept = fresh;
         let _ = self.out.flush();
         self.summary
     }
@@ -356,12 +375,16 @@ mod tests {
     }
 
     #[test]
-    fn no_trigger_writes_nothing() {
+    fn without_a_trigger_only_the_tail_is_kept() {
         let log = rec("     1: v=ec e=0000 i=0 cpl=0 IP=0010:ffffffff81000000");
         let mut out = Vec::new();
         let s = filter_stream(log.as_bytes(), &mut out);
-        assert!(out.is_empty());
-        assert_eq!(s.records, 1);
+        let kept = String::from_utf8(out).unwrap_or_default();
+        assert!(
+            kept.starts_with("===== end of the log: the last 1 records (of 1) =====\n     1: v=ec"),
+            "{kept}"
+        );
+        assert_eq!((s.records, s.tail_kept), (1, 1));
         assert!(s.triple_faults.is_empty());
     }
 }
