@@ -159,13 +159,13 @@ impl<W: Write> Filter<W> {
             self.summary.vector_counts[usize::from(v)] += 1;
         }
         let kind = if r.is_triple_fault() {
-            Some("triple fault")
+            Some(("triple fault", true))
         } else if r.is_double_fault() {
-            Some("double fault")
+            Some(("double fault", false))
         } else {
             None
         };
-        if let Some(kind) = kind {
+        if let Some((kind, triple)) = kind {
             let n = self.summary.triple_faults.len() + self.summary.double_faults.len();
             let chain: Vec<String> = self
                 .ring
@@ -176,33 +176,25 @@ impl<W: Write> Filter<W> {
                 .chain(std::iter::once(&r))
                 .map(Record::one_line)
                 .collect();
-            if r.is_triple_fault() {
+            if triple {
                 self.summary.triple_faults.push(chain);
             } else {
                 self.summary.double_faults.push(chain);
             }
             if n < MAX_TRIGGERS {
-                // Only the records not yet written (a trigger soon after
-                // another continues its "after" part).
-                let fresh = self.unwritten.min(self.ring.len());
-                let _ = writeln!(
-                    self.out,
-                    "===== {kind} #{} (record {}): the {fresh} records before it =====",
-                    n + 1,
-                    self.summary.records,
-                );
-                for old in self.ring.iter().skip(self.ring.len() - fresh) {
-                    for l in &old.lines {
-                        let _ = writeln!(self.out, "{l}");
-                    }
-                }
+                let records = self.summary.records;
+                self.write_unwritten(|fresh| {
+                    format!(
+                        "===== {kind} #{} (record {records}): the {fresh} records before it =====",
+                        n + 1
+                    )
+                });
                 let _ = writeln!(self.out, "===== the {kind} =====");
                 for l in &r.lines {
                     let _ = writeln!(self.out, "{l}");
                 }
                 let _ = writeln!(self.out, "===== after it =====");
                 self.after_left = AFTER_RECORDS;
-                self.unwritten = 0;
                 self.keep(r);
                 return;
             }
@@ -221,6 +213,20 @@ impl<W: Write> Filter<W> {
         self.keep(r);
     }
 
+    /// Write the ring's records not yet written (a trigger soon after
+    /// another continues its "after" part), under `header(count)`; the count.
+    fn write_unwritten(&mut self, header: impl FnOnce(usize) -> String) -> usize {
+        let fresh = self.unwritten.min(self.ring.len());
+        let _ = writeln!(self.out, "{}", header(fresh));
+        for old in self.ring.iter().skip(self.ring.len() - fresh) {
+            for l in &old.lines {
+                let _ = writeln!(self.out, "{l}");
+            }
+        }
+        self.unwritten = 0;
+        fresh
+    }
+
     /// Every record ends in the ring, so a later trigger's chain sees it.
     fn keep(&mut self, r: Record) {
         self.ring.push_back(r);
@@ -236,20 +242,14 @@ impl<W: Write> Filter<W> {
         }
         // The end of the log is kept too: when L1 stalls or times out and
         // QEMU is killed, what the CPUs did last is the only evidence.
-        let fresh = self.unwritten.min(self.ring.len());
-        if fresh > 0 {
-            let _ = writeln!(
-                self.out,
-                "===== end of the log: the last {fresh} records (of {}) =====",
-                self.summary.records
-            );
-            for old in self.ring.iter().skip(self.ring.len() - fresh) {
-                for l in &old.lines {
-                    let _ = writeln!(self.out, "{l}");
-                }
-            }
-        }
-        self.summary.tail_kept = fresh;
+        let records = self.summary.records;
+        self.summary.tail_kept = if self.unwritten.min(self.ring.len()) > 0 {
+            self.write_unwritten(|fresh| {
+                format!("===== end of the log: the last {fresh} records (of {records}) =====")
+            })
+        } else {
+            0
+        };
         let _ = self.out.flush();
         self.summary
     }
