@@ -3,18 +3,25 @@
 
 pub mod states;
 
+/// Run insta assertions with this crate's snapshot settings: files in
+/// `snapshots/spec`, no module prefix, no expression.
+#[allow(unused_macros)]
+macro_rules! in_spec_snapshots {
+    ($assert:block) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, $assert)
+    };
+}
+
 /// An insta text snapshot in `snapshots/spec`, named `$name`
 /// (`#[macro_use] mod common;` brings it into a test file).
 #[allow(unused_macros)]
 macro_rules! snap {
     ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_snapshot!($name, $value);
-        })
+        in_spec_snapshots!({ insta::assert_snapshot!($name, $value) })
     };
 }
 
@@ -22,13 +29,7 @@ macro_rules! snap {
 #[allow(unused_macros)]
 macro_rules! snap_json {
     ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/spec"),
-            prepend_module_to_snapshot => false,
-            omit_expression => true,
-        }, {
-            insta::assert_json_snapshot!($name, $value);
-        })
+        in_spec_snapshots!({ insta::assert_json_snapshot!($name, $value) })
     };
 }
 
